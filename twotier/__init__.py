@@ -1,0 +1,53 @@
+"""twotier: a two-tier (in-process L1 + shared Redis L2) coherent async cache."""
+
+from __future__ import annotations
+
+import os
+
+from ._cache import Invalidation, TwoTierCache
+from ._decorator import CachedFunction
+from ._default import cache_from_env
+from ._exceptions import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CacheClosedError,
+    ConfigurationError,
+    DeserializationError,
+    InvalidKeyError,
+    InvalidTTLError,
+    SerializationError,
+    TemplateError,
+    TwoTierError,
+)
+from ._serialization import MsgpackSerializer, PickleSerializer, Serializer
+from ._types import MISS
+
+__version__ = "0.1.0"
+
+#: The default instance (`from twotier import cache`), configured from TWOTIER_* variables.
+cache: TwoTierCache = cache_from_env(os.environ)
+
+__all__ = [
+    "MISS",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "CacheClosedError",
+    "CachedFunction",
+    "ConfigurationError",
+    "DeserializationError",
+    "Invalidation",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "SerializationError",
+    "Serializer",
+    "TemplateError",
+    "TwoTierCache",
+    "TwoTierError",
+    "__version__",
+    "cache",
+    "cache_from_env",
+]

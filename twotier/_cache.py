@@ -1,0 +1,525 @@
+"""`TwoTierCache`: L1 → L2 → loader → conditional write → broadcast.
+
+This module is the algorithm; the tiers, the guard, the listener and the outbox
+own their details. Concurrency: all state lives on one event loop; methods that
+touch L1 do so synchronously, so each local step is atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ._decorator import CachedFunction, make_cached
+from ._exceptions import BackendError, CacheClosedError, ConfigurationError, DeserializationError
+from ._flights import Flight, Flights, LeaderCancelled
+from ._guard import Guard
+from ._keys import validate_key, validate_tags, validate_ttl
+from ._local import LocalTier
+from ._memory import MemoryTier, hub_for
+from ._outbox import Outbox
+from ._redis import Layout, RedisTier
+from ._serialization import MsgpackSerializer, Serializer
+from ._stats import Counters
+from ._subscriber import RedisListener
+from ._tier import MISSING_READ, Kind, Message, ReadResult, RemoteTier
+from ._types import MISS, Clock
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("twotier")
+
+
+class Invalidation:
+    """Returned by `invalidate_tag(s)`: already applied locally; await it to wait for Redis.
+
+    Code written for the seed's synchronous manager calls `invalidate_tag`
+    without `await`; the invalidation must take effect anyway, so the local part
+    happens in the call and the Redis part is a tracked background task.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, task: asyncio.Task[None] | None) -> None:
+        self._task = task
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._task is not None:
+            yield from asyncio.shield(self._task).__await__()
+
+
+class TwoTierCache:
+    """A bounded in-process L1 in front of a shared Redis L2, kept coherent over pub/sub."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str = "twotier",
+        default_ttl: float = 300,
+        l1_maxsize: int = 10_000,
+        *,
+        serializer: Serializer | None = None,
+        copy_on_read: bool = True,
+        redis_timeout: float = 0.05,
+        max_stale: float = 5.0,
+        lease_ttl: float = 10.0,
+        health_interval: float = 1.0,
+        outbox_limit: int = 10_000,
+        log_maxlen: int = 10_000,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(namespace, str) or not namespace or not namespace.isprintable() \
+                or any(c in namespace for c in " {}:"):
+            raise ConfigurationError(
+                f"namespace must be a non-empty printable str without spaces, ':' or braces, "
+                f"got {namespace!r}"
+            )
+        if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 1:
+            raise ConfigurationError(f"l1_maxsize must be a positive int, got {l1_maxsize!r}")
+        for name, value in (("redis_timeout", redis_timeout), ("max_stale", max_stale),
+                            ("lease_ttl", lease_ttl), ("health_interval", health_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        self.namespace = namespace
+        self.redis_url = redis_url
+        self.default_ttl = validate_ttl(default_ttl)
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.copy_on_read = copy_on_read
+        self._serializer = serializer or MsgpackSerializer()
+        self._clock: Clock = clock or time.monotonic
+        self._redis_timeout = float(redis_timeout)
+        self._max_stale = float(max_stale)
+        self._lease_ttl = float(lease_ttl)
+        self._health_interval = float(health_interval)
+        self._log_maxlen = log_maxlen
+        self._log_extra = {"instance": self.instance_id}
+        self.counters = Counters()
+        self.local = LocalTier(l1_maxsize, self._clock, self._serializer.loads)
+        self._flights = Flights()
+        self._outbox = Outbox(outbox_limit, self.counters)
+        self._remote: RemoteTier = MemoryTier(hub_for(namespace), self.instance_id)
+        self._client: aioredis.Redis | None = None
+        self._guard: Guard | None = None
+        self._listener: RedisListener | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._degraded = False
+        self._started = False
+        self._closed = False
+        self._start_lock: asyncio.Lock | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and subscribe. Redis being down is not an error: the cache starts degraded."""
+        if self._closed:
+            raise CacheClosedError("this TwoTierCache was closed")
+        if self._started:
+            return
+        self._start_lock = self._start_lock or asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            if self.redis_url is None:
+                hub_for(self.namespace).subscribe(self.instance_id, self._apply_message)
+            else:
+                await self._start_redis(self.redis_url)
+            self._started = True
+            if len(self._outbox):
+                self._spawn(self._flush_outbox())
+
+    async def _start_redis(self, url: str) -> None:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=self._redis_timeout,
+            socket_connect_timeout=self._redis_timeout,
+            retry=Retry(NoBackoff(), 0),  # the guard decides about retries, not redis-py
+        )
+        guard = Guard(
+            timeout=self._redis_timeout,
+            ping=client.ping,
+            on_open=self._degrade,
+            on_recover=self._on_redis_back,
+            log_extra=self._log_extra,
+        )
+        tier = RedisTier(client, guard, Layout(self.namespace), self.instance_id,
+                         lease_ttl=self._lease_ttl, log_maxlen=self._log_maxlen)
+        # The listener gets its own client: a pub/sub connection must not share
+        # the socket timeout of data calls (it waits for messages by design).
+        listener_client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=self._redis_timeout, retry=Retry(NoBackoff(), 0)
+        )
+        self._listener = RedisListener(
+            listener_client, tier, self.instance_id,
+            apply=self._apply_message,
+            clear_local=self._clear_local,
+            suspend_local=self._suspend_local,
+            on_link_lost=self._degrade,
+            on_synced=self._on_synced,
+            counters=self.counters,
+            health_interval=self._health_interval,
+            log_extra=self._log_extra,
+        )
+        self._client, self._guard, self._remote = client, guard, tier
+        self._listener_task = asyncio.get_running_loop().create_task(self._listener.run())
+        try:
+            # Wait briefly for the subscription; a dead Redis must not block start-up.
+            async with asyncio.timeout(max(1.0, 20 * self._redis_timeout)):
+                await self._listener.connected.wait()
+        except TimeoutError:
+            logger.warning("Redis not reachable at start; running degraded", extra=self._log_extra)
+            self._degrade()
+
+    async def close(self) -> None:
+        """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._deliveries:
+            await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            await asyncio.gather(self._listener_task, return_exceptions=True)
+        if self._guard is not None:
+            await self._guard.close()
+        for client in (self._client, self._listener and self._listener.client):
+            if client is not None:
+                await client.aclose()
+        if self.redis_url is None:
+            hub_for(self.namespace).unsubscribe(self.instance_id)
+
+    async def __aenter__(self) -> TwoTierCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()  # lazy start (the module-level default cache relies on it)
+        elif self._closed:
+            raise CacheClosedError("this TwoTierCache was closed")
+
+    # -- reads -------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        key = validate_key(key)
+        value = self.local.get(key)
+        if value is not MISS:
+            self.counters.l1_hits += 1
+            return value
+        await self._ensure_started()
+        read = await self._read_remote(key, (), lease=False)
+        value = self._decode_hit(key, read)
+        if value is MISS:
+            self.counters.misses += 1
+            return default
+        self._store_local(key, value, read.payload or b"", read.ttl, read.tags, self.copy_on_read)
+        return value
+
+    async def load(self, key: str, tags: tuple[str, ...], ttl: float,
+                   loader: Callable[[], Awaitable[Any]], copy_on_read: bool) -> Any:
+        """The miss path: one flight per key, L2, the loader, a conditional write.
+
+        Callers have validated *key*, *tags* and *ttl* and already missed L1.
+        """
+        await self._ensure_started()
+        flight = self._flights.join(key)
+        if flight is not None:
+            self.counters.joined_loads += 1
+            try:
+                return await flight.wait()
+            except LeaderCancelled:
+                pass  # the leader's caller gave up; load for ourselves
+        flight = self._flights.begin(key, tags)
+        try:
+            value = await self._read_through(flight, ttl, loader, copy_on_read)
+        except asyncio.CancelledError:
+            flight.fail(LeaderCancelled())
+            raise
+        except BaseException as exc:
+            flight.fail(exc)
+            raise
+        finally:
+            self._flights.end(flight)
+        flight.resolve(value)
+        return value
+
+    async def _read_through(self, flight: Flight, ttl: float,
+                            loader: Callable[[], Awaitable[Any]], copy_on_read: bool) -> Any:
+        key, tags = flight.key, flight.tags
+        read = await self._read_remote(key, tags, lease=True)
+        value = self._decode_hit(key, read)
+        if value is not MISS:
+            if not flight.invalidated:
+                self._store_local(key, value, read.payload or b"", read.ttl, read.tags,
+                                  copy_on_read)
+            return value
+        self.counters.misses += 1
+        self.counters.loads += 1
+        try:
+            value = await loader()
+        except Exception:
+            self.counters.load_errors += 1
+            raise
+        payload = self._serializer.dumps(value)  # SerializationError reaches the caller
+        if read.lease is not None and read.snapshot is not None:
+            try:
+                stored = await self._remote.fill(key, payload, ttl, tags, read.snapshot, read.lease)
+            except BackendError:
+                stored = True  # Redis is away: L1 alone decides, under the flight's guard
+            if not stored:
+                # The key or one of its tags changed while the loader ran: its
+                # result is already outdated and must not be cached anywhere.
+                self.counters.stale_sets_refused += 1
+                return value
+        if flight.invalidated:
+            self.counters.stale_sets_refused += 1
+        else:
+            self._store_local(key, value, payload, ttl, tags, copy_on_read)
+        return value
+
+    async def _read_remote(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
+        try:
+            return await self._remote.read(key, tags, lease)
+        except BackendError:
+            self.counters.l2_errors += 1
+            return MISSING_READ
+
+    def _decode_hit(self, key: str, read: ReadResult) -> Any:
+        if read.payload is None:
+            return MISS
+        try:
+            value = self._serializer.loads(read.payload)
+        except DeserializationError as exc:
+            # Foreign data, an old format or a bad signature: a counted miss, deleted.
+            self.counters.garbage_entries += 1
+            logger.warning("undecodable L2 entry %r deleted: %s", key, exc,
+                           extra={**self._log_extra, "tier": "l2"})
+            self._spawn(self._discard(key))
+            return MISS
+        self.counters.l2_hits += 1
+        return value
+
+    async def _discard(self, key: str) -> None:
+        try:
+            await self._remote.discard(key)
+        except BackendError:
+            self.counters.l2_errors += 1
+
+    def _store_local(self, key: str, value: Any, payload: bytes, ttl: float,
+                     tags: tuple[str, ...], copy_on_read: bool) -> None:
+        if self._degraded:
+            ttl = min(ttl, self._max_stale)  # nobody can tell us about changes now
+        self.local.store(key, value, payload, ttl, tags, copy_on_read)
+
+    # -- changes -------------------------------------------------------------------
+
+    async def set(self, key: str, value: Any, ttl: float | None = None,
+                  tags: Iterable[str] = ()) -> None:
+        key, tags_t = validate_key(key), validate_tags(tags)
+        seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
+        payload = self._serializer.dumps(value)  # raises before anything changed
+        await self._ensure_started()
+        self._apply_local("k", (key,))
+        await self._change(lambda r: r.write(key, payload, seconds, tags_t),
+                           lambda o: o.add_keys((key,)))
+        self._store_local(key, value, payload, seconds, tags_t, self.copy_on_read)
+        self.counters.sets += 1
+
+    async def delete(self, key: str) -> None:
+        keys = (validate_key(key),)
+        await self._ensure_started()
+        self._apply_local("k", keys)
+        await self._change(lambda r: r.delete(keys), lambda o: o.add_keys(keys))
+        self.counters.deletes += 1
+
+    async def clear(self) -> None:
+        """Invalidate every entry of the namespace on every instance (O(1) in Redis)."""
+        await self._ensure_started()
+        self._apply_local("c", ())
+        await self._change(lambda r: r.clear(), lambda o: o.add_clear())
+        self.counters.clears += 1
+
+    def invalidate_tag(self, tag: str) -> Invalidation:
+        return self.invalidate_tags((tag,))
+
+    def invalidate_tags(self, tags: Iterable[str]) -> Invalidation:
+        """Drop every entry carrying one of *tags*, here at once and everywhere via Redis."""
+        tags_t = validate_tags(tags)
+        if self._closed:
+            raise CacheClosedError("this TwoTierCache was closed")
+        self._apply_local("t", tags_t)
+        self.counters.tag_invalidations += len(tags_t)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called from synchronous code: delivered on next start/flush
+            self._outbox.add_tags(tags_t)
+            self.counters.queued_ops += len(tags_t)
+            return Invalidation(None)
+        return Invalidation(self._spawn(self._invalidate_remote(tags_t)))
+
+    async def _invalidate_remote(self, tags: tuple[str, ...]) -> None:
+        await self._ensure_started()
+        await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
+
+    async def _change(self, send: Callable[[RemoteTier], Awaitable[None]],
+                      queue: Callable[[Outbox], None]) -> None:
+        """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
+        try:
+            await send(self._remote)
+        except BackendError:
+            self.counters.l2_errors += 1
+            self.counters.queued_ops += 1
+            queue(self._outbox)
+
+    # -- applying changes to L1 (ours at once, others' from the bus) ---------------
+
+    def _apply_local(self, kind: Kind, names: tuple[str, ...]) -> None:
+        if kind == "k":
+            self.local.evict_keys(names)
+            self._flights.invalidate_keys(names)
+        elif kind == "t":
+            self.local.evict_tags(names)
+            self._flights.invalidate_tags(names)
+        else:
+            self._clear_local()
+
+    def _apply_message(self, message: Message) -> None:
+        self._apply_local(message.kind, message.names)
+
+    def _clear_local(self) -> None:
+        self.local.clear()
+        self._flights.invalidate_all()
+
+    def _suspend_local(self, suspended: bool) -> None:
+        self.local.suspended = suspended
+
+    # -- degradation and recovery ----------------------------------------------------
+
+    def _degrade(self) -> None:
+        """Redis (or the link to it) is away: bound what L1 may still serve."""
+        if self._degraded:
+            return
+        self._degraded = True
+        self.local.cap_expiry(self._clock() + self._max_stale)
+        logger.warning("degraded: L1 entries are served for at most %.1f s more",
+                       self._max_stale, extra=self._log_extra)
+
+    def _on_synced(self) -> None:
+        if self._guard is not None and self._guard.available:
+            self._recovered()
+
+    async def _on_redis_back(self) -> None:
+        if self._listener is not None and self._listener.connected.is_set():
+            self._recovered()
+        await self._flush_outbox()
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            logger.warning("recovered: Redis and the invalidation link are back",
+                           extra=self._log_extra)
+        if len(self._outbox):
+            self._spawn(self._flush_outbox())
+
+    async def _flush_outbox(self) -> None:
+        try:
+            delivered = await self._outbox.flush(self._remote)
+        except BackendError:
+            return  # still away; the next recovery tries again
+        if delivered:
+            logger.info("delivered %d queued change(s)", delivered, extra=self._log_extra)
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
+
+    # -- warmup, stats, decorator ----------------------------------------------------
+
+    async def warmup(self, keys: Iterable[str], loader: Callable[[str], Any],
+                     concurrency: int = 16, ttl: float | None = None,
+                     tags: Iterable[str] = ()) -> int:
+        """Load *keys* with *loader* (sync or async) into both tiers; return how many were filled.
+
+        A loader result of `None` means "nothing to cache for this key" (the
+        seed's `generate_value` convention) and is skipped. Keys already cached
+        are not reloaded. Sync loaders run in worker threads.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be a positive int, got {concurrency!r}")
+        key_list = [validate_key(k) for k in keys]
+        tags_t = validate_tags(tags)
+        seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
+        await self._ensure_started()
+        limiter = anyio.Semaphore(concurrency)
+        filled = 0
+
+        async def one(key: str) -> None:
+            nonlocal filled
+            async with limiter:
+                if self.local.get(key) is not MISS:
+                    return
+                result = await _call_loader(loader, key)
+                if result is None:
+                    return
+                await self.load(key, tags_t, seconds, _constant(result), self.copy_on_read)
+                filled += 1
+
+        async with anyio.create_task_group() as group:
+            for key in key_list:
+                group.start_soon(one, key)
+        return filled
+
+    def get_stats(self) -> dict[str, Any]:
+        return self.counters.snapshot(
+            entries=self.local.entries,
+            tags=self.local.tags,
+            redis_available=self.redis_url is not None and not self._degraded,
+            breaker_state=self._guard.state.value if self._guard else "none",
+            queued_ops_pending=len(self._outbox),
+            instance=self.instance_id,
+        )
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        key: str | Callable[..., str] | None = None,
+        *,
+        copy_on_read: bool | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+        """Cache an async function's results; see `docs/decorator.md`."""
+        seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
+        tag_list = list(tags) if not isinstance(tags, str) else tags
+        copy = self.copy_on_read if copy_on_read is None else copy_on_read
+        return make_cached(self, seconds, tag_list, key, copy)
+
+
+async def _call_loader(loader: Callable[[str], Any], key: str) -> Any:
+    if asyncio.iscoroutinefunction(loader):
+        return await loader(key)
+    result = await anyio.to_thread.run_sync(loader, key)
+    if asyncio.iscoroutine(result):
+        return await result
+    return result
+
+
+def _constant(value: Any) -> Callable[[], Awaitable[Any]]:
+    async def produce() -> Any:
+        return value
+
+    return produce
+

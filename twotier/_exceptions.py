@@ -1,0 +1,61 @@
+"""The exception tree. Every error twotier raises derives from `TwoTierError`.
+
+    TwoTierError
+    ├── ConfigurationError      bad constructor or decorator arguments
+    │   └── TemplateError       a key/tag template names an unknown parameter
+    ├── InvalidKeyError         a key or tag that is empty, too long, not printable
+    ├── InvalidTTLError         a TTL that is not a positive number of seconds
+    ├── SerializationError      a value the serializer cannot encode
+    ├── DeserializationError    bytes that cannot be decoded or verified (internal:
+    │                           the cache turns it into a counted miss)
+    ├── BackendError            Redis failed (internal: the guard turns it into a
+    │   ├── BackendUnavailable  fallback, never an exception in the caller)
+    │   └── BackendTimeout
+    └── CacheClosedError        the cache was used after `close()`
+"""
+
+from __future__ import annotations
+
+
+class TwoTierError(Exception):
+    """Root of every exception raised by twotier."""
+
+
+class ConfigurationError(TwoTierError, ValueError):
+    """A constructor or decorator argument is invalid."""
+
+
+class TemplateError(ConfigurationError):
+    """A key or tag template refers to a parameter the function does not have."""
+
+
+class InvalidKeyError(TwoTierError, ValueError):
+    """A cache key or tag is not a non-empty, printable, bounded string."""
+
+
+class InvalidTTLError(TwoTierError, ValueError):
+    """A TTL is not a positive, finite number of seconds."""
+
+
+class SerializationError(TwoTierError, TypeError):
+    """A value cannot be encoded by the configured serializer; nothing was stored."""
+
+
+class DeserializationError(TwoTierError):
+    """Stored bytes cannot be decoded or failed their signature check."""
+
+
+class BackendError(TwoTierError):
+    """A Redis call failed."""
+
+
+class BackendUnavailable(BackendError):
+    """Redis cannot be reached, or the circuit breaker is open."""
+
+
+class BackendTimeout(BackendError):
+    """A Redis call did not answer within the configured timeout."""
+
+
+class CacheClosedError(TwoTierError, RuntimeError):
+    """The cache was used after `close()`."""

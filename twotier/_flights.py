@@ -1,0 +1,80 @@
+"""In-flight loads: one loader run per key per instance, and the no-stale-set guard.
+
+A `Flight` is registered before its loader starts. Any invalidation of its key,
+of one of its tags, or a clear that arrives while it runs (from this instance or
+from the bus) marks it `invalidated` and unregisters it, so:
+
+* its result is returned to the callers that were already waiting (they asked
+  before the invalidation) but is never stored in L1, and
+* a caller arriving after the invalidation starts a new flight instead of
+  joining the outdated one (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+
+class Flight:
+    __slots__ = ("key", "tags", "invalidated", "_future")
+
+    def __init__(self, key: str, tags: tuple[str, ...]) -> None:
+        self.key = key
+        self.tags = tags
+        self.invalidated = False
+        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> Any:
+        # shield: a waiter that is cancelled must not cancel the shared result.
+        return await asyncio.shield(self._future)
+
+    def resolve(self, value: Any) -> None:
+        if not self._future.done():
+            self._future.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(exc)
+            self._future.exception()  # retrieved: no "never retrieved" warning without waiters
+
+
+class LeaderCancelled(Exception):
+    """The task running a shared load was cancelled; waiters load for themselves."""
+
+
+class Flights:
+    def __init__(self) -> None:
+        self._by_key: dict[str, Flight] = {}
+
+    def join(self, key: str) -> Flight | None:
+        return self._by_key.get(key)
+
+    def begin(self, key: str, tags: tuple[str, ...]) -> Flight:
+        flight = Flight(key, tags)
+        self._by_key[key] = flight
+        return flight
+
+    def end(self, flight: Flight) -> None:
+        if self._by_key.get(flight.key) is flight:
+            del self._by_key[flight.key]
+
+    def invalidate_keys(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            flight = self._by_key.pop(key, None)
+            if flight is not None:
+                flight.invalidated = True
+
+    def invalidate_tags(self, tags: Iterable[str]) -> None:
+        wanted = set(tags)
+        # In-flight loads are few (bounded by concurrency), so a scan is cheap.
+        for key, flight in list(self._by_key.items()):
+            if not wanted.isdisjoint(flight.tags):
+                flight.invalidated = True
+                del self._by_key[key]
+
+    def invalidate_all(self) -> None:
+        for flight in self._by_key.values():
+            flight.invalidated = True
+        self._by_key.clear()

@@ -1,0 +1,142 @@
+"""The local tier: a bounded LRU (cachetools) with per-entry expiry and a tag index.
+
+Concurrency: everything here is synchronous and runs on the event loop thread,
+so no lock is needed and every method is atomic with respect to other tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from cachetools import LRUCache
+
+from ._types import MISS, Clock
+
+# Values of these types cannot be mutated by a caller, so L1 may hand out the
+# stored object itself instead of a fresh copy.
+_IMMUTABLE: Final = frozenset(
+    {int, float, complex, bool, str, bytes, type(None), decimal.Decimal,
+     dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID}
+)
+
+
+def is_immutable(value: object) -> bool:
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return True
+    if kind is tuple or kind is frozenset:
+        return all(is_immutable(item) for item in value)  # type: ignore[attr-defined]
+    return False
+
+
+class Entry:
+    """One L1 entry. `data` is the value itself when `shared`, else its encoded bytes."""
+
+    __slots__ = ("data", "shared", "expires", "tags")
+
+    def __init__(self, data: Any, shared: bool, expires: float, tags: tuple[str, ...]) -> None:
+        self.data = data
+        self.shared = shared
+        self.expires = expires
+        self.tags = tags
+
+
+class _LRU(LRUCache[str, Entry]):
+    """cachetools' LRU, telling the tier which entry it evicted for lack of room."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[str, Entry], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, Entry]:
+        key, entry = super().popitem()
+        self._on_evict(key, entry)
+        return key, entry
+
+
+class LocalTier:
+    """L1. While `suspended` (a resync is under way) it neither serves nor stores."""
+
+    def __init__(self, maxsize: int, clock: Clock, decode: Callable[[bytes], Any]) -> None:
+        self._data = _LRU(maxsize, self._unindex)
+        self._index: dict[str, set[str]] = {}
+        self._clock = clock
+        self._decode = decode
+        self.suspended = False
+
+    # -- reads (the hit path) --------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        """The value for *key*, a fresh copy unless immutable, or `MISS`."""
+        entry = self._data.get(key)
+        if entry is None or self.suspended:
+            return MISS
+        if entry.expires <= self._clock():
+            self.evict(key)
+            return MISS
+        return entry.data if entry.shared else self._decode(entry.data)
+
+    # -- writes ----------------------------------------------------------------
+
+    def store(self, key: str, value: Any, encoded: bytes, ttl: float, tags: tuple[str, ...],
+              copy_on_read: bool = True) -> None:
+        if self.suspended:
+            return
+        self.evict(key)
+        shared = not copy_on_read or is_immutable(value)
+        entry = Entry(value if shared else encoded, shared, self._clock() + ttl, tags)
+        self._data[key] = entry
+        for tag in tags:
+            self._index.setdefault(tag, set()).add(key)
+
+    def evict(self, key: str) -> None:
+        entry = self._data.pop(key, None)
+        if entry is not None:
+            self._unindex(key, entry)
+
+    def evict_keys(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.evict(key)
+
+    def evict_tags(self, tags: Iterable[str]) -> int:
+        """Drop every entry carrying one of *tags*; the index makes this O(entries dropped)."""
+        dropped = 0
+        for tag in tags:
+            for key in self._index.pop(tag, ()):
+                entry = self._data.pop(key, None)
+                if entry is not None:
+                    self._unindex(key, entry)
+                    dropped += 1
+        return dropped
+
+    def cap_expiry(self, deadline: float) -> None:
+        """Let no entry live past *deadline* (bounded staleness while Redis is away)."""
+        for key in list(self._data):
+            entry = self._data[key]
+            entry.expires = min(entry.expires, deadline)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._index.clear()
+
+    def _unindex(self, key: str, entry: Entry) -> None:
+        for tag in entry.tags:
+            keys = self._index.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[tag]
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def entries(self) -> int:
+        return len(self._data)
+
+    @property
+    def tags(self) -> int:
+        return len(self._index)

@@ -1,0 +1,183 @@
+"""The Redis tier: key layout, Lua scripts, and the change log.
+
+Key layout for namespace ``ns`` (the wire-format version ``v1`` is part of every
+name, so an instance of a later format ignores these keys instead of misreading
+them):
+
+    ns:v1:e:<key>        entry: a hash {p: payload, t: tags, v: versions}
+    ns:v1:l:<key>        fill lease of <key> (a token, with a short expiry)
+    ns:v1:{ctl}:tags     hash tag → version ('' = namespace generation)
+    ns:v1:{ctl}:seq      the change counter
+    ns:v1:{ctl}:log      stream of the last changes, id = <seq>-1
+    ns:v1:inv            the pub/sub channel
+
+The control keys share the hash slot ``{ctl}``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ._guard import Guard
+from ._tier import SEP, Message, ReadResult
+
+FORMAT = "v1"
+
+
+def _script_source(name: str) -> str:
+    lua = resources.files("twotier") / "lua"
+    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Layout:
+    """The Redis names of one namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        base = f"{namespace}:{FORMAT}"
+        self.entry_prefix = f"{base}:e:"
+        self.lease_prefix = f"{base}:l:"
+        self.tags = f"{base}:{{ctl}}:tags"
+        self.seq = f"{base}:{{ctl}}:seq"
+        self.log = f"{base}:{{ctl}}:log"
+        self.channel = f"{base}:inv"
+
+    def entry(self, key: str) -> str:
+        return self.entry_prefix + key
+
+    def lease(self, key: str) -> str:
+        return self.lease_prefix + key
+
+
+class RedisTier:
+    """`RemoteTier` on Redis. Every call goes through the guard."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        guard: Guard,
+        layout: Layout,
+        origin: str,
+        *,
+        lease_ttl: float,
+        log_maxlen: int,
+    ) -> None:
+        self._client = client
+        self._guard = guard
+        self.layout = layout
+        self._origin = origin
+        self._lease_ms = max(1, int(lease_ttl * 1000))
+        self._log_maxlen = log_maxlen
+        self._scripts = {
+            name: client.register_script(_script_source(name))
+            for name in ("read", "fill", "write", "delete", "invalidate")
+        }
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._guard.call(lambda: self._scripts[script](keys=keys, args=args))
+
+    def _announce_args(self) -> list[Any]:
+        return [self._origin, self.layout.channel, self._log_maxlen]
+
+    async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
+        layout = self.layout
+        token = secrets.token_hex(8) if lease else ""
+        reply = await self._run(
+            "read",
+            [layout.tags, layout.entry(key), layout.lease(key)],
+            [token, self._lease_ms, *tags],
+        )
+        status = int(reply[0])
+        if status == 1:
+            stored_tags = tuple(t for t in reply[3].decode().split(SEP) if t)
+            return ReadResult(bytes(reply[1]), int(reply[2]) / 1000, stored_tags, None, None)
+        if status == 0:
+            return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
+        return ReadResult(None, 0.0, (), None, None)  # garbage, already deleted by the script
+
+    async def fill(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...],
+                   snapshot: str, lease: str) -> bool:
+        layout = self.layout
+        stored = await self._run(
+            "fill",
+            [layout.tags, layout.entry(key), layout.lease(key)],
+            [lease, _ms(ttl), payload, SEP.join(tags), snapshot],
+        )
+        return bool(stored)
+
+    async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None:
+        layout = self.layout
+        await self._run(
+            "write",
+            [layout.tags, layout.seq, layout.log, layout.entry(key), layout.lease(key)],
+            [*self._announce_args(), payload, _ms(ttl), SEP.join(tags), key],
+        )
+
+    async def delete(self, keys: tuple[str, ...]) -> None:
+        layout = self.layout
+        data_keys = [name for key in keys for name in (layout.entry(key), layout.lease(key))]
+        await self._run(
+            "delete",
+            [layout.tags, layout.seq, layout.log, *data_keys],
+            [*self._announce_args(), SEP.join(keys)],
+        )
+
+    async def invalidate(self, tags: tuple[str, ...]) -> None:
+        await self._bump("t", tags)
+
+    async def clear(self) -> None:
+        await self._bump("c", ())
+
+    async def _bump(self, kind: str, tags: tuple[str, ...]) -> None:
+        layout = self.layout
+        await self._run(
+            "invalidate",
+            [layout.tags, layout.seq, layout.log],
+            [*self._announce_args(), kind, *tags],
+        )
+
+    async def discard(self, key: str) -> None:
+        await self._guard.call(lambda: self._client.delete(self.layout.entry(key)))
+
+    # -- what the subscriber needs to resynchronise ------------------------------
+
+    async def server_id(self) -> str:
+        info = await self._guard.call(lambda: self._client.info("server"))
+        return str(info.get("run_id", ""))
+
+    async def current_seq(self) -> int:
+        raw = await self._guard.call(lambda: self._client.get(self.layout.seq))
+        try:
+            return int(raw or 0)
+        except ValueError:
+            return 0  # garbage counter: treated as a fresh server, so L1 is cleared
+
+    async def log_after(self, seq: int) -> list[Message] | None:
+        """The changes after *seq*, or None when the log no longer reaches back.
+
+        An entry that does not parse is returned as None in the list's place, so
+        the caller knows something happened that it cannot interpret.
+        """
+        rows = await self._guard.call(
+            lambda: self._client.xrange(self.layout.log, min=f"{seq + 1}-0", max="+")
+        )
+        if not rows:
+            return []
+        first_id = rows[0][0].decode() if isinstance(rows[0][0], bytes) else str(rows[0][0])
+        if not first_id.startswith(f"{seq + 1}-"):
+            return None
+        messages: list[Message] = []
+        for _id, fields in rows:
+            raw = fields.get(b"m") if isinstance(fields, dict) else None
+            try:
+                messages.append(Message.decode(raw or b""))
+            except ValueError:
+                return None
+        return messages
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

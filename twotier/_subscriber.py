@@ -1,0 +1,189 @@
+"""The Redis invalidation listener: pub/sub in, sequence checks, resync.
+
+Pub/sub is at-most-once. Every message carries the sequence number Redis gave
+the change, so the listener knows exactly when it missed something:
+
+* next number            → apply it;
+* a number it has seen   → ignore it (only its own replay can cause that);
+* a jump                 → fetch the missing changes from the log and apply them;
+* a reconnect, a new server run id, or an idle link whose counter moved
+                         → the same replay, from the last number applied.
+
+When the log no longer reaches back, or the server is a new one, the only safe
+answer is to clear L1. While a resync is under way L1 is suspended (neither
+served nor filled), so nothing stale is served "before the repair lands".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from ._exceptions import BackendError
+from ._redis import RedisTier
+from ._stats import Counters
+from ._tier import Message
+
+logger = logging.getLogger("twotier")
+
+
+class RedisListener:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        tier: RedisTier,
+        origin: str,
+        *,
+        apply: Callable[[Message], None],
+        clear_local: Callable[[], None],
+        suspend_local: Callable[[bool], None],
+        on_link_lost: Callable[[], None],
+        on_synced: Callable[[], None],
+        counters: Counters,
+        health_interval: float,
+        log_extra: dict[str, str],
+    ) -> None:
+        self.client = client
+        self._tier = tier
+        self._origin = origin
+        self._apply = apply
+        self._clear_local = clear_local
+        self._suspend_local = suspend_local
+        self._on_link_lost = on_link_lost
+        self._on_synced = on_synced
+        self._counters = counters
+        self._health_interval = health_interval
+        self._extra = {"tier": "bus", **log_extra}
+        self._last_seq: int | None = None
+        self._server_id: str | None = None
+        self.connected = asyncio.Event()
+
+    @property
+    def last_seq(self) -> int | None:
+        return self._last_seq
+
+    async def run(self) -> None:
+        """Listen until cancelled; reconnect with a short backoff after any failure."""
+        backoff = 0.02
+        while True:
+            try:
+                await self._listen_once()
+            except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
+                if self.connected.is_set():
+                    logger.warning("invalidation link lost (%s); L1 suspended until resync",
+                                   exc, extra=self._extra)
+                self.connected.clear()
+                self._suspend_local(True)
+                self._on_link_lost()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            else:  # pragma: no cover - _listen_once only returns by raising
+                backoff = 0.02
+
+    async def _listen_once(self) -> None:
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self._tier.layout.channel)
+            # Wait for the confirmation: only from here on is no change missed,
+            # so the resync below reads the counter after it.
+            while (await self._next(pubsub)) is None:
+                pass
+            await self._resync("connected")
+            self.connected.set()
+            self._on_synced()
+            pending_ping = False
+            while True:
+                message = await self._next(pubsub)
+                if message is None:
+                    # Idle for a whole interval: prove the link is alive, and
+                    # catch a lost last message (no later number reveals it).
+                    if pending_ping:
+                        raise TimeoutError("no answer to the health ping")
+                    await pubsub.ping()
+                    pending_ping = True
+                    if await self._tier.current_seq() != self._last_seq:
+                        await self._resync("counter moved while idle")
+                elif message == "pong":
+                    pending_ping = False
+                else:
+                    pending_ping = False
+                    await self._handle(message)
+        finally:
+            await pubsub.aclose()
+
+    async def _next(self, pubsub: aioredis.client.PubSub) -> bytes | str | None:
+        """The next payload, "pong", or None after an idle health interval."""
+        raw = await pubsub.get_message(timeout=self._health_interval)
+        if raw is None:
+            return None
+        kind = raw["type"]
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "message":
+            data: bytes = raw["data"]
+            return data
+        if kind == "pong":
+            return "pong"
+        if kind == "subscribe":
+            return "subscribed"
+        return None
+
+    async def _handle(self, data: bytes | str) -> None:
+        if data == "subscribed":
+            return
+        try:
+            message = Message.decode(data)
+        except (ValueError, UnicodeDecodeError):
+            self._counters.bad_messages += 1
+            logger.warning("unreadable invalidation message %r; clearing L1", data[:80],
+                           extra=self._extra)
+            self._clear_local()
+            return
+        last = self._last_seq or 0
+        if message.seq == last + 1:
+            self._deliver(message)
+        elif message.seq > last + 1:
+            await self._resync(f"gap {last}→{message.seq}")
+        else:
+            await self._resync(f"sequence went back {last}→{message.seq}")
+
+    def _deliver(self, message: Message) -> None:
+        self._last_seq = message.seq
+        if message.origin != self._origin:  # our own changes were applied at once
+            self._counters.invalidations_received += 1
+            self._apply(message)
+
+    async def _resync(self, reason: str) -> None:
+        self._suspend_local(True)
+        server_id = await self._tier.server_id()
+        current = await self._tier.current_seq()
+        last = self._last_seq
+        replayed = False
+        if last is None:
+            pass  # first connection: L1 holds nothing learned under another one
+        elif server_id != self._server_id or current < last:
+            self._counters.resyncs += 1
+            self._wipe(f"{reason}; Redis restarted or was flushed")
+        elif current > last:
+            self._counters.resyncs += 1
+            missed = await self._tier.log_after(last)
+            if not missed or missed[-1].seq < current:
+                self._wipe(f"{reason}; the log does not reach back")
+            else:
+                for message in missed:
+                    self._deliver(message)
+                replayed = True
+                logger.info("resynced by replaying %d change(s) (%s)", len(missed), reason,
+                            extra=self._extra)
+        self._server_id = server_id
+        if not replayed:  # a replay has already advanced _last_seq, maybe beyond `current`
+            self._last_seq = current
+        self._suspend_local(False)
+
+    def _wipe(self, why: str) -> None:
+        self._counters.l1_clears += 1
+        logger.warning("clearing L1: %s", why, extra=self._extra)
+        self._clear_local()

