@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
@@ -77,16 +77,24 @@ class TwoTierCache:
         log_maxlen: int = 10_000,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(namespace, str) or not namespace or not namespace.isprintable() \
-                or any(c in namespace for c in " {}:"):
+        if (
+            not isinstance(namespace, str)
+            or not namespace
+            or not namespace.isprintable()
+            or any(c in namespace for c in " {}:")
+        ):
             raise ConfigurationError(
                 f"namespace must be a non-empty printable str without spaces, ':' or braces, "
                 f"got {namespace!r}"
             )
         if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 1:
             raise ConfigurationError(f"l1_maxsize must be a positive int, got {l1_maxsize!r}")
-        for name, value in (("redis_timeout", redis_timeout), ("max_stale", max_stale),
-                            ("lease_ttl", lease_ttl), ("health_interval", health_interval)):
+        for name, value in (
+            ("redis_timeout", redis_timeout),
+            ("max_stale", max_stale),
+            ("lease_ttl", lease_ttl),
+            ("health_interval", health_interval),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
         self.namespace = namespace
@@ -151,15 +159,23 @@ class TwoTierCache:
             on_recover=self._on_redis_back,
             log_extra=self._log_extra,
         )
-        tier = RedisTier(client, guard, Layout(self.namespace), self.instance_id,
-                         lease_ttl=self._lease_ttl, log_maxlen=self._log_maxlen)
+        tier = RedisTier(
+            client,
+            guard,
+            Layout(self.namespace),
+            self.instance_id,
+            lease_ttl=self._lease_ttl,
+            log_maxlen=self._log_maxlen,
+        )
         # The listener gets its own client: a pub/sub connection must not share
         # the socket timeout of data calls (it waits for messages by design).
         listener_client = aioredis.Redis.from_url(
             url, socket_connect_timeout=self._redis_timeout, retry=Retry(NoBackoff(), 0)
         )
         self._listener = RedisListener(
-            listener_client, tier, self.instance_id,
+            listener_client,
+            tier,
+            self.instance_id,
             apply=self._apply_message,
             clear_local=self._clear_local,
             suspend_local=self._suspend_local,
@@ -191,9 +207,10 @@ class TwoTierCache:
             await asyncio.gather(self._listener_task, return_exceptions=True)
         if self._guard is not None:
             await self._guard.close()
-        for client in (self._client, self._listener and self._listener.client):
-            if client is not None:
-                await client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        if self._listener is not None:
+            await self._listener.client.aclose()
         if self.redis_url is None:
             hub_for(self.namespace).unsubscribe(self.instance_id)
 
@@ -227,8 +244,14 @@ class TwoTierCache:
         self._store_local(key, value, read.payload or b"", read.ttl, read.tags, self.copy_on_read)
         return value
 
-    async def load(self, key: str, tags: tuple[str, ...], ttl: float,
-                   loader: Callable[[], Awaitable[Any]], copy_on_read: bool) -> Any:
+    async def load(
+        self,
+        key: str,
+        tags: tuple[str, ...],
+        ttl: float,
+        loader: Callable[[], Awaitable[Any]],
+        copy_on_read: bool,
+    ) -> Any:
         """The miss path: one flight per key, L2, the loader, a conditional write.
 
         Callers have validated *key*, *tags* and *ttl* and already missed L1.
@@ -255,15 +278,17 @@ class TwoTierCache:
         flight.resolve(value)
         return value
 
-    async def _read_through(self, flight: Flight, ttl: float,
-                            loader: Callable[[], Awaitable[Any]], copy_on_read: bool) -> Any:
+    async def _read_through(
+        self, flight: Flight, ttl: float, loader: Callable[[], Awaitable[Any]], copy_on_read: bool
+    ) -> Any:
         key, tags = flight.key, flight.tags
         read = await self._read_remote(key, tags, lease=True)
         value = self._decode_hit(key, read)
         if value is not MISS:
             if not flight.invalidated:
-                self._store_local(key, value, read.payload or b"", read.ttl, read.tags,
-                                  copy_on_read)
+                self._store_local(
+                    key, value, read.payload or b"", read.ttl, read.tags, copy_on_read
+                )
             return value
         self.counters.misses += 1
         self.counters.loads += 1
@@ -304,8 +329,12 @@ class TwoTierCache:
         except DeserializationError as exc:
             # Foreign data, an old format or a bad signature: a counted miss, deleted.
             self.counters.garbage_entries += 1
-            logger.warning("undecodable L2 entry %r deleted: %s", key, exc,
-                           extra={**self._log_extra, "tier": "l2"})
+            logger.warning(
+                "undecodable L2 entry %r deleted: %s",
+                key,
+                exc,
+                extra={**self._log_extra, "tier": "l2"},
+            )
             self._spawn(self._discard(key))
             return MISS
         self.counters.l2_hits += 1
@@ -317,23 +346,32 @@ class TwoTierCache:
         except BackendError:
             self.counters.l2_errors += 1
 
-    def _store_local(self, key: str, value: Any, payload: bytes, ttl: float,
-                     tags: tuple[str, ...], copy_on_read: bool) -> None:
+    def _store_local(
+        self,
+        key: str,
+        value: Any,
+        payload: bytes,
+        ttl: float,
+        tags: tuple[str, ...],
+        copy_on_read: bool,
+    ) -> None:
         if self._degraded:
             ttl = min(ttl, self._max_stale)  # nobody can tell us about changes now
         self.local.store(key, value, payload, ttl, tags, copy_on_read)
 
     # -- changes -------------------------------------------------------------------
 
-    async def set(self, key: str, value: Any, ttl: float | None = None,
-                  tags: Iterable[str] = ()) -> None:
+    async def set(
+        self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
         key, tags_t = validate_key(key), validate_tags(tags)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         payload = self._serializer.dumps(value)  # raises before anything changed
         await self._ensure_started()
         self._apply_local("k", (key,))
-        await self._change(lambda r: r.write(key, payload, seconds, tags_t),
-                           lambda o: o.add_keys((key,)))
+        await self._change(
+            lambda r: r.write(key, payload, seconds, tags_t), lambda o: o.add_keys((key,))
+        )
         self._store_local(key, value, payload, seconds, tags_t, self.copy_on_read)
         self.counters.sets += 1
 
@@ -373,8 +411,9 @@ class TwoTierCache:
         await self._ensure_started()
         await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
 
-    async def _change(self, send: Callable[[RemoteTier], Awaitable[None]],
-                      queue: Callable[[Outbox], None]) -> None:
+    async def _change(
+        self, send: Callable[[RemoteTier], Awaitable[None]], queue: Callable[[Outbox], None]
+    ) -> None:
         """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
         try:
             await send(self._remote)
@@ -413,8 +452,11 @@ class TwoTierCache:
             return
         self._degraded = True
         self.local.cap_expiry(self._clock() + self._max_stale)
-        logger.warning("degraded: L1 entries are served for at most %.1f s more",
-                       self._max_stale, extra=self._log_extra)
+        logger.warning(
+            "degraded: L1 entries are served for at most %.1f s more",
+            self._max_stale,
+            extra=self._log_extra,
+        )
 
     def _on_synced(self) -> None:
         if self._guard is not None and self._guard.available:
@@ -428,8 +470,9 @@ class TwoTierCache:
     def _recovered(self) -> None:
         if self._degraded:
             self._degraded = False
-            logger.warning("recovered: Redis and the invalidation link are back",
-                           extra=self._log_extra)
+            logger.warning(
+                "recovered: Redis and the invalidation link are back", extra=self._log_extra
+            )
         if len(self._outbox):
             self._spawn(self._flush_outbox())
 
@@ -441,17 +484,22 @@ class TwoTierCache:
         if delivered:
             logger.info("delivered %d queued change(s)", delivered, extra=self._log_extra)
 
-    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
         return task
 
     # -- warmup, stats, decorator ----------------------------------------------------
 
-    async def warmup(self, keys: Iterable[str], loader: Callable[[str], Any],
-                     concurrency: int = 16, ttl: float | None = None,
-                     tags: Iterable[str] = ()) -> int:
+    async def warmup(
+        self,
+        keys: Iterable[str],
+        loader: Callable[[str], Any],
+        concurrency: int = 16,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> int:
         """Load *keys* with *loader* (sync or async) into both tiers; return how many were filled.
 
         A loader result of `None` means "nothing to cache for this key" (the
@@ -522,4 +570,3 @@ def _constant(value: Any) -> Callable[[], Awaitable[Any]]:
         return value
 
     return produce
-

@@ -22,15 +22,14 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
 
 
-class CachedFunction(Protocol[P, R_co]):
+class CachedFunction(Protocol[P, R]):
     """What `@cache.cached` returns: the function, plus `.key()` and `.invalidate()`."""
 
-    __wrapped__: Callable[P, Awaitable[R_co]]
+    __wrapped__: Callable[P, Awaitable[R]]
 
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key this call would use."""
@@ -42,11 +41,25 @@ class CachedFunction(Protocol[P, R_co]):
 
 
 class _Cached(Generic[P, R]):
-    __slots__ = ("__wrapped__", "__dict__", "_cache", "_plan", "_ttl", "_copy", "_get",
-                 "_counters")
+    __slots__ = (
+        "__dict__",
+        "__wrapped__",
+        "_cache",
+        "_copy",
+        "_counters",
+        "_get",
+        "_plan",
+        "_ttl",
+    )
 
-    def __init__(self, cache: TwoTierCache, func: Callable[P, Awaitable[R]], plan: KeyPlan,
-                 ttl: float, copy_on_read: bool) -> None:
+    def __init__(
+        self,
+        cache: TwoTierCache,
+        func: Callable[P, Awaitable[R]],
+        plan: KeyPlan,
+        ttl: float,
+        copy_on_read: bool,
+    ) -> None:
         self.__wrapped__ = func
         self._cache = cache
         self._plan = plan
@@ -96,4 +109,3 @@ def make_cached(
         return cached
 
     return decorate
-

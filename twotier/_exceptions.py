@@ -1,17 +1,17 @@
 """The exception tree. Every error twotier raises derives from `TwoTierError`.
 
-    TwoTierError
-    ├── ConfigurationError      bad constructor or decorator arguments
-    │   └── TemplateError       a key/tag template names an unknown parameter
-    ├── InvalidKeyError         a key or tag that is empty, too long, not printable
-    ├── InvalidTTLError         a TTL that is not a positive number of seconds
-    ├── SerializationError      a value the serializer cannot encode
-    ├── DeserializationError    bytes that cannot be decoded or verified (internal:
-    │                           the cache turns it into a counted miss)
-    ├── BackendError            Redis failed (internal: the guard turns it into a
-    │   ├── BackendUnavailable  fallback, never an exception in the caller)
-    │   └── BackendTimeout
-    └── CacheClosedError        the cache was used after `close()`
+TwoTierError
+├── ConfigurationError      bad constructor or decorator arguments
+│   └── TemplateError       a key/tag template names an unknown parameter
+├── InvalidKeyError         a key or tag that is empty, too long, not printable
+├── InvalidTTLError         a TTL that is not a positive number of seconds
+├── SerializationError      a value the serializer cannot encode
+├── DeserializationError    bytes that cannot be decoded or verified (internal:
+│                           the cache turns it into a counted miss)
+├── BackendError            Redis failed (internal: the guard turns it into a
+│   ├── BackendUnavailable  fallback, never an exception in the caller)
+│   └── BackendTimeout
+└── CacheClosedError        the cache was used after `close()`
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 
 class Flight:
-    __slots__ = ("key", "tags", "invalidated", "_future")
+    __slots__ = ("_future", "invalidated", "key", "tags")
 
     def __init__(self, key: str, tags: tuple[str, ...]) -> None:
         self.key = key

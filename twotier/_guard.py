@@ -68,7 +68,8 @@ class Guard:
                 result = await operation()
         except TimeoutError as exc:
             self._failed()
-            raise BackendTimeout(f"Redis did not answer within {self.timeout * 1000:.0f} ms") from exc
+            ms = self.timeout * 1000
+            raise BackendTimeout(f"Redis did not answer within {ms:.0f} ms") from exc
         except (redis_errors.TimeoutError, redis_errors.ConnectionError, OSError) as exc:
             # redis-py's TimeoutError derives from RedisError; both mean "not reachable now".
             self._failed()
@@ -89,8 +90,9 @@ class Guard:
         self._failures += 1
         if self.state is BreakerState.CLOSED and self._failures >= self._threshold:
             self.state = BreakerState.OPEN
-            logger.warning("Redis unavailable: circuit open, serving from L1 and loaders",
-                           extra=self._extra)
+            logger.warning(
+                "Redis unavailable: circuit open, serving from L1 and loaders", extra=self._extra
+            )
             self._on_open()
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 

@@ -160,7 +160,7 @@ KeyFunction = Callable[..., str]
 class KeyPlan:
     """Builds the cache key and tags of one decorated function's calls."""
 
-    __slots__ = ("_signature", "_prefix", "_n_positional", "_fast", "_key", "_tags", "_name")
+    __slots__ = ("_fast", "_key", "_n_positional", "_name", "_prefix", "_signature", "_tags")
 
     def __init__(
         self,

@@ -19,8 +19,21 @@ from ._types import MISS, Clock
 # Values of these types cannot be mutated by a caller, so L1 may hand out the
 # stored object itself instead of a fresh copy.
 _IMMUTABLE: Final = frozenset(
-    {int, float, complex, bool, str, bytes, type(None), decimal.Decimal,
-     dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID}
+    {
+        int,
+        float,
+        complex,
+        bool,
+        str,
+        bytes,
+        type(None),
+        decimal.Decimal,
+        dt.datetime,
+        dt.date,
+        dt.time,
+        dt.timedelta,
+        uuid.UUID,
+    }
 )
 
 
@@ -36,7 +49,7 @@ def is_immutable(value: object) -> bool:
 class Entry:
     """One L1 entry. `data` is the value itself when `shared`, else its encoded bytes."""
 
-    __slots__ = ("data", "shared", "expires", "tags")
+    __slots__ = ("data", "expires", "shared", "tags")
 
     def __init__(self, data: Any, shared: bool, expires: float, tags: tuple[str, ...]) -> None:
         self.data = data
@@ -82,8 +95,15 @@ class LocalTier:
 
     # -- writes ----------------------------------------------------------------
 
-    def store(self, key: str, value: Any, encoded: bytes, ttl: float, tags: tuple[str, ...],
-              copy_on_read: bool = True) -> None:
+    def store(
+        self,
+        key: str,
+        value: Any,
+        encoded: bytes,
+        ttl: float,
+        tags: tuple[str, ...],
+        copy_on_read: bool = True,
+    ) -> None:
         if self.suspended:
             return
         self.evict(key)

@@ -54,8 +54,9 @@ class MemoryTier:
     async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
         return MISSING_READ
 
-    async def fill(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...],
-                   snapshot: str, lease: str) -> bool:
+    async def fill(
+        self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
+    ) -> bool:
         return False
 
     async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None:

@@ -98,8 +98,9 @@ class RedisTier:
             return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
         return ReadResult(None, 0.0, (), None, None)  # garbage, already deleted by the script
 
-    async def fill(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...],
-                   snapshot: str, lease: str) -> bool:
+    async def fill(
+        self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
+    ) -> bool:
         layout = self.layout
         stored = await self._run(
             "fill",

@@ -16,7 +16,7 @@ import uuid
 import zoneinfo
 from typing import Any, Protocol, runtime_checkable
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 from ._exceptions import ConfigurationError, DeserializationError, SerializationError
 
@@ -62,9 +62,7 @@ class MsgpackSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return self.TAG + msgpack.packb(
-                value, default=self._default, use_bin_type=True, strict_types=True
-            )
+            return self.TAG + self._pack(value)
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
@@ -81,7 +79,10 @@ class MsgpackSerializer:
             raise DeserializationError(f"corrupt msgpack payload: {exc}") from exc
 
     def _pack(self, value: Any) -> bytes:
-        return msgpack.packb(value, default=self._default, use_bin_type=True, strict_types=True)
+        packed: bytes = msgpack.packb(
+            value, default=self._default, use_bin_type=True, strict_types=True
+        )
+        return packed
 
     def _default(self, obj: Any) -> Any:
         # strict_types=True sends subclasses here too (e.g. bool is exact, but an

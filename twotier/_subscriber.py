@@ -74,8 +74,11 @@ class RedisListener:
                 await self._listen_once()
             except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
                 if self.connected.is_set():
-                    logger.warning("invalidation link lost (%s); L1 suspended until resync",
-                                   exc, extra=self._extra)
+                    logger.warning(
+                        "invalidation link lost (%s); L1 suspended until resync",
+                        exc,
+                        extra=self._extra,
+                    )
                 self.connected.clear()
                 self._suspend_local(True)
                 self._on_link_lost()
@@ -113,7 +116,7 @@ class RedisListener:
                     pending_ping = False
                     await self._handle(message)
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
     async def _next(self, pubsub: aioredis.client.PubSub) -> bytes | str | None:
         """The next payload, "pong", or None after an idle health interval."""
@@ -138,8 +141,9 @@ class RedisListener:
             message = Message.decode(data)
         except (ValueError, UnicodeDecodeError):
             self._counters.bad_messages += 1
-            logger.warning("unreadable invalidation message %r; clearing L1", data[:80],
-                           extra=self._extra)
+            logger.warning(
+                "unreadable invalidation message %r; clearing L1", data[:80], extra=self._extra
+            )
             self._clear_local()
             return
         last = self._last_seq or 0
@@ -176,8 +180,12 @@ class RedisListener:
                 for message in missed:
                     self._deliver(message)
                 replayed = True
-                logger.info("resynced by replaying %d change(s) (%s)", len(missed), reason,
-                            extra=self._extra)
+                logger.info(
+                    "resynced by replaying %d change(s) (%s)",
+                    len(missed),
+                    reason,
+                    extra=self._extra,
+                )
         self._server_id = server_id
         if not replayed:  # a replay has already advanced _last_seq, maybe beyond `current`
             self._last_seq = current

@@ -27,7 +27,8 @@ class Message:
     seq: int
 
     def encode(self) -> bytes:
-        return SEP.join((FORMAT_VERSION, self.kind, str(self.seq), self.origin, *self.names)).encode()
+        fields = (FORMAT_VERSION, self.kind, str(self.seq), self.origin, *self.names)
+        return SEP.join(fields).encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Message:
@@ -61,8 +62,9 @@ MISSING_READ = ReadResult(None, 0.0, (), None, None)
 class RemoteTier(Protocol):
     async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult: ...
 
-    async def fill(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...],
-                   snapshot: str, lease: str) -> bool:
+    async def fill(
+        self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
+    ) -> bool:
         """Store a loaded value only if the lease is still ours and no tag moved."""
         ...
 

