@@ -1,0 +1,319 @@
+"""The cache's contract in memory mode (`redis_url=None`): L1 plus an in-process bus."""
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from twotier import (
+    CacheClosedError,
+    InvalidKeyError,
+    InvalidTTLError,
+    SerializationError,
+    TwoTierCache,
+)
+from twotier.testing import FakeClock
+
+
+@pytest.fixture
+async def trio() -> AsyncIterator[list[TwoTierCache]]:
+    namespace = f"t{uuid.uuid4().hex[:8]}"  # instances of one test share a hub, tests do not
+    caches = [TwoTierCache(namespace=namespace) for _ in range(3)]
+    for cache in caches:
+        await cache.start()
+    yield caches
+    for cache in caches:
+        await cache.close()
+
+
+async def test_cached_none_is_a_hit(trio: list[TwoTierCache]) -> None:
+    cache = trio[0]
+    calls = 0
+
+    @cache.cached(ttl=60)
+    async def nothing(x: int) -> None:
+        nonlocal calls
+        calls += 1
+
+    assert await nothing(1) is None
+    assert await nothing(1) is None
+    assert calls == 1
+    assert cache.get_stats()["hits"] == 1
+
+
+async def test_read_your_writes_without_waiting(trio: list[TwoTierCache]) -> None:
+    cache = trio[0]
+    await cache.set("k", 1, tags=["t"])
+    assert await cache.get("k") == 1
+    await cache.set("k", 2)
+    assert await cache.get("k") == 2
+    await cache.delete("k")
+    assert await cache.get("k", "gone") == "gone"
+
+
+async def test_every_change_reaches_the_other_instances(trio: list[TwoTierCache]) -> None:
+    a, b, c = trio
+    version = {"n": 0}
+
+    def define(cache: TwoTierCache):  # the same API module, imported by three servers
+        @cache.cached(ttl=60, tags=["articles", "category:{category}"])
+        async def articles(category: str) -> dict[str, int]:
+            return {"version": version["n"]}
+
+        return articles
+
+    fa, fb, fc = (define(x) for x in trio)
+    assert [await f("news") for f in (fa, fb, fc)] == [{"version": 0}] * 3
+
+    version["n"] = 1
+    a.invalidate_tag("category:news")  # seed style: not awaited, still effective everywhere
+    assert await fa("news") == {"version": 1}  # here at once
+    await asyncio.sleep(0)  # elsewhere after the bus delivered it (one loop turn in memory mode)
+    assert [await f("news") for f in (fa, fb, fc)] == [{"version": 1}] * 3
+
+    await b.set("plain", "v1")
+    assert await c.get("plain") is None  # memory mode has no L2: c never saw the value
+    await c.set("plain", "v2")
+    await b.delete("plain")
+    assert await c.get("plain") is None
+
+    version["n"] = 2
+    await c.clear()
+    assert [await f("news") for f in (fa, fb, fc)] == [{"version": 2}] * 3
+
+
+async def test_slow_loader_racing_a_tag_invalidation_is_not_cached(
+    trio: list[TwoTierCache],
+) -> None:
+    a, b, _ = trio
+    source = {"price": 10}
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @a.cached(ttl=60, tags=["item:{id}"])
+    async def price(id: int) -> int:
+        old = source["price"]  # read before the update...
+        started.set()
+        await release.wait()
+        return old  # ...returned after it
+
+    slow = asyncio.create_task(price(1))
+    await started.wait()
+    source["price"] = 20
+    await b.invalidate_tag("item:1")
+    release.set()
+    assert await slow == 10  # the caller that asked before the update gets the old value
+    assert await price(1) == 20  # but it was not cached: the next call loads again
+    assert a.get_stats()["stale_sets_refused"] == 1
+
+
+async def test_slow_loader_racing_a_key_delete_is_not_cached(trio: list[TwoTierCache]) -> None:
+    a, b, _ = trio
+    source = {"v": "old"}
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @a.cached(ttl=60, key="doc:{id}")
+    async def doc(id: int) -> str:
+        value = source["v"]
+        started.set()
+        await release.wait()
+        return value
+
+    slow = asyncio.create_task(doc(7))
+    await started.wait()
+    source["v"] = "new"
+    await b.delete("doc:7")
+    release.set()
+    assert await slow == "old"
+    assert await doc(7) == "new"
+
+
+async def test_caller_after_invalidation_does_not_join_the_old_load(
+    trio: list[TwoTierCache],
+) -> None:
+    a = trio[0]
+    source = {"v": 1}
+    gate = asyncio.Event()
+
+    @a.cached(ttl=60, tags=["t"])
+    async def value() -> int:
+        seen = source["v"]
+        await gate.wait()
+        return seen
+
+    first = asyncio.create_task(value())
+    await asyncio.sleep(0)
+    source["v"] = 2
+    await a.invalidate_tag("t")
+    second = asyncio.create_task(value())
+    await asyncio.sleep(0)
+    gate.set()
+    assert (await first, await second) == (1, 2)
+
+
+async def test_concurrent_misses_run_the_loader_once(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+    calls = itertools.count()
+
+    @a.cached(ttl=60)
+    async def slow(x: int) -> int:
+        next(calls)
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    assert await asyncio.gather(*(slow(21) for _ in range(50))) == [42] * 50
+    assert next(calls) == 1
+    assert a.get_stats()["joined_loads"] == 49
+
+
+async def test_loader_error_is_shared_and_not_cached(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+    attempts = itertools.count()
+
+    @a.cached(ttl=60)
+    async def flaky() -> str:
+        if next(attempts) == 0:
+            await asyncio.sleep(0.01)
+            raise RuntimeError("db down")
+        return "ok"
+
+    results = await asyncio.gather(flaky(), flaky(), return_exceptions=True)
+    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+    assert await flaky() == "ok"
+
+
+async def test_cancelled_leader_does_not_fail_its_waiters(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+    gate = asyncio.Event()
+
+    @a.cached(ttl=60)
+    async def value() -> str:
+        await gate.wait()
+        return "v"
+
+    leader = asyncio.create_task(value())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(value())
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await waiter == "v"
+
+
+async def test_values_from_l1_are_copies_unless_immutable(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+
+    @a.cached(ttl=60)
+    async def rows() -> list[dict[str, int]]:
+        return [{"n": 1}]
+
+    first = await rows()
+    first[0]["n"] = 99  # a caller mutating its result...
+    assert await rows() == [{"n": 1}]  # ...does not change what others get
+
+    @a.cached(ttl=60, copy_on_read=False)
+    async def shared() -> list[int]:
+        return [1]
+
+    assert await shared() is await shared()
+
+
+async def test_ttl_expires_with_the_injected_clock() -> None:
+    clock = FakeClock()
+    cache = TwoTierCache(namespace=f"c{uuid.uuid4().hex[:8]}", clock=clock)
+    calls = itertools.count()
+
+    @cache.cached(ttl=10)
+    async def value() -> int:
+        return next(calls)
+
+    async with cache:
+        assert await value() == 0
+        clock.advance(9.9)
+        assert await value() == 0
+        clock.advance(0.2)
+        assert await value() == 1
+
+
+async def test_bad_input_raises_and_changes_nothing(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+    await a.set("k", "v", tags=["t"])
+    before = a.get_stats()
+    with pytest.raises(SerializationError):
+        await a.set("k", object())
+    with pytest.raises(InvalidTTLError):
+        await a.set("k", "w", ttl=-1)
+    with pytest.raises(InvalidKeyError):
+        await a.set("k", "w", tags=["bad\ntag"])
+    with pytest.raises(InvalidKeyError):
+        a.invalidate_tag("")
+    assert await a.get("k") == "v"
+    assert a.get_stats()["sets"] == before["sets"]
+
+
+async def test_stats_have_the_seed_keys(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+
+    @a.cached(ttl=60, tags=["articles", "category:{c}"])
+    async def f(c: str) -> str:
+        return c
+
+    for c in ["a", "a", "a", "b"]:
+        await f(c)
+    stats = a.get_stats()
+    for key in ("hits", "misses", "sets", "deletes", "tag_invalidations", "hit_rate",
+                "entries", "tags", "l1_hits", "l2_hits", "l2_errors",
+                "invalidations_received", "resyncs", "redis_available"):
+        assert key in stats
+    assert (stats["hits"], stats["misses"], stats["hit_rate"]) == (2, 2, 50.0)
+    assert (stats["entries"], stats["tags"]) == (2, 3)
+
+
+async def test_warmup_with_sync_and_async_loaders(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+
+    def sync_loader(key: str) -> dict[str, int] | None:
+        n = int(key.split(":")[1])
+        return {"id": n} if n <= 8 else None  # None: nothing to cache
+
+    async def async_loader(key: str) -> str:
+        return key.upper()
+
+    filled = await a.warmup([f"article:{i}" for i in range(1, 11)], sync_loader, concurrency=3)
+    assert filled == 8
+    assert await a.get("article:8") == {"id": 8}
+    assert await a.get("article:9") is None
+    assert await a.warmup(["x", "y"], async_loader) == 2
+    assert await a.get("y") == "Y"
+
+
+async def test_lru_bound_and_tag_index_stay_consistent() -> None:
+    cache = TwoTierCache(namespace=f"l{uuid.uuid4().hex[:8]}", l1_maxsize=10)
+    async with cache:
+        for i in range(100):
+            await cache.set(f"k{i}", i, tags=[f"t{i}", "all"])
+        stats = cache.get_stats()
+        assert stats["entries"] == 10
+        assert stats["tags"] == 11  # ten own tags + "all", evicted ones are gone
+        await cache.invalidate_tag("all")
+        assert cache.get_stats()["entries"] == 0
+
+
+async def test_closed_cache_refuses_use() -> None:
+    cache = TwoTierCache(namespace="closed")
+    await cache.start()
+    await cache.close()
+    with pytest.raises(CacheClosedError):
+        await cache.set("k", 1)
+
+
+async def test_decorating_a_sync_function_is_an_error() -> None:
+    from twotier import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="async"):
+
+        @TwoTierCache().cached()
+        def sync(x: int) -> int:
+            return x
