@@ -1,8 +1,6 @@
 """twotier: a two-tier (in-process L1 + shared Redis L2) coherent async cache."""
 
-from __future__ import annotations
-
-import os
+import os as _os
 
 from ._cache import Invalidation, TwoTierCache
 from ._decorator import CachedFunction
@@ -26,7 +24,7 @@ from ._types import MISS
 __version__ = "0.1.0"
 
 #: The default instance (`from twotier import cache`), configured from TWOTIER_* variables.
-cache: TwoTierCache = cache_from_env(os.environ)
+cache: TwoTierCache = cache_from_env(_os.environ)
 
 __all__ = [
     "MISS",
