@@ -202,9 +202,8 @@ class TwoTierCache:
         self._closed = True
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
-        if self._listener_task is not None:
-            self._listener_task.cancel()
-            await asyncio.gather(self._listener_task, return_exceptions=True)
+        if self._listener is not None and self._listener_task is not None:
+            await self._listener.stop(self._listener_task)
         if self._guard is not None:
             await self._guard.close()
         if self._client is not None:

@@ -98,7 +98,7 @@ class Guard:
 
     async def _probe_until_up(self) -> None:
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.05, max=self._probe_max),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self._probe_max),
             retry=retry_if_exception_type((BackendError, OSError, TimeoutError)),
         )
         async for attempt in retrying:

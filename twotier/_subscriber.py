@@ -61,6 +61,9 @@ class RedisListener:
         self._last_seq: int | None = None
         self._server_id: str | None = None
         self.connected = asyncio.Event()
+        # A flag besides task.cancel(): redis-py and asyncio.timeout can swallow a
+        # cancellation that races a read timeout, and this loop must still end.
+        self._stopping = False
 
     @property
     def last_seq(self) -> int | None:
@@ -69,37 +72,44 @@ class RedisListener:
     async def run(self) -> None:
         """Listen until cancelled; reconnect with a short backoff after any failure."""
         backoff = 0.02
-        while True:
+        while not self._stopping:
             try:
                 await self._listen_once()
             except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
                 if self.connected.is_set():
-                    logger.warning(
-                        "invalidation link lost (%s); L1 suspended until resync",
-                        exc,
-                        extra=self._extra,
-                    )
+                    logger.warning("invalidation link lost (%s)", exc, extra=self._extra)
                 self.connected.clear()
-                self._suspend_local(True)
+                # Not suspended: while the link is down L1 serves under the
+                # degraded bound (max_stale); the resync on reconnect repairs it.
+                self._suspend_local(False)
                 self._on_link_lost()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
-            else:  # pragma: no cover - _listen_once only returns by raising
-                backoff = 0.02
+            else:
+                backoff = 0.02  # returned because we are stopping
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End the loop running in *task*, even if a cancellation gets lost on the way."""
+        self._stopping = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=self._health_interval)
 
     async def _listen_once(self) -> None:
         pubsub = self.client.pubsub()
         try:
-            await pubsub.subscribe(self._tier.layout.channel)
             # Wait for the confirmation: only from here on is no change missed,
-            # so the resync below reads the counter after it.
-            while (await self._next(pubsub)) is None:
-                pass
+            # so the resync below reads the counter after it. Bounded, because a
+            # hung server (SIGSTOP) still accepts TCP connections and never answers.
+            async with asyncio.timeout(2 * self._health_interval):
+                await pubsub.subscribe(self._tier.layout.channel)
+                while (await self._next(pubsub)) != "subscribed":
+                    pass
             await self._resync("connected")
             self.connected.set()
             self._on_synced()
             pending_ping = False
-            while True:
+            while not self._stopping:
                 message = await self._next(pubsub)
                 if message is None:
                     # Idle for a whole interval: prove the link is alive, and

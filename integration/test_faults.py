@@ -1,0 +1,269 @@
+"""Issue 3's fault table, each row on a real server: kill, hang, restart, pub/sub cut,
+lost messages, and a slow / blackholed / reset network."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from twotier import TwoTierCache
+from twotier.testing import RedisServer
+
+from ._proxy import ChaosProxy
+from .conftest import eventually
+
+TIMEOUT = 0.1  # the Redis timeout under test
+FAST = {"redis_timeout": TIMEOUT, "health_interval": 0.2, "max_stale": 1.0}
+
+
+class Source:
+    """The database: a version per row; loaders count their calls."""
+
+    def __init__(self) -> None:
+        self.versions: dict[int, int] = {}
+        self.loads = 0
+
+    def loader_for(self, cache: TwoTierCache):
+        @cache.cached(ttl=60, tags=["row:{id}"])
+        async def row(id: int) -> int:
+            self.loads += 1
+            return self.versions.get(id, 0)
+
+        return row
+
+
+async def _timed(coro) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = await coro
+    return result, time.perf_counter() - start
+
+
+@pytest.fixture
+async def caches(server: RedisServer) -> AsyncIterator[list[TwoTierCache]]:
+    made = [TwoTierCache(redis_url=server.url, namespace="f", **FAST) for _ in range(2)]
+    for cache in made:
+        await cache.start()
+    yield made
+    for cache in made:
+        await cache.close()
+
+
+async def test_killed_redis_keeps_serving_and_queues_changes(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    a, b = caches
+    source = Source()
+    row_a = source.loader_for(a)
+    for i in range(10):
+        await row_a(i)
+
+    server.kill()
+    deadline = time.monotonic() + 1.5
+    slowest = 0.0
+    i = 0
+    while time.monotonic() < deadline:  # load: reads, writes and invalidations, none may raise
+        value, took = await _timed(row_a(i % 20))
+        slowest = max(slowest, took)
+        assert value == source.versions.get(i % 20, 0)
+        if i % 10 == 0:
+            source.versions[i % 20] = i
+            a.invalidate_tag(f"row:{i % 20}")
+            await a.set(f"k{i}", i)
+        i += 1
+        await asyncio.sleep(0.001)
+    stats = a.get_stats()
+    assert stats["redis_available"] is False
+    assert stats["breaker_state"] == "open"
+    assert stats["queued_ops"] > 0 and stats["queued_ops_pending"] > 0
+    assert slowest < TIMEOUT + 0.4, f"a call took {slowest:.3f}s with Redis dead"
+
+    server.launch()  # back, empty, same port
+    await eventually(lambda: _true(a.get_stats()["redis_available"]), timeout=10)
+    await eventually(lambda: _true(a.get_stats()["queued_ops_pending"] == 0), timeout=5)
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        assert int(await raw.get("f:v1:{ctl}:seq") or 0) >= 1  # the queue reached Redis
+    finally:
+        await raw.aclose()
+    for i in range(20):
+        assert await row_a(i) == source.versions.get(i, 0)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_hung_redis_costs_at_most_the_timeout(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    a, _ = caches
+    source = Source()
+    row = source.loader_for(a)
+    server.pause()
+    try:
+        durations = []
+        for i in range(8):  # L1 misses: each would hit Redis
+            _, took = await _timed(row(100 + i))
+            durations.append(took)
+        _, took = await _timed(a.set("x", 1))
+        durations.append(took)
+        assert max(durations) < TIMEOUT + 0.25, durations
+        assert a.get_stats()["breaker_state"] == "open"
+        # once open, nothing waits for Redis at all
+        _, took = await _timed(row(999))
+        assert took < TIMEOUT / 2
+    finally:
+        server.resume()
+    await eventually(lambda: _true(a.get_stats()["redis_available"]), timeout=10)
+    assert a.get_stats()["breaker_state"] == "closed"
+
+
+async def test_restart_empty_resyncs_every_instance(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    a, b = caches
+    source = Source()
+    row_a, row_b = source.loader_for(a), source.loader_for(b)
+    assert (await row_a(1), await row_b(1)) == (0, 0)
+    server.kill()
+    source.versions[1] = 1
+    await a.invalidate_tag("row:1")  # applied locally on a, queued for Redis
+    assert await row_a(1) == 1
+    server.launch()
+    for cache in (a, b):
+        await eventually(lambda c=cache: _true(c.get_stats()["redis_available"]), timeout=10)
+    assert await row_b(1) == 1  # b never got the message; the restart wiped its L1
+    assert b.get_stats()["resyncs"] >= 1
+    assert b.get_stats()["l1_clears"] >= 1
+
+
+async def test_cut_pubsub_link_is_noticed_and_repaired(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    a, b = caches
+    source = Source()
+    row_a, row_b = source.loader_for(a), source.loader_for(b)
+    assert (await row_a(1), await row_b(1)) == (0, 0)
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await raw.client_kill_filter(_type="pubsub")
+        source.versions[1] = 1
+        await a.invalidate_tag("row:1")  # published while b's link is down: lost for b
+    finally:
+        await raw.aclose()
+    await eventually(lambda: _equals(row_b(1), 1), timeout=5)
+    assert b.get_stats()["resyncs"] >= 1
+
+
+async def _equals(coro, expected: object) -> bool:
+    return await coro == expected
+
+
+async def _lose_one_change(server: RedisServer, tag: str) -> None:
+    """Make a real change whose pub/sub message nobody receives: the script runs with
+    a channel nobody listens to, so Redis numbers and logs it, but never delivers it."""
+    cache = TwoTierCache(redis_url=server.url, namespace="f", redis_timeout=1)
+    async with cache:
+        cache._remote.layout.channel = "nowhere"  # type: ignore[attr-defined]
+        await cache.invalidate_tag(tag)
+
+
+async def test_lost_message_is_found_by_the_next_sequence_number(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    a, b = caches
+    source = Source()
+    row_b = source.loader_for(b)
+    assert await row_b(1) == 0
+    source.versions[1] = 1
+    await _lose_one_change(server, "row:1")
+    assert await row_b(1) == 0  # b cannot know yet: the message was lost
+    await a.invalidate_tag("row:2")  # the next message reveals the gap
+    await eventually(lambda: _equals(row_b(1), 1))
+    assert b.get_stats()["resyncs"] >= 1
+    assert b.get_stats()["l1_clears"] == 0  # repaired from the log, not by a wipe
+
+
+async def test_lost_last_message_is_found_while_idle(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    _, b = caches
+    source = Source()
+    row_b = source.loader_for(b)
+    assert await row_b(1) == 0
+    source.versions[1] = 1
+    await _lose_one_change(server, "row:1")  # no later message will come
+    took = await eventually(lambda: _equals(row_b(1), 1), timeout=3)
+    assert took < 3  # within about one health interval
+
+
+async def test_log_that_no_longer_reaches_back_clears_l1(server: RedisServer) -> None:
+    cache = TwoTierCache(redis_url=server.url, namespace="f", log_maxlen=1, **FAST)
+    other = TwoTierCache(redis_url=server.url, namespace="f", log_maxlen=1, **FAST)
+    async with cache, other:
+        source = Source()
+        row = source.loader_for(cache)
+        assert await row(1) == 0
+        source.versions[1] = 1
+        for n in range(300):  # many lost changes; the stream is trimmed far past them
+            await _lose_one_change_quick(other, f"row:{n % 7 + 2}")
+        await _lose_one_change_quick(other, "row:1")
+        await eventually(lambda: _equals(row(1), 1), timeout=3)
+        assert cache.get_stats()["l1_clears"] >= 1
+
+
+async def _lose_one_change_quick(cache: TwoTierCache, tag: str) -> None:
+    layout = cache._remote.layout  # type: ignore[attr-defined]
+    layout.channel, saved = "nowhere", layout.channel
+    try:
+        await cache.invalidate_tag(tag)
+    finally:
+        layout.channel = saved
+
+
+@pytest.fixture
+async def proxy(server: RedisServer) -> AsyncIterator[ChaosProxy]:
+    chaos = ChaosProxy(server.port)
+    await chaos.start()
+    yield chaos
+    await chaos.close()
+
+
+async def test_slow_network_costs_at_most_the_timeout(proxy: ChaosProxy) -> None:
+    async with TwoTierCache(redis_url=proxy.url, namespace="p", **FAST) as cache:
+        source = Source()
+        row = source.loader_for(cache)
+        assert await row(1) == 0
+        proxy.latency = 0.5  # far above the timeout
+        for i in range(5):
+            _, took = await _timed(row(10 + i))
+            assert took < TIMEOUT + 0.25
+        assert cache.get_stats()["breaker_state"] == "open"
+        proxy.latency = 0
+        await eventually(lambda: _true(cache.get_stats()["redis_available"]), timeout=10)
+
+
+async def test_blackholed_network_is_noticed_by_the_health_ping(proxy: ChaosProxy) -> None:
+    async with TwoTierCache(redis_url=proxy.url, namespace="p", **FAST) as cache:
+        assert cache.get_stats()["redis_available"]
+        proxy.blackhole = True  # no traffic at all: only the listener's ping can tell
+        await eventually(lambda: _true(not cache.get_stats()["redis_available"]), timeout=3)
+        proxy.blackhole = False
+        proxy.reset()
+        await eventually(lambda: _true(cache.get_stats()["redis_available"]), timeout=10)
+
+
+async def test_reset_connections_resync(proxy: ChaosProxy, server: RedisServer) -> None:
+    async with TwoTierCache(redis_url=proxy.url, namespace="p", **FAST) as cache, \
+            TwoTierCache(redis_url=server.url, namespace="p", **FAST) as direct:
+        source = Source()
+        row = source.loader_for(cache)
+        assert await row(1) == 0
+        proxy.reset()
+        source.versions[1] = 1
+        await direct.invalidate_tag("row:1")
+        await eventually(lambda: _equals(row(1), 1), timeout=5)
