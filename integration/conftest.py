@@ -43,7 +43,9 @@ async def make_cache(server: RedisServer) -> AsyncIterator[CacheFactory]:
         protocol = kwargs.pop("protocol", None)
         url = server.url + (f"?protocol={protocol}" if protocol else "")
         kwargs.setdefault("namespace", "it")
-        kwargs.setdefault("redis_timeout", 0.5)  # shared CI machines stall; chaos tests set their own
+        kwargs.setdefault(
+            "redis_timeout", 0.5
+        )  # shared CI machines stall; chaos tests set their own
         cache = TwoTierCache(redis_url=url, **kwargs)  # type: ignore[arg-type]
         await cache.start()
         caches.append(cache)

@@ -55,7 +55,7 @@ async def caches(server: RedisServer) -> AsyncIterator[list[TwoTierCache]]:
 async def test_killed_redis_keeps_serving_and_queues_changes(
     server: RedisServer, caches: list[TwoTierCache]
 ) -> None:
-    a, b = caches
+    a, _b = caches
     source = Source()
     row_a = source.loader_for(a)
     for i in range(10):
@@ -78,7 +78,8 @@ async def test_killed_redis_keeps_serving_and_queues_changes(
     stats = a.get_stats()
     assert stats["redis_available"] is False
     assert stats["breaker_state"] == "open"
-    assert stats["queued_ops"] > 0 and stats["queued_ops_pending"] > 0
+    assert stats["queued_ops"] > 0
+    assert stats["queued_ops_pending"] > 0
     assert slowest < TIMEOUT + 0.4, f"a call took {slowest:.3f}s with Redis dead"
 
     server.launch()  # back, empty, same port
@@ -258,8 +259,10 @@ async def test_blackholed_network_is_noticed_by_the_health_ping(proxy: ChaosProx
 
 
 async def test_reset_connections_resync(proxy: ChaosProxy, server: RedisServer) -> None:
-    async with TwoTierCache(redis_url=proxy.url, namespace="p", **FAST) as cache, \
-            TwoTierCache(redis_url=server.url, namespace="p", **FAST) as direct:
+    async with (
+        TwoTierCache(redis_url=proxy.url, namespace="p", **FAST) as cache,
+        TwoTierCache(redis_url=server.url, namespace="p", **FAST) as direct,
+    ):
         source = Source()
         row = source.loader_for(cache)
         assert await row(1) == 0

@@ -263,9 +263,22 @@ async def test_stats_have_the_seed_keys(trio: list[TwoTierCache]) -> None:
     for c in ["a", "a", "a", "b"]:
         await f(c)
     stats = a.get_stats()
-    for key in ("hits", "misses", "sets", "deletes", "tag_invalidations", "hit_rate",
-                "entries", "tags", "l1_hits", "l2_hits", "l2_errors",
-                "invalidations_received", "resyncs", "redis_available"):
+    for key in (
+        "hits",
+        "misses",
+        "sets",
+        "deletes",
+        "tag_invalidations",
+        "hit_rate",
+        "entries",
+        "tags",
+        "l1_hits",
+        "l2_hits",
+        "l2_errors",
+        "invalidations_received",
+        "resyncs",
+        "redis_available",
+    ):
         assert key in stats
     assert (stats["hits"], stats["misses"], stats["hit_rate"]) == (2, 2, 50.0)
     assert (stats["entries"], stats["tags"]) == (2, 3)

@@ -8,8 +8,11 @@ def test_public_surface_is_pinned() -> None:
 
 
 def test_every_error_derives_from_the_root() -> None:
-    errors = [getattr(twotier, n) for n in twotier.__all__ if n.endswith("Error") or
-              n.startswith("Backend")]
+    errors = [
+        getattr(twotier, n)
+        for n in twotier.__all__
+        if n.endswith("Error") or n.startswith("Backend")
+    ]
     assert errors
     for error in errors:
         assert issubclass(error, twotier.TwoTierError), error
@@ -24,10 +27,18 @@ def test_default_cache_is_memory_only_without_a_url(monkeypatch) -> None:
 
 def test_default_cache_reads_environment() -> None:
     cache = twotier.cache_from_env(
-        {"TWOTIER_REDIS_URL": "redis://127.0.0.1:1/0", "TWOTIER_NAMESPACE": "erp",
-         "TWOTIER_DEFAULT_TTL": "60", "TWOTIER_L1_MAXSIZE": "5"}
+        {
+            "TWOTIER_REDIS_URL": "redis://127.0.0.1:1/0",
+            "TWOTIER_NAMESPACE": "erp",
+            "TWOTIER_DEFAULT_TTL": "60",
+            "TWOTIER_L1_MAXSIZE": "5",
+        }
     )
-    assert (cache.redis_url, cache.namespace, cache.default_ttl) == ("redis://127.0.0.1:1/0", "erp", 60)
+    assert (cache.redis_url, cache.namespace, cache.default_ttl) == (
+        "redis://127.0.0.1:1/0",
+        "erp",
+        60,
+    )
 
 
 def test_bad_environment_names_the_variable() -> None:

@@ -12,10 +12,19 @@ from twotier import DeserializationError, MsgpackSerializer, PickleSerializer, S
 codec = MsgpackSerializer()
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(),
-    st.binary(), st.decimals(allow_nan=False), st.datetimes(), st.dates(), st.times(),
-    st.timedeltas(), st.uuids(),
-    st.datetimes(timezones=st.sampled_from([dt.timezone.utc, zoneinfo.ZoneInfo("Europe/Berlin")])),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(),
+    st.decimals(allow_nan=False),
+    st.datetimes(),
+    st.dates(),
+    st.times(),
+    st.timedeltas(),
+    st.uuids(),
+    st.datetimes(timezones=st.sampled_from([dt.UTC, zoneinfo.ZoneInfo("Europe/Berlin")])),
 )
 values = st.recursive(
     scalars,
@@ -52,9 +61,15 @@ def test_msgpack_round_trip_is_exact(value: object) -> None:
 
 def test_erp_shaped_value_round_trips() -> None:
     value = {
-        "id": uuid.uuid4(), "price": decimal.Decimal("19.90"), "at": dt.datetime.now(dt.UTC),
-        "due": dt.date(2026, 12, 1), "tags": {"a", "b"}, "dims": (1, 2), "blob": b"\x00\x01",
-        "big": 2**80, "rows": [{"n": 1}],
+        "id": uuid.uuid4(),
+        "price": decimal.Decimal("19.90"),
+        "at": dt.datetime.now(dt.UTC),
+        "due": dt.date(2026, 12, 1),
+        "tags": {"a", "b"},
+        "dims": (1, 2),
+        "blob": b"\x00\x01",
+        "big": 2**80,
+        "rows": [{"n": 1}],
     }
     assert _same(codec.loads(codec.dumps(value)), value)
 
