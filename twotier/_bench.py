@@ -46,16 +46,14 @@ from ._bench_peers import available
 
 TITLES = {
     "l1": "L1 hit through @cache.cached (async fn, one int arg, two tags) "
-          "— target ≤ 1 µs and ≥ 20× faster than cashews",
+    "— target ≤ 1 µs and ≥ 20× faster than cashews",
     "l2": "L2 hit (L1 miss, Redis hit), one caller — target ≤ 1.15× raw GET",
     "l2c": "L2 hits, 50 concurrent tasks (throughput) — target ≥ 0.9× raw concurrent GET",
-    "inv": "invalidation reaching another process — target p50 and p99 ≤ 1.5× raw "
-           "publish→receive",
+    "inv": "invalidation reaching another process — target p50 and p99 ≤ 1.5× raw publish→receive",
     "inv8": "invalidation with 8 instances (8 processes) — target p99 ≤ 2 ms",
     "stampede": "100 concurrent misses on 4 instances (processes, 25 callers each, "
-                "100 ms loader) — target 1 loader run, ≤ 5 commands per waiting instance",
-    "memory": "L1 memory per entry, on top of key and value, tag index included "
-              "— target ≤ 300 B",
+    "100 ms loader) — target 1 loader run, ≤ 5 commands per waiting instance",
+    "memory": "L1 memory per entry, on top of key and value, tag index included — target ≤ 300 B",
     "warmup": "warmup of 10,000 keys — target ≥ 50,000 keys/s",
 }
 
@@ -84,20 +82,35 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="twotier bench",
         description="Benchmark twotier against raw redis-py, in-process floors, cashews "
-                    "and aiocache. Measures; never asserts.",
+        "and aiocache. Measures; never asserts.",
     )
-    parser.add_argument("--redis-url", metavar="URL",
-                        help="server to measure on (default: start an embedded server on a "
-                             "free loopback port); keys written are deleted at the end")
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="server to measure on (default: start an embedded server on a "
+        "free loopback port); keys written are deleted at the end",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write results as JSON")
-    parser.add_argument("--repeat", metavar="N", type=int,
-                        help="rounds per scenario (default 5, --quick 3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few rounds: a smoke test (under a minute)")
-    parser.add_argument("--plots", metavar="DIR", type=Path,
-                        help="write the cost-growth PNGs here (needs matplotlib)")
-    parser.add_argument("--only", metavar="SCENARIO", action="append",
-                        help=f"run only these (repeatable or comma-separated): {', '.join(names)}")
+    parser.add_argument(
+        "--repeat", metavar="N", type=int, help="rounds per scenario (default 5, --quick 3)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and few rounds: a smoke test (under a minute)",
+    )
+    parser.add_argument(
+        "--plots",
+        metavar="DIR",
+        type=Path,
+        help="write the cost-growth PNGs here (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SCENARIO",
+        action="append",
+        help=f"run only these (repeatable or comma-separated): {', '.join(names)}",
+    )
     args = parser.parse_args(argv)
     chosen: list[str] = []
     for item in args.only or []:
@@ -113,8 +126,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.plots is not None and not available("matplotlib"):
-        print("note: matplotlib is not installed; --plots ignored "
-              "(pip install twotier[bench])", file=sys.stderr)
+        print(
+            "note: matplotlib is not installed; --plots ignored (pip install twotier[bench])",
+            file=sys.stderr,
+        )
         args.plots = None
     return args
 
@@ -130,8 +145,7 @@ def main(argv: list[str]) -> int:
 
     try:
         with RedisServer.start() as server:
-            ctx = Context(url=server.url, quick=args.quick, repeat=repeat,
-                          flavour=server.flavour)
+            ctx = Context(url=server.url, quick=args.quick, repeat=repeat, flavour=server.flavour)
             return asyncio.run(_run(ctx, args))
     except RuntimeError as exc:
         if "server" not in str(exc):
@@ -209,23 +223,36 @@ async def _run(ctx: Context, args: argparse.Namespace) -> int:
     if targets:
         print(render_targets(targets))
     elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.0f} s; per scenario: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print(
+        f"\ntotal {elapsed:.0f} s; per scenario: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    )
     if args.plots is not None and growths:
         for path in growth.plot(growths, args.plots):
             print(f"wrote {path}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "machine": info,
-            "config": {"quick": ctx.quick, "repeat": ctx.repeat, "scenarios": args.scenarios,
-                       "seconds": round(elapsed, 1), "timings": timings},
-            "series": [{**s.summary(), "samples": s.samples} for s in series],
-            "growth": [g.summary() for g in growths],
-            "targets": [vars(t) for t in targets],
-            "twotier_warnings": warnings.seen,
-            "failures": failures,
-        }, indent=1, default=_json_default))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "config": {
+                        "quick": ctx.quick,
+                        "repeat": ctx.repeat,
+                        "scenarios": args.scenarios,
+                        "seconds": round(elapsed, 1),
+                        "timings": timings,
+                    },
+                    "series": [{**s.summary(), "samples": s.samples} for s in series],
+                    "growth": [g.summary() for g in growths],
+                    "targets": [vars(t) for t in targets],
+                    "twotier_warnings": warnings.seen,
+                    "failures": failures,
+                },
+                indent=1,
+                default=_json_default,
+            )
+        )
         print(f"wrote {args.json}")
     return 1 if failures else 0
 
@@ -239,11 +266,16 @@ def _json_default(value: object) -> Any:
 # --- targets (issue #4) ------------------------------------------------------------------------
 
 
-def _find(series: list[Series], scenario: str, role: str, unit: str | None = None,
-          contains: str = "") -> Series | None:
+def _find(
+    series: list[Series], scenario: str, role: str, unit: str | None = None, contains: str = ""
+) -> Series | None:
     for s in series:
-        if s.scenario == scenario and s.role == role and contains in s.subject \
-                and (unit is None or s.unit == unit):
+        if (
+            s.scenario == scenario
+            and s.role == role
+            and contains in s.subject
+            and (unit is None or s.unit == unit)
+        ):
             return s
     return None
 
@@ -260,52 +292,95 @@ def evaluate(series: list[Series]) -> list[Target]:
         best = min(cashews, key=lambda s: s.median, default=None)
         speedup = best.median / tt.median if best else math.nan
         holds = tt.median <= 1e-6 and (best is None or speedup >= 20)
-        out.append(Target("L1 hit", "≤ 1 µs median and ≥ 20× faster than cashews' default "
-                          "decorator hit",
-                          f"{_us(tt.median)}; fastest cashews variant {_us(best.median)} → "
-                          f"{speedup:.1f}×" if best else f"{_us(tt.median)}; cashews not "
-                          "installed", holds))
+        out.append(
+            Target(
+                "L1 hit",
+                "≤ 1 µs median and ≥ 20× faster than cashews' default decorator hit",
+                f"{_us(tt.median)}; fastest cashews variant {_us(best.median)} → {speedup:.1f}×"
+                if best
+                else f"{_us(tt.median)}; cashews not installed",
+                holds,
+            )
+        )
     tt, floor = _find(series, "l2", "twotier"), _find(series, "l2", "floor")
     if tt is not None and floor is not None:
         via_get = _find(series, "l2", "twotier", contains="get")
         r = tt.median / floor.median
         extra = f"; cache.get {via_get.median / floor.median:.2f}×" if via_get else ""
-        out.append(Target("L2 hit", "≤ 1.15× raw redis-py GET, one caller",
-                          f"@cached {_us(tt.median)} vs GET {_us(floor.median)} → "
-                          f"{r:.2f}×{extra}", r <= 1.15))
+        out.append(
+            Target(
+                "L2 hit",
+                "≤ 1.15× raw redis-py GET, one caller",
+                f"@cached {_us(tt.median)} vs GET {_us(floor.median)} → {r:.2f}×{extra}",
+                r <= 1.15,
+            )
+        )
     tt, floor = _find(series, "l2c", "twotier"), _find(series, "l2c", "floor")
     if tt is not None and floor is not None:
         r = tt.median / floor.median
-        out.append(Target("L2 hits, 50 tasks", "≥ 0.9× raw concurrent GET throughput",
-                          f"{tt.median:,.0f} vs {floor.median:,.0f} ops/s → {r:.2f}×", r >= 0.9))
+        out.append(
+            Target(
+                "L2 hits, 50 tasks",
+                "≥ 0.9× raw concurrent GET throughput",
+                f"{tt.median:,.0f} vs {floor.median:,.0f} ops/s → {r:.2f}×",
+                r >= 0.9,
+            )
+        )
     tt, floor = _find(series, "inv", "twotier"), _find(series, "inv", "floor")
     if tt is not None and floor is not None:
         r50, r99 = tt.median / floor.median, tt.pct(99) / floor.pct(99)
-        out.append(Target("invalidation", "p50 and p99 ≤ 1.5× raw publish→receive",
-                          f"p50 {_us(tt.median)} vs {_us(floor.median)} ({r50:.2f}×), "
-                          f"p99 {_us(tt.pct(99))} vs {_us(floor.pct(99))} ({r99:.2f}×)",
-                          r50 <= 1.5 and r99 <= 1.5))
+        out.append(
+            Target(
+                "invalidation",
+                "p50 and p99 ≤ 1.5× raw publish→receive",
+                f"p50 {_us(tt.median)} vs {_us(floor.median)} ({r50:.2f}×), "
+                f"p99 {_us(tt.pct(99))} vs {_us(floor.pct(99))} ({r99:.2f}×)",
+                r50 <= 1.5 and r99 <= 1.5,
+            )
+        )
     tt = _find(series, "inv8", "twotier")
     if tt is not None:
         last = _find(series, "inv8", "diag", contains="twotier")
         extra = f"; slowest of the 8 per event: p99 {_us(last.pct(99))}" if last else ""
-        out.append(Target("invalidation, 8 instances", "p99 ≤ 2 ms",
-                          f"p99 {_us(tt.pct(99))} to each instance{extra}",
-                          tt.pct(99) <= 2e-3))
+        out.append(
+            Target(
+                "invalidation, 8 instances",
+                "p99 ≤ 2 ms",
+                f"p99 {_us(tt.pct(99))} to each instance{extra}",
+                tt.pct(99) <= 2e-3,
+            )
+        )
     runs = _find(series, "stampede", "twotier", unit="runs")
     cmds = _find(series, "stampede", "diag", unit="cmds/inst", contains="twotier")
     if runs is not None and cmds is not None:
-        out.append(Target("stampede", "1 loader run; ≤ 5 Redis commands per waiting instance",
-                          f"{runs.median:.0f} loader runs per stampede; busiest instance "
-                          f"{cmds.median:.0f} commands (median of rounds)",
-                          runs.median <= 1 and cmds.median <= 5))
+        out.append(
+            Target(
+                "stampede",
+                "1 loader run; ≤ 5 Redis commands per waiting instance",
+                f"{runs.median:.0f} loader runs per stampede; busiest instance "
+                f"{cmds.median:.0f} commands (median of rounds)",
+                runs.median <= 1 and cmds.median <= 5,
+            )
+        )
     tt = _find(series, "memory", "twotier")
     if tt is not None:
-        out.append(Target("L1 memory", "≤ 300 B per entry on top of key and value",
-                          f"{tt.median:.0f} B/entry ({tt.subject})", tt.median <= 300))
+        out.append(
+            Target(
+                "L1 memory",
+                "≤ 300 B per entry on top of key and value",
+                f"{tt.median:.0f} B/entry ({tt.subject})",
+                tt.median <= 300,
+            )
+        )
     tt, floor = _find(series, "warmup", "twotier"), _find(series, "warmup", "floor")
     if tt is not None:
         vs = f" (pipelined GET {floor.median:,.0f})" if floor else ""
-        out.append(Target("warmup", "≥ 50,000 keys/s into Redis",
-                          f"{tt.median:,.0f} keys/s{vs}", tt.median >= 50_000))
+        out.append(
+            Target(
+                "warmup",
+                "≥ 50,000 keys/s into Redis",
+                f"{tt.median:,.0f} keys/s{vs}",
+                tt.median >= 50_000,
+            )
+        )
     return out

@@ -81,11 +81,19 @@ class Series:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "scenario": self.scenario, "subject": self.subject, "role": self.role,
-            "unit": self.unit, "better": self.better, "n": len(self.samples),
-            "median": self.median, "p10": self.pct(10), "p90": self.pct(90),
-            "p99": self.pct(99), "min": min(self.samples, default=math.nan),
-            "max": max(self.samples, default=math.nan), "note": self.note,
+            "scenario": self.scenario,
+            "subject": self.subject,
+            "role": self.role,
+            "unit": self.unit,
+            "better": self.better,
+            "n": len(self.samples),
+            "median": self.median,
+            "p10": self.pct(10),
+            "p90": self.pct(90),
+            "p99": self.pct(99),
+            "min": min(self.samples, default=math.nan),
+            "max": max(self.samples, default=math.nan),
+            "note": self.note,
         }
 
 
@@ -106,8 +114,15 @@ class Growth:
     note: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title, "xlabel": self.xlabel,
-                "ylabel": self.ylabel, "xs": self.xs, "lines": self.lines, "note": self.note}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "xlabel": self.xlabel,
+            "ylabel": self.ylabel,
+            "xs": self.xs,
+            "lines": self.lines,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -233,8 +248,9 @@ def render_table(series: list[Series], titles: dict[str, str]) -> str:
     row, i.e. how many times faster twotier is.
     """
     lines: list[str] = []
-    header = (f"{'subject':<54} {'median':>9} {'spread':>17} {'unit':>9} "
-              f"{'×floor':>8} {'×twotier':>9}")
+    header = (
+        f"{'subject':<54} {'median':>9} {'spread':>17} {'unit':>9} {'×floor':>8} {'×twotier':>9}"
+    )
     order: list[str] = []
     for s in series:
         if s.scenario not in order:
@@ -258,8 +274,9 @@ def render_table(series: list[Series], titles: dict[str, str]) -> str:
                 rt = ratio_text(s.cost() / mine.cost())
             tag = {"floor": " [floor]", "peer": " [peer]", "diag": " [diag]"}.get(s.role, "")
             name = (s.subject + tag)[:54]
-            lines.append(f"{name:<54} {fmt(s.median * k, unit):>9} {spread:>17} {unit:>9} "
-                         f"{rf:>8} {rt:>9}")
+            lines.append(
+                f"{name:<54} {fmt(s.median * k, unit):>9} {spread:>17} {unit:>9} {rf:>8} {rt:>9}"
+            )
             if s.note:
                 lines.append(f"{'':<6}↳ {s.note}")
     return "\n".join(lines)
@@ -313,8 +330,9 @@ async def machine_info(ctx: Context) -> dict[str, Any]:
         info = await client.info("server")
     finally:
         await client.aclose()
-    server_name = str(info.get("server_name") or ("valkey" if "valkey_version" in info
-                                                   else "redis"))
+    server_name = str(
+        info.get("server_name") or ("valkey" if "valkey_version" in info else "redis")
+    )
     return {
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -329,16 +347,30 @@ async def machine_info(ctx: Context) -> dict[str, Any]:
         "cashews": _version("cashews"),
         "aiocache": _version("aiocache"),
         "server": f"{server_name} {info.get('valkey_version') or info.get('redis_version')}",
-        "server_started_by": "twotier bench (embedded)" if ctx.flavour != "external"
+        "server_started_by": "twotier bench (embedded)"
+        if ctx.flavour != "external"
         else "external (--redis-url)",
         "server_url": ctx.url if ctx.flavour == "external" else "loopback, embedded",
     }
 
 
 def render_machine(info: dict[str, Any]) -> str:
-    keys = ["cpu_model", "cpu_count", "cpu_affinity", "platform", "python", "event_loop",
-            "twotier", "redis-py", "cachetools", "msgpack", "cashews", "aiocache", "server",
-            "server_started_by"]
+    keys = [
+        "cpu_model",
+        "cpu_count",
+        "cpu_affinity",
+        "platform",
+        "python",
+        "event_loop",
+        "twotier",
+        "redis-py",
+        "cachetools",
+        "msgpack",
+        "cashews",
+        "aiocache",
+        "server",
+        "server_started_by",
+    ]
     return "\n".join(f"  {k:<18} {info.get(k) or '–'}" for k in keys)
 
 

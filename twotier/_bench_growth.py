@@ -54,10 +54,15 @@ def _median(samples: list[float]) -> float:
 async def entries(ctx: Context) -> list[Growth]:
     levels = [1_000, 10_000, 100_000] if ctx.quick else [1_000, 10_000, 100_000, 1_000_000]
     draws = ctx.size(20_000, 100_000)
-    lat: dict[str, list[float | None]] = {"twotier @cached": [], "dict wrapper": [],
-                                           "cachetools TTLCache wrapper": []}
-    mem: dict[str, list[float | None]] = {"twotier (2 tags: user:{id}, users)": [],
-                                           "cachetools TTLCache alone": []}
+    lat: dict[str, list[float | None]] = {
+        "twotier @cached": [],
+        "dict wrapper": [],
+        "cachetools TTLCache wrapper": [],
+    }
+    mem: dict[str, list[float | None]] = {
+        "twotier (2 tags: user:{id}, users)": [],
+        "cachetools TTLCache alone": [],
+    }
     rng = random.Random(4)  # noqa: S311  # reproducible draws, not secrets
     for n in levels:
         ctx.log(f"  L1 entries: {n:,}")
@@ -73,8 +78,11 @@ async def entries(ctx: Context) -> list[Growth]:
                 await dict_call(i)
                 await tools_call(i)
             order = [rng.randrange(n) for _ in range(draws)]
-            subjects: dict[str, AsyncCall] = {"twotier @cached": fn, "dict wrapper": dict_call,
-                                              "cachetools TTLCache wrapper": tools_call}
+            subjects: dict[str, AsyncCall] = {
+                "twotier @cached": fn,
+                "dict wrapper": dict_call,
+                "cachetools TTLCache wrapper": tools_call,
+            }
             samples = await calibrated_batches(subjects, order, max(3, ctx.repeat), 0.05)
             hits = cache.get_stats()["l1_hits"]
             if cache.get_stats()["loads"]:
@@ -87,12 +95,27 @@ async def entries(ctx: Context) -> list[Growth]:
         mem["twotier (2 tags: user:{id}, users)"].append(memory[0] if memory else None)
         mem["cachetools TTLCache alone"].append(memory[1] if memory else None)
     return [
-        Growth("entries", "L1 hit latency vs L1 entries (random keys)", "L1 entries",
-               "µs per hit (median)", [float(x) for x in levels], lat, xfmt=_kb,
-               figure="entries",
-               note="random access over all entries; cost grows with CPU cache misses"),
-        Growth("entries-memory", "L1 memory per entry vs L1 entries", "L1 entries",
-               "bytes per entry", [float(x) for x in levels], mem, xfmt=_kb, figure="entries"),
+        Growth(
+            "entries",
+            "L1 hit latency vs L1 entries (random keys)",
+            "L1 entries",
+            "µs per hit (median)",
+            [float(x) for x in levels],
+            lat,
+            xfmt=_kb,
+            figure="entries",
+            note="random access over all entries; cost grows with CPU cache misses",
+        ),
+        Growth(
+            "entries-memory",
+            "L1 memory per entry vs L1 entries",
+            "L1 entries",
+            "bytes per entry",
+            [float(x) for x in levels],
+            mem,
+            xfmt=_kb,
+            figure="entries",
+        ),
     ]
 
 
@@ -126,16 +149,21 @@ async def tags(ctx: Context) -> list[Growth]:
     levels = [0, 2, 8, 16] if ctx.quick else [0, 1, 2, 4, 8, 16]
     keys = list(range(100))
     calls = ctx.size(150, 400)
-    lat: dict[str, list[float | None]] = {"L1 hit (@cached)": [], "L2 hit (L1 miss, @cached)": [],
-                                           "miss: read + loader + fill": [],
-                                           "invalidate_tags(1 tag) round trip": []}
+    lat: dict[str, list[float | None]] = {
+        "L1 hit (@cached)": [],
+        "L2 hit (L1 miss, @cached)": [],
+        "miss: read + loader + fill": [],
+        "invalidate_tags(1 tag) round trip": [],
+    }
     mem: dict[str, list[float | None]] = {"twotier L1, shared tags": []}
     for k in levels:
         ctx.log(f"  tags per entry: {k}")
         tag_names = tuple(f"g{j}" for j in range(k))
         ns = ctx.ns(f"gt{k}")
-        async with TwoTierCache(redis_url=ctx.url, namespace=ns) as writer, \
-                TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1) as reader:
+        async with (
+            TwoTierCache(redis_url=ctx.url, namespace=ns) as writer,
+            TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1) as reader,
+        ):
             wfn = peers.user_function(writer, tags=tag_names)
             rfn = peers.user_function(reader, tags=tag_names)
             miss = await per_call_latencies(wfn, keys)  # each first call: miss, load, fill
@@ -155,10 +183,26 @@ async def tags(ctx: Context) -> list[Growth]:
         lat["invalidate_tags(1 tag) round trip"].append(_median(inv) * US if inv else None)
         mem["twotier L1, shared tags"].append(_tag_memory(ctx.size(10_000, 50_000), tag_names))
     return [
-        Growth("tags", "latency vs tags per entry", "tags per entry", "µs (median)",
-               [float(x) for x in levels], lat, logx=False, figure="tags"),
-        Growth("tags-memory", "L1 memory per entry vs tags per entry", "tags per entry",
-               "bytes per entry", [float(x) for x in levels], mem, logx=False, figure="tags"),
+        Growth(
+            "tags",
+            "latency vs tags per entry",
+            "tags per entry",
+            "µs (median)",
+            [float(x) for x in levels],
+            lat,
+            logx=False,
+            figure="tags",
+        ),
+        Growth(
+            "tags-memory",
+            "L1 memory per entry vs tags per entry",
+            "tags per entry",
+            "bytes per entry",
+            [float(x) for x in levels],
+            mem,
+            logx=False,
+            figure="tags",
+        ),
     ]
 
 
@@ -182,8 +226,12 @@ def _tag_memory(n: int, tag_names: tuple[str, ...]) -> float:
 async def instances(ctx: Context) -> list[Growth]:
     levels = [1, 2, 4] if ctx.quick else [1, 2, 4, 8, 16]
     events = ctx.size(40, 150)
-    lines: dict[str, list[float | None]] = {"twotier p50": [], "twotier p99": [],
-                                             "raw PUBLISH p50": [], "raw PUBLISH p99": []}
+    lines: dict[str, list[float | None]] = {
+        "twotier p50": [],
+        "twotier p99": [],
+        "raw PUBLISH p50": [],
+        "raw PUBLISH p99": [],
+    }
     for n in levels:
         ctx.log(f"  subscribed instances: {n}")
         result = await invalidation_cached(ctx, n, events)
@@ -191,10 +239,18 @@ async def instances(ctx: Context) -> list[Growth]:
             each, _last = result[mode]
             lines[f"{label} p50"].append(percentile(each, 50) * 1e3)
             lines[f"{label} p99"].append(percentile(each, 99) * 1e3)
-    return [Growth("instances", "invalidation latency vs subscribed instances (processes)",
-                   "instances subscribed (one process each)", "ms to reach each instance",
-                   [float(x) for x in levels], lines, figure="instances",
-                   note="every instance is a separate process on this machine's cores")]
+    return [
+        Growth(
+            "instances",
+            "invalidation latency vs subscribed instances (processes)",
+            "instances subscribed (one process each)",
+            "ms to reach each instance",
+            [float(x) for x in levels],
+            lines,
+            figure="instances",
+            note="every instance is a separate process on this machine's cores",
+        )
+    ]
 
 
 # --- value size -------------------------------------------------------------------------------
@@ -210,8 +266,13 @@ def rows_value(size: int) -> list[dict[str, Any]]:
     i = 0
     encoded = 0
     while True:
-        row = {"id": i, "name": f"customer {i:06d}", "city": CITIES[i % 8],
-               "balance": round(i * 1.25, 2), "active": i % 3 == 0}
+        row = {
+            "id": i,
+            "name": f"customer {i:06d}",
+            "city": CITIES[i % 8],
+            "balance": round(i * 1.25, 2),
+            "active": i % 3 == 0,
+        }
         rows.append(row)
         encoded += len(_ROW_SIZER.dumps(row)) - 1
         i += 1
@@ -223,8 +284,10 @@ async def value_size(ctx: Context) -> list[Growth]:
     sizes = [100, 1_000, 10_000, 100_000, 1_000_000]
     serializer = MsgpackSerializer()
     lines: dict[str, list[float | None]] = {
-        "redis-py GET (floor)": [], "redis-py GET + msgpack decode": [],
-        "twotier get, L1 miss → Redis hit": [], "twotier get, L1 hit (copy_on_read)": [],
+        "redis-py GET (floor)": [],
+        "redis-py GET + msgpack decode": [],
+        "twotier get, L1 miss → Redis hit": [],
+        "twotier get, L1 hit (copy_on_read)": [],
         "twotier get, L1 hit (copy_on_read=False)": [],
         "GET zlib-1 payload + decompress": [],
     }
@@ -257,11 +320,17 @@ async def value_size(ctx: Context) -> list[Growth]:
                 data = await raw.get(f"{ns}:z{j}")
                 return zlib.decompress(data if isinstance(data, bytes) else b"")
 
-            async with TwoTierCache(redis_url=ctx.url, namespace=ns, redis_timeout=2.0) as w, \
-                    TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1,
-                                 redis_timeout=2.0) as r, \
-                    TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=4,
-                                 redis_timeout=2.0, copy_on_read=False) as shared:
+            async with (
+                TwoTierCache(redis_url=ctx.url, namespace=ns, redis_timeout=2.0) as w,
+                TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1, redis_timeout=2.0) as r,
+                TwoTierCache(
+                    redis_url=ctx.url,
+                    namespace=ns,
+                    l1_maxsize=4,
+                    redis_timeout=2.0,
+                    copy_on_read=False,
+                ) as shared,
+            ):
                 for j in (0, 1):
                     await w.set(f"v{j}", value)
 
@@ -298,13 +367,24 @@ async def value_size(ctx: Context) -> list[Growth]:
     finally:
         await raw.aclose()
     return [
-        Growth("size", "read latency vs value size (msgpack'd ERP-like rows)", "payload bytes",
-               "µs per read (median)", actual, lines, xfmt=_bytes, logy=True, figure="size",
-               note="zlib level 1 compresses these rows "
-                    + ", ".join(f"{_bytes(x)}: {y or 0:.1f}×" for x, y in
-                                zip(actual, extra["zlib-1 ratio"], strict=True))
-                    + "; compress µs: "
-                    + ", ".join(f"{y or 0:.0f}" for y in extra["zlib-1 compress µs"])),
+        Growth(
+            "size",
+            "read latency vs value size (msgpack'd ERP-like rows)",
+            "payload bytes",
+            "µs per read (median)",
+            actual,
+            lines,
+            xfmt=_bytes,
+            logy=True,
+            figure="size",
+            note="zlib level 1 compresses these rows "
+            + ", ".join(
+                f"{_bytes(x)}: {y or 0:.1f}×"
+                for x, y in zip(actual, extra["zlib-1 ratio"], strict=True)
+            )
+            + "; compress µs: "
+            + ", ".join(f"{y or 0:.0f}" for y in extra["zlib-1 compress µs"]),
+        ),
     ]
 
 
@@ -337,8 +417,7 @@ def plot(growths: list[Growth], directory: Path) -> list[Path]:
         figures.setdefault(g.figure, []).append(g)
     written: list[Path] = []
     for name, panels in figures.items():
-        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4),
-                                 squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
         for ax, g in zip(axes[0], panels, strict=True):
             for label, ys in g.lines.items():
                 pts = [(x, y) for x, y in zip(g.xs, ys, strict=True) if y is not None]

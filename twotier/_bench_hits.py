@@ -50,12 +50,15 @@ async def l1_hit(ctx: Context) -> list[Series]:
         subjects["twotier cache.get(key) (no key building)"] = by_key
         roles["twotier cache.get(key) (no key building)"] = "diag"
         for name, peer in (
-            ("cashews @cache (mem://, same 2 tags)",
-             peers.cashews_subject("mem://", ctx.ns("c1"))),
-            ("cashews @cache (mem://, no tags)",
-             peers.cashews_subject("mem://", ctx.ns("c2"), tags=False)),
-            ("cashews client_side=True (Redis + local)",
-             peers.cashews_subject(ctx.url, ctx.ns("c3"), client_side=True)),
+            ("cashews @cache (mem://, same 2 tags)", peers.cashews_subject("mem://", ctx.ns("c1"))),
+            (
+                "cashews @cache (mem://, no tags)",
+                peers.cashews_subject("mem://", ctx.ns("c2"), tags=False),
+            ),
+            (
+                "cashews client_side=True (Redis + local)",
+                peers.cashews_subject(ctx.url, ctx.ns("c3"), client_side=True),
+            ),
             ("aiocache @cached (memory)", peers.aiocache_subject(None, ctx.ns("a1"))),
         ):
             if peer is not None:
@@ -72,8 +75,10 @@ async def l1_hit(ctx: Context) -> list[Series]:
         finally:
             await _closing(to_close)
     out = [Series("l1", name, roles[name], "s", samples[name]) for name in subjects]
-    out[2].note = (f"L1 hits {stats['l1_hits']:,}, L2 hits {stats['l2_hits']:,}, "
-                   f"loads {stats['loads']:,} during the run")
+    out[2].note = (
+        f"L1 hits {stats['l1_hits']:,}, L2 hits {stats['l2_hits']:,}, "
+        f"loads {stats['loads']:,} during the run"
+    )
     return out
 
 
@@ -111,7 +116,8 @@ async def l2_hit(ctx: Context) -> list[Series]:
         layout = Layout(ns)
         script = raw.register_script(_script_source("read"))
         script_args: dict[int, list[str | int]] = {
-            i: ["", 10_000, f"user:{i}", "users"] for i in keys}
+            i: ["", 10_000, f"user:{i}", "users"] for i in keys
+        }
 
         async def raw_get(i: int) -> object:
             return await raw.get(raw_keys[i])
@@ -121,8 +127,9 @@ async def l2_hit(ctx: Context) -> list[Series]:
 
         async def raw_script(i: int) -> object:
             k = key_of[i]
-            return await script(keys=[layout.tags, layout.entry(k), layout.lease(k)],
-                                args=script_args[i])
+            return await script(
+                keys=[layout.tags, layout.entry(k), layout.lease(k)], args=script_args[i]
+            )
 
         async def by_get(i: int) -> object:
             return await getter.get(key_of[i])
@@ -157,8 +164,9 @@ async def l2_hit(ctx: Context) -> list[Series]:
             await raw.aclose()
             await raw_timeout.aclose()
     out = [Series("l2", name, role, "s", samples[name]) for name, (role, _c) in subjects.items()]
-    out[3].note = (f"reader: L1 hits {stats['l1_hits']}, L2 hits {stats['l2_hits']:,}, "
-                   f"loads {stats['loads']}")
+    out[3].note = (
+        f"reader: L1 hits {stats['l1_hits']}, L2 hits {stats['l2_hits']:,}, loads {stats['loads']}"
+    )
     out[4].note = f"getter: L1 hits {gstats['l1_hits']}, L2 hits {gstats['l2_hits']:,}"
     return out
 
@@ -204,10 +212,14 @@ async def l2_concurrent(ctx: Context) -> list[Series]:
         finally:
             await _closing(to_close)
             await raw.aclose()
-    out = [Series("l2c", name, role, "ops/s", samples[name], better="higher")
-           for name, (role, _c) in subjects.items()]
-    out[1].note = (f"L1 hits {stats['l1_hits']:,}, L2 hits {stats['l2_hits']:,}, "
-                   f"joined {stats['joined_loads']}, loads {stats['loads']}")
+    out = [
+        Series("l2c", name, role, "ops/s", samples[name], better="higher")
+        for name, (role, _c) in subjects.items()
+    ]
+    out[1].note = (
+        f"L1 hits {stats['l1_hits']:,}, L2 hits {stats['l2_hits']:,}, "
+        f"joined {stats['joined_loads']}, loads {stats['loads']}"
+    )
     return out
 
 
@@ -257,6 +269,7 @@ def l1_memory_rows(n: int) -> dict[str, float]:
             for i in range(n):
                 store(keys[i], values[i], b"", 300.0, tags(i))
             return cache
+
         return fill
 
     # The tuples of tags exist per entry in a real store too, but are built by the
@@ -265,10 +278,12 @@ def l1_memory_rows(n: int) -> dict[str, float]:
         "dict": _bytes_per_entry(n, dict_fill),
         "TTLCache": _bytes_per_entry(n, ttl_fill),
         "twotier 0 tags": _bytes_per_entry(n, twotier_fill(lambda i: ())),
-        "twotier 2 tags (users, user:{id})":
-            _bytes_per_entry(n, twotier_fill(lambda i: (own_tags[i], "users"))),
-        "twotier 2 shared tags (users, org:{id%100})":
-            _bytes_per_entry(n, twotier_fill(lambda i: (group_tags[i % 100], "users"))),
+        "twotier 2 tags (users, user:{id})": _bytes_per_entry(
+            n, twotier_fill(lambda i: (own_tags[i], "users"))
+        ),
+        "twotier 2 shared tags (users, org:{id%100})": _bytes_per_entry(
+            n, twotier_fill(lambda i: (group_tags[i % 100], "users"))
+        ),
     }
 
 
@@ -279,10 +294,19 @@ async def l1_memory(ctx: Context) -> list[Series]:
     names = {"dict": "dict (key → value)", "TTLCache": "cachetools TTLCache alone"}
     out = []
     for name in runs[0]:
-        out.append(Series("memory", names.get(name, name), roles.get(name, "twotier"),
-                          "B/entry", [r[name] for r in runs]))
-    out[3].note = (f"{n:,} entries; keys, values and tag strings made before measuring "
-                   "(tracemalloc); per-entry tag strings cost their own size on top")
+        out.append(
+            Series(
+                "memory",
+                names.get(name, name),
+                roles.get(name, "twotier"),
+                "B/entry",
+                [r[name] for r in runs],
+            )
+        )
+    out[3].note = (
+        f"{n:,} entries; keys, values and tag strings made before measuring "
+        "(tracemalloc); per-entry tag strings cost their own size on top"
+    )
     out[2], out[3] = out[3], out[2]  # the decorator's tags first: it is the headline row
     return out
 
@@ -312,7 +336,9 @@ async def warmup(ctx: Context) -> list[Series]:
     raw = ctx.client()
     payload = PAYLOAD.dumps(12345)
     variants = {  # label: (concurrency, redis_timeout or None for the default)
-        "tt": (16, None), "tt64": (64, 1.0)}
+        "tt": (16, None),
+        "tt64": (64, 1.0),
+    }
     samples: dict[str, list[float]] = {"set": [], "get": [], **{k: [] for k in variants}}
     stored: dict[str, list[int]] = {k: [] for k in variants}
     errors: dict[str, int] = dict.fromkeys(variants, 0)
@@ -323,7 +349,7 @@ async def warmup(ctx: Context) -> list[Series]:
     async def pipelined(prefix: str, write: bool) -> None:
         for start in range(0, n, 1000):
             pipe = raw.pipeline(transaction=False)
-            for k in keys[start:start + 1000]:
+            for k in keys[start : start + 1000]:
                 if write:
                     pipe.set(prefix + k, payload, ex=300)
                 else:
@@ -337,10 +363,13 @@ async def warmup(ctx: Context) -> list[Series]:
             samples["get"].append(await _timed(partial(pipelined, prefix, False), n))
             for label, (conc, timeout) in variants.items():
                 ns = ctx.ns(f"w{label}{r}")
-                cache = (TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=n)
-                         if timeout is None else
-                         TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=n,
-                                      redis_timeout=timeout))
+                cache = (
+                    TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=n)
+                    if timeout is None
+                    else TwoTierCache(
+                        redis_url=ctx.url, namespace=ns, l1_maxsize=n, redis_timeout=timeout
+                    )
+                )
                 async with cache:
                     gc.collect()
                     t0 = time.perf_counter()
@@ -354,16 +383,39 @@ async def warmup(ctx: Context) -> list[Series]:
         await raw.aclose()
 
     def note(label: str) -> str:
-        return (f"entries found in Redis afterwards: {min(stored[label]):,}–"
-                f"{max(stored[label]):,} of {n:,}; L2 errors (timeouts) {errors[label]}")
+        return (
+            f"entries found in Redis afterwards: {min(stored[label]):,}–"
+            f"{max(stored[label]):,} of {n:,}; L2 errors (timeouts) {errors[label]}"
+        )
 
     return [
-        Series("warmup", f"redis-py pipelined GET ({n:,} keys, 1000/batch)", "floor", "keys/s",
-               samples["get"], better="higher"),
-        Series("warmup", "redis-py pipelined SET EX", "diag", "keys/s", samples["set"],
-               better="higher"),
-        Series("warmup", f"twotier warmup({n:,} keys), defaults", "twotier", "keys/s",
-               samples["tt"], better="higher", note=note("tt")),
-        Series("warmup", "twotier warmup, concurrency=64, redis_timeout=1 s", "diag", "keys/s",
-               samples["tt64"], better="higher", note=note("tt64")),
+        Series(
+            "warmup",
+            f"redis-py pipelined GET ({n:,} keys, 1000/batch)",
+            "floor",
+            "keys/s",
+            samples["get"],
+            better="higher",
+        ),
+        Series(
+            "warmup", "redis-py pipelined SET EX", "diag", "keys/s", samples["set"], better="higher"
+        ),
+        Series(
+            "warmup",
+            f"twotier warmup({n:,} keys), defaults",
+            "twotier",
+            "keys/s",
+            samples["tt"],
+            better="higher",
+            note=note("tt"),
+        ),
+        Series(
+            "warmup",
+            "twotier warmup, concurrency=64, redis_timeout=1 s",
+            "diag",
+            "keys/s",
+            samples["tt64"],
+            better="higher",
+            note=note("tt64"),
+        ),
     ]

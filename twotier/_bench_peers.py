@@ -45,9 +45,12 @@ async def _nothing() -> None:
 # --- twotier --------------------------------------------------------------------
 
 
-def user_function(cache: TwoTierCache, tags: Sequence[str] = TWO_TAGS,
-                  counter: list[int] | None = None, delay: float = 0.0
-                  ) -> CachedFunction[[int], int]:
+def user_function(
+    cache: TwoTierCache,
+    tags: Sequence[str] = TWO_TAGS,
+    counter: list[int] | None = None,
+    delay: float = 0.0,
+) -> CachedFunction[[int], int]:
     """The benchmark function, decorated. Same qualname on every instance, so same keys."""
     import asyncio
 
@@ -101,9 +104,16 @@ def cachetools_wrapper(maxsize: int = 100_000) -> AsyncCall:
 # --- cashews ----------------------------------------------------------------------
 
 
-def cashews_subject(setup_url: str, prefix: str, *, tags: bool = True,
-                    client_side: bool = False, lock: bool = False,
-                    counter: list[int] | None = None, delay: float = 0.0) -> Subject | None:
+def cashews_subject(
+    setup_url: str,
+    prefix: str,
+    *,
+    tags: bool = True,
+    client_side: bool = False,
+    lock: bool = False,
+    counter: list[int] | None = None,
+    delay: float = 0.0,
+) -> Subject | None:
     """cashews' default decorator (`@cache(ttl=...)`), optionally with the same two tags."""
     if not available("cashews"):
         return None
@@ -146,8 +156,12 @@ def aiocache_subject(redis_url: str | None, namespace: str) -> Subject | None:
     options: dict[str, Any] = {"ttl": 300, "namespace": namespace}
     if redis_url is not None:
         url = urlparse(redis_url)
-        options.update(cache=Cache.REDIS, endpoint=url.hostname or "127.0.0.1",
-                       port=url.port or 6379, db=int((url.path or "/0").lstrip("/") or 0))
+        options.update(
+            cache=Cache.REDIS,
+            endpoint=url.hostname or "127.0.0.1",
+            port=url.port or 6379,
+            db=int((url.path or "/0").lstrip("/") or 0),
+        )
     decorate = cached(**options)
     fn: AsyncCall = decorate(_user)
 

@@ -77,8 +77,9 @@ async def _receiver(url: str, namespace: str) -> None:
         await client.aclose()
 
 
-async def _stampede_child(lib: str, url: str, namespace: str, callers: int,
-                          loader_ms: float) -> None:
+async def _stampede_child(
+    lib: str, url: str, namespace: str, callers: int, loader_ms: float
+) -> None:
     from . import _bench_peers as peers
     from ._cache import TwoTierCache
 
@@ -91,8 +92,9 @@ async def _stampede_child(lib: str, url: str, namespace: str, callers: int,
         await cache.start()
         call: Any = peers.user_function(cache, counter=counter, delay=delay)
     else:
-        subject = peers.cashews_subject(url, namespace, tags=False, lock=True,
-                                        counter=counter, delay=delay)
+        subject = peers.cashews_subject(
+            url, namespace, tags=False, lock=True, counter=counter, delay=delay
+        )
         if subject is None:
             raise SystemExit("cashews is not installed")
         call = subject.call
@@ -126,8 +128,7 @@ def child_main(argv: list[str]) -> int:
     if args.role == "receiver":
         asyncio.run(_receiver(args.url, args.name))
     else:
-        asyncio.run(_stampede_child(args.lib, args.url, args.name, args.callers,
-                                    args.loader_ms))
+        asyncio.run(_stampede_child(args.lib, args.url, args.name, args.callers, args.loader_ms))
     return 0
 
 
@@ -142,10 +143,16 @@ class Children:
 
     async def start(self, argvs: list[list[str]]) -> None:
         for argv in argvs:
-            self.procs.append(await asyncio.create_subprocess_exec(
-                python_exe(), "-m", "twotier._bench_proc", *argv,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            ))
+            self.procs.append(
+                await asyncio.create_subprocess_exec(
+                    python_exe(),
+                    "-m",
+                    "twotier._bench_proc",
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
         for proc in self.procs:
             line = await self.readline(proc, READY_TIMEOUT)
             if line != "ready":
@@ -236,17 +243,41 @@ async def invalidation_rows(ctx: Context) -> list[Series]:
         (raw_each, raw_last), (tt_each, tt_last) = result["raw"], result["twotier"]
         label = "1 other process" if receivers == 1 else f"{receivers} processes, each"
         out += [
-            Series(scen, f"redis-py PUBLISH → subscriber, {label}", "floor", "s", raw_each,
-                   spread="p99"),
-            Series(scen, f"twotier invalidate_tag → L1 applied, {label}", "twotier", "s",
-                   tt_each, spread="p99"),
+            Series(
+                scen,
+                f"redis-py PUBLISH → subscriber, {label}",
+                "floor",
+                "s",
+                raw_each,
+                spread="p99",
+            ),
+            Series(
+                scen,
+                f"twotier invalidate_tag → L1 applied, {label}",
+                "twotier",
+                "s",
+                tt_each,
+                spread="p99",
+            ),
         ]
         if receivers > 1:
             out += [
-                Series(scen, f"redis-py PUBLISH → last of {receivers}", "diag", "s", raw_last,
-                       spread="p99"),
-                Series(scen, f"twotier → last of {receivers} instances", "diag", "s", tt_last,
-                       spread="p99"),
+                Series(
+                    scen,
+                    f"redis-py PUBLISH → last of {receivers}",
+                    "diag",
+                    "s",
+                    raw_last,
+                    spread="p99",
+                ),
+                Series(
+                    scen,
+                    f"twotier → last of {receivers} instances",
+                    "diag",
+                    "s",
+                    tt_last,
+                    spread="p99",
+                ),
             ]
     return out
 
@@ -254,8 +285,9 @@ async def invalidation_rows(ctx: Context) -> list[Series]:
 # --- the stampede -------------------------------------------------------------------------------
 
 
-async def _monitor_until(client: aioredis.Redis, marker: str, started: asyncio.Event,
-                         seen: list[dict[str, Any]]) -> None:
+async def _monitor_until(
+    client: aioredis.Redis, marker: str, started: asyncio.Event, seen: list[dict[str, Any]]
+) -> None:
     async with client.monitor() as monitor:
         started.set()
         while True:
@@ -271,15 +303,34 @@ async def _client_names(client: aioredis.Redis) -> dict[str, str]:
     return {str(c["addr"]): str(c.get("name") or "") for c in listing}
 
 
-async def stampede(ctx: Context, lib: str, rounds: int, instances: int = 4, callers: int = 100,
-                   loader_ms: float = 100.0) -> tuple[list[float], list[list[float]], str]:
+async def stampede(
+    ctx: Context,
+    lib: str,
+    rounds: int,
+    instances: int = 4,
+    callers: int = 100,
+    loader_ms: float = 100.0,
+) -> tuple[list[float], list[list[float]], str]:
     """Loader runs per stampede, and per-instance client commands (MONITOR, by client name)."""
     name = ctx.ns(f"s{lib[0]}{secrets.token_hex(2)}")
     per_instance = callers // instances
     children = Children()
-    argvs = [["stampede", "--url", f"{ctx.url}?client_name={name}i{j}", "--name", name,
-              "--lib", lib, "--callers", str(per_instance), "--loader-ms", str(loader_ms)]
-             for j in range(instances)]
+    argvs = [
+        [
+            "stampede",
+            "--url",
+            f"{ctx.url}?client_name={name}i{j}",
+            "--name",
+            name,
+            "--lib",
+            lib,
+            "--callers",
+            str(per_instance),
+            "--loader-ms",
+            str(loader_ms),
+        ]
+        for j in range(instances)
+    ]
     watcher = ctx.client()
     loads: list[float] = []
     commands: list[list[float]] = []
@@ -292,7 +343,8 @@ async def stampede(ctx: Context, lib: str, rounds: int, instances: int = 4, call
             started = asyncio.Event()
             monitor_client = ctx.client()
             task = asyncio.get_running_loop().create_task(
-                _monitor_until(monitor_client, marker, started, seen))
+                _monitor_until(monitor_client, marker, started, seen)
+            )
             await started.wait()
             await asyncio.sleep(0.05)
             children.send(f"go {1000 + r}")
@@ -309,7 +361,7 @@ async def stampede(ctx: Context, lib: str, rounds: int, instances: int = 4, call
             for info in seen:
                 who = names.get(f"{info.get('client_address')}:{info.get('client_port')}", "")
                 if who.startswith(name):
-                    counts[int(who[len(name) + 1:])] += 1
+                    counts[int(who[len(name) + 1 :])] += 1
                     verb = str(info.get("command", "")).split(" ", 1)[0].upper()
                     breakdown[verb] = breakdown.get(verb, 0) + 1
             loads.append(float(runs))
@@ -317,8 +369,9 @@ async def stampede(ctx: Context, lib: str, rounds: int, instances: int = 4, call
     finally:
         await children.stop()
         await watcher.aclose()
-    detail = ", ".join(f"{verb} {n / rounds:.0f}" for verb, n in
-                       sorted(breakdown.items(), key=lambda kv: -kv[1]))
+    detail = ", ".join(
+        f"{verb} {n / rounds:.0f}" for verb, n in sorted(breakdown.items(), key=lambda kv: -kv[1])
+    )
     return loads, commands, f"per stampede (all instances): {detail or 'none'}"
 
 
@@ -335,10 +388,16 @@ async def stampede_rows(ctx: Context) -> list[Series]:
         flat = [c for per_round in commands for c in per_round]
         out += [
             Series("stampede", f"{label}: loader runs per stampede", role, "runs", loads),
-            Series("stampede", f"{label}: commands per instance", role, "cmds/inst", flat,
-                   note=detail),
-            Series("stampede", f"{label}: commands, busiest instance", "diag", "cmds/inst",
-                   [max(r) for r in commands]),
+            Series(
+                "stampede", f"{label}: commands per instance", role, "cmds/inst", flat, note=detail
+            ),
+            Series(
+                "stampede",
+                f"{label}: commands, busiest instance",
+                "diag",
+                "cmds/inst",
+                [max(r) for r in commands],
+            ),
         ]
     return out
 

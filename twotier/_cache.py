@@ -322,6 +322,8 @@ class TwoTierCache:
 
     def _decode_hit(self, key: str, read: ReadResult) -> Any:
         if read.payload is None:
+            if read.garbage:
+                self.counters.garbage_entries += 1
             return MISS
         try:
             value = self._serializer.loads(read.payload)

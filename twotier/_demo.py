@@ -52,8 +52,18 @@ POLL_INTERVAL = 0.0005  # a yield, not a spin: spinning watchers slow the machin
 REPLY_TIMEOUT = 15.0  # generous: a worker's first answer includes interpreter start-up
 # The counters whose changes tell which path a call took, and what reached an instance.
 COUNTED = ("l1_hits", "l2_hits", "loads", "invalidations_received", "queued_ops")
-STAT_KEYS = ("hits", "misses", "sets", "tag_invalidations", "hit_rate", "entries", "tags",
-             "l1_hits", "l2_hits", "invalidations_received")
+STAT_KEYS = (
+    "hits",
+    "misses",
+    "sets",
+    "tag_invalidations",
+    "hit_rate",
+    "entries",
+    "tags",
+    "l1_hits",
+    "l2_hits",
+    "invalidations_received",
+)
 
 Articles = list[dict[str, Any]]
 
@@ -137,8 +147,10 @@ class Worker:
     def _since(self, before: dict[str, int]) -> dict[str, Any]:
         """Counter deltas since *before* (which tier answered, what arrived), and Redis health."""
         now = self._counts()
-        return {**{name: now[name] - before[name] for name in COUNTED},
-                "redis": self.cache.get_stats()["redis_available"]}
+        return {
+            **{name: now[name] - before[name] for name in COUNTED},
+            "redis": self.cache.get_stats()["redis_available"],
+        }
 
     async def measure(self, categories: list[str]) -> dict[str, Any]:
         """Time each call; the counter deltas tell the parent which tier answered."""
@@ -171,9 +183,13 @@ class Worker:
             if articles[0]["version"] != old:
                 # This call missed L1, so the invalidation had arrived by `started`;
                 # the previous call (at `last_old_ns`) still hit: it arrived in between.
-                return {"reached_ns": started, "last_old_ns": last_old_ns,
-                        "new_ns": time.time_ns(), "version": articles[0]["version"],
-                        **self._since(before)}
+                return {
+                    "reached_ns": started,
+                    "last_old_ns": last_old_ns,
+                    "new_ns": time.time_ns(),
+                    "version": articles[0]["version"],
+                    **self._since(before),
+                }
             last_old_ns = started
             # An L1 hit never suspends: without this sleep the pub/sub listener
             # would never run and the invalidation could never be seen.
@@ -198,8 +214,13 @@ class Worker:
         confirmed_ns = time.time_ns()
         delivery = self._since(before)
         articles = await self.fetch(category)
-        return {"db_version": db_version, "sent_ns": sent_ns, "confirmed_ns": confirmed_ns,
-                "version": articles[0]["version"], **delivery}
+        return {
+            "db_version": db_version,
+            "sent_ns": sent_ns,
+            "confirmed_ns": confirmed_ns,
+            "version": articles[0]["version"],
+            **delivery,
+        }
 
     async def stats(self) -> dict[str, Any]:
         stats = self.cache.get_stats()
@@ -224,11 +245,18 @@ async def _serve(url: str, db: Database, out: TextIO) -> None:
     """Answer requests until the parent closes our stdin (or dies, which closes it too)."""
     reader, transport = await _stdin_reader()
     try:
-        async with TwoTierCache(redis_url=url, namespace=NAMESPACE,
-                                redis_timeout=REDIS_TIMEOUT) as cache:
+        async with TwoTierCache(
+            redis_url=url, namespace=NAMESPACE, redis_timeout=REDIS_TIMEOUT
+        ) as cache:
             worker = Worker(cache, db)
-            _reply(out, {"pid": os.getpid(), "instance": cache.instance_id,
-                         "redis": cache.get_stats()["redis_available"]})
+            _reply(
+                out,
+                {
+                    "pid": os.getpid(),
+                    "instance": cache.instance_id,
+                    "redis": cache.get_stats()["redis_available"],
+                },
+            )
             while line := await reader.readline():
                 _reply(out, await worker.serve(json.loads(line)))
     finally:
@@ -236,15 +264,17 @@ async def _serve(url: str, db: Database, out: TextIO) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m twotier._demo",
-                                     description="internal: one process of `twotier demo`")
+    parser = argparse.ArgumentParser(
+        prog="python -m twotier._demo", description="internal: one process of `twotier demo`"
+    )
     parser.add_argument("role", choices=["worker"])
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--db", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format=f"[instance {args.index}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format=f"[instance {args.index}] %(levelname)s %(message)s"
+    )
     out = sys.stdout
     sys.stdout = sys.stderr  # a stray print must not corrupt the reply channel
     try:
@@ -266,9 +296,22 @@ class WorkerProcess:
     def __init__(self, index: int, url: str, db: Path, started: list[WorkerProcess]) -> None:
         self.index = index
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "twotier._demo", "worker",
-             "--index", str(index), "--url", url, "--db", str(db)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
+            [
+                sys.executable,
+                "-m",
+                "twotier._demo",
+                "worker",
+                "--index",
+                str(index),
+                "--url",
+                url,
+                "--db",
+                str(db),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
             # Its own session: a Ctrl-C reaches only the parent, which then shuts
             # the workers down in order instead of racing their tracebacks.
             start_new_session=True,
@@ -298,11 +341,13 @@ class WorkerProcess:
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise DemoError(f"instance {self.index} did not answer {what!r} "
-                            f"within {timeout:g} s") from None
+            raise DemoError(
+                f"instance {self.index} did not answer {what!r} within {timeout:g} s"
+            ) from None
         if line is None:
-            raise DemoError(f"instance {self.index} ended before answering {what!r} "
-                            f"({self._status()})")
+            raise DemoError(
+                f"instance {self.index} ended before answering {what!r} ({self._status()})"
+            )
         reply = cast(dict[str, Any], json.loads(line))
         if "error" in reply:
             raise DemoError(f"instance {self.index} failed {what!r}: {reply['error']}")
@@ -333,7 +378,10 @@ def stop_workers(workers: list[WorkerProcess], grace: float = 2.0) -> None:
     for worker in workers:
         worker.close_input()
     steps: tuple[Callable[[subprocess.Popen[str]], None] | None, ...] = (
-        None, subprocess.Popen.terminate, subprocess.Popen.kill)
+        None,
+        subprocess.Popen.terminate,
+        subprocess.Popen.kill,
+    )
     for step in steps:
         alive = [worker.popen for worker in workers if worker.popen.poll() is None]
         for popen in alive:
@@ -400,11 +448,16 @@ def _row(label: str, text: str) -> None:
 
 def show_setup(server: RedisServer, workers: list[WorkerProcess]) -> None:
     print("twotier demo: three processes, each with its own TwoTierCache, one shared Redis")
-    _row("server", f"{server.flavour} {_server_version(server.url)} ({server.binary}) "
-                   f"on 127.0.0.1:{server.port}")
+    _row(
+        "server",
+        f"{server.flavour} {_server_version(server.url)} ({server.binary}) "
+        f"on 127.0.0.1:{server.port}",
+    )
     for worker in workers:
-        _row(f"instance {worker.index}",
-             f"pid {worker.hello['pid']}, cache instance_id {worker.hello['instance']}")
+        _row(
+            f"instance {worker.index}",
+            f"pid {worker.hello['pid']}, cache instance_id {worker.hello['instance']}",
+        )
     print()
 
 
@@ -414,8 +467,7 @@ def _require_redis(worker: WorkerProcess, reply: dict[str, Any]) -> None:
         raise DemoError(f"instance {worker.index} lost its connection to Redis")
 
 
-def _measure(workers: list[WorkerProcess], categories: list[str],
-             tier: str) -> tuple[float, str]:
+def _measure(workers: list[WorkerProcess], categories: list[str], tier: str) -> tuple[float, str]:
     """Median over all *workers* of timed calls, and a note if a call took another path."""
     timings: list[int] = []
     served = 0
@@ -435,19 +487,25 @@ def show_timings(workers: list[WorkerProcess]) -> None:
     l2, l2_n = _measure(others, topics, "l2_hits")  # instance 1 filled Redis just now
     _measure(workers, [WATCHED], "loads")  # untimed warm-up; also sets up the invalidation
     l1, l1_n = _measure(workers, [WATCHED] * L1_SAMPLES, "l1_hits")
-    print("get_articles_by_category(category): median time per call, "
-          "measured inside the processes")
+    print("get_articles_by_category(category): median time per call, measured inside the processes")
     rows = [
-        ("loader call", f"L1 miss, L2 miss, {LOADER_DELAY * 1000:g} ms query", loader,
-         f"{loader_n}, instance 1"),
+        (
+            "loader call",
+            f"L1 miss, L2 miss, {LOADER_DELAY * 1000:g} ms query",
+            loader,
+            f"{loader_n}, instance 1",
+        ),
         ("L2 hit", "fresh instance: L1 miss, Redis hit", l2, f"{l2_n}, instances 2 and 3"),
         ("L1 hit", "in-process, a decoded copy", l1, f"{l1_n}, instances 1-3"),
     ]
     for name, path, median, where in rows:
         _row(name, f"{path:<36} {fmt_ns(median):>9}   {where}")
     _row("speed-up", f"L2 hit: {loader / l2:,.0f}x faster than the loader")
-    _row("", f"L1 hit: {l2 / l1:,.0f}x faster than an L2 hit, "
-             f"{loader / l1:,.0f}x faster than the loader")
+    _row(
+        "",
+        f"L1 hit: {l2 / l1:,.0f}x faster than an L2 hit, "
+        f"{loader / l1:,.0f}x faster than the loader",
+    )
     print()
 
 
@@ -455,24 +513,34 @@ def _after(start_ns: int, ns: int) -> str:
     return f"{max(ns - start_ns, 0) / 1e6:.2f} ms"  # one unit: these are compared by eye
 
 
-def _report_watcher(index: int, seen: dict[str, Any], now: int, start_ns: int,
-                    old: int) -> bool:
+def _report_watcher(index: int, seen: dict[str, Any], now: int, start_ns: int, old: int) -> bool:
     """Print how the invalidation reached one instance; True if it did, with the new value."""
     label = f"instance {index}"
     if seen["reached_ns"] is None:
-        _row(label, f"invalidation did NOT reach it within {WATCH_TIMEOUT:g} s: "
-                    f"still serves version {old}")
+        _row(
+            label,
+            f"invalidation did NOT reach it within {WATCH_TIMEOUT:g} s: still serves version {old}",
+        )
         return False
     if not seen["invalidations_received"]:
-        _row(label, f"version {old} stopped being served after "
-                    f"{_after(start_ns, seen['reached_ns'])}, but the invalidation did NOT "
-                    "arrive (Redis lost?)")
+        _row(
+            label,
+            f"version {old} stopped being served after "
+            f"{_after(start_ns, seen['reached_ns'])}, but the invalidation did NOT "
+            "arrive (Redis lost?)",
+        )
         return False
     source = "the database" if seen["loads"] else "Redis (L2)" if seen["l2_hits"] else "L1"
-    _row(label, f"invalidation reached after {_after(start_ns, seen['reached_ns'])} at most "
-                f"(version {old} was still served at {_after(start_ns, seen['last_old_ns'])})")
-    _row("", f"returned version {seen['version']} at {_after(start_ns, seen['new_ns'])} "
-             f"(from {source}); a re-read returns version {now}")
+    _row(
+        label,
+        f"invalidation reached after {_after(start_ns, seen['reached_ns'])} at most "
+        f"(version {old} was still served at {_after(start_ns, seen['last_old_ns'])})",
+    )
+    _row(
+        "",
+        f"returned version {seen['version']} at {_after(start_ns, seen['new_ns'])} "
+        f"(from {source}); a re-read returns version {now}",
+    )
     return bool(now == seen["version"] != old)
 
 
@@ -482,8 +550,9 @@ def _arm_watchers(watchers: list[WorkerProcess], old: int) -> None:
         ack = worker.call("watch", category=WATCHED, old=old)
         _require_redis(worker, ack)
         if (ack["version"], ack["l1_hits"]) != (old, 1):
-            raise DemoError(f"instance {worker.index} does not serve version {old} "
-                            f"of {WATCHED!r} from its L1")
+            raise DemoError(
+                f"instance {worker.index} does not serve version {old} of {WATCHED!r} from its L1"
+            )
 
 
 def show_invalidation(workers: list[WorkerProcess]) -> bool:
@@ -496,20 +565,25 @@ def show_invalidation(workers: list[WorkerProcess]) -> bool:
         worker.send("watch_result")
     seen = [worker.receive("watch_result", WATCH_TIMEOUT + REPLY_TIMEOUT) for worker in watchers]
     start = update["sent_ns"]
-    print(f"Tag invalidation: instance 1 writes {WATCHED!r} version {update['db_version']} "
-          "to the database,")
-    print(f"then calls invalidate_tag(\"category:{WATCHED}\"); times are wall-clock, "
-          "from that call.")
+    print(
+        f"Tag invalidation: instance 1 writes {WATCHED!r} version {update['db_version']} "
+        "to the database,"
+    )
+    print(f'then calls invalidate_tag("category:{WATCHED}"); times are wall-clock, from that call.')
     _row("before", f"instances 2 and 3 serve version {old} from their L1")
     if update["queued_ops"] or not update["redis"]:
         _row("instance 1", "Redis did NOT take the invalidation: it is queued, Redis is away")
         return False
-    _row("instance 1", f"dropped from its own L1 in the call; Redis confirmed after "
-                       f"{_after(start, update['confirmed_ns'])}; "
-                       f"now returns version {update['version']}")
+    _row(
+        "instance 1",
+        f"dropped from its own L1 in the call; Redis confirmed after "
+        f"{_after(start, update['confirmed_ns'])}; "
+        f"now returns version {update['version']}",
+    )
     reached = [
-        _report_watcher(worker.index, result, worker.call("get", category=WATCHED)["version"],
-                        start, old)
+        _report_watcher(
+            worker.index, result, worker.call("get", category=WATCHED)["version"], start, old
+        )
         for worker, result in zip(watchers, seen, strict=True)
     ]
     print()
@@ -528,9 +602,12 @@ def run(flavour: str | None = None) -> int:
     """The whole demo; 0 if the invalidation reached every instance, 1 if not, 130 on Ctrl-C."""
     began = time.monotonic()
     try:
-        with sigterm_as_interrupt(), RedisServer.start(flavour) as server, \
-                tempfile.TemporaryDirectory(prefix="twotier-demo-") as scratch, \
-                running_workers(server.url, Path(scratch) / "db.json") as workers:
+        with (
+            sigterm_as_interrupt(),
+            RedisServer.start(flavour) as server,
+            tempfile.TemporaryDirectory(prefix="twotier-demo-") as scratch,
+            running_workers(server.url, Path(scratch) / "db.json") as workers,
+        ):
             show_setup(server, workers)
             show_timings(workers)
             reached = show_invalidation(workers)
@@ -545,8 +622,10 @@ def run(flavour: str | None = None) -> int:
     if not reached:
         print(f"FAILED in {took:.1f} s: the invalidation did not reach every instance")
         return 1
-    print(f"OK in {took:.1f} s: the invalidation reached every instance, "
-          "and every instance returns the new value")
+    print(
+        f"OK in {took:.1f} s: the invalidation reached every instance, "
+        "and every instance returns the new value"
+    )
     return 0
 
 

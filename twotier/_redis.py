@@ -22,6 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
 from ._tier import SEP, Message, ReadResult
 
@@ -96,7 +97,7 @@ class RedisTier:
             return ReadResult(bytes(reply[1]), int(reply[2]) / 1000, stored_tags, None, None)
         if status == 0:
             return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
-        return ReadResult(None, 0.0, (), None, None)  # garbage, already deleted by the script
+        return ReadResult(None, 0.0, (), None, None, garbage=True)  # the script deleted it
 
     async def fill(
         self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
@@ -150,11 +151,14 @@ class RedisTier:
         return str(info.get("run_id", ""))
 
     async def current_seq(self) -> int:
-        raw = await self._guard.call(lambda: self._client.get(self.layout.seq))
+        """The change counter; 0 for foreign data there (listeners then clear L1)."""
         try:
+            raw = await self._guard.call(lambda: self._client.get(self.layout.seq))
             return int(raw or 0)
-        except ValueError:
-            return 0  # garbage counter: treated as a fresh server, so L1 is cleared
+        except (BackendUnavailable, BackendTimeout):
+            raise
+        except (BackendError, ValueError):
+            return 0
 
     async def log_after(self, seq: int) -> list[Message] | None:
         """The changes after *seq*, or None when the log no longer reaches back.
@@ -162,9 +166,14 @@ class RedisTier:
         An entry that does not parse is returned as None in the list's place, so
         the caller knows something happened that it cannot interpret.
         """
-        rows = await self._guard.call(
-            lambda: self._client.xrange(self.layout.log, min=f"{seq + 1}-0", max="+")
-        )
+        try:
+            rows = await self._guard.call(
+                lambda: self._client.xrange(self.layout.log, min=f"{seq + 1}-0", max="+")
+            )
+        except (BackendUnavailable, BackendTimeout):
+            raise
+        except BackendError:
+            return None  # foreign data under the log's name: nothing to replay from
         if not rows:
             return []
         first_id = rows[0][0].decode() if isinstance(rows[0][0], bytes) else str(rows[0][0])

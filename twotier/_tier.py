@@ -54,6 +54,7 @@ class ReadResult(NamedTuple):
     tags: tuple[str, ...]
     snapshot: str | None
     lease: str | None
+    garbage: bool = False  # foreign data was found under the key (and deleted)
 
 
 MISSING_READ = ReadResult(None, 0.0, (), None, None)

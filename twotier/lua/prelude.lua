@@ -9,20 +9,44 @@ local function split(s)
   return out
 end
 
+-- A new namespace generation: the server clock in microseconds plus a suffix,
+-- kept as a string (Lua prints large numbers in exponent form).
+local function new_generation(suffix)
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2])) .. '.' .. suffix
+end
+
 -- The current versions of the generation and of `tags`, joined by SEP;
--- a tag never invalidated has version 0.
+-- a tag never invalidated has version 0. If the hash is missing (a new or an
+-- emptied server, or evicted under maxmemory) or holds foreign data, a new
+-- generation is drawn: entries stored under the old one can then never match
+-- again, so losing the versions cannot bring an invalidated entry back.
 local function versions_of(tags)
   local fields = {''}
   for i = 1, #tags do fields[#fields + 1] = tags[i] end
-  local versions = redis.call('HMGET', KEYS[1], unpack(fields))
-  for i = 1, #versions do versions[i] = versions[i] or '0' end
+  local versions = redis.pcall('HMGET', KEYS[1], unpack(fields))
+  if versions['err'] then
+    redis.call('DEL', KEYS[1])
+    versions = {}
+  end
+  if not versions[1] then
+    versions[1] = new_generation('0')
+    redis.call('HSET', KEYS[1], '', versions[1])
+  end
+  for i = 2, #fields do versions[i] = versions[i] or '0' end
   return table.concat(versions, SEP)
 end
 
 -- Number the change, append it to the bounded log and publish it, all in the
 -- same atomic script as the change itself, so the log never misses a change.
 local function announce(seq_key, log_key, origin, channel, maxlen, kind, body)
-  local seq = redis.call('INCR', seq_key)
+  local seq = redis.pcall('INCR', seq_key)
+  if type(seq) == 'table' and seq['err'] then
+    -- Foreign data under our counter: restart it. Listeners see the number go
+    -- back and clear their L1, which is always safe.
+    redis.call('DEL', seq_key)
+    seq = redis.call('INCR', seq_key)
+  end
   local msg = table.concat({'1', kind, seq, origin, body}, SEP)
   local id = seq .. '-1'
   local ok = redis.pcall('XADD', log_key, 'MAXLEN', '~', maxlen, id, 'm', msg)
