@@ -8,6 +8,7 @@ touch L1 do so synchronously, so each local step is atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -120,6 +121,7 @@ class TwoTierCache:
         self._listener: RedisListener | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._lease_waiters: dict[str, asyncio.Future[None]] = {}
         self._degraded = False
         self._started = False
         self._closed = False
@@ -181,6 +183,7 @@ class TwoTierCache:
             suspend_local=self._suspend_local,
             on_link_lost=self._degrade,
             on_synced=self._on_synced,
+            on_lease_end=self._wake_lease_waiters,
             counters=self.counters,
             health_interval=self._health_interval,
             log_extra=self._log_extra,
@@ -282,6 +285,8 @@ class TwoTierCache:
     ) -> Any:
         key, tags = flight.key, flight.tags
         read = await self._read_remote(key, tags, lease=True)
+        if _loading_elsewhere(read):
+            read = await self._wait_for_other_loader(key, tags)
         value = self._decode_hit(key, read)
         if value is not MISS:
             if not flight.invalidated:
@@ -293,10 +298,13 @@ class TwoTierCache:
         self.counters.loads += 1
         try:
             value = await loader()
-        except Exception:
-            self.counters.load_errors += 1
+            payload = self._serializer.dumps(value)  # SerializationError reaches the caller
+        except BaseException as exc:  # cancellation too (a hard timeout): free the lease now
+            if isinstance(exc, Exception):
+                self.counters.load_errors += 1
+            if read.lease is not None:
+                self._spawn(self._release(key, read.lease))
             raise
-        payload = self._serializer.dumps(value)  # SerializationError reaches the caller
         if read.lease is not None and read.snapshot is not None:
             try:
                 stored = await self._remote.fill(key, payload, ttl, tags, read.snapshot, read.lease)
@@ -312,6 +320,40 @@ class TwoTierCache:
         else:
             self._store_local(key, value, payload, ttl, tags, copy_on_read)
         return value
+
+    async def _wait_for_other_loader(self, key: str, tags: tuple[str, ...]) -> ReadResult:
+        """Another instance holds the fill lease: wait for its result rather than load too.
+
+        Woken by the end of that lease (an 'f' message) or a change of the key,
+        never by polling Redis; bounded by the lease's own lifetime, so a crashed
+        loader delays others by at most `lease_ttl`. Three reads at most.
+        """
+        self.counters.lease_waits += 1
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lease_waiters[key] = woken
+        try:
+            read = await self._read_remote(key, tags, lease=True)  # it may be done already
+            if _loading_elsewhere(read):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._lease_ttl):
+                        await woken
+                read = await self._read_remote(key, tags, lease=True)
+            return read
+        finally:
+            if self._lease_waiters.get(key) is woken:
+                del self._lease_waiters[key]
+
+    def _wake_lease_waiters(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            woken = self._lease_waiters.pop(key, None)
+            if woken is not None and not woken.done():
+                woken.set_result(None)
+
+    async def _release(self, key: str, lease: str) -> None:
+        try:
+            await self._remote.release(key, lease)
+        except BackendError:
+            self.counters.l2_errors += 1  # the lease expires by itself
 
     async def _read_remote(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
         try:
@@ -429,6 +471,7 @@ class TwoTierCache:
         if kind == "k":
             self.local.evict_keys(names)
             self._flights.invalidate_keys(names)
+            self._wake_lease_waiters(names)
         elif kind == "t":
             self.local.evict_tags(names)
             self._flights.invalidate_tags(names)
@@ -555,6 +598,11 @@ class TwoTierCache:
         tag_list = list(tags) if not isinstance(tags, str) else tags
         copy = self.copy_on_read if copy_on_read is None else copy_on_read
         return make_cached(self, seconds, tag_list, key, copy)
+
+
+def _loading_elsewhere(read: ReadResult) -> bool:
+    """A miss in Redis whose fill lease another caller holds."""
+    return read.payload is None and read.snapshot is not None and read.lease is None
 
 
 async def _call_loader(loader: Callable[[str], Any], key: str) -> Any:

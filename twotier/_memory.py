@@ -59,6 +59,9 @@ class MemoryTier:
     ) -> bool:
         return False
 
+    async def release(self, key: str, lease: str) -> None:
+        return None
+
     async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None:
         self._hub.publish("k", (key,), self._origin)
 

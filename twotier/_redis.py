@@ -74,7 +74,7 @@ class RedisTier:
         self._log_maxlen = log_maxlen
         self._scripts = {
             name: client.register_script(_script_source(name))
-            for name in ("read", "fill", "write", "delete", "invalidate")
+            for name in ("read", "fill", "release", "write", "delete", "invalidate")
         }
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -100,15 +100,29 @@ class RedisTier:
         return ReadResult(None, 0.0, (), None, None, garbage=True)  # the script deleted it
 
     async def fill(
-        self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        tags: tuple[str, ...],
+        snapshot: str,
+        lease: str,
     ) -> bool:
         layout = self.layout
         stored = await self._run(
             "fill",
             [layout.tags, layout.entry(key), layout.lease(key)],
-            [lease, _ms(ttl), payload, SEP.join(tags), snapshot],
+            [lease, _ms(ttl), payload, SEP.join(tags), snapshot, layout.channel, self._origin, key],
         )
         return bool(stored)
+
+    async def release(self, key: str, lease: str) -> None:
+        layout = self.layout
+        await self._run(
+            "release",
+            [layout.tags, layout.lease(key)],
+            [lease, layout.channel, self._origin, key],
+        )
 
     async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None:
         layout = self.layout

@@ -43,6 +43,7 @@ class RedisListener:
         suspend_local: Callable[[bool], None],
         on_link_lost: Callable[[], None],
         on_synced: Callable[[], None],
+        on_lease_end: Callable[[tuple[str, ...]], None],
         counters: Counters,
         health_interval: float,
         log_extra: dict[str, str],
@@ -55,6 +56,7 @@ class RedisListener:
         self._suspend_local = suspend_local
         self._on_link_lost = on_link_lost
         self._on_synced = on_synced
+        self._on_lease_end = on_lease_end
         self._counters = counters
         self._health_interval = health_interval
         self._extra = {"tier": "bus", **log_extra}
@@ -155,6 +157,9 @@ class RedisListener:
                 "unreadable invalidation message %r; clearing L1", data[:80], extra=self._extra
             )
             self._clear_local()
+            return
+        if message.kind == "f":
+            self._on_lease_end(message.names)
             return
         last = self._last_seq or 0
         if message.seq == last + 1:

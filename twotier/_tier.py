@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-# Message kinds: the names of keys changed (set or delete), tags bumped, or a clear.
-Kind = Literal["k", "t", "c"]
-KINDS: frozenset[str] = frozenset({"k", "t", "c"})
+# Message kinds: the names of keys changed (set or delete), tags bumped, a clear;
+# and "f", a fill lease that others waited on has ended (unnumbered: it changes
+# nothing, it only wakes the waiters).
+Kind = Literal["k", "t", "c", "f"]
+KINDS: frozenset[str] = frozenset({"k", "t", "c", "f"})
 FORMAT_VERSION = "1"
 SEP = "\x1f"  # ASCII unit separator; keys and tags are printable, so never contain it
 
@@ -67,6 +69,10 @@ class RemoteTier(Protocol):
         self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
     ) -> bool:
         """Store a loaded value only if the lease is still ours and no tag moved."""
+        ...
+
+    async def release(self, key: str, lease: str) -> None:
+        """Give up a fill lease after the loader failed, waking any waiters."""
         ...
 
     async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None: ...

@@ -59,3 +59,18 @@ local function announce(seq_key, log_key, origin, channel, maxlen, kind, body)
   redis.call('PUBLISH', channel, msg)
   return seq
 end
+
+-- End the fill lease `token` holds on `lease_key`. Returns nil when the lease
+-- is no longer that token's (a set/delete removed it, or it expired), else
+-- whether it was contended. Waiters of a contended lease get an unnumbered
+-- 'f' (filled) message: it changes nothing, it only wakes them.
+local function end_lease(lease_key, token, channel, origin, key)
+  local value = redis.call('GET', lease_key)
+  if not value or string.sub(value, 1, #token) ~= token then return nil end
+  redis.call('DEL', lease_key)
+  if #value > #token then
+    redis.call('PUBLISH', channel, table.concat({'1', 'f', '0', origin, key}, SEP))
+    return true
+  end
+  return false
+end

@@ -22,7 +22,13 @@ end
 local wanted = {}
 for i = 3, #ARGV do wanted[#wanted + 1] = ARGV[i] end
 local lease = 0
-if ARGV[1] ~= '' and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  lease = 1
+if ARGV[1] ~= '' then
+  if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    lease = 1
+  else
+    -- Someone else is loading this key: mark the lease contended, so its end
+    -- is announced and this caller can wait for it instead of loading too.
+    redis.call('APPEND', KEYS[3], '+')
+  end
 end
 return {0, lease, versions_of(wanted)}

@@ -1,0 +1,97 @@
+"""Guarantee 7: one load per key — per instance by single flight, across instances
+by the fill lease, whose waiters are woken by pub/sub instead of polling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from twotier import TwoTierCache
+from twotier.testing import RedisServer
+
+from .conftest import CacheFactory
+
+
+async def test_hundred_misses_on_four_instances_run_the_loader_once(
+    server: RedisServer, make_cache: CacheFactory
+) -> None:
+    caches = [await make_cache(lease_ttl=5) for _ in range(4)]
+    runs = 0
+
+    def define(cache: TwoTierCache):
+        @cache.cached(ttl=60, tags=["report"])
+        async def report(year: int) -> dict[str, int]:
+            nonlocal runs
+            runs += 1
+            await asyncio.sleep(0.2)  # a slow report query
+            return {"year": year, "total": 42}
+
+        return report
+
+    reports = [define(cache) for cache in caches]
+    for cache in caches:  # load the scripts (SCRIPT LOAD after NOSCRIPT) before counting
+        await define(cache)(1999)
+    runs = 0
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await raw.config_resetstat()
+        results = await asyncio.gather(*(reports[i % 4](2026) for i in range(100)))
+        stats = await raw.info("commandstats")
+    finally:
+        await raw.aclose()
+    assert results == [{"year": 2026, "total": 42}] * 100
+    assert runs == 1
+    waits = sum(c.get_stats()["lease_waits"] for c in caches)
+    assert waits == 3  # one waiting flight on each other instance
+    scripts = stats["cmdstat_evalsha"]["calls"] + stats.get("cmdstat_eval", {}).get("calls", 0)
+    # the loader's instance: read + fill; each waiting instance: at most three reads
+    assert scripts <= 2 + 3 * 3, stats
+    print(f"\nstampede: 1 loader run, {scripts} scripts in all, {stats['cmdstat_evalsha']}")
+
+
+async def test_crashed_loader_frees_the_lease_for_the_others(make_cache: CacheFactory) -> None:
+    a, b = await make_cache(lease_ttl=30), await make_cache(lease_ttl=30)
+    started = asyncio.Event()
+
+    @a.cached(ttl=60, key="k")
+    async def failing() -> str:
+        started.set()
+        await asyncio.sleep(0.2)
+        raise RuntimeError("database gone")
+
+    @b.cached(ttl=60, key="k")
+    async def working() -> str:
+        return "from b"
+
+    first = asyncio.create_task(failing())
+    await started.wait()
+    waiter = asyncio.create_task(working())  # waits on a's lease...
+    assert isinstance((await asyncio.gather(first, return_exceptions=True))[0], RuntimeError)
+    # ...and is woken when a's loader fails, long before the 30 s lease would expire
+    assert await asyncio.wait_for(waiter, timeout=5) == "from b"
+    assert b.get_stats()["lease_waits"] == 1
+
+
+async def test_waiter_is_woken_by_a_delete_of_the_key(make_cache: CacheFactory) -> None:
+    a, b = await make_cache(lease_ttl=30), await make_cache(lease_ttl=30)
+    gate = asyncio.Event()
+
+    @a.cached(ttl=60, key="k")
+    async def stuck() -> str:
+        await gate.wait()
+        return "old"
+
+    @b.cached(ttl=60, key="k")
+    async def fresh() -> str:
+        return "new"
+
+    holder = asyncio.create_task(stuck())
+    await asyncio.sleep(0.05)
+    waiter = asyncio.create_task(fresh())
+    await asyncio.sleep(0.05)
+    await a.delete("k")  # revokes a's lease; b stops waiting and loads
+    assert await asyncio.wait_for(waiter, timeout=5) == "new"
+    gate.set()
+    assert await holder == "old"
+    assert await b.get("k") == "new"  # the revoked loader's result was not stored
