@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from twotier import (
+    MISS,
     CacheClosedError,
     InvalidKeyError,
     InvalidTTLError,
@@ -330,3 +331,98 @@ async def test_decorating_a_sync_function_is_an_error() -> None:
         @TwoTierCache().cached()
         def sync(x: int) -> int:
             return x
+
+
+async def test_stale_if_error_serves_the_last_value_for_a_bounded_time() -> None:
+    clock = FakeClock()
+    cache = TwoTierCache(namespace=f"s{uuid.uuid4().hex[:8]}", clock=clock)
+    state = {"fail": False, "v": 1}
+
+    @cache.cached(ttl=10, stale_if_error=60)
+    async def value() -> dict[str, int]:
+        if state["fail"]:
+            raise RuntimeError("db down")
+        return {"v": state["v"]}
+
+    async with cache:
+        assert await value() == {"v": 1}
+        state["fail"] = True
+        clock.advance(11)  # expired in L1: the loader runs and fails
+        assert await value() == {"v": 1}
+        assert cache.get_stats()["stale_served"] == 1
+        clock.advance(60)  # past the stale bound: the error surfaces
+        with pytest.raises(RuntimeError, match="db down"):
+            await value()
+
+
+async def test_hard_timeout_cancels_the_loader() -> None:
+    from twotier import LoaderTimeoutError
+
+    cache = TwoTierCache(namespace=f"h{uuid.uuid4().hex[:8]}")
+    cancelled = asyncio.Event()
+
+    @cache.cached(ttl=10, hard_timeout=0.05)
+    async def hangs() -> int:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 1
+
+    async with cache:
+        with pytest.raises(LoaderTimeoutError):
+            await hangs()
+        assert cancelled.is_set()
+
+
+async def test_soft_timeout_answers_with_the_last_value_and_refreshes_behind() -> None:
+    cache = TwoTierCache(namespace=f"o{uuid.uuid4().hex[:8]}")
+    state = {"v": 1, "delay": 0.0}
+
+    @cache.cached(ttl=10, tags=["t"], soft_timeout=0.02, stale_if_error=60)
+    async def value() -> int:
+        await asyncio.sleep(state["delay"])
+        return state["v"]
+
+    async with cache:
+        assert await value() == 1
+        state.update(v=2, delay=0.2)
+        await cache.invalidate_tag("t")
+        assert await value() == 1  # answered after the soft timeout, with the last value
+        await asyncio.sleep(0.3)  # the load finished in the background and filled L1
+        state["delay"] = 10
+        assert await value() == 2
+
+
+def test_policy_arguments_are_checked() -> None:
+    from twotier import ConfigurationError
+
+    cache = TwoTierCache()
+    for kwargs in (
+        {"hard_timeout": 0},
+        {"stale_if_error": -1},
+        {"ttl_jitter": 0.9},
+        {"soft_timeout": 1.0},
+        {"soft_timeout": 2.0, "hard_timeout": 1.0, "stale_if_error": 5},
+    ):
+        with pytest.raises(ConfigurationError):
+            cache.cached(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_ttl_jitter_shortens_ttls_within_the_bound() -> None:
+    clock = FakeClock()
+    cache = TwoTierCache(namespace=f"j{uuid.uuid4().hex[:8]}", clock=clock)
+
+    @cache.cached(ttl=100, ttl_jitter=0.2)
+    async def value(n: int) -> int:
+        return n
+
+    async with cache:
+        for n in range(50):
+            await value(n)
+        clock.advance(79.9)
+        assert cache.local.entries == 50  # nobody expires before ttl * (1 - 0.2)
+        clock.advance(10)  # at 90 s: TTLs spread over 80..100 s, so some are gone, some not
+        alive = sum(cache.local.get(value.key(n)) is not MISS for n in range(50))
+        assert 0 < alive < 50

@@ -28,6 +28,7 @@ from ._keys import validate_key, validate_tags, validate_ttl
 from ._local import LocalTier
 from ._memory import MemoryTier, hub_for
 from ._outbox import Outbox
+from ._policies import LoaderPolicy, PolicyRunner
 from ._redis import Layout, RedisTier
 from ._serialization import MsgpackSerializer, Serializer
 from ._stats import Counters
@@ -37,6 +38,7 @@ from ._types import MISS, Clock
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 logger = logging.getLogger("twotier")
 
 
@@ -120,7 +122,7 @@ class TwoTierCache:
         self._guard: Guard | None = None
         self._listener: RedisListener | None = None
         self._listener_task: asyncio.Task[None] | None = None
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self._deliveries: set[asyncio.Task[Any]] = set()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
         self._degraded = False
         self._started = False
@@ -528,7 +530,7 @@ class TwoTierCache:
         if delivered:
             logger.info("delivered %d queued change(s)", delivered, extra=self._log_extra)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
@@ -592,12 +594,25 @@ class TwoTierCache:
         key: str | Callable[..., str] | None = None,
         *,
         copy_on_read: bool | None = None,
+        stale_if_error: float | None = None,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        ttl_jitter: float = 0.0,
     ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
         """Cache an async function's results; see `docs/decorator.md`."""
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         tag_list = list(tags) if not isinstance(tags, str) else tags
         copy = self.copy_on_read if copy_on_read is None else copy_on_read
-        return make_cached(self, seconds, tag_list, key, copy)
+        policy = LoaderPolicy(stale_if_error, soft_timeout, hard_timeout, ttl_jitter)
+        return make_cached(self, seconds, tag_list, key, copy, policy)
+
+    def policy_runner(self, policy: LoaderPolicy) -> PolicyRunner | None:
+        """The runner of a `@cached` policy; None for the plain (fastest) path."""
+        if policy.is_plain:
+            return None
+        return PolicyRunner(
+            policy, self._serializer, self.counters, self._spawn, self.local.maxsize, self._clock
+        )
 
 
 def _loading_elsewhere(read: ReadResult) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Generic, ParamSpec, Protocol, TypeVar
 
 from ._exceptions import ConfigurationError
 from ._keys import KeyPlan
+from ._policies import LoaderPolicy
 from ._types import MISS
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class _Cached(Generic[P, R]):
         "_counters",
         "_get",
         "_plan",
+        "_runner",
         "_ttl",
     )
 
@@ -59,6 +61,7 @@ class _Cached(Generic[P, R]):
         plan: KeyPlan,
         ttl: float,
         copy_on_read: bool,
+        policy: LoaderPolicy,
     ) -> None:
         self.__wrapped__ = func
         self._cache = cache
@@ -67,6 +70,7 @@ class _Cached(Generic[P, R]):
         self._copy = copy_on_read
         self._get = cache.local.get  # bound once: the hit path's only lookup
         self._counters = cache.counters
+        self._runner = cache.policy_runner(policy)
         functools.update_wrapper(self, func)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -77,8 +81,16 @@ class _Cached(Generic[P, R]):
             return value  # type: ignore[no-any-return]  # stored by this function
         tags = self._plan.tags(args, kwargs)
         func = self.__wrapped__
-        return await self._cache.load(  # type: ignore[no-any-return]
-            key, tags, self._ttl, lambda: func(*args, **kwargs), self._copy
+        cache, copy = self._cache, self._copy
+        if self._runner is None:
+            return await cache.load(  # type: ignore[no-any-return]
+                key, tags, self._ttl, lambda: func(*args, **kwargs), copy
+            )
+        return await self._runner.run(  # type: ignore[no-any-return]
+            key,
+            self._ttl,
+            lambda: func(*args, **kwargs),
+            lambda ttl, loader: cache.load(key, tags, ttl, loader, copy),
         )
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -97,6 +109,7 @@ def make_cached(
     tags: list[str] | str,
     key: str | Callable[..., str] | None,
     copy_on_read: bool,
+    policy: LoaderPolicy,
 ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
         if not inspect.iscoroutinefunction(func):
@@ -105,7 +118,7 @@ def make_cached(
                 "is not (wrap sync code with anyio.to_thread.run_sync)"
             )
         plan = KeyPlan(func, key, tags)
-        cached: CachedFunction[P, R] = _Cached(cache, func, plan, ttl, copy_on_read)
+        cached: CachedFunction[P, R] = _Cached(cache, func, plan, ttl, copy_on_read, policy)
         return cached
 
     return decorate

@@ -45,6 +45,10 @@ class DeserializationError(TwoTierError):
     """Stored bytes cannot be decoded or failed their signature check."""
 
 
+class LoaderTimeoutError(TwoTierError, TimeoutError):
+    """A loader ran past the `hard_timeout` of its `@cached` policy and was cancelled."""
+
+
 class BackendError(TwoTierError):
     """A Redis call failed."""
 

@@ -154,6 +154,10 @@ class LocalTier:
     # -- introspection -----------------------------------------------------------
 
     @property
+    def maxsize(self) -> int:
+        return int(self._data.maxsize)
+
+    @property
     def entries(self) -> int:
         return len(self._data)
 
