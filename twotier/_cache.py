@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
-import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -35,6 +34,7 @@ from ._stats import Counters
 from ._subscriber import RedisListener
 from ._tier import MISSING_READ, Kind, Message, ReadResult, RemoteTier
 from ._types import MISS, Clock
+from ._warmup import Warmup
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -546,11 +546,13 @@ class TwoTierCache:
         ttl: float | None = None,
         tags: Iterable[str] = (),
     ) -> int:
-        """Load *keys* with *loader* (sync or async) into both tiers; return how many were filled.
+        """Load *keys* with *loader* (sync or async) into both tiers; return how many it filled.
 
-        A loader result of `None` means "nothing to cache for this key" (the
-        seed's `generate_value` convention) and is skipped. Keys already cached
-        are not reloaded. Sync loaders run in worker threads.
+        Keys already cached are not reloaded. A loader result of `None` means
+        "nothing to cache for this key" (the seed's `generate_value` convention);
+        a loader that raises for a key is logged and counted, and that key
+        skipped. Redis is read and written in pipelined batches; sync loaders
+        run in a worker thread, async ones with at most *concurrency* at once.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be a positive int, got {concurrency!r}")
@@ -558,24 +560,16 @@ class TwoTierCache:
         tags_t = validate_tags(tags)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         await self._ensure_started()
-        limiter = anyio.Semaphore(concurrency)
-        filled = 0
-
-        async def one(key: str) -> None:
-            nonlocal filled
-            async with limiter:
-                if self.local.get(key) is not MISS:
-                    return
-                result = await _call_loader(loader, key)
-                if result is None:
-                    return
-                await self.load(key, tags_t, seconds, _constant(result), self.copy_on_read)
-                filled += 1
-
-        async with anyio.create_task_group() as group:
-            for key in key_list:
-                group.start_soon(one, key)
-        return filled
+        warmup = Warmup(
+            self._remote,
+            self._flights,
+            self._serializer,
+            self.counters,
+            lookup=self.local.get,
+            decode_hit=self._decode_hit,
+            store_local=self._store_local,
+        )
+        return await warmup.run(key_list, loader, concurrency, seconds, tags_t, self.copy_on_read)
 
     def get_stats(self) -> dict[str, Any]:
         return self.counters.snapshot(
@@ -618,19 +612,3 @@ class TwoTierCache:
 def _loading_elsewhere(read: ReadResult) -> bool:
     """A miss in Redis whose fill lease another caller holds."""
     return read.payload is None and read.snapshot is not None and read.lease is None
-
-
-async def _call_loader(loader: Callable[[str], Any], key: str) -> Any:
-    if asyncio.iscoroutinefunction(loader):
-        return await loader(key)
-    result = await anyio.to_thread.run_sync(loader, key)
-    if asyncio.iscoroutine(result):
-        return await result
-    return result
-
-
-def _constant(value: Any) -> Callable[[], Awaitable[Any]]:
-    async def produce() -> Any:
-        return value
-
-    return produce

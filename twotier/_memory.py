@@ -11,7 +11,7 @@ import itertools
 import weakref
 from collections.abc import Callable
 
-from ._tier import MISSING_READ, Kind, Message, ReadResult
+from ._tier import MISSING_READ, BatchFill, Kind, Message, ReadResult
 
 Handler = Callable[[Message], None]
 
@@ -58,6 +58,14 @@ class MemoryTier:
         self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
     ) -> bool:
         return False
+
+    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
+        return [MISSING_READ] * len(keys)
+
+    async def fill_many(
+        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
+    ) -> list[bool]:
+        return [False] * len(fills)
 
     async def release(self, key: str, lease: str) -> None:
         return None

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._tier import SEP, Message, ReadResult
+from ._tier import SEP, BatchFill, Message, ReadResult
 
 FORMAT = "v1"
 
@@ -74,7 +74,16 @@ class RedisTier:
         self._log_maxlen = log_maxlen
         self._scripts = {
             name: client.register_script(_script_source(name))
-            for name in ("read", "fill", "release", "write", "delete", "invalidate")
+            for name in (
+                "read",
+                "fill",
+                "read_batch",
+                "fill_batch",
+                "release",
+                "write",
+                "delete",
+                "invalidate",
+            )
         }
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -84,20 +93,25 @@ class RedisTier:
         return [self._origin, self.layout.channel, self._log_maxlen]
 
     async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
-        layout = self.layout
         token = secrets.token_hex(8) if lease else ""
-        reply = await self._run(
-            "read",
-            [layout.tags, layout.entry(key), layout.lease(key)],
-            [token, self._lease_ms, *tags],
+        keys, args = self._read_call(key, tags, token)
+        return _parse_read(await self._run("read", keys, args), token)
+
+    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
+        """`read(key, tags, lease=True)` for many keys in one script call."""
+        layout = self.layout
+        tokens = [secrets.token_hex(8) for _ in keys]
+        names = [name for key in keys for name in (layout.entry(key), layout.lease(key))]
+        replies = await self._run(
+            "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), *tokens]
         )
-        status = int(reply[0])
-        if status == 1:
-            stored_tags = tuple(t for t in reply[3].decode().split(SEP) if t)
-            return ReadResult(bytes(reply[1]), int(reply[2]) / 1000, stored_tags, None, None)
-        if status == 0:
-            return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
-        return ReadResult(None, 0.0, (), None, None, garbage=True)  # the script deleted it
+        return [_parse_read(reply, token) for reply, token in zip(replies, tokens, strict=True)]
+
+    def _read_call(
+        self, key: str, tags: tuple[str, ...], token: str
+    ) -> tuple[list[str], list[Any]]:
+        layout = self.layout
+        return [layout.tags, layout.entry(key), layout.lease(key)], [token, self._lease_ms, *tags]
 
     async def fill(
         self,
@@ -108,13 +122,37 @@ class RedisTier:
         snapshot: str,
         lease: str,
     ) -> bool:
+        keys, args = self._fill_call(key, payload, ttl, tags, snapshot, lease)
+        return bool(await self._run("fill", keys, args))
+
+    async def fill_many(
+        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
+    ) -> list[bool]:
+        """`fill` for many keys sharing a TTL and tags, in one script call."""
         layout = self.layout
-        stored = await self._run(
-            "fill",
+        names = [name for f in fills for name in (layout.entry(f[0]), layout.lease(f[0]))]
+        args = [arg for f in fills for arg in f]
+        results = await self._run(
+            "fill_batch",
+            [layout.tags, *names],
+            [layout.channel, self._origin, _ms(ttl), SEP.join(tags), *args],
+        )
+        return [bool(r) for r in results]
+
+    def _fill_call(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        tags: tuple[str, ...],
+        snapshot: str,
+        lease: str,
+    ) -> tuple[list[str], list[Any]]:
+        layout = self.layout
+        return (
             [layout.tags, layout.entry(key), layout.lease(key)],
             [lease, _ms(ttl), payload, SEP.join(tags), snapshot, layout.channel, self._origin, key],
         )
-        return bool(stored)
 
     async def release(self, key: str, lease: str) -> None:
         layout = self.layout
@@ -201,6 +239,16 @@ class RedisTier:
             except ValueError:
                 return None
         return messages
+
+
+def _parse_read(reply: Any, token: str) -> ReadResult:
+    status = int(reply[0])
+    if status == 1:
+        stored_tags = tuple(t for t in reply[3].decode().split(SEP) if t)
+        return ReadResult(bytes(reply[1]), int(reply[2]) / 1000, stored_tags, None, None)
+    if status == 0:
+        return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
+    return ReadResult(None, 0.0, (), None, None, garbage=True)  # the script deleted it
 
 
 def _ms(seconds: float) -> int:

@@ -61,6 +61,9 @@ class ReadResult(NamedTuple):
 
 MISSING_READ = ReadResult(None, 0.0, (), None, None)
 
+#: One key of a batched fill (warmup): key, lease token, payload, snapshot.
+BatchFill = tuple[str, str, bytes, str]
+
 
 class RemoteTier(Protocol):
     async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult: ...
@@ -70,6 +73,14 @@ class RemoteTier(Protocol):
     ) -> bool:
         """Store a loaded value only if the lease is still ours and no tag moved."""
         ...
+
+    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
+        """`read(key, tags, lease=True)` for each key, batched (warmup)."""
+        ...
+
+    async def fill_many(
+        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
+    ) -> list[bool]: ...
 
     async def release(self, key: str, lease: str) -> None:
         """Give up a fill lease after the loader failed, waking any waiters."""

@@ -74,3 +74,48 @@ local function end_lease(lease_key, token, channel, origin, key)
   end
   return false
 end
+
+-- An L2 read: the entry if its versions are current, else a version snapshot
+-- of `wanted` for the loader and, when `token` is not '', the fill lease.
+-- Returns {1, payload, pttl, tags} | {0, has_lease, snapshot} | {-1} (garbage, deleted)
+local function read_one(entry_key, lease_key, token, lease_ms, wanted)
+  local entry = redis.pcall('HMGET', entry_key, 'p', 't', 'v')
+  if entry['err'] or (entry[1] and not entry[3]) then
+    redis.call('DEL', entry_key)   -- not one of our entries: foreign data under our prefix
+    return {-1}
+  end
+  if entry[1] then
+    local tags = entry[2] or ''
+    if versions_of(split(tags)) == entry[3] then
+      return {1, entry[1], redis.call('PTTL', entry_key), tags}
+    end
+    redis.call('DEL', entry_key)   -- outdated by a tag bump or clear: free it now
+  end
+  local lease = 0
+  if token ~= '' then
+    if redis.call('SET', lease_key, token, 'NX', 'PX', lease_ms) then
+      lease = 1
+    else
+      -- Someone else is loading this key: mark the lease contended, so its end
+      -- is announced and this caller can wait for it instead of loading too.
+      redis.call('APPEND', lease_key, '+')
+    end
+  end
+  return {0, lease, versions_of(wanted)}
+end
+
+-- The conditional write of a loaded value (the no-stale-set guard): refused
+-- when the lease is no longer `token`'s (a delete or set of the key happened)
+-- or any version moved since `snapshot` (a tag invalidation or clear). Either
+-- way the lease ends; if others are waiting on it, they are told.
+local function fill_one(entry_key, lease_key, token, ttl_ms, payload, tags, snapshot,
+                        channel, origin, key)
+  if end_lease(lease_key, token, channel, origin, key) == nil
+      or versions_of(split(tags)) ~= snapshot then
+    return 0
+  end
+  redis.call('DEL', entry_key)
+  redis.call('HSET', entry_key, 'p', payload, 't', tags, 'v', snapshot)
+  redis.call('PEXPIRE', entry_key, ttl_ms)
+  return 1
+end

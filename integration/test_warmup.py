@@ -1,0 +1,56 @@
+"""warmup against a real server: batched, fills both tiers, honours invalidations."""
+
+from __future__ import annotations
+
+from .conftest import CacheFactory
+
+
+async def test_warmup_fills_both_tiers_once(make_cache: CacheFactory) -> None:
+    a, b = await make_cache(), await make_cache()
+    keys = [f"article:{i}" for i in range(1, 2001)]
+
+    def generate_value(key: str) -> dict[str, int] | None:  # the seed's sync loader
+        n = int(key.split(":")[1])
+        return None if n % 100 == 0 else {"id": n}
+
+    assert await a.warmup(keys, generate_value, tags=["articles"]) == 1980
+    assert await a.warmup(keys, generate_value) == 0  # already cached: nothing reloaded
+    assert await b.get("article:7") == {"id": 7}  # in Redis for the other instances
+    assert await b.get("article:100") is None
+    await b.invalidate_tag("articles")
+    assert await b.get("article:7") is None
+
+
+async def test_warmup_does_not_store_what_was_invalidated_meanwhile(
+    make_cache: CacheFactory,
+) -> None:
+    a, b = await make_cache(), await make_cache()
+    source = {f"k{i}": "old" for i in range(10)}
+
+    async def loader(key: str) -> str:
+        value = source[key]
+        if key == "k5":  # the update lands while this batch is loading
+            for k in source:
+                source[k] = "new"
+            await b.invalidate_tag("t")
+        return value
+
+    filled = await a.warmup(list(source), loader, tags=["t"])
+    assert filled == 0  # the whole batch loaded under the old version
+    assert a.get_stats()["stale_sets_refused"] == 10
+    for key in source:
+        assert await a.get(key) is None
+        assert await b.get(key) is None
+
+
+async def test_warmup_survives_a_failing_loader(make_cache: CacheFactory) -> None:
+    cache = await make_cache()
+
+    async def loader(key: str) -> str:
+        if key == "bad":
+            raise RuntimeError("row locked")
+        return key
+
+    assert await cache.warmup(["a", "bad", "c"], loader) == 2
+    assert cache.get_stats()["load_errors"] == 1
+    assert await cache.get("bad") is None
