@@ -426,3 +426,17 @@ async def test_ttl_jitter_shortens_ttls_within_the_bound() -> None:
         clock.advance(10)  # at 90 s: TTLs spread over 80..100 s, so some are gone, some not
         alive = sum(cache.local.get(value.key(n)) is not MISS for n in range(50))
         assert 0 < alive < 50
+
+
+async def test_log_records_name_the_instance_and_the_tier(
+    trio: list[TwoTierCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    a = trio[0]
+
+    async def loader(key: str) -> str:
+        raise RuntimeError("row locked")
+
+    with caplog.at_level("WARNING", logger="twotier"):
+        assert await a.warmup(["k"], loader) == 0
+    record = next(r for r in caplog.records if "warmup loader failed" in r.getMessage())
+    assert (record.instance, record.tier) == (a.instance_id, "loader")  # type: ignore[attr-defined]

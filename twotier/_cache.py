@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
@@ -25,6 +24,7 @@ from ._flights import Flight, Flights, LeaderCancelled
 from ._guard import Guard
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._local import LocalTier
+from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
@@ -39,7 +39,6 @@ from ._warmup import Warmup
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-logger = logging.getLogger("twotier")
 
 
 class Invalidation:
@@ -112,7 +111,8 @@ class TwoTierCache:
         self._lease_ttl = float(lease_ttl)
         self._health_interval = float(health_interval)
         self._log_maxlen = log_maxlen
-        self._log_extra = {"instance": self.instance_id}
+        self._log = tier_log(self.instance_id, "cache")
+        self._l2_log = tier_log(self.instance_id, "l2")
         self.counters = Counters()
         self.local = LocalTier(l1_maxsize, self._clock, self._serializer.loads)
         self._flights = Flights()
@@ -161,7 +161,7 @@ class TwoTierCache:
             ping=client.ping,
             on_open=self._degrade,
             on_recover=self._on_redis_back,
-            log_extra=self._log_extra,
+            log=self._l2_log,
         )
         tier = RedisTier(
             client,
@@ -188,7 +188,7 @@ class TwoTierCache:
             on_lease_end=self._wake_lease_waiters,
             counters=self.counters,
             health_interval=self._health_interval,
-            log_extra=self._log_extra,
+            log=tier_log(self.instance_id, "bus"),
         )
         self._client, self._guard, self._remote = client, guard, tier
         self._listener_task = asyncio.get_running_loop().create_task(self._listener.run())
@@ -197,7 +197,7 @@ class TwoTierCache:
             async with asyncio.timeout(max(1.0, 20 * self._redis_timeout)):
                 await self._listener.connected.wait()
         except TimeoutError:
-            logger.warning("Redis not reachable at start; running degraded", extra=self._log_extra)
+            self._log.warning("Redis not reachable at start; running degraded")
             self._degrade()
 
     async def close(self) -> None:
@@ -374,12 +374,7 @@ class TwoTierCache:
         except DeserializationError as exc:
             # Foreign data, an old format or a bad signature: a counted miss, deleted.
             self.counters.garbage_entries += 1
-            logger.warning(
-                "undecodable L2 entry %r deleted: %s",
-                key,
-                exc,
-                extra={**self._log_extra, "tier": "l2"},
-            )
+            self._log.warning("undecodable L2 entry %r deleted: %s", key, exc)
             self._spawn(self._discard(key))
             return MISS
         self.counters.l2_hits += 1
@@ -498,10 +493,8 @@ class TwoTierCache:
             return
         self._degraded = True
         self.local.cap_expiry(self._clock() + self._max_stale)
-        logger.warning(
-            "degraded: L1 entries are served for at most %.1f s more",
-            self._max_stale,
-            extra=self._log_extra,
+        self._log.warning(
+            "degraded: L1 entries are served for at most %.1f s more", self._max_stale
         )
 
     def _on_synced(self) -> None:
@@ -516,9 +509,7 @@ class TwoTierCache:
     def _recovered(self) -> None:
         if self._degraded:
             self._degraded = False
-            logger.warning(
-                "recovered: Redis and the invalidation link are back", extra=self._log_extra
-            )
+            self._log.warning("recovered: Redis and the invalidation link are back")
         if len(self._outbox):
             self._spawn(self._flush_outbox())
 
@@ -528,7 +519,7 @@ class TwoTierCache:
         except BackendError:
             return  # still away; the next recovery tries again
         if delivered:
-            logger.info("delivered %d queued change(s)", delivered, extra=self._log_extra)
+            self._log.info("delivered %d queued change(s)", delivered)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -568,6 +559,7 @@ class TwoTierCache:
             lookup=self.local.get,
             decode_hit=self._decode_hit,
             store_local=self._store_local,
+            log=tier_log(self.instance_id, "loader"),
         )
         return await warmup.run(key_list, loader, concurrency, seconds, tags_t, self.copy_on_read)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -21,9 +20,9 @@ import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
+from ._logging import Log
 
 T = TypeVar("T")
-logger = logging.getLogger("twotier")
 
 
 class BreakerState(enum.Enum):
@@ -41,7 +40,7 @@ class Guard:
         probe_max_interval: float = 2.0,
         on_open: Callable[[], None] = lambda: None,
         on_recover: Callable[[], Awaitable[None]] | None = None,
-        log_extra: dict[str, str] | None = None,
+        log: Log,
     ) -> None:
         self.timeout = timeout
         self.state = BreakerState.CLOSED
@@ -52,7 +51,7 @@ class Guard:
         self._on_open = on_open
         self._on_recover = on_recover
         self._probe: asyncio.Task[None] | None = None
-        self._extra = {"tier": "l2", **(log_extra or {})}
+        self._log = log
         self.errors = 0
 
     @property
@@ -90,9 +89,7 @@ class Guard:
         self._failures += 1
         if self.state is BreakerState.CLOSED and self._failures >= self._threshold:
             self.state = BreakerState.OPEN
-            logger.warning(
-                "Redis unavailable: circuit open, serving from L1 and loaders", extra=self._extra
-            )
+            self._log.warning("Redis unavailable: circuit open, serving from L1 and loaders")
             self._on_open()
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
@@ -106,7 +103,7 @@ class Guard:
                 await self._probe_once()
         self._failures = 0
         self.state = BreakerState.CLOSED
-        logger.warning("Redis available again: circuit closed", extra=self._extra)
+        self._log.warning("Redis available again: circuit closed")
         if self._on_recover is not None:
             await self._on_recover()
 

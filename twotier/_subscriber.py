@@ -17,18 +17,16 @@ served nor filled), so nothing stale is served "before the repair lands".
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from ._exceptions import BackendError
+from ._logging import Log
 from ._redis import RedisTier
 from ._stats import Counters
 from ._tier import Message
-
-logger = logging.getLogger("twotier")
 
 
 class RedisListener:
@@ -46,7 +44,7 @@ class RedisListener:
         on_lease_end: Callable[[tuple[str, ...]], None],
         counters: Counters,
         health_interval: float,
-        log_extra: dict[str, str],
+        log: Log,
     ) -> None:
         self.client = client
         self._tier = tier
@@ -59,7 +57,7 @@ class RedisListener:
         self._on_lease_end = on_lease_end
         self._counters = counters
         self._health_interval = health_interval
-        self._extra = {"tier": "bus", **log_extra}
+        self._log = log
         self._last_seq: int | None = None
         self._server_id: str | None = None
         self.connected = asyncio.Event()
@@ -79,7 +77,7 @@ class RedisListener:
                 await self._listen_once()
             except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
                 if self.connected.is_set():
-                    logger.warning("invalidation link lost (%s)", exc, extra=self._extra)
+                    self._log.warning("invalidation link lost (%s)", exc)
                 self.connected.clear()
                 # Not suspended: while the link is down L1 serves under the
                 # degraded bound (max_stale); the resync on reconnect repairs it.
@@ -153,9 +151,7 @@ class RedisListener:
             message = Message.decode(data)
         except (ValueError, UnicodeDecodeError):
             self._counters.bad_messages += 1
-            logger.warning(
-                "unreadable invalidation message %r; clearing L1", data[:80], extra=self._extra
-            )
+            self._log.warning("unreadable invalidation message %r; clearing L1", data[:80])
             self._clear_local()
             return
         if message.kind == "f":
@@ -195,12 +191,7 @@ class RedisListener:
                 for message in missed:
                     self._deliver(message)
                 replayed = True
-                logger.info(
-                    "resynced by replaying %d change(s) (%s)",
-                    len(missed),
-                    reason,
-                    extra=self._extra,
-                )
+                self._log.info("resynced by replaying %d change(s) (%s)", len(missed), reason)
         self._server_id = server_id
         if not replayed:  # a replay has already advanced _last_seq, maybe beyond `current`
             self._last_seq = current
@@ -208,5 +199,5 @@ class RedisListener:
 
     def _wipe(self, why: str) -> None:
         self._counters.l1_clears += 1
-        logger.warning("clearing L1: %s", why, extra=self._extra)
+        self._log.warning("clearing L1: %s", why)
         self._clear_local()

@@ -10,7 +10,6 @@ invalidated while its batch loads is not stored.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,12 +17,11 @@ import anyio
 
 from ._exceptions import BackendError
 from ._flights import Flight, Flights
+from ._logging import Log
 from ._serialization import Serializer
 from ._stats import Counters
 from ._tier import MISSING_READ, BatchFill, ReadResult, RemoteTier
 from ._types import MISS
-
-logger = logging.getLogger("twotier")
 
 BATCH = 1000
 _FAILED = object()  # the loader raised for this key
@@ -44,6 +42,7 @@ class Warmup:
         lookup: Lookup,
         decode_hit: DecodeHit,
         store_local: StoreLocal,
+        log: Log,
     ) -> None:
         self._remote = remote
         self._flights = flights
@@ -52,6 +51,7 @@ class Warmup:
         self._lookup = lookup
         self._decode_hit = decode_hit
         self._store_local = store_local
+        self._log = log
 
     async def run(
         self,
@@ -100,7 +100,8 @@ class Warmup:
             elif read.snapshot is None or read.lease is not None:
                 todo.append((flight, read))
             # else: another instance is loading this key right now; it will fill it
-        values = await _load_all([f.key for f, _ in todo], loader, concurrency, self._counters)
+        keys = [f.key for f, _ in todo]
+        values = await _load_all(keys, loader, concurrency, self._counters, self._log)
         ready: list[tuple[Flight, Any, bytes]] = []
         fills: list[BatchFill] = []
         for (flight, read), value in zip(todo, values, strict=True):
@@ -150,13 +151,17 @@ class Warmup:
 
 
 async def _load_all(
-    keys: list[str], loader: Callable[[str], Any], concurrency: int, counters: Counters
+    keys: list[str],
+    loader: Callable[[str], Any],
+    concurrency: int,
+    counters: Counters,
+    log: Log,
 ) -> list[Any]:
     """The loader's result per key; `_FAILED` where it raised (logged, counted)."""
 
     def failed(key: str, exc: BaseException) -> object:
         counters.load_errors += 1
-        logger.warning("warmup loader failed for %r: %r", key, exc)
+        log.warning("warmup loader failed for %r: %r", key, exc)
         return _FAILED
 
     counters.loads += len(keys)
