@@ -159,8 +159,9 @@ class TwoTierCache:
         guard = Guard(
             timeout=self._redis_timeout,
             ping=client.ping,
-            on_open=self._degrade,
+            on_open=self._on_redis_down,
             on_recover=self._on_redis_back,
+            probe_max_interval=self._health_interval,  # recover as fast as we notice loss
             log=self._l2_log,
         )
         tier = RedisTier(
@@ -183,7 +184,7 @@ class TwoTierCache:
             apply=self._apply_message,
             clear_local=self._clear_local,
             suspend_local=self._suspend_local,
-            on_link_lost=self._degrade,
+            on_link_lost=self._on_link_lost,
             on_synced=self._on_synced,
             on_lease_end=self._wake_lease_waiters,
             counters=self.counters,
@@ -335,7 +336,8 @@ class TwoTierCache:
         self._lease_waiters[key] = woken
         try:
             read = await self._read_remote(key, tags, lease=True)  # it may be done already
-            if _loading_elsewhere(read):
+            listening = self._listener is not None and self._listener.connected.is_set()
+            if _loading_elsewhere(read) and listening:  # else no message could wake us
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._lease_ttl):
                         await woken
@@ -487,8 +489,29 @@ class TwoTierCache:
 
     # -- degradation and recovery ----------------------------------------------------
 
+    def _on_link_lost(self) -> None:
+        """The invalidation link dropped. Changes may be missed from now on.
+
+        While Redis itself still answers, L1 is suspended: reads go to L2, which
+        validates every entry, until the resync on reconnect has repaired L1
+        (issue 3: "replays or clears before serving L1 again"). Only when Redis
+        is down altogether (`_on_redis_down`) does L1 serve, and only within
+        `max_stale`. Waiters on another instance's fill lease stop waiting:
+        the message that would wake them may be lost.
+        """
+        self._wake_lease_waiters(list(self._lease_waiters))
+        if self._guard is not None and not self._guard.available:
+            self._degrade()
+        else:
+            self._suspend_local(True)
+
+    def _on_redis_down(self) -> None:
+        """The breaker opened: nobody can tell us about changes, and L2 is gone too."""
+        self._suspend_local(False)
+        self._degrade()
+
     def _degrade(self) -> None:
-        """Redis (or the link to it) is away: bound what L1 may still serve."""
+        """Redis is away: bound what L1 may still serve."""
         if self._degraded:
             return
         self._degraded = True
@@ -563,11 +586,21 @@ class TwoTierCache:
         )
         return await warmup.run(key_list, loader, concurrency, seconds, tags_t, self.copy_on_read)
 
+    @property
+    def redis_available(self) -> bool:
+        """Redis answers and the invalidation link is up (False in memory mode)."""
+        return (
+            self._guard is not None
+            and self._guard.available
+            and self._listener is not None
+            and self._listener.connected.is_set()
+        )
+
     def get_stats(self) -> dict[str, Any]:
         return self.counters.snapshot(
             entries=self.local.entries,
             tags=self.local.tags,
-            redis_available=self.redis_url is not None and not self._degraded,
+            redis_available=self.redis_available,
             breaker_state=self._guard.state.value if self._guard else "none",
             queued_ops_pending=len(self._outbox),
             instance=self.instance_id,

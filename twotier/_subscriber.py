@@ -28,6 +28,8 @@ from ._redis import RedisTier
 from ._stats import Counters
 from ._tier import Message
 
+_FIRST_BACKOFF = 0.01  # seconds before the first reconnect; doubles up to health_interval
+
 
 class RedisListener:
     def __init__(
@@ -59,11 +61,13 @@ class RedisListener:
         self._health_interval = health_interval
         self._log = log
         self._last_seq: int | None = None
+        self._replay_floor = 0  # numbers in (floor, last] were applied by a replay
         self._server_id: str | None = None
         self.connected = asyncio.Event()
         # A flag besides task.cancel(): redis-py and asyncio.timeout can swallow a
         # cancellation that races a read timeout, and this loop must still end.
         self._stopping = False
+        self._backoff = _FIRST_BACKOFF
 
     @property
     def last_seq(self) -> int | None:
@@ -71,7 +75,6 @@ class RedisListener:
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect with a short backoff after any failure."""
-        backoff = 0.02
         while not self._stopping:
             try:
                 await self._listen_once()
@@ -79,14 +82,9 @@ class RedisListener:
                 if self.connected.is_set():
                     self._log.warning("invalidation link lost (%s)", exc)
                 self.connected.clear()
-                # Not suspended: while the link is down L1 serves under the
-                # degraded bound (max_stale); the resync on reconnect repairs it.
-                self._suspend_local(False)
-                self._on_link_lost()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-            else:
-                backoff = 0.02  # returned because we are stopping
+                self._on_link_lost()  # the cache decides what L1 may serve meanwhile
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, self._health_interval)
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """End the loop running in *task*, even if a cancellation gets lost on the way."""
@@ -108,6 +106,7 @@ class RedisListener:
             await self._resync("connected")
             self.connected.set()
             self._on_synced()
+            self._backoff = _FIRST_BACKOFF  # a later loss reconnects quickly again
             pending_ping = False
             while not self._stopping:
                 message = await self._next(pubsub)
@@ -162,8 +161,11 @@ class RedisListener:
             self._deliver(message)
         elif message.seq > last + 1:
             await self._resync(f"gap {last}→{message.seq}")
-        else:
+        elif message.seq <= self._replay_floor:
+            # Not a late copy of something the last replay applied: the counter
+            # went back (Redis flushed or restarted under our feet).
             await self._resync(f"sequence went back {last}→{message.seq}")
+        # else: a change the last replay already applied, arriving late over pub/sub
 
     def _deliver(self, message: Message) -> None:
         self._last_seq = message.seq
@@ -188,6 +190,7 @@ class RedisListener:
             if not missed or missed[-1].seq < current:
                 self._wipe(f"{reason}; the log does not reach back")
             else:
+                self._replay_floor = last
                 for message in missed:
                     self._deliver(message)
                 replayed = True
