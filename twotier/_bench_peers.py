@@ -151,7 +151,7 @@ def aiocache_subject(redis_url: str | None, namespace: str) -> Subject | None:
     """aiocache's default `@cached(ttl=...)`: memory backend, or Redis when a URL is given."""
     if not available("aiocache"):
         return None
-    from aiocache import Cache, cached  # type: ignore[import-untyped]  # no type information
+    from aiocache import Cache, cached
 
     options: dict[str, Any] = {"ttl": 300, "namespace": namespace}
     if redis_url is not None:
