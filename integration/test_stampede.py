@@ -95,3 +95,39 @@ async def test_waiter_is_woken_by_a_delete_of_the_key(make_cache: CacheFactory) 
     gate.set()
     assert await holder == "old"
     assert await b.get("k") == "new"  # the revoked loader's result was not stored
+
+
+async def test_early_refresh_renews_l2_for_every_instance(
+    make_cache: CacheFactory, monkeypatch
+) -> None:
+    import twotier._decorator as decorator
+
+    monkeypatch.setattr(
+        decorator.random, "random", lambda: 1 - 2.718281828459045**-1
+    )  # gap = delta
+    a, b = await make_cache(), await make_cache()
+    source = {"v": 1, "loads": 0}
+
+    def define(cache: TwoTierCache):
+        @cache.cached(ttl=2.0, tags=["t"], early_refresh=1.0)
+        async def value() -> int:
+            source["loads"] += 1
+            await asyncio.sleep(0.4)
+            return source["v"]
+
+        return value
+
+    value_a, value_b = define(a), define(b)
+    assert await value_a() == 1  # a loads (0.4 s), so its refresh gap is about 0.4 s
+    assert await value_b() == 1  # from L2
+    source["v"] = 2
+    await asyncio.sleep(1.2)  # a's entry has about 0.8 s left: no refresh yet...
+    assert await value_a() == 1
+    await asyncio.sleep(0.5)  # ...about 0.3 s left: the hit refreshes in the background
+    assert await value_a() == 1
+    await asyncio.sleep(0.6)
+    assert source["loads"] == 2
+    assert await value_a() == 2  # renewed before it expired: still an L1 hit
+    assert await value_b() == 2  # b's copy expired; L2 already holds the refreshed value
+    assert source["loads"] == 2
+    assert a.get_stats()["early_refreshes"] == 1

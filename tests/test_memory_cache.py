@@ -440,3 +440,38 @@ async def test_log_records_name_the_instance_and_the_tier(
         assert await a.warmup(["k"], loader) == 0
     record = next(r for r in caplog.records if "warmup loader failed" in r.getMessage())
     assert (record.instance, record.tier) == (a.instance_id, "loader")  # type: ignore[attr-defined]
+
+
+async def test_early_refresh_reloads_hot_keys_before_they_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import twotier._decorator as decorator
+
+    # random() = 1 - e^-1, so the XFetch gap is exactly delta * beta: with a
+    # 1 s loader and beta 1, a hit refreshes once the entry has < 1 s to live.
+    monkeypatch.setattr(decorator.random, "random", lambda: 1 - 2.718281828459045**-1)
+    clock = FakeClock()
+    cache = TwoTierCache(namespace=f"x{uuid.uuid4().hex[:8]}", clock=clock)
+    source = {"v": 1, "loads": 0}
+
+    @cache.cached(ttl=10, early_refresh=1.0)
+    async def value() -> int:
+        source["loads"] += 1
+        clock.advance(1.0)  # the loader takes one second
+        return source["v"]
+
+    async with cache:
+        assert await value() == 1  # loaded at t=1, expires at t=11
+        clock.advance(8.5)  # 1.5 s left: beyond the gap, no refresh yet
+        assert await value() == 1
+        await asyncio.sleep(0)
+        assert source["loads"] == 1
+        source["v"] = 2
+        clock.advance(0.6)  # 0.9 s left: this hit answers at once and refreshes behind
+        assert await value() == 1
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert source["loads"] == 2
+        assert await value() == 2  # the refreshed entry, still an L1 hit
+        stats = cache.get_stats()
+        assert (stats["early_refreshes"], stats["misses"], stats["l1_hits"]) == (1, 1, 3)

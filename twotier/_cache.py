@@ -105,7 +105,7 @@ class TwoTierCache:
         self.instance_id = uuid.uuid4().hex[:12]
         self.copy_on_read = copy_on_read
         self._serializer = serializer or MsgpackSerializer()
-        self._clock: Clock = clock or time.monotonic
+        self.clock: Clock = clock or time.monotonic
         self._redis_timeout = float(redis_timeout)
         self._max_stale = float(max_stale)
         self._lease_ttl = float(lease_ttl)
@@ -114,7 +114,7 @@ class TwoTierCache:
         self._log = tier_log(self.instance_id, "cache")
         self._l2_log = tier_log(self.instance_id, "l2")
         self.counters = Counters()
-        self.local = LocalTier(l1_maxsize, self._clock, self._serializer.loads)
+        self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
         self._remote: RemoteTier = MemoryTier(hub_for(namespace), self.instance_id)
@@ -147,7 +147,7 @@ class TwoTierCache:
                 await self._start_redis(self.redis_url)
             self._started = True
             if len(self._outbox):
-                self._spawn(self._flush_outbox())
+                self.spawn(self._flush_outbox())
 
     async def _start_redis(self, url: str) -> None:
         client = aioredis.Redis.from_url(
@@ -283,12 +283,51 @@ class TwoTierCache:
         flight.resolve(value)
         return value
 
+    async def refresh(
+        self,
+        key: str,
+        tags: tuple[str, ...],
+        ttl: float,
+        loader: Callable[[], Awaitable[Any]],
+        copy_on_read: bool,
+        replaces_until: float,
+    ) -> None:
+        """Reload *key* ahead of its expiry (XFetch), while callers keep hitting L1.
+
+        An L2 entry that outlives ours (*replaces_until*, clock time) was already
+        refreshed by another instance and is simply taken; if another instance
+        is loading the key right now, this refresh gives way to it. Failures are
+        counted and logged: the current value stays served until it expires.
+        """
+        if self._closed or self._flights.join(key) is not None:
+            return
+        self.counters.early_refreshes += 1
+        flight = self._flights.begin(key, tags)
+        min_ttl = max(0.0, replaces_until - self.clock()) + 0.001
+        try:
+            await self._read_through(
+                flight, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
+            )
+        except Exception as exc:
+            self._log.warning("early refresh of %r failed: %r", key, exc)
+        finally:
+            self._flights.end(flight)
+
     async def _read_through(
-        self, flight: Flight, ttl: float, loader: Callable[[], Awaitable[Any]], copy_on_read: bool
+        self,
+        flight: Flight,
+        ttl: float,
+        loader: Callable[[], Awaitable[Any]],
+        copy_on_read: bool,
+        *,
+        min_ttl: float = 0.0,
+        refreshing: bool = False,
     ) -> Any:
         key, tags = flight.key, flight.tags
-        read = await self._read_remote(key, tags, lease=True)
+        read = await self._read_remote(key, tags, lease=True, min_ttl=min_ttl)
         if _loading_elsewhere(read):
+            if refreshing:
+                return MISS  # an early refresh gives way to the load already running
             read = await self._wait_for_other_loader(key, tags)
         value = self._decode_hit(key, read)
         if value is not MISS:
@@ -297,7 +336,8 @@ class TwoTierCache:
                     key, value, read.payload or b"", read.ttl, read.tags, copy_on_read
                 )
             return value
-        self.counters.misses += 1
+        if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
+            self.counters.misses += 1
         self.counters.loads += 1
         try:
             value = await loader()
@@ -306,7 +346,7 @@ class TwoTierCache:
             if isinstance(exc, Exception):
                 self.counters.load_errors += 1
             if read.lease is not None:
-                self._spawn(self._release(key, read.lease))
+                self.spawn(self._release(key, read.lease))
             raise
         if read.lease is not None and read.snapshot is not None:
             try:
@@ -359,9 +399,11 @@ class TwoTierCache:
         except BackendError:
             self.counters.l2_errors += 1  # the lease expires by itself
 
-    async def _read_remote(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
+    async def _read_remote(
+        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
+    ) -> ReadResult:
         try:
-            return await self._remote.read(key, tags, lease)
+            return await self._remote.read(key, tags, lease, min_ttl)
         except BackendError:
             self.counters.l2_errors += 1
             return MISSING_READ
@@ -377,7 +419,7 @@ class TwoTierCache:
             # Foreign data, an old format or a bad signature: a counted miss, deleted.
             self.counters.garbage_entries += 1
             self._log.warning("undecodable L2 entry %r deleted: %s", key, exc)
-            self._spawn(self._discard(key))
+            self.spawn(self._discard(key))
             return MISS
         self.counters.l2_hits += 1
         return value
@@ -447,7 +489,7 @@ class TwoTierCache:
             self._outbox.add_tags(tags_t)
             self.counters.queued_ops += len(tags_t)
             return Invalidation(None)
-        return Invalidation(self._spawn(self._invalidate_remote(tags_t)))
+        return Invalidation(self.spawn(self._invalidate_remote(tags_t)))
 
     async def _invalidate_remote(self, tags: tuple[str, ...]) -> None:
         await self._ensure_started()
@@ -515,7 +557,7 @@ class TwoTierCache:
         if self._degraded:
             return
         self._degraded = True
-        self.local.cap_expiry(self._clock() + self._max_stale)
+        self.local.cap_expiry(self.clock() + self._max_stale)
         self._log.warning(
             "degraded: L1 entries are served for at most %.1f s more", self._max_stale
         )
@@ -534,7 +576,7 @@ class TwoTierCache:
             self._degraded = False
             self._log.warning("recovered: Redis and the invalidation link are back")
         if len(self._outbox):
-            self._spawn(self._flush_outbox())
+            self.spawn(self._flush_outbox())
 
     async def _flush_outbox(self) -> None:
         try:
@@ -544,7 +586,8 @@ class TwoTierCache:
         if delivered:
             self._log.info("delivered %d queued change(s)", delivered)
 
-    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run *coro* as a background task that `close()` waits for (briefly)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
@@ -617,12 +660,13 @@ class TwoTierCache:
         soft_timeout: float | None = None,
         hard_timeout: float | None = None,
         ttl_jitter: float = 0.0,
+        early_refresh: float = 0.0,
     ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
         """Cache an async function's results; see `docs/decorator.md`."""
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         tag_list = list(tags) if not isinstance(tags, str) else tags
         copy = self.copy_on_read if copy_on_read is None else copy_on_read
-        policy = LoaderPolicy(stale_if_error, soft_timeout, hard_timeout, ttl_jitter)
+        policy = LoaderPolicy(stale_if_error, soft_timeout, hard_timeout, ttl_jitter, early_refresh)
         return make_cached(self, seconds, tag_list, key, copy, policy)
 
     def policy_runner(self, policy: LoaderPolicy) -> PolicyRunner | None:
@@ -630,7 +674,7 @@ class TwoTierCache:
         if policy.is_plain:
             return None
         return PolicyRunner(
-            policy, self._serializer, self.counters, self._spawn, self.local.maxsize, self._clock
+            policy, self._serializer, self.counters, self.spawn, self.local.maxsize, self.clock
         )
 
 

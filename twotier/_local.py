@@ -105,6 +105,12 @@ class LocalTier:
         self._recency.move_to_end(key)
         return entry.data if entry.shared else self._decode(entry.data)
 
+    def get_with_expiry(self, key: str) -> tuple[Any, float]:
+        """`get`, plus the entry's expiry time (clock seconds) for early refresh."""
+        entry = self._items.get(key)
+        value = self.get(key)
+        return value, (entry.expires if entry is not None else 0.0)
+
     # -- writes ----------------------------------------------------------------
 
     def store(

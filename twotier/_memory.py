@@ -51,7 +51,9 @@ class MemoryTier:
         self._hub = hub
         self._origin = origin
 
-    async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
+    async def read(
+        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
+    ) -> ReadResult:
         return MISSING_READ
 
     async def fill(

@@ -24,7 +24,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -48,6 +48,7 @@ class LoaderPolicy:
     soft_timeout: float | None = None
     hard_timeout: float | None = None
     ttl_jitter: float = 0.0
+    early_refresh: float = 0.0  # XFetch's beta; 0 = off
 
     def __post_init__(self) -> None:
         for name in ("stale_if_error", "soft_timeout", "hard_timeout"):
@@ -59,6 +60,9 @@ class LoaderPolicy:
             or not (0 <= jitter <= 0.5)
         ):
             raise ConfigurationError(f"ttl_jitter must be between 0 and 0.5, got {jitter!r}")
+        beta = self.early_refresh
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta <= 10):
+            raise ConfigurationError(f"early_refresh (XFetch beta) must be 0..10, got {beta!r}")
         if self.soft_timeout is not None and self.stale_if_error is None:
             raise ConfigurationError("soft_timeout serves the last value: set stale_if_error too")
         if (
@@ -70,7 +74,8 @@ class LoaderPolicy:
 
     @property
     def is_plain(self) -> bool:
-        return self == _PLAIN
+        """Nothing to apply around the loader (early refresh acts on the hit path)."""
+        return replace(self, early_refresh=0.0) == _PLAIN
 
 
 _PLAIN = LoaderPolicy()

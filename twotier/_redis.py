@@ -92,10 +92,17 @@ class RedisTier:
     def _announce_args(self) -> list[Any]:
         return [self._origin, self.layout.channel, self._log_maxlen]
 
-    async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult:
+    async def read(
+        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
+    ) -> ReadResult:
+        layout = self.layout
         token = secrets.token_hex(8) if lease else ""
-        keys, args = self._read_call(key, tags, token)
-        return _parse_read(await self._run("read", keys, args), token)
+        reply = await self._run(
+            "read",
+            [layout.tags, layout.entry(key), layout.lease(key)],
+            [token, self._lease_ms, int(min_ttl * 1000), *tags],
+        )
+        return _parse_read(reply, token)
 
     async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
         """`read(key, tags, lease=True)` for many keys in one script call."""
@@ -106,12 +113,6 @@ class RedisTier:
             "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), *tokens]
         )
         return [_parse_read(reply, token) for reply, token in zip(replies, tokens, strict=True)]
-
-    def _read_call(
-        self, key: str, tags: tuple[str, ...], token: str
-    ) -> tuple[list[str], list[Any]]:
-        layout = self.layout
-        return [layout.tags, layout.entry(key), layout.lease(key)], [token, self._lease_ms, *tags]
 
     async def fill(
         self,

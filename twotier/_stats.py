@@ -31,6 +31,7 @@ class Counters:
     dropped_ops: int = 0
     stale_served: int = 0
     lease_waits: int = 0
+    early_refreshes: int = 0
 
     def snapshot(self, **live: Any) -> dict[str, Any]:
         data: dict[str, Any] = asdict(self)

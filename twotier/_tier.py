@@ -66,7 +66,11 @@ BatchFill = tuple[str, str, bytes, str]
 
 
 class RemoteTier(Protocol):
-    async def read(self, key: str, tags: tuple[str, ...], lease: bool) -> ReadResult: ...
+    async def read(
+        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
+    ) -> ReadResult:
+        """The entry (if it lives at least *min_ttl* more), else a snapshot and maybe the lease."""
+        ...
 
     async def fill(
         self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str

@@ -75,10 +75,11 @@ local function end_lease(lease_key, token, channel, origin, key)
   return false
 end
 
--- An L2 read: the entry if its versions are current, else a version snapshot
--- of `wanted` for the loader and, when `token` is not '', the fill lease.
+-- An L2 read: the entry if its versions are current (and, for an early
+-- refresh, it lives at least `min_ttl_ms` more), else a version snapshot of
+-- `wanted` for the loader and, when `token` is not '', the fill lease.
 -- Returns {1, payload, pttl, tags} | {0, has_lease, snapshot} | {-1} (garbage, deleted)
-local function read_one(entry_key, lease_key, token, lease_ms, wanted)
+local function read_one(entry_key, lease_key, token, lease_ms, wanted, min_ttl_ms)
   local entry = redis.pcall('HMGET', entry_key, 'p', 't', 'v')
   if entry['err'] or (entry[1] and not entry[3]) then
     redis.call('DEL', entry_key)   -- not one of our entries: foreign data under our prefix
@@ -87,9 +88,14 @@ local function read_one(entry_key, lease_key, token, lease_ms, wanted)
   if entry[1] then
     local tags = entry[2] or ''
     if versions_of(split(tags)) == entry[3] then
-      return {1, entry[1], redis.call('PTTL', entry_key), tags}
+      local pttl = redis.call('PTTL', entry_key)
+      if pttl >= min_ttl_ms or pttl < 0 then
+        return {1, entry[1], pttl, tags}
+      end
+      -- else: the very entry an early refresh wants to replace; read as a miss
+    else
+      redis.call('DEL', entry_key)   -- outdated by a tag bump or clear: free it now
     end
-    redis.call('DEL', entry_key)   -- outdated by a tag bump or clear: free it now
   end
   local lease = 0
   if token ~= '' then

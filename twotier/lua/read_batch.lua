@@ -4,6 +4,6 @@
 local wanted = split(ARGV[2])
 local replies = {}
 for i = 2, #KEYS, 2 do
-  replies[#replies + 1] = read_one(KEYS[i], KEYS[i + 1], ARGV[2 + i / 2], ARGV[1], wanted)
+  replies[#replies + 1] = read_one(KEYS[i], KEYS[i + 1], ARGV[2 + i / 2], ARGV[1], wanted, 0)
 end
 return replies
