@@ -87,7 +87,10 @@ class LocalTier:
         self._data = _LRU(maxsize, self._unindex)
         self._items = self._data.items_view
         self._recency = self._data.recency
-        self._index: dict[str, set[str]] = {}
+        # tag → the key carrying it, or a set of keys once there are several.
+        # Most tags name one entity ("item:42") and index a single entry; a bare
+        # str there saves the ~200 B of a one-element set per entry.
+        self._index: dict[str, str | set[str]] = {}
         self._clock = clock
         self._decode = decode
         self.suspended = False
@@ -128,8 +131,16 @@ class LocalTier:
         shared = not copy_on_read or is_immutable(value)
         entry = Entry(value if shared else encoded, shared, self._clock() + ttl, tags)
         self._data[key] = entry
+        index = self._index
         for tag in tags:
-            self._index.setdefault(tag, set()).add(key)
+            keys = index.get(tag)
+            if keys is None:
+                index[tag] = key
+            elif type(keys) is str:
+                if keys != key:
+                    index[tag] = {keys, key}
+            else:
+                keys.add(key)  # type: ignore[union-attr]  # narrowed by type() above
 
     def evict(self, key: str) -> None:
         entry = self._data.pop(key, None)
@@ -144,7 +155,8 @@ class LocalTier:
         """Drop every entry carrying one of *tags*; the index makes this O(entries dropped)."""
         dropped = 0
         for tag in tags:
-            for key in self._index.pop(tag, ()):
+            keys = self._index.pop(tag, ())
+            for key in (keys,) if type(keys) is str else keys:
                 entry = self._data.pop(key, None)
                 if entry is not None:
                     self._unindex(key, entry)
@@ -162,12 +174,18 @@ class LocalTier:
         self._index.clear()
 
     def _unindex(self, key: str, entry: Entry) -> None:
+        index = self._index
         for tag in entry.tags:
-            keys = self._index.get(tag)
-            if keys is not None:
-                keys.discard(key)
+            keys = index.get(tag)
+            if keys is None:
+                continue
+            if type(keys) is str:
+                if keys == key:
+                    del index[tag]
+            else:
+                keys.discard(key)  # type: ignore[union-attr]  # narrowed by type() above
                 if not keys:
-                    del self._index[tag]
+                    del index[tag]
 
     # -- introspection -----------------------------------------------------------
 
