@@ -102,7 +102,8 @@ class Report:
     stale_settled: int = 0
     worst_staleness_ms: float = 0.0
     phases: dict[str, PhaseFigures] = field(
-        default_factory=lambda: {name: PhaseFigures() for name in PHASES})
+        default_factory=lambda: {name: PhaseFigures() for name in PHASES}
+    )
     phase_bounds_s: dict[str, float] = field(default_factory=dict)
     events_s: dict[str, float] = field(default_factory=dict)  # seconds after the start
     examples: list[str] = field(default_factory=list)  # the first few offending reads
@@ -119,8 +120,10 @@ class Report:
         if self.impossible_reads:
             problems.append(f"{self.impossible_reads} read(s) returned a version never written")
         if self.stale_connected:
-            problems.append(f"{self.stale_connected} stale read(s) while connected "
-                            f"(beyond {self.propagation_bound_ms:.0f} ms)")
+            problems.append(
+                f"{self.stale_connected} stale read(s) while connected "
+                f"(beyond {self.propagation_bound_ms:.0f} ms)"
+            )
         if self.stale_settled:
             problems.append(f"{self.stale_settled} stale read(s) after recovery settled")
         return problems
@@ -140,20 +143,22 @@ class Report:
             f"  stale reads after recovery settled: {self.stale_settled}",
             f"  worst staleness: {self.worst_staleness_ms:.1f} ms",
             "  events (s): " + ", ".join(f"{name} {t:.2f}" for name, t in self.events_s.items()),
-            f"  {'phase':<11}{'from s':>8}{'reads':>9}{'writes':>8}{'stale':>7}"
-            f"{'worst ms':>10}",
+            f"  {'phase':<11}{'from s':>8}{'reads':>9}{'writes':>8}{'stale':>7}{'worst ms':>10}",
         ]
         for name, figures in self.phases.items():
-            lines.append(f"  {name:<11}{self.phase_bounds_s.get(name, 0.0):>8.2f}"
-                         f"{figures.reads:>9}{figures.writes:>8}{figures.stale:>7}"
-                         f"{figures.worst_staleness_ms:>10.1f}")
+            lines.append(
+                f"  {name:<11}{self.phase_bounds_s.get(name, 0.0):>8.2f}"
+                f"{figures.reads:>9}{figures.writes:>8}{figures.stale:>7}"
+                f"{figures.worst_staleness_ms:>10.1f}"
+            )
         for name, stats in sorted(self.stats.items()):
             lines.append(
                 f"  {name}: resyncs {stats.get('resyncs')}, l1_clears {stats.get('l1_clears')}, "
                 f"l2_errors {stats.get('l2_errors')}, queued_ops {stats.get('queued_ops')}, "
                 f"invalidations_received {stats.get('invalidations_received')}, "
                 f"breaker {stats.get('breaker_state')}, "
-                f"redis_available {stats.get('redis_available')}")
+                f"redis_available {stats.get('redis_available')}"
+            )
         lines.extend(f"  ! {example}" for example in self.examples)
         return "\n".join(lines)
 
@@ -194,8 +199,13 @@ class _RowHistory:
         return self.writes[n - 1].version if n else 0
 
 
-def check(reads: Iterable[Read], writes: Iterable[Write], timeline: Timeline,
-          bound: float, examples: int = 10) -> Report:
+def check(
+    reads: Iterable[Read],
+    writes: Iterable[Write],
+    timeline: Timeline,
+    bound: float,
+    examples: int = 10,
+) -> Report:
     report = Report(propagation_bound_ms=bound * 1000)
     report.phase_bounds_s = {
         "connected": 0.0,
@@ -203,12 +213,17 @@ def check(reads: Iterable[Read], writes: Iterable[Write], timeline: Timeline,
         "recovering": timeline.restart - timeline.start,
         "settled": timeline.settle - timeline.start,
     }
-    events = {"kill": timeline.kill, "restart": timeline.restart, "settled": timeline.settle,
-              **{f"pubsub cut {n}": t for n, t in enumerate(timeline.pubsub_cuts, 1)}}
+    events = {
+        "kill": timeline.kill,
+        "restart": timeline.restart,
+        "settled": timeline.settle,
+        **{f"pubsub cut {n}": t for n, t in enumerate(timeline.pubsub_cuts, 1)},
+    }
     if timeline.resubscribed is not None:
         events["all resubscribed"] = timeline.resubscribed
-    report.events_s = {name: t - timeline.start for name, t in sorted(events.items(),
-                                                                       key=lambda e: e[1])}
+    report.events_s = {
+        name: t - timeline.start for name, t in sorted(events.items(), key=lambda e: e[1])
+    }
     by_row: dict[int, list[Write]] = defaultdict(list)
     for write in writes:
         report.writes += 1
@@ -246,10 +261,13 @@ def check(reads: Iterable[Read], writes: Iterable[Write], timeline: Timeline,
         figures.worst_staleness_ms = max(figures.worst_staleness_ms, staleness_ms)
         report.worst_staleness_ms = max(report.worst_staleness_ms, staleness_ms)
         if phase in FAILING_PHASES:
-            _example(report, examples,
-                     f"stale in {phase} at +{read.start - timeline.start:.3f} s: {read.reader} "
-                     f"row {read.row} got v{read.version}, v{required} acknowledged "
-                     f"{staleness_ms:.1f} ms before the read started")
+            _example(
+                report,
+                examples,
+                f"stale in {phase} at +{read.start - timeline.start:.3f} s: {read.reader} "
+                f"row {read.row} got v{read.version}, v{required} acknowledged "
+                f"{staleness_ms:.1f} ms before the read started",
+            )
     report.stale_connected = report.phases["connected"].stale
     report.stale_outage = report.phases["outage"].stale + report.phases["recovering"].stale
     report.stale_settled = report.phases["settled"].stale

@@ -268,8 +268,18 @@ async def run_reader(args: argparse.Namespace) -> None:
                         version = await row_version(row)
                 except Exception as exc:  # the checker counts it; the chaos goes on
                     error = f"{type(exc).__name__}: {exc}"
-                _log(out, {"kind": "read", "reader": args.name, "row": row, "start": start,
-                           "end": time.monotonic(), "version": version, "error": error})
+                _log(
+                    out,
+                    {
+                        "kind": "read",
+                        "reader": args.name,
+                        "row": row,
+                        "start": start,
+                        "end": time.monotonic(),
+                        "version": version,
+                        "error": error,
+                    },
+                )
                 await asyncio.sleep(args.pause)
             _log(out, {"kind": "stats", "process": args.name, **cache.get_stats()})
     db.close()
@@ -295,9 +305,19 @@ async def run_writer(args: argparse.Namespace) -> None:
                     await cache.invalidate_tag(f"row:{row}")
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
-                _log(out, {"kind": "write", "row": row, "version": int(version), "begin": begin,
-                           "commit": commit, "ack": time.monotonic(), "error": error,
-                           "redis_available": cache.get_stats()["redis_available"]})
+                _log(
+                    out,
+                    {
+                        "kind": "write",
+                        "row": row,
+                        "version": int(version),
+                        "begin": begin,
+                        "commit": commit,
+                        "ack": time.monotonic(),
+                        "error": error,
+                        "redis_available": cache.get_stats()["redis_available"],
+                    },
+                )
                 await asyncio.sleep(args.pause)
             _log(out, {"kind": "stats", "process": args.name, **cache.get_stats()})
     db.close()

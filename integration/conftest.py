@@ -7,8 +7,7 @@ one is always present once the test extra is installed, so nothing skips.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -54,14 +53,3 @@ async def make_cache(server: RedisServer) -> AsyncIterator[CacheFactory]:
     yield factory  # type: ignore[misc]
     for cache in caches:
         await cache.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> float:
-    """Poll *check* until true; return how long it took. Fails the test after *timeout*."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not await check():
-        if loop.time() - start > timeout:
-            pytest.fail(f"condition not reached within {timeout}s")
-        await asyncio.sleep(0.001)
-    return loop.time() - start

@@ -53,16 +53,36 @@ def _make_source(path: Path) -> None:
         db.commit()
 
 
-async def _spawn(mode: str, name: str, seed: int, server: RedisServer, tmp_path: Path,
-                 pause: float) -> asyncio.subprocess.Process:
+async def _spawn(
+    mode: str, name: str, seed: int, server: RedisServer, tmp_path: Path, pause: float
+) -> asyncio.subprocess.Process:
     with (tmp_path / f"{name}.err").open("wb") as err:
         return await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKERS), mode, "--url", server.url, "--namespace", "chaos",
-            "--name", name, "--db", str(tmp_path / "source.db"),
-            "--log", str(tmp_path / f"{name}.jsonl"), "--stop", str(tmp_path / "stop"),
-            "--rows", str(ROWS), "--seed", str(seed), "--pause", str(pause),
-            "--max-seconds", "90",
-            stdout=asyncio.subprocess.PIPE, stderr=err,
+            sys.executable,
+            str(WORKERS),
+            mode,
+            "--url",
+            server.url,
+            "--namespace",
+            "chaos",
+            "--name",
+            name,
+            "--db",
+            str(tmp_path / "source.db"),
+            "--log",
+            str(tmp_path / f"{name}.jsonl"),
+            "--stop",
+            str(tmp_path / "stop"),
+            "--rows",
+            str(ROWS),
+            "--seed",
+            str(seed),
+            "--pause",
+            str(pause),
+            "--max-seconds",
+            "90",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
         )
 
 
@@ -99,8 +119,9 @@ async def _wait_subscribed(server: RedisServer, subscribers: int, timeout: float
     return time.monotonic()
 
 
-async def _run_chaos(server: RedisServer, processes: dict[str, asyncio.subprocess.Process],
-                     tmp_path: Path) -> Timeline:
+async def _run_chaos(
+    server: RedisServer, processes: dict[str, asyncio.subprocess.Process], tmp_path: Path
+) -> Timeline:
     instances = len(processes)
     start = time.monotonic()
     await asyncio.sleep(CONNECTED_BEFORE_CUT)
@@ -128,8 +149,9 @@ async def _run_chaos(server: RedisServer, processes: dict[str, asyncio.subproces
 
 
 def _stderr(tmp_path: Path, names: Iterable[str]) -> str:
-    return "\n".join(f"--- {name}:\n{(tmp_path / f'{name}.err').read_text()[-3000:]}"
-                     for name in names)
+    return "\n".join(
+        f"--- {name}:\n{(tmp_path / f'{name}.err').read_text()[-3000:]}" for name in names
+    )
 
 
 async def test_chaos_kill_restart_and_pubsub_cuts_serve_nothing_stale(
@@ -166,11 +188,14 @@ async def test_chaos_kill_restart_and_pubsub_cuts_serve_nothing_stale(
         stats[name] = got_stats
     report = check(reads, writes, timeline, PROPAGATION_BOUND)
     report.stats = stats
-    title = (f"{server.flavour}: {READERS} readers, 1 writer, {ROWS} rows, "
-             f"{timeline.stop - timeline.start:.1f} s, settings {CHAOS_SETTINGS}")
+    title = (
+        f"{server.flavour}: {READERS} readers, 1 writer, {ROWS} rows, "
+        f"{timeline.stop - timeline.start:.1f} s, settings {CHAOS_SETTINGS}"
+    )
     print("\n" + report.format(title))
     (tmp_path / f"chaos-{server.flavour}.json").write_text(
-        json.dumps({"title": title, **report.to_json()}, indent=2))
+        json.dumps({"title": title, **report.to_json()}, indent=2)
+    )
 
     # The run really exercised what it claims to (else the figures prove nothing).
     for phase, figures in report.phases.items():
@@ -186,11 +211,14 @@ def test_checker_flags_what_it_must() -> None:
     """The checker itself: a stale read while connected or after settling fails; during
     the outage it is only counted; an error, a hang and an unwritten version fail."""
     timeline = Timeline(start=0, kill=10, restart=12, settle=14, stop=20)
-    writes = [Write(row=1, version=1, begin=1.0, commit=1.01, ack=1.02),
-              Write(row=1, version=2, begin=11.0, commit=11.01, ack=11.02)]
+    writes = [
+        Write(row=1, version=1, begin=1.0, commit=1.01, ack=1.02),
+        Write(row=1, version=2, begin=11.0, commit=11.01, ack=11.02),
+    ]
 
-    def read(start: float, version: int | None, end: float | None = None,
-             error: str | None = None) -> Read:
+    def read(
+        start: float, version: int | None, end: float | None = None, error: str | None = None
+    ) -> Read:
         return Read("r", 1, start, start + 0.001 if end is None else end, version, error)
 
     fine = [read(0.5, 0), read(1.05, 0), read(1.2, 1), read(16, 2)]  # 1.05: within the bound
@@ -203,7 +231,11 @@ def test_checker_flags_what_it_must() -> None:
     assert round(report.worst_staleness_ms) == round((16 - 11.02) * 1000)
     assert len(report.failures()) == 2
 
-    report = check([read(2, None, error="BackendError: boom"), read(3, 1, end=4.5),
-                    read(5, 3)], writes, timeline, 0.05)
+    report = check(
+        [read(2, None, error="BackendError: boom"), read(3, 1, end=4.5), read(5, 3)],
+        writes,
+        timeline,
+        0.05,
+    )
     assert (report.errors, report.hung_reads, report.impossible_reads) == (1, 1, 1)
     assert len(report.failures()) == 3

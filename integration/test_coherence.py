@@ -1,31 +1,19 @@
-"""Coherence guarantees 1–4 (DESIGN.md §4) against real servers, three instances per test."""
+"""Coherence against real servers, beyond the shared contract (tests/contract.py):
+L2-specific propagation under RESP3 and RESP2, and the O(1) cost of tag invalidation."""
 
 from __future__ import annotations
 
-import asyncio
-
 import redis.asyncio as aioredis
 
+from tests.contract import eventually
 from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
-from .conftest import CacheFactory, eventually
+from .conftest import CacheFactory
 
 
 async def _three(make_cache: CacheFactory, protocol: int) -> list[TwoTierCache]:
     return [await make_cache(protocol=protocol) for _ in range(3)]
-
-
-async def test_read_your_writes_without_waiting(make_cache: CacheFactory, protocol: int) -> None:
-    cache = await make_cache(protocol=protocol)
-    for n in range(20):
-        await cache.set("k", n, tags=["t"])
-        assert await cache.get("k") == n
-    await cache.delete("k")
-    assert await cache.get("k") is None
-    await cache.set("k", "again", tags=["t"])
-    await cache.invalidate_tag("t")
-    assert await cache.get("k") is None
 
 
 async def test_changes_reach_every_instance(make_cache: CacheFactory, protocol: int) -> None:
@@ -73,65 +61,6 @@ async def test_changes_reach_every_instance(make_cache: CacheFactory, protocol: 
 
 async def _equals(awaitable: object, expected: object) -> bool:
     return await awaitable == expected  # type: ignore[misc]
-
-
-async def test_slow_loader_racing_a_tag_invalidation_leaves_nothing_stale(
-    make_cache: CacheFactory,
-) -> None:
-    """Guarantee 3: a loader that began before an invalidation stores nowhere."""
-    a, b = await make_cache(), await make_cache()
-    source = {"price": 10}
-    started, release = asyncio.Event(), asyncio.Event()
-
-    def define(cache: TwoTierCache, slow: bool):
-        @cache.cached(ttl=60, tags=["item:{id}"])
-        async def price(id: int) -> int:
-            old = source["price"]
-            if slow:
-                started.set()
-                await release.wait()
-            return old
-
-        return price
-
-    price_a, price_b = define(a, slow=True), define(b, slow=False)
-    loading = asyncio.create_task(price_a(1))
-    await started.wait()
-    source["price"] = 20
-    await b.invalidate_tag("item:1")  # on another instance, while a's loader runs
-    release.set()
-    assert await loading == 10
-    assert a.get_stats()["stale_sets_refused"] == 1
-    assert await price_b(1) == 20  # not in L2: b loads the new value
-    assert await price_a(1) == 20  # not in a's L1 either
-
-
-async def test_slow_loader_racing_a_delete_leaves_nothing_stale(make_cache: CacheFactory) -> None:
-    a, b = await make_cache(), await make_cache()
-    source = {"v": "old"}
-    started, release = asyncio.Event(), asyncio.Event()
-
-    @a.cached(ttl=60, key="doc:{id}")
-    async def doc(id: int) -> str:
-        value = source["v"]
-        started.set()
-        await release.wait()
-        return value
-
-    loading = asyncio.create_task(doc(1))
-    await started.wait()
-    source["v"] = "new"
-    await b.delete("doc:1")  # removes the fill lease a's loader holds
-    release.set()
-    assert await loading == "old"
-    assert await b.get("doc:1") is None
-    release.clear()
-    started.clear()
-    loading = asyncio.create_task(doc(1))
-    await started.wait()
-    release.set()
-    assert await loading == "new"
-    assert await b.get("doc:1") == "new"
 
 
 async def test_tag_invalidation_is_constant_cost(server: RedisServer) -> None:

@@ -24,7 +24,10 @@ def test_demo_invalidation_reaches_both_other_instances(flavour: str) -> None:
     began = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", f"import sys; {DEMO}", flavour],
-        capture_output=True, text=True, encoding="utf-8", timeout=60,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     took = time.monotonic() - began
@@ -32,8 +35,10 @@ def test_demo_invalidation_reaches_both_other_instances(flavour: str) -> None:
     assert result.returncode == 0, output
     assert f"server       {flavour} " in result.stdout, output
     for index in (2, 3):
-        reached = (rf"instance {index} +invalidation reached after [\d.]+ ms.*\n"
-                   r" +returned version 2 at [\d.]+ ms .*a re-read returns version 2\n")
+        reached = (
+            rf"instance {index} +invalidation reached after [\d.]+ ms.*\n"
+            r" +returned version 2 at [\d.]+ ms .*a re-read returns version 2\n"
+        )
         assert re.search(reached, result.stdout), output
     assert "did NOT reach" not in result.stdout
     assert took < 30, f"the demo took {took:.1f} s"

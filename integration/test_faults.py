@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from tests.contract import eventually
 from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
 from ._proxy import ChaosProxy
-from .conftest import eventually
 
 TIMEOUT = 0.1  # the Redis timeout under test
 FAST = {"redis_timeout": TIMEOUT, "health_interval": 0.2, "max_stale": 1.0}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from tests.contract import eventually
 from twotier import PickleSerializer, TwoTierCache
 from twotier.testing import RedisServer
 
-from .conftest import CacheFactory, eventually
+from .conftest import CacheFactory
 
 SECRET = "a-secret-of-at-least-16-bytes"
 

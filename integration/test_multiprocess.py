@@ -68,9 +68,18 @@ class RemotePeer:
     async def spawn(cls, name: str, url: str, stderr: Path) -> RemotePeer:
         with stderr.open("wb") as err:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKERS), "peer", "--url", url, "--namespace", NAMESPACE,
-                "--name", name,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
+                sys.executable,
+                str(WORKERS),
+                "peer",
+                "--url",
+                url,
+                "--namespace",
+                NAMESPACE,
+                "--name",
+                name,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
             )
         return cls(name, process, stderr)
 
@@ -92,8 +101,9 @@ class RemotePeer:
             async with asyncio.timeout(CALL_TIMEOUT):
                 reply = await self._pending[request_id]
         except TimeoutError:
-            raise WorkerError(f"{self.name}: no answer within {CALL_TIMEOUT}s"
-                              f"{self._stderr_tail()}") from None
+            raise WorkerError(
+                f"{self.name}: no answer within {CALL_TIMEOUT}s{self._stderr_tail()}"
+            ) from None
         finally:
             self._pending.pop(request_id, None)
         if not reply["ok"]:
@@ -155,8 +165,9 @@ async def _received(peer: Peer) -> int:
     return int((await peer.call("stats"))["invalidations_received"])
 
 
-async def _everyone_holds(origin: Peer, others: list[Peer], key: str, value: str,
-                          tags: list[str]) -> None:
+async def _everyone_holds(
+    origin: Peer, others: list[Peer], key: str, value: str, tags: list[str]
+) -> None:
     """*origin* sets key=value; once the others have applied that change, they read it into L1."""
     before = [await _received(peer) for peer in others]
     await origin.call("set", key=key, value=value, tags=tags)
@@ -204,12 +215,16 @@ async def test_change_in_one_process_reaches_the_others(
             for peer, watch in zip(others, watches, strict=True):
                 seen = await peer.call("seen", watch=watch, timeout=PROPAGATION_LIMIT + 1)
                 elapsed = seen["seen_at"] - change["start"]
-                timings.append(f"{operation:>14} {origin.name:>12} → {peer.name:<12} "
-                               f"{elapsed * 1000:7.2f} ms  (the call took "
-                               f"{(change['end'] - change['start']) * 1000:.2f} ms)")
+                timings.append(
+                    f"{operation:>14} {origin.name:>12} → {peer.name:<12} "
+                    f"{elapsed * 1000:7.2f} ms  (the call took "
+                    f"{(change['end'] - change['start']) * 1000:.2f} ms)"
+                )
                 assert elapsed < PROPAGATION_LIMIT, (operation, origin.name, peer.name, elapsed)
-    print(f"\npropagation on {server.flavour}, from the start of the call until another "
-          "process's get() answers the new state:")
+    print(
+        f"\npropagation on {server.flavour}, from the start of the call until another "
+        "process's get() answers the new state:"
+    )
     print("\n".join(timings))
 
 
@@ -250,7 +265,8 @@ async def test_no_stale_set_from_a_slow_loader_in_another_process(
             assert await peer.call("peek", key=ITEM_KEY) == {"found": False}, peer.name
             assert (await peer.call("get", key=ITEM_KEY)).get("value") != "old", peer.name
         for peer in peers:
-            assert await peer.call("load", item_id=ITEM, source=str(source)) == {"value": "new"}, \
+            assert await peer.call("load", item_id=ITEM, source=str(source)) == {"value": "new"}, (
                 peer.name
+            )
         refused = (await worker_a.call("stats"))["stale_sets_refused"]
         assert refused == 1, refused

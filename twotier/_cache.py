@@ -124,6 +124,7 @@ class TwoTierCache:
         self._listener_task: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
+        self._unsettled: dict[str, set[asyncio.Task[None]]] = {}
         self._degraded = False
         self._started = False
         self._closed = False
@@ -242,6 +243,9 @@ class TwoTierCache:
             return value
         await self._ensure_started()
         read = await self._read_remote(key, (), lease=False)
+        if self._unsettled and not self._unsettled.keys().isdisjoint(read.tags):
+            await self._settle(read.tags)  # the entry may be one we just invalidated
+            read = await self._read_remote(key, (), lease=False)
         value = self._decode_hit(key, read)
         if value is MISS:
             self.counters.misses += 1
@@ -324,6 +328,8 @@ class TwoTierCache:
         refreshing: bool = False,
     ) -> Any:
         key, tags = flight.key, flight.tags
+        if self._unsettled:
+            await self._settle(tags)
         read = await self._read_remote(key, tags, lease=True, min_ttl=min_ttl)
         if _loading_elsewhere(read):
             if refreshing:
@@ -489,7 +495,28 @@ class TwoTierCache:
             self._outbox.add_tags(tags_t)
             self.counters.queued_ops += len(tags_t)
             return Invalidation(None)
-        return Invalidation(self.spawn(self._invalidate_remote(tags_t)))
+        task = self.spawn(self._invalidate_remote(tags_t))
+        # Until Redis has it, this instance must not read the old entries back
+        # from L2 (read-your-writes holds for an un-awaited call too): reads of
+        # these tags wait for the delivery first; see `_settle`.
+        for tag in tags_t:
+            self._unsettled.setdefault(tag, set()).add(task)
+        task.add_done_callback(lambda done: self._settled(tags_t, done))
+        return Invalidation(task)
+
+    def _settled(self, tags: tuple[str, ...], task: asyncio.Task[None]) -> None:
+        for tag in tags:
+            tasks = self._unsettled.get(tag)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._unsettled[tag]
+
+    async def _settle(self, tags: Iterable[str]) -> None:
+        """Wait for this instance's in-flight invalidations of *tags* to reach Redis."""
+        pending = {task for tag in tags for task in self._unsettled.get(tag, ())}
+        if pending:
+            await asyncio.wait(pending)  # each is bounded by the Redis timeout
 
     async def _invalidate_remote(self, tags: tuple[str, ...]) -> None:
         await self._ensure_started()

@@ -1,0 +1,284 @@
+"""The cache's contract, written once and run on every topology (STYLE.md 11):
+in memory mode by tests/test_contract_memory.py, and against real Redis and
+Valkey servers by integration/test_contract_redis.py.
+
+A subclass provides the `trio` fixture: three started caches that share a
+namespace (so they are coherent with each other) and no one else's.
+"""
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from twotier import InvalidKeyError, InvalidTTLError, SerializationError, TwoTierCache
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> float:
+    """Poll *check* until true; return how long it took. Fails the test after *timeout*."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await check():
+        if loop.time() - start > timeout:
+            pytest.fail(f"condition not reached within {timeout}s")
+        await asyncio.sleep(0.001)
+    return loop.time() - start
+
+
+class CacheContract:
+    async def test_changes_reach_every_instance(self, trio: list[TwoTierCache]) -> None:
+        a, b, _ = trio
+        version = {"n": 0}
+
+        def define(cache: TwoTierCache):  # the same API module, imported by three servers
+            @cache.cached(ttl=60, tags=["articles", "category:{category}"])
+            async def articles(category: str) -> dict[str, int]:
+                return {"version": version["n"]}
+
+            return articles
+
+        fa, fb, fc = (define(x) for x in trio)
+
+        async def everyone_sees(n: int) -> float:
+            async def check() -> bool:
+                return [await f("news") for f in (fa, fb, fc)] == [{"version": n}] * 3
+
+            return await eventually(check)
+
+        await everyone_sees(0)
+        version["n"] = 1
+        a.invalidate_tag("category:news")  # seed style: not awaited, still effective everywhere
+        assert await fa("news") == {"version": 1}  # here at once, elsewhere over the bus
+        await everyone_sees(1)
+        version["n"] = 2
+        await b.clear()
+        await everyone_sees(2)
+        version["n"] = 3
+        await fc.invalidate("news")  # the key of one call, on every instance
+        await everyone_sees(3)
+
+    async def test_cached_none_is_a_hit(self, trio: list[TwoTierCache]) -> None:
+        cache = trio[0]
+        calls = 0
+
+        @cache.cached(ttl=60)
+        async def nothing(x: int) -> None:
+            nonlocal calls
+            calls += 1
+
+        assert await nothing(1) is None
+        assert await nothing(1) is None
+        assert calls == 1
+        assert cache.get_stats()["hits"] == 1
+
+    async def test_read_your_writes_without_waiting(self, trio: list[TwoTierCache]) -> None:
+        cache = trio[0]
+        await cache.set("k", 1, tags=["t"])
+        assert await cache.get("k") == 1
+        await cache.set("k", 2)
+        assert await cache.get("k") == 2
+        await cache.delete("k")
+        assert await cache.get("k", "gone") == "gone"
+
+    async def test_slow_loader_racing_a_tag_invalidation_is_not_cached(
+        self, trio: list[TwoTierCache]
+    ) -> None:
+        a, b, _ = trio
+        source = {"price": 10}
+        started, release = asyncio.Event(), asyncio.Event()
+
+        @a.cached(ttl=60, tags=["item:{id}"])
+        async def price(id: int) -> int:
+            old = source["price"]  # read before the update...
+            started.set()
+            await release.wait()
+            return old  # ...returned after it
+
+        slow = asyncio.create_task(price(1))
+        await started.wait()
+        source["price"] = 20
+        await b.invalidate_tag("item:1")
+        release.set()
+        assert await slow == 10  # the caller that asked before the update gets the old value
+        assert a.get_stats()["stale_sets_refused"] == 1
+        c_price = trio[2].cached(ttl=60, tags=["item:{id}"])(price.__wrapped__)
+        assert await c_price(1) == 20  # not in L2 (or any shared tier) for the others
+        assert await price(1) == 20  # nor in a's L1: the next call loads again
+
+    async def test_slow_loader_racing_a_key_delete_is_not_cached(
+        self, trio: list[TwoTierCache]
+    ) -> None:
+        a, b, _ = trio
+        source = {"v": "old"}
+        started, release = asyncio.Event(), asyncio.Event()
+
+        @a.cached(ttl=60, key="doc:{id}")
+        async def doc(id: int) -> str:
+            value = source["v"]
+            started.set()
+            await release.wait()
+            return value
+
+        slow = asyncio.create_task(doc(7))
+        await started.wait()
+        source["v"] = "new"
+        await b.delete("doc:7")
+        release.set()
+        assert await slow == "old"
+        assert await b.get("doc:7") is None  # the revoked loader stored nothing for the others
+        assert await doc(7) == "new"
+        assert await b.get("doc:7") in (None, "new")  # None in memory mode: no shared tier
+
+    async def test_caller_after_invalidation_does_not_join_the_old_load(
+        self, trio: list[TwoTierCache]
+    ) -> None:
+        a = trio[0]
+        source = {"v": 1}
+        started, gate = asyncio.Event(), asyncio.Event()
+
+        @a.cached(ttl=60, tags=["t"])
+        async def value() -> int:
+            seen = source["v"]
+            started.set()
+            await gate.wait()
+            return seen
+
+        first = asyncio.create_task(value())
+        await started.wait()  # the first load has read the old source
+        source["v"] = 2
+        await a.invalidate_tag("t")
+        second = asyncio.create_task(value())
+        await asyncio.sleep(0)
+        gate.set()
+        assert (await first, await second) == (1, 2)
+
+    async def test_concurrent_misses_run_the_loader_once(self, trio: list[TwoTierCache]) -> None:
+        a = trio[0]
+        calls = itertools.count()
+
+        @a.cached(ttl=60)
+        async def slow(x: int) -> int:
+            next(calls)
+            await asyncio.sleep(0.01)
+            return x * 2
+
+        assert await asyncio.gather(*(slow(21) for _ in range(50))) == [42] * 50
+        assert next(calls) == 1
+        assert a.get_stats()["joined_loads"] == 49
+
+    async def test_loader_error_is_shared_and_not_cached(self, trio: list[TwoTierCache]) -> None:
+        a = trio[0]
+        attempts = itertools.count()
+
+        @a.cached(ttl=60)
+        async def flaky() -> str:
+            if next(attempts) == 0:
+                await asyncio.sleep(0.01)
+                raise RuntimeError("db down")
+            return "ok"
+
+        results = await asyncio.gather(flaky(), flaky(), return_exceptions=True)
+        assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+        assert await flaky() == "ok"
+
+    async def test_cancelled_leader_does_not_fail_its_waiters(
+        self, trio: list[TwoTierCache]
+    ) -> None:
+        a = trio[0]
+        gate = asyncio.Event()
+
+        @a.cached(ttl=60)
+        async def value() -> str:
+            await gate.wait()
+            return "v"
+
+        leader = asyncio.create_task(value())
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(value())
+        await asyncio.sleep(0)
+        leader.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        assert await waiter == "v"
+
+    async def test_values_from_l1_are_copies_unless_immutable(
+        self, trio: list[TwoTierCache]
+    ) -> None:
+        a = trio[0]
+
+        @a.cached(ttl=60)
+        async def rows() -> list[dict[str, int]]:
+            return [{"n": 1}]
+
+        first = await rows()
+        first[0]["n"] = 99  # a caller mutating its result...
+        assert await rows() == [{"n": 1}]  # ...does not change what others get
+
+        @a.cached(ttl=60, copy_on_read=False)
+        async def shared() -> list[int]:
+            return [1]
+
+        assert await shared() is await shared()
+
+    async def test_bad_input_raises_and_changes_nothing(self, trio: list[TwoTierCache]) -> None:
+        a = trio[0]
+        await a.set("k", "v", tags=["t"])
+        before = a.get_stats()
+        with pytest.raises(SerializationError):
+            await a.set("k", object())
+        with pytest.raises(InvalidTTLError):
+            await a.set("k", "w", ttl=-1)
+        with pytest.raises(InvalidKeyError):
+            await a.set("k", "w", tags=["bad\ntag"])
+        with pytest.raises(InvalidKeyError):
+            a.invalidate_tag("")
+        assert await a.get("k") == "v"
+        assert a.get_stats()["sets"] == before["sets"]
+
+    async def test_stats_have_the_seed_keys(self, trio: list[TwoTierCache]) -> None:
+        a = trio[0]
+
+        @a.cached(ttl=60, tags=["articles", "category:{c}"])
+        async def f(c: str) -> str:
+            return c
+
+        for c in ["a", "a", "a", "b"]:
+            await f(c)
+        stats = a.get_stats()
+        for key in (
+            "hits",
+            "misses",
+            "sets",
+            "deletes",
+            "tag_invalidations",
+            "hit_rate",
+            "entries",
+            "tags",
+            "l1_hits",
+            "l2_hits",
+            "l2_errors",
+            "invalidations_received",
+            "resyncs",
+            "redis_available",
+        ):
+            assert key in stats
+        assert (stats["hits"], stats["misses"], stats["hit_rate"]) == (2, 2, 50.0)
+        assert (stats["entries"], stats["tags"]) == (2, 3)
+
+    async def test_warmup_with_sync_and_async_loaders(self, trio: list[TwoTierCache]) -> None:
+        a = trio[0]
+
+        def sync_loader(key: str) -> dict[str, int] | None:
+            n = int(key.split(":")[1])
+            return {"id": n} if n <= 8 else None  # None: nothing to cache
+
+        async def async_loader(key: str) -> str:
+            return key.upper()
+
+        filled = await a.warmup([f"article:{i}" for i in range(1, 11)], sync_loader, concurrency=3)
+        assert filled == 8
+        assert await a.get("article:8") == {"id": 8}
+        assert await a.get("article:9") is None
+        assert await a.warmup(["x", "y"], async_loader) == 2
+        assert await a.get("y") == "Y"
