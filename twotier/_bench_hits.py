@@ -116,7 +116,7 @@ async def l2_hit(ctx: Context) -> list[Series]:
         layout = Layout(ns)
         script = raw.register_script(_script_source("read"))
         script_args: dict[int, list[str | int]] = {
-            i: ["", 10_000, f"user:{i}", "users"] for i in keys
+            i: ["", 10_000, 0, f"user:{i}", "users"] for i in keys  # token, lease ms, min ttl
         }
 
         async def raw_get(i: int) -> object:
