@@ -116,7 +116,8 @@ async def l2_hit(ctx: Context) -> list[Series]:
         layout = Layout(ns)
         script = raw.register_script(_script_source("read"))
         script_args: dict[int, list[str | int]] = {
-            i: ["", 10_000, 0, f"user:{i}", "users"] for i in keys  # token, lease ms, min ttl
+            i: ["", 10_000, 0, f"user:{i}", "users"]
+            for i in keys  # token, lease ms, min ttl
         }
 
         async def raw_get(i: int) -> object:
@@ -164,7 +165,9 @@ async def l2_hit(ctx: Context) -> list[Series]:
             await raw.aclose()
             await raw_timeout.aclose()
     out = [Series("l2", name, role, "s", samples[name]) for name, (role, _c) in subjects.items()]
-    out[3].note = (
+    out[
+        3
+    ].note = (
         f"reader: L1 hits {stats['l1_hits']}, L2 hits {stats['l2_hits']:,}, loads {stats['loads']}"
     )
     out[4].note = f"getter: L1 hits {gstats['l1_hits']}, L2 hits {gstats['l2_hits']:,}"

@@ -14,24 +14,18 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from ._decorator import CachedFunction, make_cached
 from ._exceptions import BackendError, CacheClosedError, ConfigurationError, DeserializationError
 from ._flights import Flight, Flights, LeaderCancelled
-from ._guard import Guard
 from ._keys import validate_key, validate_tags, validate_ttl
+from ._link import RedisLink
 from ._local import LocalTier
 from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
-from ._redis import Layout, RedisTier
 from ._serialization import MsgpackSerializer, Serializer
 from ._stats import Counters
-from ._subscriber import RedisListener
 from ._tier import MISSING_READ, Kind, Message, ReadResult, RemoteTier
 from ._types import MISS, Clock
 from ._warmup import Warmup
@@ -118,14 +112,10 @@ class TwoTierCache:
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
         self._remote: RemoteTier = MemoryTier(hub_for(namespace), self.instance_id)
-        self._client: aioredis.Redis | None = None
-        self._guard: Guard | None = None
-        self._listener: RedisListener | None = None
-        self._listener_task: asyncio.Task[None] | None = None
+        self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
         self._unsettled: dict[str, set[asyncio.Task[None]]] = {}
-        self._degraded = False
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -147,60 +137,28 @@ class TwoTierCache:
             else:
                 await self._start_redis(self.redis_url)
             self._started = True
-            if len(self._outbox):
-                self.spawn(self._flush_outbox())
+            self._request_flush()
 
     async def _start_redis(self, url: str) -> None:
-        client = aioredis.Redis.from_url(
+        self._link = RedisLink(
             url,
-            socket_timeout=self._redis_timeout,
-            socket_connect_timeout=self._redis_timeout,
-            retry=Retry(NoBackoff(), 0),  # the guard decides about retries, not redis-py
-        )
-        guard = Guard(
-            timeout=self._redis_timeout,
-            ping=client.ping,
-            on_open=self._on_redis_down,
-            on_recover=self._on_redis_back,
-            probe_max_interval=self._health_interval,  # recover as fast as we notice loss
-            log=self._l2_log,
-        )
-        tier = RedisTier(
-            client,
-            guard,
-            Layout(self.namespace),
+            self.namespace,
             self.instance_id,
+            self.counters,
+            timeout=self._redis_timeout,
+            health_interval=self._health_interval,
+            max_stale=self._max_stale,
             lease_ttl=self._lease_ttl,
             log_maxlen=self._log_maxlen,
-        )
-        # The listener gets its own client: a pub/sub connection must not share
-        # the socket timeout of data calls (it waits for messages by design).
-        listener_client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=self._redis_timeout, retry=Retry(NoBackoff(), 0)
-        )
-        self._listener = RedisListener(
-            listener_client,
-            tier,
-            self.instance_id,
-            apply=self._apply_message,
+            apply_message=self._apply_message,
             clear_local=self._clear_local,
             suspend_local=self._suspend_local,
-            on_link_lost=self._on_link_lost,
-            on_synced=self._on_synced,
-            on_lease_end=self._wake_lease_waiters,
-            counters=self.counters,
-            health_interval=self._health_interval,
-            log=tier_log(self.instance_id, "bus"),
+            bound_local=self._bound_local,
+            wake_lease_waiters=self._wake_lease_waiters,
+            flush_outbox=self._request_flush,
         )
-        self._client, self._guard, self._remote = client, guard, tier
-        self._listener_task = asyncio.get_running_loop().create_task(self._listener.run())
-        try:
-            # Wait briefly for the subscription; a dead Redis must not block start-up.
-            async with asyncio.timeout(max(1.0, 20 * self._redis_timeout)):
-                await self._listener.connected.wait()
-        except TimeoutError:
-            self._log.warning("Redis not reachable at start; running degraded")
-            self._degrade()
+        self._remote = self._link.tier
+        await self._link.start()
 
     async def close(self) -> None:
         """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
@@ -209,14 +167,8 @@ class TwoTierCache:
         self._closed = True
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
-        if self._listener is not None and self._listener_task is not None:
-            await self._listener.stop(self._listener_task)
-        if self._guard is not None:
-            await self._guard.close()
-        if self._client is not None:
-            await self._client.aclose()
-        if self._listener is not None:
-            await self._listener.client.aclose()
+        if self._link is not None:
+            await self._link.close()
         if self.redis_url is None:
             hub_for(self.namespace).unsubscribe(self.instance_id)
 
@@ -382,7 +334,7 @@ class TwoTierCache:
         self._lease_waiters[key] = woken
         try:
             read = await self._read_remote(key, tags, lease=True)  # it may be done already
-            listening = self._listener is not None and self._listener.connected.is_set()
+            listening = self._link is not None and self._link.listening
             if _loading_elsewhere(read) and listening:  # else no message could wake us
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._lease_ttl):
@@ -393,8 +345,9 @@ class TwoTierCache:
             if self._lease_waiters.get(key) is woken:
                 del self._lease_waiters[key]
 
-    def _wake_lease_waiters(self, keys: Iterable[str]) -> None:
-        for key in keys:
+    def _wake_lease_waiters(self, keys: Iterable[str] | None) -> None:
+        """Wake the waiters on these keys' leases (all of them for None)."""
+        for key in list(self._lease_waiters) if keys is None else keys:
             woken = self._lease_waiters.pop(key, None)
             if woken is not None and not woken.done():
                 woken.set_result(None)
@@ -445,7 +398,7 @@ class TwoTierCache:
         tags: tuple[str, ...],
         copy_on_read: bool,
     ) -> None:
-        if self._degraded:
+        if self._link is not None and self._link.degraded:
             ttl = min(ttl, self._max_stale)  # nobody can tell us about changes now
         self.local.store(key, value, payload, ttl, tags, copy_on_read)
 
@@ -556,52 +509,13 @@ class TwoTierCache:
     def _suspend_local(self, suspended: bool) -> None:
         self.local.suspended = suspended
 
-    # -- degradation and recovery ----------------------------------------------------
+    def _bound_local(self, seconds: float) -> None:
+        self.local.cap_expiry(self.clock() + seconds)
 
-    def _on_link_lost(self) -> None:
-        """The invalidation link dropped. Changes may be missed from now on.
+    # -- queued changes ------------------------------------------------------------
 
-        While Redis itself still answers, L1 is suspended: reads go to L2, which
-        validates every entry, until the resync on reconnect has repaired L1
-        (issue 3: "replays or clears before serving L1 again"). Only when Redis
-        is down altogether (`_on_redis_down`) does L1 serve, and only within
-        `max_stale`. Waiters on another instance's fill lease stop waiting:
-        the message that would wake them may be lost.
-        """
-        self._wake_lease_waiters(list(self._lease_waiters))
-        if self._guard is not None and not self._guard.available:
-            self._degrade()
-        else:
-            self._suspend_local(True)
-
-    def _on_redis_down(self) -> None:
-        """The breaker opened: nobody can tell us about changes, and L2 is gone too."""
-        self._suspend_local(False)
-        self._degrade()
-
-    def _degrade(self) -> None:
-        """Redis is away: bound what L1 may still serve."""
-        if self._degraded:
-            return
-        self._degraded = True
-        self.local.cap_expiry(self.clock() + self._max_stale)
-        self._log.warning(
-            "degraded: L1 entries are served for at most %.1f s more", self._max_stale
-        )
-
-    def _on_synced(self) -> None:
-        if self._guard is not None and self._guard.available:
-            self._recovered()
-
-    async def _on_redis_back(self) -> None:
-        if self._listener is not None and self._listener.connected.is_set():
-            self._recovered()
-        await self._flush_outbox()
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            self._degraded = False
-            self._log.warning("recovered: Redis and the invalidation link are back")
+    def _request_flush(self) -> None:
+        """Deliver the changes queued while Redis was away, in the background."""
         if len(self._outbox):
             self.spawn(self._flush_outbox())
 
@@ -659,19 +573,14 @@ class TwoTierCache:
     @property
     def redis_available(self) -> bool:
         """Redis answers and the invalidation link is up (False in memory mode)."""
-        return (
-            self._guard is not None
-            and self._guard.available
-            and self._listener is not None
-            and self._listener.connected.is_set()
-        )
+        return self._link is not None and self._link.available
 
     def get_stats(self) -> dict[str, Any]:
         return self.counters.snapshot(
             entries=self.local.entries,
             tags=self.local.tags,
             redis_available=self.redis_available,
-            breaker_state=self._guard.state.value if self._guard else "none",
+            breaker_state=self._link.guard.state.value if self._link else "none",
             queued_ops_pending=len(self._outbox),
             instance=self.instance_id,
         )

@@ -1,0 +1,167 @@
+"""The link to Redis: the clients, the guard, the Redis tier and the listener,
+and the one decision that depends on all of them — what L1 may serve when part
+of the link is away.
+
+    link state                      L1                          L2
+    up                              served                      validated reads
+    pub/sub link lost, Redis up     suspended until the resync  validated reads
+    Redis down (breaker open)       served for ≤ max_stale      none; loaders
+    back (breaker closed + resync)  repaired (replay or wipe)   validated reads
+
+The link tells the cache's local side what to do through callbacks, so it never
+reaches into L1 itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ._guard import Guard
+from ._logging import tier_log
+from ._redis import Layout, RedisTier
+from ._stats import Counters
+from ._subscriber import RedisListener
+from ._tier import Message
+
+
+class RedisLink:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        instance_id: str,
+        counters: Counters,
+        *,
+        timeout: float,
+        health_interval: float,
+        max_stale: float,
+        lease_ttl: float,
+        log_maxlen: int,
+        apply_message: Callable[[Message], None],
+        clear_local: Callable[[], None],
+        suspend_local: Callable[[bool], None],
+        bound_local: Callable[[float], None],
+        wake_lease_waiters: Callable[[Iterable[str] | None], None],
+        flush_outbox: Callable[[], None],
+    ) -> None:
+        self._timeout = timeout
+        self._max_stale = max_stale
+        self._suspend_local = suspend_local
+        self._bound_local = bound_local
+        self._wake_lease_waiters = wake_lease_waiters
+        self._flush_outbox = flush_outbox
+        self._log = tier_log(instance_id, "cache")
+        self.degraded = False
+        no_retry = Retry(NoBackoff(), 0)  # the guard decides about retries, not redis-py
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
+        )
+        self.guard = Guard(
+            timeout=timeout,
+            ping=self._client.ping,
+            on_open=self._on_redis_down,
+            on_recover=self._on_redis_back,
+            probe_max_interval=health_interval,  # recover as fast as we notice loss
+            log=tier_log(instance_id, "l2"),
+        )
+        self.tier = RedisTier(
+            self._client,
+            self.guard,
+            Layout(namespace),
+            instance_id,
+            lease_ttl=lease_ttl,
+            log_maxlen=log_maxlen,
+        )
+        # The listener gets its own client: a pub/sub connection must not share
+        # the socket timeout of data calls (it waits for messages by design).
+        self.listener = RedisListener(
+            aioredis.Redis.from_url(url, socket_connect_timeout=timeout, retry=no_retry),
+            self.tier,
+            instance_id,
+            apply=apply_message,
+            clear_local=clear_local,
+            suspend_local=suspend_local,
+            on_link_lost=self._on_link_lost,
+            on_synced=self._on_synced,
+            on_lease_end=wake_lease_waiters,
+            counters=counters,
+            health_interval=health_interval,
+            log=tier_log(instance_id, "bus"),
+        )
+        self._listener_task: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        """Redis answers and the invalidation link is up."""
+        return self.guard.available and self.listening
+
+    @property
+    def listening(self) -> bool:
+        return self.listener.connected.is_set()
+
+    async def start(self) -> None:
+        self._listener_task = asyncio.get_running_loop().create_task(self.listener.run())
+        try:
+            # Wait briefly for the subscription; a dead Redis must not block start-up.
+            async with asyncio.timeout(max(1.0, 20 * self._timeout)):
+                await self.listener.connected.wait()
+        except TimeoutError:
+            self._log.warning("Redis not reachable at start; running degraded")
+            self._degrade()
+
+    async def close(self) -> None:
+        if self._listener_task is not None:
+            await self.listener.stop(self._listener_task)
+        await self.guard.close()
+        await self._client.aclose()
+        await self.listener.client.aclose()
+
+    def _on_link_lost(self) -> None:
+        """The invalidation link dropped. Changes may be missed from now on.
+
+        While Redis itself still answers, L1 is suspended: reads go to L2, which
+        validates every entry, until the resync on reconnect has repaired L1
+        (issue 3: "replays or clears before serving L1 again"). Only when Redis
+        is down altogether (`_on_redis_down`) does L1 serve, and only within
+        `max_stale`. Waiters on another instance's fill lease stop waiting:
+        the message that would wake them may be lost.
+        """
+        self._wake_lease_waiters(None)
+        if self.guard.available:
+            self._suspend_local(True)
+        else:
+            self._degrade()
+
+    def _on_redis_down(self) -> None:
+        """The breaker opened: nobody can tell us about changes, and L2 is gone too."""
+        self._suspend_local(False)
+        self._degrade()
+
+    def _degrade(self) -> None:
+        if self.degraded:
+            return
+        self.degraded = True
+        self._bound_local(self._max_stale)
+        self._log.warning(
+            "degraded: L1 entries are served for at most %.1f s more", self._max_stale
+        )
+
+    def _on_synced(self) -> None:
+        if self.guard.available:
+            self._recovered()
+
+    async def _on_redis_back(self) -> None:
+        if self.listening:
+            self._recovered()
+        self._flush_outbox()  # the changes queued meanwhile: Redis takes them again
+
+    def _recovered(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            self._log.warning("recovered: Redis and the invalidation link are back")
+        self._flush_outbox()
