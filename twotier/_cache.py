@@ -566,6 +566,7 @@ class TwoTierCache:
             lookup=self.local.get,
             decode_hit=self._decode_hit,
             store_local=self._store_local,
+            release=self._release,
             log=tier_log(self.instance_id, "loader"),
         )
         return await warmup.run(key_list, loader, concurrency, seconds, tags_t, self.copy_on_read)

@@ -123,8 +123,13 @@ class RedisTier:
         snapshot: str,
         lease: str,
     ) -> bool:
-        keys, args = self._fill_call(key, payload, ttl, tags, snapshot, lease)
-        return bool(await self._run("fill", keys, args))
+        layout = self.layout
+        stored = await self._run(
+            "fill",
+            [layout.tags, layout.entry(key), layout.lease(key)],
+            [lease, _ms(ttl), payload, SEP.join(tags), snapshot, layout.channel, self._origin, key],
+        )
+        return bool(stored)
 
     async def fill_many(
         self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
@@ -139,21 +144,6 @@ class RedisTier:
             [layout.channel, self._origin, _ms(ttl), SEP.join(tags), *args],
         )
         return [bool(r) for r in results]
-
-    def _fill_call(
-        self,
-        key: str,
-        payload: bytes,
-        ttl: float,
-        tags: tuple[str, ...],
-        snapshot: str,
-        lease: str,
-    ) -> tuple[list[str], list[Any]]:
-        layout = self.layout
-        return (
-            [layout.tags, layout.entry(key), layout.lease(key)],
-            [lease, _ms(ttl), payload, SEP.join(tags), snapshot, layout.channel, self._origin, key],
-        )
 
     async def release(self, key: str, lease: str) -> None:
         layout = self.layout

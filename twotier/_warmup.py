@@ -10,7 +10,7 @@ invalidated while its batch loads is not stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -42,6 +42,7 @@ class Warmup:
         lookup: Lookup,
         decode_hit: DecodeHit,
         store_local: StoreLocal,
+        release: Callable[[str, str], Awaitable[None]],
         log: Log,
     ) -> None:
         self._remote = remote
@@ -51,6 +52,7 @@ class Warmup:
         self._lookup = lookup
         self._decode_hit = decode_hit
         self._store_local = store_local
+        self._release = release
         self._log = log
 
     async def run(
@@ -142,12 +144,6 @@ class Warmup:
             self._counters.l2_errors += 1
             return {}  # Redis away: L1 alone, under the flights' guard
         return {fill[0]: ok for fill, ok in zip(fills, results, strict=True)}
-
-    async def _release(self, key: str, lease: str) -> None:
-        try:
-            await self._remote.release(key, lease)
-        except BackendError:
-            self._counters.l2_errors += 1  # the lease expires by itself
 
 
 async def _load_all(
