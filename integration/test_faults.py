@@ -268,3 +268,25 @@ async def test_reset_connections_resync(proxy: ChaosProxy, server: RedisServer) 
         source.versions[1] = 1
         await direct.invalidate_tag("row:1")
         await eventually(lambda: _equals(row(1), 1), timeout=5)
+
+
+async def test_flushall_under_a_live_link_is_noticed(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    """The counter starts again from 1 while every link stays up: the next message
+    carries a number at or below the last one seen, and that forces a resync."""
+    a, b = caches
+    source = Source()
+    row_b = source.loader_for(b)
+    for n in range(5):  # move the counter well past 1
+        await a.invalidate_tag(f"warm:{n}")
+    assert await row_b(1) == 0
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await raw.flushall()
+    finally:
+        await raw.aclose()
+    source.versions[1] = 1
+    await a.invalidate_tag("row:1")  # number 1 again
+    await eventually(lambda: _equals(row_b(1), 1), timeout=3)
+    assert b.get_stats()["l1_clears"] >= 1

@@ -215,3 +215,82 @@ async def test_early_refresh_reloads_hot_keys_before_they_expire(
         assert await value() == 2  # the refreshed entry, still an L1 hit
         stats = cache.get_stats()
         assert (stats["early_refreshes"], stats["misses"], stats["l1_hits"]) == (1, 1, 3)
+
+
+async def test_closed_cache_serves_nothing_from_l1() -> None:
+    cache = TwoTierCache(namespace=f"z{uuid.uuid4().hex[:8]}")
+
+    @cache.cached(ttl=60)
+    async def value() -> int:
+        return 1
+
+    async with cache:
+        assert await value() == 1
+    with pytest.raises(CacheClosedError):  # no invalidations reach a closed cache
+        await value()
+
+
+async def test_joined_callers_get_their_own_copies(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+    gate = asyncio.Event()
+
+    @a.cached(ttl=60)
+    async def rows() -> list[int]:
+        await gate.wait()
+        return [1, 2]
+
+    first, second = asyncio.create_task(rows()), asyncio.create_task(rows())
+    await asyncio.sleep(0)
+    gate.set()
+    one, two = await first, await second
+    assert one == two == [1, 2]
+    assert one is not two  # one load, but no shared mutable result
+
+
+async def test_early_refresh_failure_does_not_strand_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import twotier._decorator as decorator
+
+    monkeypatch.setattr(decorator.random, "random", lambda: 0.999999)  # always refresh early
+    clock = FakeClock()
+    cache = TwoTierCache(namespace=f"r{uuid.uuid4().hex[:8]}", clock=clock)
+    gate = asyncio.Event()
+    state = {"calls": 0}
+
+    @cache.cached(ttl=1, early_refresh=10)
+    async def value() -> int:
+        state["calls"] += 1
+        clock.advance(0.3)
+        if state["calls"] == 2:  # the background refresh: slow, then it fails
+            await gate.wait()
+            raise RuntimeError("db hiccup")
+        return state["calls"]
+
+    async with cache:
+        assert await value() == 1
+        assert await value() == 1  # a hit that starts the refresh
+        await asyncio.sleep(0)
+        clock.advance(5)  # the entry expires while the refresh still runs
+        caller = asyncio.create_task(value())  # joins the refresh's flight
+        await asyncio.sleep(0)
+        gate.set()
+        assert await asyncio.wait_for(caller, timeout=2) == 3  # loads itself, never stranded
+
+
+async def test_counts_must_be_positive() -> None:
+    from twotier import ConfigurationError
+
+    for kwargs in ({"outbox_limit": 0}, {"log_maxlen": -1}, {"l1_maxsize": True}):
+        with pytest.raises(ConfigurationError):
+            TwoTierCache(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_warmup_accepts_a_lambda_over_an_async_loader(trio: list[TwoTierCache]) -> None:
+    a = trio[0]
+
+    async def fetch(key: str) -> str:
+        return key * 2
+
+    assert await a.warmup(["x", "y"], lambda key: fetch(key)) == 2
+    assert await a.get("y") == "yy"

@@ -19,7 +19,7 @@ from ._exceptions import BackendError, CacheClosedError, ConfigurationError, Des
 from ._flights import Flight, Flights, LeaderCancelled
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
-from ._local import LocalTier
+from ._local import LocalTier, is_immutable
 from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._outbox import Outbox
@@ -85,6 +85,9 @@ class TwoTierCache:
             )
         if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 1:
             raise ConfigurationError(f"l1_maxsize must be a positive int, got {l1_maxsize!r}")
+        for name, count in (("outbox_limit", outbox_limit), ("log_maxlen", log_maxlen)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigurationError(f"{name} must be a positive int, got {count!r}")
         for name, value in (
             ("redis_timeout", redis_timeout),
             ("max_stale", max_stale),
@@ -115,6 +118,7 @@ class TwoTierCache:
         self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
+        self._retry: asyncio.Task[None] | None = None
         self._unsettled: dict[str, set[asyncio.Task[None]]] = {}
         self._started = False
         self._closed = False
@@ -165,9 +169,20 @@ class TwoTierCache:
         if self._closed:
             return
         self._closed = True
+        # No more invalidations will arrive: nothing may be served from L1 now.
+        self.local.clear()
+        self.local.suspended = True
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
+        if self._retry is not None:
+            self._retry.cancel()
         if self._link is not None:
+            await self._flush_outbox()  # a last try; each call is bounded by the timeout
+            if len(self._outbox):
+                self.counters.dropped_ops += len(self._outbox)
+                self._log.warning(
+                    "closing with %d queued change(s) Redis never received", len(self._outbox)
+                )
             await self._link.close()
         if self.redis_url is None:
             hub_for(self.namespace).unsubscribe(self.instance_id)
@@ -222,9 +237,14 @@ class TwoTierCache:
         if flight is not None:
             self.counters.joined_loads += 1
             try:
-                return await flight.wait()
+                value = await flight.wait()
             except LeaderCancelled:
-                pass  # the leader's caller gave up; load for ourselves
+                pass  # the leader gave up or gave way; load for ourselves
+            else:
+                # Callers joining one load must not share one mutable object.
+                if copy_on_read and not is_immutable(value):
+                    value = self._serializer.loads(self._serializer.dumps(value))
+                return value
         flight = self._flights.begin(key, tags)
         try:
             value = await self._read_through(flight, ttl, loader, copy_on_read)
@@ -261,11 +281,21 @@ class TwoTierCache:
         flight = self._flights.begin(key, tags)
         min_ttl = max(0.0, replaces_until - self.clock()) + 0.001
         try:
-            await self._read_through(
+            value = await self._read_through(
                 flight, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
             )
-        except Exception as exc:
+        except BaseException as exc:
+            # Callers whose L1 copy expired meanwhile joined this flight: they
+            # load for themselves rather than share a background failure.
+            flight.fail(LeaderCancelled())
+            if not isinstance(exc, Exception):
+                raise
             self._log.warning("early refresh of %r failed: %r", key, exc)
+        else:
+            if value is MISS:  # gave way to a load elsewhere
+                flight.fail(LeaderCancelled())
+            else:
+                flight.resolve(value)
         finally:
             self._flights.end(flight)
 
@@ -485,6 +515,7 @@ class TwoTierCache:
             self.counters.l2_errors += 1
             self.counters.queued_ops += 1
             queue(self._outbox)
+            self._retry_soon()
 
     # -- applying changes to L1 (ours at once, others' from the bus) ---------------
 
@@ -518,6 +549,20 @@ class TwoTierCache:
         """Deliver the changes queued while Redis was away, in the background."""
         if len(self._outbox):
             self.spawn(self._flush_outbox())
+
+    def _retry_soon(self) -> None:
+        """Retry queued changes every health interval until Redis has them.
+
+        A recovery flushes the queue too, but a one-off timeout never opens the
+        breaker, so no recovery would ever come for it.
+        """
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.get_running_loop().create_task(self._retry_queued())
+
+    async def _retry_queued(self) -> None:
+        while len(self._outbox) and not self._closed:
+            await asyncio.sleep(self._health_interval)
+            await self._flush_outbox()
 
     async def _flush_outbox(self) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ._exceptions import ConfigurationError
 from ._keys import KeyPlan
-from ._policies import LoaderPolicy
+from ._policies import Loader, LoaderPolicy
 from ._types import MISS
 
 if TYPE_CHECKING:
@@ -85,18 +85,17 @@ class _Cached(Generic[P, R]):
 
     async def _miss(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         tags = self._plan.tags(args, kwargs)
-        func = self.__wrapped__
         cache, copy = self._cache, self._copy
+        loader = self._loader(args, kwargs)
         if self._runner is None:
-            return await cache.load(  # type: ignore[no-any-return]
-                key, tags, self._ttl, lambda: func(*args, **kwargs), copy
-            )
+            return await cache.load(key, tags, self._ttl, loader, copy)  # type: ignore[no-any-return]
         return await self._runner.run(  # type: ignore[no-any-return]
-            key,
-            self._ttl,
-            lambda: func(*args, **kwargs),
-            lambda ttl, loader: cache.load(key, tags, ttl, loader, copy),
+            key, self._ttl, loader, lambda ttl, loader: cache.load(key, tags, ttl, loader, copy)
         )
+
+    def _loader(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Loader:
+        func = self.__wrapped__
+        return lambda: func(*args, **kwargs)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self._plan.key(args, kwargs)
@@ -134,10 +133,7 @@ class _EarlyRefreshing(_Cached[P, R]):
         key = self._plan.key(args, kwargs)
         value, expires = self._peek(key)
         if value is MISS:
-            start = self._clock()
-            result = await self._miss(key, args, kwargs)
-            self._observe(self._clock() - start)
-            return result
+            return await self._miss(key, args, kwargs)
         self._counters.l1_hits += 1
         gap = -self._delta * self._beta * math.log(1.0 - random.random())  # noqa: S311
         if self._clock() + gap >= expires and key not in self._refreshing:
@@ -148,24 +144,29 @@ class _EarlyRefreshing(_Cached[P, R]):
     async def _refresh(
         self, key: str, expires: float, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        func = self.__wrapped__
-        start = self._clock()
+        loader, ttl = self._loader(args, kwargs), self._ttl
+        if self._runner is not None:  # hard timeout and jitter apply to refreshes too
+            loader, ttl = self._runner.wrap(loader), self._runner.ttl(ttl)
         try:
-            await self._cache.refresh(
-                key,
-                self._plan.tags(args, kwargs),
-                self._ttl,
-                lambda: func(*args, **kwargs),
-                self._copy,
-                expires,
-            )
+            tags = self._plan.tags(args, kwargs)
+            await self._cache.refresh(key, tags, ttl, loader, self._copy, expires)
         finally:
             self._refreshing.discard(key)
-        self._observe(self._clock() - start)
 
-    def _observe(self, seconds: float) -> None:
-        # An exponential moving average: recent loads count most.
-        self._delta = seconds if not self._delta else 0.8 * self._delta + 0.2 * seconds
+    def _loader(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Loader:
+        """The loader, timed: delta is how long the loader itself takes (no Redis)."""
+        load = super()._loader(args, kwargs)
+
+        async def timed() -> Any:
+            start = self._clock()
+            try:
+                return await load()
+            finally:
+                # An exponential moving average: recent loads count most.
+                took = self._clock() - start
+                self._delta = took if not self._delta else 0.8 * self._delta + 0.2 * took
+
+        return timed
 
 
 def make_cached(

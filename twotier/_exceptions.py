@@ -8,6 +8,7 @@ TwoTierError
 ├── SerializationError      a value the serializer cannot encode
 ├── DeserializationError    bytes that cannot be decoded or verified (internal:
 │                           the cache turns it into a counted miss)
+├── LoaderTimeoutError      a loader overran its `hard_timeout` and was cancelled
 ├── BackendError            Redis failed (internal: the guard turns it into a
 │   ├── BackendUnavailable  fallback, never an exception in the caller)
 │   └── BackendTimeout

@@ -79,11 +79,6 @@ class Guard:
         self._failures = 0
         return result
 
-    def trip(self) -> None:
-        """Open the breaker now (the subscriber saw the server go away)."""
-        self._failures = self._threshold - 1
-        self._failed()
-
     def _failed(self) -> None:
         self.errors += 1
         self._failures += 1
@@ -95,7 +90,8 @@ class Guard:
 
     async def _probe_until_up(self) -> None:
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=0.05, max=self._probe_max),
+            # tenacity's default jitter (1 s) would swamp a 50 ms first step
+            wait=wait_exponential_jitter(multiplier=0.05, max=self._probe_max, jitter=0.05),
             retry=retry_if_exception_type((BackendError, OSError, TimeoutError)),
         )
         async for attempt in retrying:

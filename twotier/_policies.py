@@ -109,11 +109,14 @@ class PolicyRunner:
         jitter = self._policy.ttl_jitter
         return ttl * (1 - jitter * random.random()) if jitter else ttl  # noqa: S311  # not crypto
 
+    def wrap(self, loader: Loader) -> Loader:
+        """The loader under the hard timeout, if there is one."""
+        hard = self._policy.hard_timeout
+        return loader if hard is None else _with_hard_timeout(loader, hard)
+
     async def run(self, key: str, ttl: float, loader: Loader, load: Load) -> Any:
         policy = self._policy
-        if policy.hard_timeout is not None:
-            loader = _with_hard_timeout(loader, policy.hard_timeout)
-        attempt = load(self.ttl(ttl), loader)
+        attempt = load(self.ttl(ttl), self.wrap(loader))
         try:
             if policy.soft_timeout is not None and self._last_value(key) is not None:
                 value = await self._within_soft_timeout(key, attempt, policy.soft_timeout)

@@ -61,7 +61,10 @@ class RedisListener:
         self._health_interval = health_interval
         self._log = log
         self._last_seq: int | None = None
-        self._replay_floor = 0  # numbers in (floor, last] were applied by a replay
+        # Numbers in (floor, last] were applied by the last replay and may still
+        # arrive over pub/sub; a number at or below the floor means the counter
+        # went back (FLUSHALL, a restart) and forces a resync.
+        self._replay_floor = 0
         self._server_id: str | None = None
         self.connected = asyncio.Event()
         # A flag besides task.cancel(): redis-py and asyncio.timeout can swallow a
@@ -159,6 +162,9 @@ class RedisListener:
         last = self._last_seq or 0
         if message.seq == last + 1:
             self._deliver(message)
+            # Pub/sub is ordered: once the next new number arrives, no late copy
+            # of a replayed change can follow it.
+            self._replay_floor = message.seq
         elif message.seq > last + 1:
             await self._resync(f"gap {last}→{message.seq}")
         elif message.seq <= self._replay_floor:
@@ -197,7 +203,7 @@ class RedisListener:
                 self._log.info("resynced by replaying %d change(s) (%s)", len(missed), reason)
         self._server_id = server_id
         if not replayed:  # a replay has already advanced _last_seq, maybe beyond `current`
-            self._last_seq = current
+            self._last_seq = self._replay_floor = current
         self._suspend_local(False)
 
     def _wipe(self, why: str) -> None:

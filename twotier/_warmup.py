@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from ._exceptions import BackendError
+from ._exceptions import BackendError, SerializationError
 from ._flights import Flight, Flights
 from ._logging import Log
 from ._serialization import Serializer
@@ -106,15 +106,21 @@ class Warmup:
         values = await _load_all(keys, loader, concurrency, self._counters, self._log)
         ready: list[tuple[Flight, Any, bytes]] = []
         fills: list[BatchFill] = []
-        for (flight, read), value in zip(todo, values, strict=True):
-            if value is None or value is _FAILED:  # nothing to cache for this key
+        try:
+            for (flight, read), value in zip(todo, values, strict=True):
+                if value is None or value is _FAILED:  # nothing to cache for this key
+                    if read.lease is not None:
+                        await self._release(flight.key, read.lease)
+                    continue
+                payload = self._serializer.dumps(value)  # bad data raises SerializationError
+                ready.append((flight, value, payload))
+                if read.lease is not None and read.snapshot is not None:
+                    fills.append((flight.key, read.lease, payload, read.snapshot))
+        except SerializationError:
+            for flight, read in todo:  # nothing of this batch is stored: free every lease
                 if read.lease is not None:
                     await self._release(flight.key, read.lease)
-                continue
-            payload = self._serializer.dumps(value)
-            ready.append((flight, value, payload))
-            if read.lease is not None and read.snapshot is not None:
-                fills.append((flight.key, read.lease, payload, read.snapshot))
+            raise
         stored = await self._fill_all(ttl, tags, fills)
         filled = 0
         for flight, value, payload in ready:
@@ -173,7 +179,16 @@ async def _load_all(
                     results.append(failed(key, exc))
             return results
 
-        return await anyio.to_thread.run_sync(run_sync)
+        results = await anyio.to_thread.run_sync(run_sync)
+        # `lambda key: fetch(key)` over an async `fetch` looks sync but returns
+        # coroutines: await them here, on the loop.
+        for i, (key, result) in enumerate(zip(keys, results, strict=True)):
+            if asyncio.iscoroutine(result):
+                try:
+                    results[i] = await result
+                except Exception as exc:
+                    results[i] = failed(key, exc)
+        return results
 
     limiter = asyncio.Semaphore(concurrency)
 

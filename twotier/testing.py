@@ -119,11 +119,15 @@ class RedisServer:
             "warning",
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Servers log to stdout: into a file (a pipe nobody reads could fill up
+        # and block the server), to explain a failed start.
+        log = Path(self._dir) / "server.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = log.read_text(errors="replace")
                 raise RuntimeError(f"{self.binary} exited at start: {err.strip()}")
             if self._answers_ping():
                 return
@@ -168,8 +172,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process is not None and self.process.stderr is not None:
-            self.process.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
