@@ -264,6 +264,7 @@ class CacheContract:
         ):
             assert key in stats
         assert (stats["hits"], stats["misses"], stats["hit_rate"]) == (2, 2, 50.0)
+        assert stats["sets"] == 2  # as in the seed: every value cached counts as a set
         assert (stats["entries"], stats["tags"]) == (2, 3)
 
     async def test_warmup_with_sync_and_async_loaders(self, trio: list[TwoTierCache]) -> None:

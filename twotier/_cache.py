@@ -350,6 +350,7 @@ class TwoTierCache:
             self.counters.stale_sets_refused += 1
         else:
             self._store_local(key, value, payload, ttl, tags, copy_on_read)
+            self.counters.sets += 1  # the seed counted every value it cached as a set
         return value
 
     async def _wait_for_other_loader(self, key: str, tags: tuple[str, ...]) -> ReadResult:
