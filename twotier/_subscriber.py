@@ -72,10 +72,6 @@ class RedisListener:
         self._stopping = False
         self._backoff = _FIRST_BACKOFF
 
-    @property
-    def last_seq(self) -> int | None:
-        return self._last_seq
-
     async def run(self) -> None:
         """Listen until cancelled; reconnect with a short backoff after any failure."""
         while not self._stopping:
