@@ -1,9 +1,9 @@
-"""The cache's contract in memory mode (`redis_url=None`): L1 plus an in-process bus."""
+"""Memory mode (`redis_url=None`) beyond the shared contract: clock-driven expiry,
+the LRU bound, loader policies, early refresh, logging, lifecycle."""
 
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,17 +13,6 @@ from twotier import (
     TwoTierCache,
 )
 from twotier.testing import FakeClock
-
-
-@pytest.fixture
-async def trio() -> AsyncIterator[list[TwoTierCache]]:
-    namespace = f"t{uuid.uuid4().hex[:8]}"  # instances of one test share a hub, tests do not
-    caches = [TwoTierCache(namespace=namespace) for _ in range(3)]
-    for cache in caches:
-        await cache.start()
-    yield caches
-    for cache in caches:
-        await cache.close()
 
 
 async def test_ttl_expires_with_the_injected_clock() -> None:
