@@ -37,9 +37,8 @@ local function versions_of(tags)
   return table.concat(versions, SEP)
 end
 
--- Number the change, append it to the bounded log and publish it, all in the
--- same atomic script as the change itself, so the log never misses a change.
-local function announce(seq_key, log_key, origin, channel, maxlen, kind, body)
+-- The next change number.
+local function next_seq(seq_key)
   local seq = redis.pcall('INCR', seq_key)
   if type(seq) == 'table' and seq['err'] then
     -- Foreign data under our counter: restart it. Listeners see the number go
@@ -47,6 +46,12 @@ local function announce(seq_key, log_key, origin, channel, maxlen, kind, body)
     redis.call('DEL', seq_key)
     seq = redis.call('INCR', seq_key)
   end
+  return seq
+end
+
+-- Append change `seq` to the bounded log and publish it, in the same atomic
+-- script as the change itself, so the log never misses a change.
+local function announce(seq, log_key, origin, channel, maxlen, kind, body)
   local msg = table.concat({'1', kind, seq, origin, body}, SEP)
   local id = seq .. '-1'
   local ok = redis.pcall('XADD', log_key, 'MAXLEN', '~', maxlen, id, 'm', msg)

@@ -4,4 +4,4 @@
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[4], 'p', ARGV[4], 't', ARGV[6], 'v', versions_of(split(ARGV[6])))
 redis.call('PEXPIRE', KEYS[4], ARGV[5])
-return announce(KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'k', ARGV[7])
+return announce(next_seq(KEYS[2]), KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'k', ARGV[7])
