@@ -46,3 +46,20 @@ def test_bad_environment_names_the_variable() -> None:
 
     with pytest.raises(twotier.ConfigurationError, match="TWOTIER_DEFAULT_TTL"):
         twotier.cache_from_env({"TWOTIER_DEFAULT_TTL": "five minutes"})
+
+
+async def test_default_cache_starts_lazily_on_first_use() -> None:
+    from twotier import cache
+
+    calls = []
+
+    @cache.cached(ttl=60, tags=["articles", "category:{category}"])
+    async def articles(category: str) -> list[str]:
+        calls.append(category)
+        return [category]
+
+    assert await articles("news") == ["news"]  # no start() anywhere: started on first use
+    assert await articles("news") == ["news"]
+    cache.invalidate_tag("category:news")  # the seed's un-awaited style
+    assert await articles("news") == ["news"]
+    assert calls == ["news", "news"]
