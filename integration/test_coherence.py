@@ -3,13 +3,14 @@ L2-specific propagation under RESP3 and RESP2, and the O(1) cost of tag invalida
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
-from .conftest import CacheFactory
+from .conftest import FLAVOURS, CacheFactory
 
 
 async def _three(make_cache: CacheFactory, protocol: int) -> list[TwoTierCache]:
@@ -98,3 +99,33 @@ async def _fill_tagged(raw: aioredis.Redis, cache: TwoTierCache, tag: str, n: in
             if i % 5000 == 4999:
                 await pipe.execute()
         await pipe.execute()
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "credentials"),
+    [
+        (("--requirepass", "s3cret"), ":s3cret@"),
+        (
+            ("--user", "erp", "on", ">pw", "~*", "&*", "+@all", "--user", "default", "off"),
+            "erp:pw@",
+        ),
+    ],
+    ids=["password", "acl-user"],
+)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_auth_and_acl_users_work_by_url(
+    flavour: str, extra_args: tuple[str, ...], credentials: str
+) -> None:
+    """DESIGN §5: AUTH and ACL users by URL — data, scripts and pub/sub all authenticate."""
+    with RedisServer.start(flavour, extra_args=extra_args) as server:
+        url = f"redis://{credentials}127.0.0.1:{server.port}/0"
+        async with (
+            TwoTierCache(redis_url=url, namespace="auth", redis_timeout=1) as a,
+            TwoTierCache(redis_url=url, namespace="auth", redis_timeout=1) as b,
+        ):
+            assert a.redis_available
+            assert b.redis_available
+            await a.set("k", 1, tags=["t"])
+            assert await b.get("k") == 1
+            await a.invalidate_tag("t")
+            await eventually(lambda: _equals(b.get("k"), None))
