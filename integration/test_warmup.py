@@ -15,6 +15,9 @@ async def test_warmup_fills_both_tiers_once(make_cache: CacheFactory) -> None:
 
     assert await a.warmup(keys, generate_value, tags=["articles"]) == 1980
     assert await a.warmup(keys, generate_value) == 0  # already cached: nothing reloaded
+    calls = []
+    assert await b.warmup(keys[:50], lambda key: calls.append(key)) == 0  # already in Redis
+    assert calls == []  # so b's loader never ran
     assert await b.get("article:7") == {"id": 7}  # in Redis for the other instances
     assert await b.get("article:100") is None
     await b.invalidate_tag("articles")

@@ -610,7 +610,6 @@ class TwoTierCache:
             self._serializer,
             self.counters,
             lookup=self.local.get,
-            decode_hit=self._decode_hit,
             store_local=self._store_local,
             release=self._release,
             log=tier_log(self.instance_id, "loader"),

@@ -11,7 +11,7 @@ import itertools
 import weakref
 from collections.abc import Callable
 
-from ._tier import MISSING_READ, BatchFill, Kind, Message, ReadResult
+from ._tier import FILL, MISSING_READ, BatchRead, Kind, Message, ReadResult
 
 Handler = Callable[[Message], None]
 
@@ -61,11 +61,11 @@ class MemoryTier:
     ) -> bool:
         return False
 
-    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
-        return [MISSING_READ] * len(keys)
+    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
+        return BatchRead([FILL] * len(keys), None, None)  # no L2: every key is ours to load
 
     async def fill_many(
-        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
+        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
     ) -> list[bool]:
         return [False] * len(fills)
 

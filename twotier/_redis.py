@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._tier import SEP, BatchFill, Message, ReadResult
+from ._tier import SEP, BatchRead, Message, ReadResult
 
 FORMAT = "v1"
 
@@ -104,15 +104,15 @@ class RedisTier:
         )
         return _parse_read(reply, token)
 
-    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
+    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
         """`read(key, tags, lease=True)` for many keys in one script call."""
         layout = self.layout
-        tokens = [secrets.token_hex(8) for _ in keys]
+        token = secrets.token_hex(8)
         names = [name for key in keys for name in (layout.entry(key), layout.lease(key))]
-        replies = await self._run(
-            "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), *tokens]
+        reply = await self._run(
+            "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), token]
         )
-        return [_parse_read(reply, token) for reply, token in zip(replies, tokens, strict=True)]
+        return BatchRead([int(code) for code in reply[:-1]], reply[-1].decode(), token)
 
     async def fill(
         self,
@@ -132,16 +132,24 @@ class RedisTier:
         return bool(stored)
 
     async def fill_many(
-        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
+        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
     ) -> list[bool]:
-        """`fill` for many keys sharing a TTL and tags, in one script call."""
+        """`fill` for many keys sharing a TTL, tags and *read*'s lease, in one script call."""
         layout = self.layout
-        names = [name for f in fills for name in (layout.entry(f[0]), layout.lease(f[0]))]
-        args = [arg for f in fills for arg in f]
+        names = [name for key, _ in fills for name in (layout.entry(key), layout.lease(key))]
         results = await self._run(
             "fill_batch",
             [layout.tags, *names],
-            [layout.channel, self._origin, _ms(ttl), SEP.join(tags), *args],
+            [
+                layout.channel,
+                self._origin,
+                _ms(ttl),
+                SEP.join(tags),
+                read.token,
+                read.snapshot,
+                layout.entry_prefix,
+                *(payload for _, payload in fills),
+            ],
         )
         return [bool(r) for r in results]
 

@@ -61,8 +61,20 @@ class ReadResult(NamedTuple):
 
 MISSING_READ = ReadResult(None, 0.0, (), None, None)
 
-#: One key of a batched fill (warmup): key, lease token, payload, snapshot.
-BatchFill = tuple[str, str, bytes, str]
+
+class BatchRead(NamedTuple):
+    """A batched read (warmup): per key one of the codes below, and for the keys
+    whose lease it holds, the shared `token` and version `snapshot`."""
+
+    codes: list[int]
+    snapshot: str | None
+    token: str | None
+
+
+IN_L2 = 2  # a valid entry is in Redis already
+FILL = 1  # a miss whose fill lease is ours (or, without L2, simply ours to load)
+BUSY = 0  # a miss another caller is loading right now
+FOREIGN = -1  # foreign data was found under the key, and deleted
 
 
 class RemoteTier(Protocol):
@@ -78,13 +90,15 @@ class RemoteTier(Protocol):
         """Store a loaded value only if the lease is still ours and no tag moved."""
         ...
 
-    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
+    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
         """`read(key, tags, lease=True)` for each key, batched (warmup)."""
         ...
 
     async def fill_many(
-        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
-    ) -> list[bool]: ...
+        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
+    ) -> list[bool]:
+        """`fill` of (key, payload) pairs whose leases *read* took."""
+        ...
 
     async def release(self, key: str, lease: str) -> None:
         """Give up a fill lease after the loader failed, waking any waiters."""

@@ -1,10 +1,11 @@
-"""`cache.warmup`: fill both tiers for many keys, in pipelined batches.
+"""`cache.warmup`: fill both tiers for many keys, in batches.
 
-Per batch of keys: one pipelined round trip reads them all (taking a fill lease
-and a version snapshot for each miss), the loader runs for the misses only,
-and one more round trip stores the results with the same conditional write as
-a single load — so warmup honours the no-stale-set guarantee too: a key
-invalidated while its batch loads is not stored.
+Per batch of keys: one script call reads them all (taking a fill lease for
+each miss, under one shared token, and one version snapshot), the loader runs
+for the misses only, and one more script call stores the results with the same
+conditional write as a single load — so warmup honours the no-stale-set
+guarantee too: a key invalidated while its batch loads is not stored. Keys
+already valid in Redis are left there; their first read brings them into L1.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from ._flights import Flight, Flights
 from ._logging import Log
 from ._serialization import Serializer
 from ._stats import Counters
-from ._tier import MISSING_READ, BatchFill, ReadResult, RemoteTier
+from ._tier import FILL, FOREIGN, BatchRead, RemoteTier
 from ._types import MISS
 
 BATCH = 1000
 _FAILED = object()  # the loader raised for this key
 
 StoreLocal = Callable[[str, Any, bytes, float, tuple[str, ...], bool], None]
-DecodeHit = Callable[[str, ReadResult], Any]
 Lookup = Callable[[str], Any]
 
 
@@ -40,7 +40,6 @@ class Warmup:
         counters: Counters,
         *,
         lookup: Lookup,
-        decode_hit: DecodeHit,
         store_local: StoreLocal,
         release: Callable[[str, str], Awaitable[None]],
         log: Log,
@@ -50,7 +49,6 @@ class Warmup:
         self._serializer = serializer
         self._counters = counters
         self._lookup = lookup
-        self._decode_hit = decode_hit
         self._store_local = store_local
         self._release = release
         self._log = log
@@ -90,38 +88,30 @@ class Warmup:
         if not flights:
             return 0
         tags = flights[0].tags
-        reads = await self._read_all([f.key for f in flights], tags)
-        todo: list[tuple[Flight, ReadResult]] = []
-        for flight, read in zip(flights, reads, strict=True):
-            value = self._decode_hit(flight.key, read)
-            if value is not MISS:  # already in Redis: just bring it into L1
-                if not flight.invalidated:
-                    self._store_local(
-                        flight.key, value, read.payload or b"", read.ttl, read.tags, copy_on_read
-                    )
-            elif read.snapshot is None or read.lease is not None:
-                todo.append((flight, read))
-            # else: another instance is loading this key right now; it will fill it
-        keys = [f.key for f, _ in todo]
-        values = await _load_all(keys, loader, concurrency, self._counters, self._log)
+        read = await self._read_all([f.key for f in flights], tags)
+        todo: list[Flight] = []
+        for flight, code in zip(flights, read.codes, strict=True):
+            if code == FILL:
+                todo.append(flight)
+            elif code == FOREIGN:
+                self._counters.garbage_entries += 1
+            # IN_L2: cached for every instance already; BUSY: another caller fills it
+        values = await _load_all(
+            [f.key for f in todo], loader, concurrency, self._counters, self._log
+        )
         ready: list[tuple[Flight, Any, bytes]] = []
-        fills: list[BatchFill] = []
         try:
-            for (flight, read), value in zip(todo, values, strict=True):
-                if value is None or value is _FAILED:  # nothing to cache for this key
-                    if read.lease is not None:
-                        await self._release(flight.key, read.lease)
-                    continue
-                payload = self._serializer.dumps(value)  # bad data raises SerializationError
-                ready.append((flight, value, payload))
-                if read.lease is not None and read.snapshot is not None:
-                    fills.append((flight.key, read.lease, payload, read.snapshot))
-        except SerializationError:
-            for flight, read in todo:  # nothing of this batch is stored: free every lease
-                if read.lease is not None:
-                    await self._release(flight.key, read.lease)
+            for flight, value in zip(todo, values, strict=True):
+                if value is not None and value is not _FAILED:  # else nothing to cache
+                    ready.append((flight, value, self._serializer.dumps(value)))
+        except SerializationError:  # bad data: nothing of this batch is stored
+            await self._release_leases(read, [f.key for f in todo])
             raise
-        stored = await self._fill_all(ttl, tags, fills)
+        fills = [(flight.key, payload) for flight, _, payload in ready]
+        if read.token is not None:
+            filled_keys = {key for key, _ in fills}
+            await self._release_leases(read, [f.key for f in todo if f.key not in filled_keys])
+        stored = await self._fill_all(read, ttl, tags, fills)
         filled = 0
         for flight, value, payload in ready:
             if stored.get(flight.key, True) and not flight.invalidated:
@@ -132,24 +122,29 @@ class Warmup:
                 self._counters.stale_sets_refused += 1
         return filled
 
-    async def _read_all(self, keys: list[str], tags: tuple[str, ...]) -> list[ReadResult]:
+    async def _read_all(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
         try:
             return await self._remote.read_many(keys, tags)
         except BackendError:
             self._counters.l2_errors += 1
-            return [MISSING_READ] * len(keys)
+            return BatchRead([FILL] * len(keys), None, None)  # Redis away: L1 alone
 
     async def _fill_all(
-        self, ttl: float, tags: tuple[str, ...], fills: list[BatchFill]
+        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
     ) -> dict[str, bool]:
-        if not fills:
-            return {}
+        if not fills or read.token is None or read.snapshot is None:
+            return {}  # no L2 (memory mode, or Redis away): L1 alone, under the flights' guard
         try:
-            results = await self._remote.fill_many(ttl, tags, fills)
+            results = await self._remote.fill_many(read, ttl, tags, fills)
         except BackendError:
             self._counters.l2_errors += 1
-            return {}  # Redis away: L1 alone, under the flights' guard
-        return {fill[0]: ok for fill, ok in zip(fills, results, strict=True)}
+            return {}
+        return {key: ok for (key, _), ok in zip(fills, results, strict=True)}
+
+    async def _release_leases(self, read: BatchRead, keys: list[str]) -> None:
+        if read.token is not None:
+            for key in keys:
+                await self._release(key, read.token)
 
 
 async def _load_all(

@@ -1,10 +1,12 @@
--- warmup: fill_one for many keys in one call.
+-- warmup: fill_one for many keys sharing a TTL, tags, lease token and snapshot.
 -- KEYS: tag-version hash, then entry and lease of each key
--- ARGV: channel, origin, ttl ms, tags joined by SEP, then per key: key, token, payload, snapshot
+-- ARGV: channel, origin, ttl ms, tags joined by SEP, lease token, snapshot,
+--       entry key prefix, then one payload per key
+local prefix = #ARGV[7]
 local results = {}
 for i = 2, #KEYS, 2 do
-  local a = 4 + (i - 2) * 2   -- the key's first argument, minus one
-  results[#results + 1] = fill_one(KEYS[i], KEYS[i + 1], ARGV[a + 2], ARGV[3], ARGV[a + 3],
-                                   ARGV[4], ARGV[a + 4], ARGV[1], ARGV[2], ARGV[a + 1])
+  local key = string.sub(KEYS[i], prefix + 1)
+  results[#results + 1] = fill_one(KEYS[i], KEYS[i + 1], ARGV[5], ARGV[3], ARGV[7 + i / 2],
+                                   ARGV[4], ARGV[6], ARGV[1], ARGV[2], key)
 end
 return results
