@@ -279,7 +279,11 @@ class TwoTierCache:
             return
         self.counters.early_refreshes += 1
         flight = self._flights.begin(key, tags)
-        min_ttl = max(0.0, replaces_until - self.clock()) + 0.001
+        # An L2 entry counts as already refreshed if it lives at least halfway
+        # between ours and a fresh one: a margin clear of clock skew and of
+        # Redis's millisecond rounding, which a 1 ms margin was not.
+        remaining = max(0.0, replaces_until - self.clock())
+        min_ttl = remaining + max(0.0, ttl - remaining) / 2
         try:
             value = await self._read_through(
                 flight, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
