@@ -24,20 +24,24 @@ class Flight:
         self.key = key
         self.tags = tags
         self.invalidated = False
-        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Made by the first waiter only: most flights (every warmup key, most
+        # misses) are never joined, and a future per flight would be wasted.
+        self._future: asyncio.Future[Any] | None = None
 
     async def wait(self) -> Any:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
         # shield: a waiter that is cancelled must not cancel the shared result.
         return await asyncio.shield(self._future)
 
     def resolve(self, value: Any) -> None:
-        if not self._future.done():
+        if self._future is not None and not self._future.done():
             self._future.set_result(value)
 
     def fail(self, exc: BaseException) -> None:
-        if not self._future.done():
+        if self._future is not None and not self._future.done():
             self._future.set_exception(exc)
-            self._future.exception()  # retrieved: no "never retrieved" warning without waiters
+            self._future.exception()  # retrieved: no "never retrieved" warning
 
 
 class LeaderCancelled(Exception):

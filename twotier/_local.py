@@ -127,7 +127,8 @@ class LocalTier:
     ) -> None:
         if self.suspended:
             return
-        self.evict(key)
+        if key in self._items:  # a plain dict probe; cachetools' pop is far dearer
+            self.evict(key)
         shared = not copy_on_read or is_immutable(value)
         entry = Entry(value if shared else encoded, shared, self._clock() + ttl, tags)
         self._data[key] = entry

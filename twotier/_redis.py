@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._tier import SEP, BatchRead, Message, ReadResult
+from ._tier import BUSY, FILL, FOREIGN, IN_L2, SEP, BatchRead, Message, ReadResult
 
 FORMAT = "v1"
 
@@ -112,7 +112,8 @@ class RedisTier:
         reply = await self._run(
             "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), token]
         )
-        return BatchRead([int(code) for code in reply[:-1]], reply[-1].decode(), token)
+        codes, snapshot = reply[0].decode(), reply[1].decode()
+        return BatchRead([_BATCH_CODES[c] for c in codes], snapshot, token)
 
     async def fill(
         self,
@@ -151,7 +152,7 @@ class RedisTier:
                 *(payload for _, payload in fills),
             ],
         )
-        return [bool(r) for r in results]
+        return [flag == "1" for flag in results.decode()]
 
     async def release(self, key: str, lease: str) -> None:
         layout = self.layout
@@ -238,6 +239,9 @@ class RedisTier:
             except ValueError:
                 return None
         return messages
+
+
+_BATCH_CODES = {"2": IN_L2, "1": FILL, "0": BUSY, "x": FOREIGN}
 
 
 def _parse_read(reply: Any, token: str) -> ReadResult:

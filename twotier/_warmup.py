@@ -113,13 +113,13 @@ class Warmup:
             await self._release_leases(read, [f.key for f in todo if f.key not in filled_keys])
         stored = await self._fill_all(read, ttl, tags, fills)
         filled = 0
+        store = self._store_local
         for flight, value, payload in ready:
             if stored.get(flight.key, True) and not flight.invalidated:
-                self._store_local(flight.key, value, payload, ttl, tags, copy_on_read)
-                self._counters.sets += 1
+                store(flight.key, value, payload, ttl, tags, copy_on_read)
                 filled += 1
-            else:
-                self._counters.stale_sets_refused += 1
+        self._counters.sets += filled
+        self._counters.stale_sets_refused += len(ready) - filled
         return filled
 
     async def _read_all(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:

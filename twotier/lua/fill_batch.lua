@@ -3,10 +3,11 @@
 -- ARGV: channel, origin, ttl ms, tags joined by SEP, lease token, snapshot,
 --       entry key prefix, then one payload per key
 local prefix = #ARGV[7]
+local current = versions_of(split(ARGV[4]))  -- the same tags for every key: read them once
 local results = {}
 for i = 2, #KEYS, 2 do
   local key = string.sub(KEYS[i], prefix + 1)
   results[#results + 1] = fill_one(KEYS[i], KEYS[i + 1], ARGV[5], ARGV[3], ARGV[7 + i / 2],
-                                   ARGV[4], ARGV[6], ARGV[1], ARGV[2], key)
+                                   ARGV[4], ARGV[6], ARGV[1], ARGV[2], key, current)
 end
-return results
+return table.concat(results)  -- '1' stored, '0' refused, one character per key

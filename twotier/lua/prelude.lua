@@ -84,7 +84,7 @@ end
 -- refresh, it lives at least `min_ttl_ms` more), else a version snapshot of
 -- `wanted` for the loader and, when `token` is not '', the fill lease.
 -- Returns {1, payload, pttl, tags} | {0, has_lease, snapshot} | {-1} (garbage, deleted)
-local function read_one(entry_key, lease_key, token, lease_ms, wanted, min_ttl_ms)
+local function read_one(entry_key, lease_key, token, lease_ms, wanted, min_ttl_ms, no_snapshot)
   local entry = redis.pcall('HMGET', entry_key, 'p', 't', 'v')
   if entry['err'] or (entry[1] and not entry[3]) then
     redis.call('DEL', entry_key)   -- not one of our entries: foreign data under our prefix
@@ -112,6 +112,7 @@ local function read_one(entry_key, lease_key, token, lease_ms, wanted, min_ttl_m
       redis.call('APPEND', lease_key, '+')
     end
   end
+  if no_snapshot then return {0, lease} end  -- a batch takes one snapshot for all
   return {0, lease, versions_of(wanted)}
 end
 
@@ -120,9 +121,10 @@ end
 -- or any version moved since `snapshot` (a tag invalidation or clear). Either
 -- way the lease ends; if others are waiting on it, they are told.
 local function fill_one(entry_key, lease_key, token, ttl_ms, payload, tags, snapshot,
-                        channel, origin, key)
+                        channel, origin, key, current)
+  -- `current`: the versions now, when the caller (a batch) has read them already
   if end_lease(lease_key, token, channel, origin, key) == nil
-      or versions_of(split(tags)) ~= snapshot then
+      or (current or versions_of(split(tags))) ~= snapshot then
     return 0
   end
   redis.call('DEL', entry_key)
