@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -180,15 +180,22 @@ async def _lose_one_change(cache: TwoTierCache, tag: str) -> None:
         layout.channel = saved
 
 
-async def test_lost_message_is_found_by_the_next_sequence_number(
-    server: RedisServer, caches: list[TwoTierCache]
-) -> None:
+async def _b_misses_a_change(caches: list[TwoTierCache]) -> Callable[[int], Awaitable[int]]:
+    """b caches row 1; the row changes and a invalidates it, but b never hears of it."""
     a, b = caches
     source = Source()
     row_b = source.loader_for(b)
     assert await row_b(1) == 0
     source.versions[1] = 1
     await _lose_one_change(a, "row:1")
+    return row_b
+
+
+async def test_lost_message_is_found_by_the_next_sequence_number(
+    server: RedisServer, caches: list[TwoTierCache]
+) -> None:
+    a, b = caches
+    row_b = await _b_misses_a_change(caches)
     assert await row_b(1) == 0  # b cannot know yet: the message was lost
     await a.invalidate_tag("row:2")  # the next message reveals the gap
     await eventually(lambda: _equals(row_b(1), 1))
@@ -199,12 +206,7 @@ async def test_lost_message_is_found_by_the_next_sequence_number(
 async def test_lost_last_message_is_found_while_idle(
     server: RedisServer, caches: list[TwoTierCache]
 ) -> None:
-    a, b = caches
-    source = Source()
-    row_b = source.loader_for(b)
-    assert await row_b(1) == 0
-    source.versions[1] = 1
-    await _lose_one_change(a, "row:1")  # no later message will come
+    row_b = await _b_misses_a_change(caches)  # and no later message will come
     took = await eventually(lambda: _equals(row_b(1), 1), timeout=3)
     assert took < 3  # within about one health interval
 

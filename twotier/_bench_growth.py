@@ -119,19 +119,33 @@ async def entries(ctx: Context) -> list[Growth]:
     ]
 
 
+def _l1_keys_and_values(n: int) -> tuple[list[str], list[int]]:
+    """Keys shaped like the decorator's, and values, made before measuring."""
+    keys = [f"twotier._bench_peers.user_function.<locals>.user({i})" for i in range(n)]
+    return keys, [i * 2 + 1_000_000 for i in range(n)]
+
+
+def _l1_filler(
+    keys: list[str], values: list[int], tags_of: Callable[[int], tuple[str, ...]]
+) -> Callable[[], object]:
+    """Fill a fresh L1 as the decorator does (`local.store`), entry i with tags_of(i)."""
+
+    def fill() -> object:
+        cache = TwoTierCache(redis_url=None, namespace="tbmem", l1_maxsize=len(keys))
+        store = cache.local.store
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+            store(key, value, b"", 300.0, tags_of(i))
+        return cache
+
+    return fill
+
+
 def _memory_at(n: int) -> tuple[float, float]:
     from cachetools import TTLCache
 
-    keys = [f"twotier._bench_peers.user_function.<locals>.user({i})" for i in range(n)]
+    keys, values = _l1_keys_and_values(n)
     tags = [f"user:{i}" for i in range(n)]
-    values = [i * 2 + 1_000_000 for i in range(n)]
-
-    def twotier_fill() -> object:
-        cache = TwoTierCache(redis_url=None, namespace="tbmem", l1_maxsize=n)
-        store = cache.local.store
-        for i in range(n):
-            store(keys[i], values[i], b"", 300.0, (tags[i], "users"))
-        return cache
+    twotier_fill = _l1_filler(keys, values, lambda i: (tags[i], "users"))
 
     def ttl_fill() -> object:
         c: TTLCache[str, int] = TTLCache(maxsize=n, ttl=300)
@@ -207,17 +221,8 @@ async def tags(ctx: Context) -> list[Growth]:
 
 
 def _tag_memory(n: int, tag_names: tuple[str, ...]) -> float:
-    keys = [f"twotier._bench_peers.user_function.<locals>.user({i})" for i in range(n)]
-    values = [i * 2 + 1_000_000 for i in range(n)]
-
-    def fill() -> object:
-        cache = TwoTierCache(redis_url=None, namespace="tbmem", l1_maxsize=n)
-        store = cache.local.store
-        for i in range(n):
-            store(keys[i], values[i], b"", 300.0, tag_names)
-        return cache
-
-    return _bytes_per_entry(n, fill)
+    keys, values = _l1_keys_and_values(n)
+    return _bytes_per_entry(n, _l1_filler(keys, values, lambda _: tag_names))
 
 
 # --- subscribed instances ---------------------------------------------------------------------
