@@ -131,6 +131,8 @@ async def test_restart_empty_resyncs_every_instance(
     row_a, row_b = source.loader_for(a), source.loader_for(b)
     assert (await row_a(1), await row_b(1)) == (0, 0)
     server.kill()
+    # b must have seen the loss before the server is back, or it never lost anything
+    await eventually(lambda: _true(not b.get_stats()["redis_available"]), timeout=10)
     source.versions[1] = 1
     await a.invalidate_tag("row:1")  # applied locally on a, queued for Redis
     assert await row_a(1) == 1

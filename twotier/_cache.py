@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from ._decorator import CachedFunction, make_cached
-from ._exceptions import BackendError, CacheClosedError, ConfigurationError, DeserializationError
+from ._exceptions import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CacheClosedError,
+    ConfigurationError,
+    DeserializationError,
+    EventLoopError,
+    InvalidKeyError,
+)
 from ._flights import Flight, Flights, LeaderCancelled
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
@@ -30,9 +39,23 @@ from ._tier import MISSING_READ, Kind, Message, ReadResult, RemoteTier
 from ._types import MISS, Clock
 from ._warmup import Warmup
 
+#: Tags one entry may carry: an L2 read checks all of them in one script call,
+#: and Lua's `unpack` stops near 8,000 values. Invalidations take any number.
+MAX_ENTRY_TAGS = 1000
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+def validate_entry_tags(tags: Iterable[object]) -> tuple[str, ...]:
+    tags_t = validate_tags(tags)
+    if len(tags_t) > MAX_ENTRY_TAGS:
+        raise InvalidKeyError(
+            f"an entry carries at most {MAX_ENTRY_TAGS} tags, got {len(tags_t)}; "
+            "tag the group, not each member"
+        )
+    return tags_t
 
 
 class Invalidation:
@@ -65,12 +88,16 @@ class TwoTierCache:
         *,
         serializer: Serializer | None = None,
         copy_on_read: bool = True,
-        redis_timeout: float = 0.05,
+        redis_timeout: float = 0.1,
+        connect_timeout: float = 0.5,
+        max_connections: int = 50,
         max_stale: float = 5.0,
         lease_ttl: float = 10.0,
         health_interval: float = 1.0,
         outbox_limit: int = 10_000,
         log_maxlen: int = 10_000,
+        max_value_size: int = 1024 * 1024,
+        compaction_interval: float = 60.0,
         clock: Clock | None = None,
     ) -> None:
         if (
@@ -85,11 +112,18 @@ class TwoTierCache:
             )
         if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 1:
             raise ConfigurationError(f"l1_maxsize must be a positive int, got {l1_maxsize!r}")
-        for name, count in (("outbox_limit", outbox_limit), ("log_maxlen", log_maxlen)):
+        for name, count in (
+            ("outbox_limit", outbox_limit),
+            ("log_maxlen", log_maxlen),
+            ("max_connections", max_connections),
+            ("max_value_size", max_value_size),
+        ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigurationError(f"{name} must be a positive int, got {count!r}")
         for name, value in (
             ("redis_timeout", redis_timeout),
+            ("connect_timeout", connect_timeout),
+            ("compaction_interval", compaction_interval),
             ("max_stale", max_stale),
             ("lease_ttl", lease_ttl),
             ("health_interval", health_interval),
@@ -104,6 +138,10 @@ class TwoTierCache:
         self._serializer = serializer or MsgpackSerializer()
         self.clock: Clock = clock or time.monotonic
         self._redis_timeout = float(redis_timeout)
+        self._connect_timeout = float(connect_timeout)
+        self._max_connections = max_connections
+        self._compaction_interval = float(compaction_interval)
+        self.max_value_size = max_value_size
         self._max_stale = float(max_stale)
         self._lease_ttl = float(lease_ttl)
         self._health_interval = float(health_interval)
@@ -123,6 +161,8 @@ class TwoTierCache:
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
+        # The event loop the cache lives on (see `_own_loop`).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -130,6 +170,7 @@ class TwoTierCache:
         """Connect and subscribe. Redis being down is not an error: the cache starts degraded."""
         if self._closed:
             raise CacheClosedError("this TwoTierCache was closed")
+        self._own_loop()
         if self._started:
             return
         self._start_lock = self._start_lock or asyncio.Lock()
@@ -150,6 +191,9 @@ class TwoTierCache:
             self.instance_id,
             self.counters,
             timeout=self._redis_timeout,
+            connect_timeout=self._connect_timeout,
+            max_connections=self._max_connections,
+            compaction_interval=self._compaction_interval,
             health_interval=self._health_interval,
             max_stale=self._max_stale,
             lease_ttl=self._lease_ttl,
@@ -160,6 +204,7 @@ class TwoTierCache:
             bound_local=self._bound_local,
             wake_lease_waiters=self._wake_lease_waiters,
             flush_outbox=self._request_flush,
+            release_later=self._release_later,
         )
         self._remote = self._link.tier
         await self._link.start()
@@ -172,8 +217,11 @@ class TwoTierCache:
         # No more invalidations will arrive: nothing may be served from L1 now.
         self.local.clear()
         self.local.suspended = True
+        self._own_loop()  # a closed loop's connections and tasks died with it
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
+            for task in self._deliveries:
+                task.cancel()  # e.g. a lease release still retrying: the lease expires anyway
         if self._retry is not None:
             self._retry.cancel()
         if self._link is not None:
@@ -195,10 +243,43 @@ class TwoTierCache:
         await self.close()
 
     async def _ensure_started(self) -> None:
-        if not self._started:
-            await self.start()  # lazy start (the module-level default cache relies on it)
-        elif self._closed:
+        if self._closed:
             raise CacheClosedError("this TwoTierCache was closed")
+        if not self._started or asyncio.get_running_loop() is not self._loop:
+            await self.start()  # lazy start (the module-level default cache relies on it)
+
+    def _own_loop(self) -> None:
+        """Bind the cache to the running loop, or refuse a second running one.
+
+        Its connections, tasks and futures live on one loop; awaiting them from
+        another hangs (issue 7, item 3). A loop that has closed (an
+        `asyncio.run` that ended, a test's loop) hands the cache over: what it
+        held is dropped, L1 with it (invalidations may have been missed
+        meanwhile), and queued changes are delivered from the new loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            raise EventLoopError(
+                "this TwoTierCache belongs to another event loop that is still open; "
+                "a cache is used from one loop at a time (from threads, use cache.sync)"
+            )
+        if self._loop is not None:
+            self._abandon_closed_loop()
+        self._loop = loop
+
+    def _abandon_closed_loop(self) -> None:
+        self._log.info("the cache's event loop closed; restarting on the new one")
+        self._clear_local()
+        self._started = False
+        self._start_lock = None
+        self._link = None
+        self._remote = MemoryTier(hub_for(self.namespace), self.instance_id)
+        self._deliveries = set()
+        self._lease_waiters.clear()
+        self._retry = None
+        self._unsettled.clear()
 
     # -- reads -------------------------------------------------------------------
 
@@ -341,10 +422,12 @@ class TwoTierCache:
                 self.spawn(self._release(key, read.lease))
             raise
         if read.lease is not None and read.snapshot is not None:
-            try:
-                stored = await self._remote.fill(key, payload, ttl, tags, read.snapshot, read.lease)
-            except BackendError:
-                stored = True  # Redis is away: L1 alone decides, under the flight's guard
+            if len(payload) > self.max_value_size:
+                self.counters.oversized_values += 1  # kept in L1 only; others load their own
+                self._release_later(key, read.lease)
+                stored = True
+            else:
+                stored = await self._fill(key, payload, ttl, tags, read.snapshot, read.lease)
             if not stored:
                 # The key or one of its tags changed while the loader ran: its
                 # result is already outdated and must not be cached anywhere.
@@ -356,6 +439,29 @@ class TwoTierCache:
             self._store_local(key, value, payload, ttl, tags, copy_on_read)
             self.counters.sets += 1  # the seed counted every value it cached as a set
         return value
+
+    async def _fill(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        tags: tuple[str, ...],
+        snapshot: str,
+        lease: str,
+    ) -> bool:
+        """The conditional write; whatever happens to it, the lease does not outlive it."""
+        try:
+            return await self._remote.fill(key, payload, ttl, tags, snapshot, lease)
+        except BackendError:
+            # Redis is away, or refused the write (maxmemory): L1 alone decides,
+            # under the flight's guard. The fill may not have run, so its lease
+            # is released, else every reader elsewhere would wait out its TTL.
+            self.counters.l2_errors += 1
+            self._release_later(key, lease)
+            return True
+        except BaseException:
+            self._release_later(key, lease)  # cancelled mid-write
+            raise
 
     async def _wait_for_other_loader(self, key: str, tags: tuple[str, ...]) -> ReadResult:
         """Another instance holds the fill lease: wait for its result rather than load too.
@@ -387,15 +493,40 @@ class TwoTierCache:
             if woken is not None and not woken.done():
                 woken.set_result(None)
 
+    def _release_later(self, key: str, lease: str) -> None:
+        """Release a fill lease in the background: for a caller that timed out,
+        was cancelled, or failed, and cannot wait for Redis itself."""
+        self.spawn(self._release(key, lease))
+
     async def _release(self, key: str, lease: str) -> None:
-        try:
-            await self._remote.release(key, lease)
-        except BackendError:
-            self.counters.l2_errors += 1  # the lease expires by itself
+        """Give a lease back, retrying while Redis stalls; the release is keyed by
+        the token, so running it twice, or after the lease ended, does nothing.
+
+        A lease nobody releases stalls that key on every instance for
+        `lease_ttl` (issue 7, item 1): a read that timed out after Redis ran
+        it, during a 250 ms fork stall, must give its lease back once Redis
+        answers again, not 10 s later.
+        """
+        deadline = self.clock() + self._lease_ttl
+        delay = self._redis_timeout
+        while True:
+            try:
+                await self._remote.release(key, lease)
+                return
+            except BackendError:
+                self.counters.l2_errors += 1
+                if self.clock() + delay > deadline:
+                    return  # by then the lease has expired by itself
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self._health_interval)
 
     async def _read_remote(
         self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
     ) -> ReadResult:
+        if self._outbox:
+            # Changes of ours that Redis has not taken yet (it is away, or it
+            # refused them): what it holds may be what we invalidated.
+            return MISSING_READ
         try:
             return await self._remote.read(key, tags, lease, min_ttl)
         except BackendError:
@@ -442,14 +573,21 @@ class TwoTierCache:
     async def set(
         self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
-        key, tags_t = validate_key(key), validate_tags(tags)
+        key, tags_t = validate_key(key), validate_entry_tags(tags)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         payload = self._serializer.dumps(value)  # raises before anything changed
         await self._ensure_started()
         self._apply_local("k", (key,))
-        await self._change(
-            lambda r: r.write(key, payload, seconds, tags_t), lambda o: o.add_keys((key,))
-        )
+        if len(payload) > self.max_value_size:
+            # Too big for Redis (it would stall the link for everyone): kept in
+            # this L1 only, and announced as a delete so no instance keeps, or
+            # reads from L2, the key's old value (issue 7, item 9).
+            self.counters.oversized_values += 1
+            await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
+        else:
+            await self._change(
+                lambda r: r.write(key, payload, seconds, tags_t), lambda o: o.add_keys((key,))
+            )
         self._store_local(key, value, payload, seconds, tags_t, self.copy_on_read)
         self.counters.sets += 1
 
@@ -516,10 +654,14 @@ class TwoTierCache:
         """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
         try:
             await send(self._remote)
-        except BackendError:
+        except BackendError as exc:
             self.counters.l2_errors += 1
             self.counters.queued_ops += 1
             queue(self._outbox)
+            if not isinstance(exc, (BackendUnavailable, BackendTimeout)):
+                # Refused, not away (a write under maxmemory): the queue holds it
+                # as an invalidation, which Redis takes even when full. Try now.
+                self._request_flush()
             self._retry_soon()
 
     # -- applying changes to L1 (ours at once, others' from the bus) ---------------
@@ -605,7 +747,7 @@ class TwoTierCache:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be a positive int, got {concurrency!r}")
         key_list = [validate_key(k) for k in keys]
-        tags_t = validate_tags(tags)
+        tags_t = validate_entry_tags(tags)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         await self._ensure_started()
         warmup = Warmup(
@@ -615,7 +757,8 @@ class TwoTierCache:
             self.counters,
             lookup=self.local.get,
             store_local=self._store_local,
-            release=self._release,
+            release_later=self._release_later,
+            max_value_size=self.max_value_size,
             log=tier_log(self.instance_id, "loader"),
         )
         return await warmup.run(key_list, loader, concurrency, seconds, tags_t, self.copy_on_read)
@@ -651,6 +794,8 @@ class TwoTierCache:
         """Cache an async function's results; see `docs/decorator.md`."""
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         tag_list = list(tags) if not isinstance(tags, str) else tags
+        if len(tag_list) > MAX_ENTRY_TAGS and not isinstance(tag_list, str):
+            raise InvalidKeyError(f"an entry carries at most {MAX_ENTRY_TAGS} tags")
         copy = self.copy_on_read if copy_on_read is None else copy_on_read
         policy = LoaderPolicy(stale_if_error, soft_timeout, hard_timeout, ttl_jitter, early_refresh)
         return make_cached(self, seconds, tag_list, key, copy, policy)

@@ -12,6 +12,7 @@ TwoTierError
 ├── BackendError            Redis failed (internal: the guard turns it into a
 │   ├── BackendUnavailable  fallback, never an exception in the caller)
 │   └── BackendTimeout
+├── EventLoopError          the cache was used from a second, running event loop
 └── CacheClosedError        the cache was used after `close()`
 """
 
@@ -60,6 +61,16 @@ class BackendUnavailable(BackendError):
 
 class BackendTimeout(BackendError):
     """A Redis call did not answer within the configured timeout."""
+
+
+class EventLoopError(TwoTierError, RuntimeError):
+    """A cache belongs to one event loop at a time, and another one is using it.
+
+    Its Redis connections, tasks and futures live on the loop that started it;
+    a second loop waiting on them would hang. Once that loop is closed (the end
+    of an `asyncio.run`), the next loop takes the cache over. Threads without a
+    loop use `cache.sync`, which hands calls to the cache's loop.
+    """
 
 
 class CacheClosedError(TwoTierError, RuntimeError):

@@ -1,18 +1,29 @@
-"""The guard around Redis: a timeout on every call, one place that translates
-redis-py's errors, and a circuit breaker that stops calling a dead Redis.
+"""The guard around Redis: one place that translates redis-py's errors, names
+their cause, and a circuit breaker that stops calling a dead Redis.
+
+Timeouts are the client's own: every read of a reply is bounded by the socket
+timeout (`redis_timeout`) and every connect by the connect budget
+(`connect_timeout`), so a timed-out call drops only its own connection. The
+guard adds no `asyncio.timeout` of its own: that cost a task-level timer per
+call on the hit path, and, wrapped around connect + NOSCRIPT + SCRIPT LOAD +
+EVALSHA, made a cold call on a 16 ms link overrun its budget every time
+(issue 7, item 2).
 
 States: CLOSED (calls go through) → OPEN after `failure_threshold` consecutive
 availability failures (calls fail at once with `BackendUnavailable`, nobody
 waits on a dead server) → a single probe task PINGs with exponential backoff
 and jitter (tenacity) → CLOSED on the first answer, and `on_recover` runs.
-A call that fails for another reason (a script error) is not an availability
-failure and does not move the breaker.
+A call that fails for another reason (a script error, NOPERM, OOM) is not an
+availability failure and does not move the breaker, but its cause is kept in
+`last_error` (and shown by `get_stats()`), so a misconfiguration does not pass
+for an outage (issue 7, item 12).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -30,6 +41,31 @@ class BreakerState(enum.Enum):
     OPEN = "open"
 
 
+def describe(exc: BaseException) -> str:
+    """A one-line cause that tells a misconfiguration from an outage."""
+    if isinstance(exc, redis_errors.AuthenticationError):
+        return f"authentication failed (wrong user or password): {exc}"
+    if isinstance(exc, redis_errors.NoPermissionError):
+        return f"ACL denied a command the cache needs (NOPERM): {exc}"
+    if isinstance(exc, redis_errors.OutOfMemoryError):
+        return f"Redis is out of memory (maxmemory reached): {exc}"
+    cause: BaseException | None = exc
+    while cause is not None:  # redis-py wraps the ssl error in a ConnectionError
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed ({cause.__class__.__name__}): {cause}"
+        cause = cause.__cause__ or cause.__context__
+    if "certificate verify failed" in str(exc) or "SSL" in str(exc):
+        return f"TLS failed: {exc}"
+    if isinstance(exc, (redis_errors.TimeoutError, TimeoutError)):
+        return f"Redis did not answer in time: {exc}"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def is_misconfiguration(exc: BaseException) -> bool:
+    text = describe(exc)
+    return text.startswith(("authentication failed", "ACL denied", "TLS failed"))
+
+
 class Guard:
     def __init__(
         self,
@@ -38,6 +74,7 @@ class Guard:
         ping: Callable[[], Awaitable[object]],
         failure_threshold: int = 3,
         probe_max_interval: float = 2.0,
+        probe_timeout: float | None = None,
         on_open: Callable[[], None] = lambda: None,
         on_recover: Callable[[], Awaitable[None]] | None = None,
         log: Log,
@@ -47,44 +84,59 @@ class Guard:
         self._ping = ping
         self._threshold = failure_threshold
         self._probe_max = probe_max_interval
+        # A probe may have to connect first: its bound is the connect budget plus a reply.
+        self._probe_timeout = probe_timeout or timeout
         self._failures = 0
         self._on_open = on_open
         self._on_recover = on_recover
         self._probe: asyncio.Task[None] | None = None
         self._log = log
         self.errors = 0
+        self.last_error: str | None = None
 
     @property
     def available(self) -> bool:
         return self.state is BreakerState.CLOSED
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation under the timeout; raise only `BackendError`s."""
+        """Run one Redis operation; raise only `BackendError`s."""
         if self.state is BreakerState.OPEN:
-            raise BackendUnavailable("Redis is unavailable (circuit open)")
+            raise BackendUnavailable(f"Redis is unavailable (circuit open): {self.last_error}")
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await operation()
-        except TimeoutError as exc:
-            self._failed()
+            result = await operation()
+        except (redis_errors.TimeoutError, TimeoutError) as exc:
+            self._failed(exc)
             ms = self.timeout * 1000
             raise BackendTimeout(f"Redis did not answer within {ms:.0f} ms") from exc
-        except (redis_errors.TimeoutError, redis_errors.ConnectionError, OSError) as exc:
-            # redis-py's TimeoutError derives from RedisError; both mean "not reachable now".
-            self._failed()
-            raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
+        except (redis_errors.ConnectionError, OSError) as exc:
+            # AuthenticationError and TLS failures arrive here too: Redis is not
+            # usable, so they count for the breaker, but the log names the cause.
+            self._failed(exc)
+            raise BackendUnavailable(f"Redis is unreachable: {describe(exc)}") from exc
         except redis_errors.RedisError as exc:
             self.errors += 1
-            raise BackendError(f"Redis refused the command: {exc}") from exc
+            self._note(exc)
+            raise BackendError(f"Redis refused the command: {describe(exc)}") from exc
         self._failures = 0
         return result
 
-    def _failed(self) -> None:
+    def _note(self, exc: BaseException) -> None:
+        """Keep the cause; log each new kind of cause once, not once per call."""
+        text = describe(exc)
+        if text != self.last_error:
+            self._log.warning("Redis call failed: %s", text)
+        self.last_error = text
+
+    def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         self._failures += 1
+        self._note(exc)
         if self.state is BreakerState.CLOSED and self._failures >= self._threshold:
             self.state = BreakerState.OPEN
-            self._log.warning("Redis unavailable: circuit open, serving from L1 and loaders")
+            self._log.warning(
+                "Redis unavailable (%s): circuit open, serving from L1 and loaders",
+                self.last_error,
+            )
             self._on_open()
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
@@ -98,6 +150,7 @@ class Guard:
             with attempt:
                 await self._probe_once()
         self._failures = 0
+        self.last_error = None
         self.state = BreakerState.CLOSED
         self._log.warning("Redis available again: circuit closed")
         if self._on_recover is not None:
@@ -105,10 +158,11 @@ class Guard:
 
     async def _probe_once(self) -> None:
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self._probe_timeout):
                 await self._ping()
-        except redis_errors.RedisError as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+            self._note(exc)
+            raise BackendUnavailable(describe(exc)) from exc
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -15,12 +15,16 @@ reaches into L1 itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._exceptions import BackendError
 from ._guard import Guard
 from ._logging import tier_log
 from ._redis import Layout, RedisTier
@@ -38,6 +42,9 @@ class RedisLink:
         counters: Counters,
         *,
         timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+        compaction_interval: float,
         health_interval: float,
         max_stale: float,
         lease_ttl: float,
@@ -48,8 +55,11 @@ class RedisLink:
         bound_local: Callable[[float], None],
         wake_lease_waiters: Callable[[Iterable[str] | None], None],
         flush_outbox: Callable[[], None],
+        release_later: Callable[[str, str], None],
     ) -> None:
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._compaction_interval = compaction_interval
         self._max_stale = max_stale
         self._suspend_local = suspend_local
         self._bound_local = bound_local
@@ -58,15 +68,29 @@ class RedisLink:
         self._log = tier_log(instance_id, "cache")
         self.degraded = False
         no_retry = Retry(NoBackoff(), 0)  # the guard decides about retries, not redis-py
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
+        # Timeouts are redis-py's own, per step: `timeout` bounds every reply,
+        # `connect_timeout` every connect (its own budget: a cold burst or a far
+        # server must not spend the reply budget on TCP and AUTH). The pool is
+        # bounded and blocking: past `max_connections`, callers wait (up to the
+        # connect budget) for a free connection instead of opening more.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=connect_timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=no_retry,
+            redis_connect_func=self._prepare_connection,
         )
+        self._client = aioredis.Redis.from_pool(pool)
+        self._warm = min(4, max_connections)
         self.guard = Guard(
             timeout=timeout,
             ping=self._client.ping,
             on_open=self._on_redis_down,
             on_recover=self._on_redis_back,
             probe_max_interval=health_interval,  # recover as fast as we notice loss
+            probe_timeout=connect_timeout + timeout,
             log=tier_log(instance_id, "l2"),
         )
         self.tier = RedisTier(
@@ -76,11 +100,12 @@ class RedisLink:
             instance_id,
             lease_ttl=lease_ttl,
             log_maxlen=log_maxlen,
+            orphaned=release_later,
         )
         # The listener gets its own client: a pub/sub connection must not share
         # the socket timeout of data calls (it waits for messages by design).
         self.listener = RedisListener(
-            aioredis.Redis.from_url(url, socket_connect_timeout=timeout, retry=no_retry),
+            aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout, retry=no_retry),
             self.tier,
             instance_id,
             apply=apply_message,
@@ -94,6 +119,15 @@ class RedisLink:
             log=tier_log(instance_id, "bus"),
         )
         self._listener_task: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
+
+    async def _prepare_connection(self, connection: Any) -> None:
+        await self.tier.prepare(connection)
+
+    @property
+    def last_error(self) -> str | None:
+        """Why Redis is not usable, when it is not (a cause, not just "unreachable")."""
+        return self.guard.last_error or self.listener.last_error
 
     @property
     def available(self) -> bool:
@@ -105,16 +139,50 @@ class RedisLink:
         return self.listener.connected.is_set()
 
     async def start(self) -> None:
-        self._listener_task = asyncio.get_running_loop().create_task(self.listener.run())
+        # Connections first: meeting the server may start a new generation
+        # (see RedisTier.prepare), which had better precede the subscription.
+        await self._warm_pool()
+        loop = asyncio.get_running_loop()
+        self._listener_task = loop.create_task(self.listener.run())
+        self._compactor = loop.create_task(self._compact_periodically())
         try:
             # Wait briefly for the subscription; a dead Redis must not block start-up.
-            async with asyncio.timeout(max(1.0, 20 * self._timeout)):
+            async with asyncio.timeout(max(1.0, 2 * self._connect_timeout + 10 * self._timeout)):
                 await self.listener.connected.wait()
         except TimeoutError:
-            self._log.warning("Redis not reachable at start; running degraded")
+            self._log.warning(
+                "Redis not usable at start (%s); running degraded",
+                self.last_error or "no answer",
+            )
             self._degrade()
 
+    async def _warm_pool(self) -> None:
+        """Open a few connections (scripts loaded) before the first request needs one."""
+        results = await asyncio.gather(
+            *(self.guard.call(self._client.ping) for _ in range(self._warm)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, BackendError):
+                raise result
+
+    async def _compact_periodically(self) -> None:
+        """Drop tag versions no live entry can carry (guarantee 10), now and then.
+
+        Every instance does it, at jittered times; the script is idempotent and
+        cheap when there is nothing to drop.
+        """
+        while True:
+            interval = self._compaction_interval
+            await asyncio.sleep(interval * (0.5 + random.random()))  # noqa: S311  # not crypto
+            if self.guard.available:
+                with contextlib.suppress(BackendError):
+                    await self.tier.compact()
+
     async def close(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            await asyncio.gather(self._compactor, return_exceptions=True)
         if self._listener_task is not None:
             await self.listener.stop(self._listener_task)
         await self.guard.close()

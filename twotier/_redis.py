@@ -6,12 +6,22 @@ them):
 
     ns:v1:e:<key>        entry: a hash {p: payload, t: tags, v: versions}
     ns:v1:l:<key>        fill lease of <key> (a token, with a short expiry)
-    ns:v1:{ctl}:tags     hash tag → version ('' = namespace generation)
+    ns:v1:{ctl}:tags     hash tag → version ('' = namespace generation,
+                         '\x1fhorizon' = the longest an entry can live, ms)
+    ns:v1:{ctl}:bumped   sorted set tag → time of its last bump (compaction)
     ns:v1:{ctl}:seq      the change counter
     ns:v1:{ctl}:log      stream of the last changes, id = <seq>-1
+    ns:v1:{ctl}:epoch    run id of the server the generation was drawn on
     ns:v1:inv            the pub/sub channel
 
 The control keys share the hash slot ``{ctl}``.
+
+Scripts carry Redis 7 flags (``#!lua flags=…``). Scripts that store values are
+refused as a whole under ``maxmemory`` (before, a script's first ``DEL`` let
+its later writes through: 31.8 MB landed under a 3 MB limit). Scripts that
+only read, delete, take a short lease or bump a version run under OOM
+(``allow-oom``): an invalidation must never be refused for memory, and a full
+cache must still answer reads.
 """
 
 from __future__ import annotations
@@ -32,9 +42,32 @@ from ._tier import BUSY, FILL, FOREIGN, IN_L2, SEP, BatchRead, Message, ReadResu
 FORMAT = "v1"
 
 
+#: Scripts that may run while Redis is at `maxmemory` (see the module docstring).
+_ALLOW_OOM = frozenset(
+    {"read", "read_batch", "release", "delete", "invalidate", "epoch", "compact"}
+)
+_SCRIPTS = (
+    "read",
+    "fill",
+    "read_batch",
+    "fill_batch",
+    "release",
+    "write",
+    "delete",
+    "invalidate",
+    "epoch",
+    "compact",
+)
+#: Tags or keys per script call: Lua's `unpack` fails past about 8,000 values,
+#: and a version update unpacks two per tag (issue 7, item 6).
+CHUNK = 1000
+
+
 def _script_source(name: str) -> str:
     lua = resources.files("twotier") / "lua"
-    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    shebang = "#!lua flags=allow-oom" if name in _ALLOW_OOM else "#!lua"
+    body = (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    return f"{shebang}\n{body}"
 
 
 #: redis-py's `execute_command`, which it leaves unannotated.
@@ -68,8 +101,10 @@ class Layout:
         self.entry_prefix = f"{base}:e:"
         self.lease_prefix = f"{base}:l:"
         self.tags = f"{base}:{{ctl}}:tags"
+        self.bumped = f"{base}:{{ctl}}:bumped"
         self.seq = f"{base}:{{ctl}}:seq"
         self.log = f"{base}:{{ctl}}:log"
+        self.epoch = f"{base}:{{ctl}}:epoch"
         self.channel = f"{base}:inv"
 
     def entry(self, key: str) -> str:
@@ -91,6 +126,7 @@ class RedisTier:
         *,
         lease_ttl: float,
         log_maxlen: int,
+        orphaned: Callable[[str, str], None] = lambda key, lease: None,
     ) -> None:
         self._client = client
         self._execute: Execute = client.execute_command
@@ -99,19 +135,46 @@ class RedisTier:
         self._origin = origin
         self._lease_ms = max(1, int(lease_ttl * 1000))
         self._log_maxlen = log_maxlen
-        self._scripts = {
-            name: _Script(_script_source(name))
-            for name in (
-                "read",
-                "fill",
-                "read_batch",
-                "fill_batch",
-                "release",
-                "write",
-                "delete",
-                "invalidate",
+        # Called with (key, token) for a lease this client may hold without knowing:
+        # its read timed out or was cancelled after Redis may have run it.
+        self._orphaned = orphaned
+        self._scripts = {name: _Script(_script_source(name)) for name in _SCRIPTS}
+        #: The run id of the server this tier last made sure of (see `prepare`).
+        self.run_id: str | None = None
+
+    async def prepare(self, connection: Any) -> None:
+        """Run on every new connection before its first command (redis-py's
+        ``redis_connect_func``): authenticate, load every script, and meet the
+        server.
+
+        Loading here keeps NOSCRIPT off the request path: a cold call used to
+        need NOSCRIPT, SCRIPT LOAD and EVALSHA within one timeout (issue 7,
+        item 2). Every connection to a restarted, restored or promoted server
+        is a new one, so this is also where such a server is noticed before
+        anything is read from it: unless the namespace's generation was drawn
+        on this server run, `epoch.lua` draws a new one (guarantee 9).
+        """
+        await connection.on_connect()
+        commands: list[tuple[Any, ...]] = [
+            ("SCRIPT", "LOAD", script.source) for script in self._scripts.values()
+        ]
+        commands.append(("INFO", "server"))
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies = [await connection.read_response() for _ in commands]
+        run_id = _run_id(replies[-1])
+        if run_id != self.run_id:
+            layout = self.layout
+            keys = [layout.tags, layout.seq, layout.log, layout.bumped, layout.epoch]
+            await connection.send_command(
+                "EVALSHA",
+                self._scripts["epoch"].sha,
+                len(keys),
+                *keys,
+                *self._announce_args(),
+                run_id,
             )
-        }
+            await connection.read_response()
+            self.run_id = run_id
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         run, execute = self._scripts[script], self._execute
@@ -120,16 +183,24 @@ class RedisTier:
     def _announce_args(self) -> list[Any]:
         return [self._origin, self.layout.channel, self._log_maxlen]
 
+    def _horizon_ms(self, ttl: float) -> int:
+        return _ms(ttl) + self._lease_ms
+
     async def read(
         self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
     ) -> ReadResult:
         layout = self.layout
         token = secrets.token_hex(8) if lease else ""
-        reply = await self._run(
-            "read",
-            [layout.tags, layout.entry(key), layout.lease(key)],
-            [token, self._lease_ms, int(min_ttl * 1000), *tags],
-        )
+        try:
+            reply = await self._run(
+                "read",
+                [layout.tags, layout.entry(key), layout.lease(key)],
+                [token, self._lease_ms, int(min_ttl * 1000), *tags],
+            )
+        except BaseException:
+            if token:  # Redis may have granted it before the reply was lost
+                self._orphaned(key, token)
+            raise
         return _parse_read(reply, token)
 
     async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
@@ -137,9 +208,14 @@ class RedisTier:
         layout = self.layout
         token = secrets.token_hex(8)
         names = [name for key in keys for name in (layout.entry(key), layout.lease(key))]
-        reply = await self._run(
-            "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), token]
-        )
+        try:
+            reply = await self._run(
+                "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), token]
+            )
+        except BaseException:
+            for key in keys:
+                self._orphaned(key, token)
+            raise
         codes, snapshot = reply[0].decode(), reply[1].decode()
         return BatchRead([_BATCH_CODES[c] for c in codes], snapshot, token)
 
@@ -156,7 +232,17 @@ class RedisTier:
         stored = await self._run(
             "fill",
             [layout.tags, layout.entry(key), layout.lease(key)],
-            [lease, _ms(ttl), payload, SEP.join(tags), snapshot, layout.channel, self._origin, key],
+            [
+                lease,
+                _ms(ttl),
+                payload,
+                SEP.join(tags),
+                snapshot,
+                layout.channel,
+                self._origin,
+                key,
+                self._horizon_ms(ttl),
+            ],
         )
         return bool(stored)
 
@@ -177,6 +263,7 @@ class RedisTier:
                 read.token,
                 read.snapshot,
                 layout.entry_prefix,
+                self._horizon_ms(ttl),
                 *(payload for _, payload in fills),
             ],
         )
@@ -195,20 +282,24 @@ class RedisTier:
         await self._run(
             "write",
             [layout.tags, layout.seq, layout.log, layout.entry(key), layout.lease(key)],
-            [*self._announce_args(), payload, _ms(ttl), SEP.join(tags), key],
+            [*self._announce_args(), payload, _ms(ttl), SEP.join(tags), key, self._horizon_ms(ttl)],
         )
 
     async def delete(self, keys: tuple[str, ...]) -> None:
         layout = self.layout
-        data_keys = [name for key in keys for name in (layout.entry(key), layout.lease(key))]
-        await self._run(
-            "delete",
-            [layout.tags, layout.seq, layout.log, *data_keys],
-            [*self._announce_args(), SEP.join(keys)],
-        )
+        for chunk in _chunks(keys):
+            data_keys = [name for key in chunk for name in (layout.entry(key), layout.lease(key))]
+            await self._run(
+                "delete",
+                [layout.tags, layout.seq, layout.log, *data_keys],
+                [*self._announce_args(), SEP.join(chunk)],
+            )
 
     async def invalidate(self, tags: tuple[str, ...]) -> None:
-        await self._bump("t", tags)
+        # Each chunk is a change of its own; if a later one fails, the caller
+        # queues them all again, and a repeated bump is harmless.
+        for chunk in _chunks(tags):
+            await self._bump("t", chunk)
 
     async def clear(self) -> None:
         await self._bump("c", ())
@@ -217,9 +308,18 @@ class RedisTier:
         layout = self.layout
         await self._run(
             "invalidate",
-            [layout.tags, layout.seq, layout.log],
+            [layout.tags, layout.seq, layout.log, layout.bumped],
             [*self._announce_args(), kind, *tags],
         )
+
+    async def compact(self) -> int:
+        """Drop tag versions no live entry can carry any more; how many went."""
+        dropped = 0
+        while True:
+            count = int(await self._run("compact", [self.layout.tags, self.layout.bumped], [CHUNK]))
+            dropped += count
+            if count < CHUNK:
+                return dropped
 
     async def discard(self, key: str) -> None:
         await self._guard.call(lambda: self._client.delete(self.layout.entry(key)))
@@ -280,6 +380,19 @@ def _parse_read(reply: Any, token: str) -> ReadResult:
     if status == 0:
         return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
     return ReadResult(None, 0.0, (), None, None, garbage=True)  # the script deleted it
+
+
+def _chunks(names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    return [names[i : i + CHUNK] for i in range(0, len(names), CHUNK)]
+
+
+def _run_id(info: Any) -> str:
+    """The run id in a raw ``INFO server`` reply."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip()
+    return ""
 
 
 def _ms(seconds: float) -> int:

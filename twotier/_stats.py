@@ -32,6 +32,7 @@ class Counters:
     stale_served: int = 0
     lease_waits: int = 0
     early_refreshes: int = 0
+    oversized_values: int = 0  # values over max_value_size, kept in L1 only
 
     def snapshot(self, **live: Any) -> dict[str, Any]:
         data: dict[str, Any] = asdict(self)

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from ._exceptions import BackendError
+from ._guard import describe
 from ._logging import Log
 from ._redis import RedisTier
 from ._stats import Counters
@@ -71,6 +72,7 @@ class RedisListener:
         # cancellation that races a read timeout, and this loop must still end.
         self._stopping = False
         self._backoff = _FIRST_BACKOFF
+        self.last_error: str | None = None
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect with a short backoff after any failure."""
@@ -78,8 +80,10 @@ class RedisListener:
             try:
                 await self._listen_once()
             except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
-                if self.connected.is_set():
-                    self._log.warning("invalidation link lost (%s)", exc)
+                cause = describe(exc)
+                if self.connected.is_set() or cause != self.last_error:
+                    self._log.warning("invalidation link lost or refused (%s)", cause)
+                self.last_error = cause
                 self.connected.clear()
                 self._on_link_lost()  # the cache decides what L1 may serve meanwhile
                 await asyncio.sleep(self._backoff)
@@ -103,6 +107,7 @@ class RedisListener:
                 while (await self._next(pubsub)) != "subscribed":
                     pass
             await self._resync("connected")
+            self.last_error = None
             self.connected.set()
             self._on_synced()
             self._backoff = _FIRST_BACKOFF  # a later loss reconnects quickly again
@@ -182,7 +187,14 @@ class RedisListener:
         last = self._last_seq
         replayed = False
         if last is None:
-            pass  # first connection: L1 holds nothing learned under another one
+            # First connection: L1 holds nothing learned under another one.
+            # Changes made between the subscription and reading the counter
+            # still arrive, as numbers at or below it: late copies, not a
+            # counter that went back (the idle check catches a flush meanwhile).
+            self._server_id = server_id
+            self._last_seq, self._replay_floor = current, 0
+            self._suspend_local(False)
+            return
         elif server_id != self._server_id or current < last:
             self._counters.resyncs += 1
             self._wipe(f"{reason}; Redis restarted or was flushed")

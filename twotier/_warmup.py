@@ -11,12 +11,12 @@ already valid in Redis are left there; their first read brings them into L1.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 
-from ._exceptions import BackendError, SerializationError
+from ._exceptions import BackendError
 from ._flights import Flight, Flights
 from ._logging import Log
 from ._serialization import Serializer
@@ -41,7 +41,8 @@ class Warmup:
         *,
         lookup: Lookup,
         store_local: StoreLocal,
-        release: Callable[[str, str], Awaitable[None]],
+        release_later: Callable[[str, str], None],
+        max_value_size: int,
         log: Log,
     ) -> None:
         self._remote = remote
@@ -50,7 +51,8 @@ class Warmup:
         self._counters = counters
         self._lookup = lookup
         self._store_local = store_local
-        self._release = release
+        self._release_later = release_later
+        self._max_value_size = max_value_size
         self._log = log
 
     async def run(
@@ -89,6 +91,29 @@ class Warmup:
             return 0
         tags = flights[0].tags
         read = await self._read_all([f.key for f in flights], tags)
+        try:
+            return await self._load_and_fill(read, flights, loader, concurrency, ttl, copy_on_read)
+        except BaseException:
+            # Cancelled, or the data was bad: every lease this batch may still
+            # hold goes back now, not after `lease_ttl` (issue 7, item 1). A
+            # release is keyed by the token: for a key already filled or
+            # released it does nothing.
+            if read.token is not None:
+                for flight, code in zip(flights, read.codes, strict=True):
+                    if code == FILL:
+                        self._release_later(flight.key, read.token)
+            raise
+
+    async def _load_and_fill(
+        self,
+        read: BatchRead,
+        flights: list[Flight],
+        loader: Callable[[str], Any],
+        concurrency: int,
+        ttl: float,
+        copy_on_read: bool,
+    ) -> int:
+        tags = flights[0].tags
         todo: list[Flight] = []
         for flight, code in zip(flights, read.codes, strict=True):
             if code == FILL:
@@ -100,17 +125,19 @@ class Warmup:
             [f.key for f in todo], loader, concurrency, self._counters, self._log
         )
         ready: list[tuple[Flight, Any, bytes]] = []
-        try:
-            for flight, value in zip(todo, values, strict=True):
-                if value is not None and value is not _FAILED:  # else nothing to cache
-                    ready.append((flight, value, self._serializer.dumps(value)))
-        except SerializationError:  # bad data: nothing of this batch is stored
-            await self._release_leases(read, [f.key for f in todo])
-            raise
-        fills = [(flight.key, payload) for flight, _, payload in ready]
+        for flight, value in zip(todo, values, strict=True):
+            if value is not None and value is not _FAILED:  # else nothing to cache
+                # SerializationError (bad data): nothing of this batch is stored
+                ready.append((flight, value, self._serializer.dumps(value)))
+        fills = [
+            (f.key, payload) for f, _, payload in ready if len(payload) <= self._max_value_size
+        ]
+        self._counters.oversized_values += len(ready) - len(fills)  # kept in L1 only
         if read.token is not None:
             filled_keys = {key for key, _ in fills}
-            await self._release_leases(read, [f.key for f in todo if f.key not in filled_keys])
+            for flight in todo:
+                if flight.key not in filled_keys:
+                    self._release_later(flight.key, read.token)
         stored = await self._fill_all(read, ttl, tags, fills)
         filled = 0
         store = self._store_local
@@ -138,13 +165,10 @@ class Warmup:
             results = await self._remote.fill_many(read, ttl, tags, fills)
         except BackendError:
             self._counters.l2_errors += 1
+            for key, _ in fills:  # the fill may not have run: give the leases back
+                self._release_later(key, read.token)
             return {}
         return {key: ok for (key, _), ok in zip(fills, results, strict=True)}
-
-    async def _release_leases(self, read: BatchRead, keys: list[str]) -> None:
-        if read.token is not None:
-            for key in keys:
-                await self._release(key, read.token)
 
 
 async def _load_all(

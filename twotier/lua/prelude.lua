@@ -37,16 +37,51 @@ local function versions_of(tags)
   return table.concat(versions, SEP)
 end
 
--- The next change number.
-local function next_seq(seq_key)
+-- The next change number. It is taken before anything changes, and it never
+-- repeats a number the log still holds: a counter lost to eviction or
+-- overwritten by foreign data continues after the log's last change, so no
+-- listener can mistake a new change for one it has applied (issue 7, item 5).
+-- Any other failure (OOM, READONLY) is raised: the change is then not done,
+-- and the client keeps it queued.
+local function next_seq(seq_key, log_key)
   local seq = redis.pcall('INCR', seq_key)
   if type(seq) == 'table' and seq['err'] then
-    -- Foreign data under our counter: restart it. Listeners see the number go
-    -- back and clear their L1, which is always safe.
-    redis.call('DEL', seq_key)
+    local err = seq['err']
+    if not (string.find(err, 'WRONGTYPE', 1, true) or string.find(err, 'not an integer', 1, true)) then
+      error(seq)
+    end
+    redis.call('DEL', seq_key)   -- foreign data under our counter
     seq = redis.call('INCR', seq_key)
   end
+  if seq == 1 then
+    local last = redis.pcall('XREVRANGE', log_key, '+', '-', 'COUNT', 1)
+    if type(last) == 'table' and not last['err'] and last[1] then
+      local logged = tonumber(string.match(last[1][1], '^(%d+)')) or 0
+      if logged >= seq then
+        seq = logged + 1
+        redis.call('SET', seq_key, seq)
+      end
+    end
+  end
   return seq
+end
+
+-- Start a new namespace generation: every entry stored so far becomes invalid,
+-- so every tag version can go too (clear(), and a server that lost or may have
+-- lost changes). The recorded entry horizon goes with them: entries stored
+-- under the old generation no longer need it.
+local function new_namespace_generation(tags_key, bumped_key, seq)
+  redis.call('DEL', tags_key, bumped_key)
+  redis.call('HSET', tags_key, '', new_generation(seq))
+end
+
+-- The longest time (ms) an entry stored now can still be read, lease included,
+-- kept in the version hash under a field no tag can have; compaction never drops a
+-- tag's version while an entry stored before its last bump may still live.
+local HORIZON = '\31horizon'
+local function note_horizon(tags_key, horizon_ms)
+  local known = tonumber(redis.call('HGET', tags_key, HORIZON) or '0') or 0
+  if horizon_ms > known then redis.call('HSET', tags_key, HORIZON, horizon_ms) end
 end
 
 -- Append change `seq` to the bounded log and publish it, in the same atomic
@@ -121,12 +156,13 @@ end
 -- or any version moved since `snapshot` (a tag invalidation or clear). Either
 -- way the lease ends; if others are waiting on it, they are told.
 local function fill_one(entry_key, lease_key, token, ttl_ms, payload, tags, snapshot,
-                        channel, origin, key, current)
+                        channel, origin, key, current, horizon_ms)
   -- `current`: the versions now, when the caller (a batch) has read them already
   if end_lease(lease_key, token, channel, origin, key) == nil
       or (current or versions_of(split(tags))) ~= snapshot then
     return 0
   end
+  note_horizon(KEYS[1], tonumber(horizon_ms))
   redis.call('DEL', entry_key)
   redis.call('HSET', entry_key, 'p', payload, 't', tags, 'v', snapshot)
   redis.call('PEXPIRE', entry_key, ttl_ms)

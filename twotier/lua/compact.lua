@@ -1,0 +1,19 @@
+-- Drop the versions of tags last bumped longer ago than any entry can live
+-- (guarantee 10: metadata bounded by the entries, not by every tag ever used).
+-- Safe because an entry that could match a dropped tag's absent version ('0')
+-- was stored before that tag's last bump, and every such entry has expired:
+-- it lived at most the horizon (its TTL, plus the lease time a fill may take
+-- after its snapshot). Entries stored after the bump carry the bumped version,
+-- which no longer matches '0': they become misses, never stale. Without a
+-- recorded horizon (lost with the hash), nothing is dropped.
+-- KEYS: tag-version hash, bump times
+-- ARGV: the most fields to drop in this call
+local horizon = tonumber(redis.call('HGET', KEYS[1], '\31horizon') or '')
+if not horizon or redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' then return 0 end
+local now = redis.call('TIME')
+local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - horizon
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[1])
+if #old == 0 then return 0 end
+redis.call('HDEL', KEYS[1], unpack(old))
+redis.call('ZREM', KEYS[2], unpack(old))
+return #old
