@@ -17,37 +17,76 @@ from typing import Any
 
 from ._exceptions import InvalidKeyError, InvalidTTLError, TemplateError
 
-#: Keys longer than this are replaced by a readable head plus a SHA-256 digest.
+#: Keys longer than this are replaced by their hashed form (see `validate_key`).
 MAX_KEY_LENGTH = 200
+#: The hashed form: the first MAX_KEY_LENGTH characters, "#", 64 hex digits.
+HASHED_KEY_LENGTH = MAX_KEY_LENGTH + 1 + 64
 #: Tags are names chosen by the programmer; a longer one is a mistake, not data.
 MAX_TAG_LENGTH = 200
 #: A TTL longer than a year is almost certainly a unit mistake (ms for s).
 MAX_TTL_SECONDS = 365 * 24 * 3600
+#: Arguments nested deeper than this are refused: the encoder recurses once per
+#: level, and must fail with InvalidKeyError well before Python's recursion limit.
+MAX_ARGUMENT_DEPTH = 100
 
 # Plain scalars whose repr is stable across processes and Python runs.
 _SCALARS: frozenset[type] = frozenset({int, str, float, bool, type(None)})
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def validate_key(key: object) -> str:
-    """Return *key* (hashed when long) or raise `InvalidKeyError`."""
+    """Return *key*, or its hashed form when it is long; or raise `InvalidKeyError`.
+
+    Why a literal key can never name a long key's entry (issue 7, item 10):
+    a key of at most MAX_KEY_LENGTH characters is used as it is, and a longer
+    one is replaced by `hash_long_key(key)`, which is exactly HASHED_KEY_LENGTH
+    (> MAX_KEY_LENGTH) characters long. So every key this returns is either a
+    literal of length <= MAX_KEY_LENGTH or a hashed form of length
+    HASHED_KEY_LENGTH, and no literal can equal a hashed form; two hashed forms
+    are equal only if the SHA-256 digests of two different keys are.
+
+    Hashing is therefore not idempotent: a hashed form given here again is a
+    long key like any other. Its hash would name another entry, and accepting
+    it as it is would let anyone who computes the hashed form of a key (no
+    secret is involved) write that key's entry. So it is refused, and code that
+    re-validates a key built by `KeyPlan.key` fails loudly instead of missing.
+    """
     if not isinstance(key, str):
         raise InvalidKeyError(f"cache key must be a str, not {type(key).__name__}")
     if not key:
         raise InvalidKeyError("cache key must not be empty")
     if not key.isprintable():
         raise InvalidKeyError(f"cache key contains non-printable characters: {key[:60]!r}")
-    if len(key) > MAX_KEY_LENGTH:
-        return hash_long_key(key)
-    return key
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    if _is_hashed(key):
+        raise InvalidKeyError(
+            f"cache key {key[:60]!r}… is already a hashed long key; pass the original key"
+        )
+    return hash_long_key(key)
 
 
 def hash_long_key(key: str) -> str:
-    """Replace a long key by its first 64 characters and its SHA-256 digest.
+    """The hashed form of a key longer than MAX_KEY_LENGTH.
 
-    Hashing instead of truncating keeps two long keys with a common prefix apart.
+    Its first MAX_KEY_LENGTH characters (readable in redis-cli), "#", and the
+    SHA-256 digest of the whole key: hashing instead of truncating keeps two
+    long keys with a common prefix apart, and the result is longer than any
+    literal key, so it cannot collide with one (see `validate_key`).
     """
+    if len(key) <= MAX_KEY_LENGTH:
+        # The short result could equal a literal key: that is the collision we avoid.
+        raise ValueError(f"only keys longer than {MAX_KEY_LENGTH} characters are hashed")
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{key[:64]}#{digest}"
+    return f"{key[:MAX_KEY_LENGTH]}#{digest}"
+
+
+def _is_hashed(key: str) -> bool:
+    return (
+        len(key) == HASHED_KEY_LENGTH
+        and key[MAX_KEY_LENGTH] == "#"
+        and _HEX_DIGITS.issuperset(key[MAX_KEY_LENGTH + 1 :])
+    )
 
 
 def validate_tag(tag: object) -> str:
@@ -87,23 +126,60 @@ def encode_argument(value: object) -> str:
 
     Equal values give equal text in every process: dicts and sets are sorted,
     and objects whose repr is the default ``<… at 0x…>`` are refused, because
-    such a key would differ per process and never hit.
+    such a key would differ per process and never hit. An argument that
+    contains itself, or is nested deeper than MAX_ARGUMENT_DEPTH, is refused
+    too: it has no finite text.
     """
+    return _encode(value, [])
+
+
+def _encode(value: object, path: list[int]) -> str:
+    """Encode *value*; *path* holds the ids of the containers it is inside of."""
     kind = type(value)
     if kind in _SCALARS:
         return repr(value)
     if kind is tuple or kind is list:
+        _enter(value, path)
         seq: Sequence[object] = value  # type: ignore[assignment]  # narrowed by `kind`
-        return "[" + ",".join(encode_argument(item) for item in seq) + "]"
-    if isinstance(value, Mapping):
-        items = sorted((encode_argument(k), encode_argument(v)) for k, v in value.items())
-        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
-    if isinstance(value, (set, frozenset)):
-        return "{" + ",".join(sorted(encode_argument(item) for item in value)) + "}"
-    text = repr(value)
+        text = "[" + ",".join(_encode(item, path) for item in seq) + "]"
+    elif isinstance(value, Mapping):
+        _enter(value, path)
+        items = sorted((_encode(k, path), _encode(v, path)) for k, v in value.items())
+        text = "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    elif isinstance(value, (set, frozenset)):
+        _enter(value, path)
+        text = "{" + ",".join(sorted(_encode(item, path) for item in value)) + "}"
+    else:
+        return _encode_repr(value)
+    path.pop()  # siblings may hold the same object: that is sharing, not a cycle
+    return text
+
+
+def _enter(container: object, path: list[int]) -> None:
+    if id(container) in path:
+        raise InvalidKeyError(
+            f"cannot build a cache key from a {type(container).__name__} that contains "
+            "itself; pass key= to cached()"
+        )
+    if len(path) >= MAX_ARGUMENT_DEPTH:
+        raise InvalidKeyError(
+            f"cannot build a cache key from an argument nested deeper than "
+            f"{MAX_ARGUMENT_DEPTH} levels; pass key= to cached()"
+        )
+    path.append(id(container))
+
+
+def _encode_repr(value: object) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:  # a user type's repr recursing through its own nesting
+        raise InvalidKeyError(
+            f"cannot build a cache key from an argument of type {type(value).__name__}: "
+            "its repr nests too deep; pass key= to cached()"
+        ) from None
     if " at 0x" in text and text.startswith("<"):
         raise InvalidKeyError(
-            f"cannot build a stable cache key from an argument of type {kind.__name__} "
+            f"cannot build a stable cache key from an argument of type {type(value).__name__} "
             "(its repr contains a memory address); pass key= to cached()"
         )
     return text
