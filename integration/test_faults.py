@@ -201,7 +201,8 @@ async def test_lost_message_is_found_by_the_next_sequence_number(
     assert await row_b(1) == 0  # b cannot know yet: the message was lost
     await a.invalidate_tag("row:2")  # the next message reveals the gap
     await eventually(lambda: _equals(row_b(1), 1))
-    assert b.get_stats()["resyncs"] >= 1
+    # b may already answer from L2 while its resync is under way (L1 suspended)
+    await eventually(lambda: _true(b.get_stats()["resyncs"] >= 1), timeout=5)
     assert b.get_stats()["l1_clears"] == 0  # repaired from the log, not by a wipe
 
 
@@ -225,7 +226,8 @@ async def test_log_that_no_longer_reaches_back_clears_l1(server: RedisServer) ->
             await _lose_one_change(other, f"row:{n % 7 + 2}")
         await _lose_one_change(other, "row:1")
         await eventually(lambda: _equals(row(1), 1), timeout=3)
-        assert cache.get_stats()["l1_clears"] >= 1
+        # it may answer from L2 while its resync is under way (L1 suspended)
+        await eventually(lambda: _true(cache.get_stats()["l1_clears"] >= 1), timeout=3)
 
 
 @pytest.fixture
@@ -293,4 +295,5 @@ async def test_flushall_under_a_live_link_is_noticed(
     source.versions[1] = 1
     await a.invalidate_tag("row:1")  # number 1 again
     await eventually(lambda: _equals(row_b(1), 1), timeout=3)
-    assert b.get_stats()["l1_clears"] >= 1
+    # b may answer from L2 while its resync is under way (L1 suspended)
+    await eventually(lambda: _true(b.get_stats()["l1_clears"] >= 1), timeout=3)

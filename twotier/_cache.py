@@ -8,6 +8,8 @@ touch L1 do so synchronously, so each local step is atomic.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import contextlib
 import time
 import uuid
@@ -33,8 +35,10 @@ from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
+from ._portal import LoopThread
 from ._serialization import MsgpackSerializer, Serializer
 from ._stats import Counters
+from ._sync import SyncCache
 from ._tier import MISSING_READ, Kind, Message, ReadResult, RemoteTier
 from ._types import MISS, Clock
 from ._warmup import Warmup
@@ -163,6 +167,9 @@ class TwoTierCache:
         self._start_lock: asyncio.Lock | None = None
         # The event loop the cache lives on (see `_own_loop`).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: LoopThread | None = None  # for sync callers when no loop runs
+        self.sync = SyncCache(self)
+        """The blocking view of this cache, for code without an event loop (`docs/sync.md`)."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -280,6 +287,73 @@ class TwoTierCache:
         self._lease_waiters.clear()
         self._retry = None
         self._unsettled.clear()
+
+    async def ping(self) -> float:
+        """One round trip to Redis, in seconds (0.0 in memory mode); raises `BackendError`."""
+        await self._ensure_started()
+        if self._link is None:
+            return 0.0
+        start = time.perf_counter()
+        await self._link.guard.call(self._link.ping)
+        return time.perf_counter() - start
+
+    # -- sync callers ------------------------------------------------------------
+
+    def run_blocking(
+        self,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        on_request: tuple[Any, Callable[[], Any]] | None = None,
+    ) -> T:
+        """Run a coroutine of this cache from synchronous code and wait for it.
+
+        On the cache's loop if it runs (in another thread); else on a loop
+        thread of the cache's own. *on_request* is a `_sync` handoff: the load
+        path may ask this thread to run the function and hand back its value.
+        """
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running is self._loop:
+            raise EventLoopError(
+                "a blocking cache.sync call from the cache's own event loop would wait on "
+                "itself; await the async method instead"
+            )
+        owner = self._loop
+        if owner is not None and owner.is_running():
+            loop = owner
+        else:
+            if self._loop_thread is None:
+                self._loop_thread = LoopThread(f"twotier-{self.instance_id}")
+                atexit.register(self._close_at_exit)
+            loop = self._loop_thread.started()
+        done = asyncio.run_coroutine_threadsafe(make(), loop)
+        if on_request is not None:
+            handoff, serve = on_request
+            concurrent.futures.wait([done, handoff.request], return_when="FIRST_COMPLETED")
+            if not done.done():  # the load path asks for the value: compute it here
+                reply: asyncio.Future[Any] = handoff.request.result()
+                try:
+                    value = serve()
+                except BaseException as exc:
+                    loop.call_soon_threadsafe(_settle, reply, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, reply, value, None)
+        return done.result()
+
+    def close_blocking(self) -> None:
+        """`close()` from synchronous code; ends the cache's own loop thread if it has one."""
+        if not self._closed:
+            self.run_blocking(self.close)
+        if self._loop_thread is not None:
+            self._loop_thread.stop()
+
+    def _close_at_exit(self) -> None:
+        # A script that never closed its cache: deliver what it queued, then stop.
+        thread = self._loop_thread
+        if thread is not None and thread.loop is self._loop and not self._closed:
+            with contextlib.suppress(Exception):
+                self.close_blocking()
 
     # -- reads -------------------------------------------------------------------
 
@@ -613,14 +687,18 @@ class TwoTierCache:
         tags_t = validate_tags(tags)
         if self._closed:
             raise CacheClosedError("this TwoTierCache was closed")
-        self._apply_local("t", tags_t)
-        self.counters.tag_invalidations += len(tags_t)
         try:
             asyncio.get_running_loop()
-        except RuntimeError:  # called from synchronous code: delivered on next start/flush
-            self._outbox.add_tags(tags_t)
-            self.counters.queued_ops += len(tags_t)
+        except RuntimeError:
+            # Synchronous code (a worker thread, a script): hand the change to
+            # the cache's loop and wait until Redis has it or it is queued. A
+            # change left in the queue of a thread without a loop was never
+            # delivered (issue 7, item 7).
+            self.run_blocking(lambda: self._invalidate_awaited(tags_t))
             return Invalidation(None)
+        self._own_loop()
+        self._apply_local("t", tags_t)
+        self.counters.tag_invalidations += len(tags_t)
         task = self.spawn(self._invalidate_remote(tags_t))
         # Until Redis has it, this instance must not read the old entries back
         # from L2 (read-your-writes holds for an un-awaited call too): reads of
@@ -629,6 +707,9 @@ class TwoTierCache:
             self._unsettled.setdefault(tag, set()).add(task)
         task.add_done_callback(lambda done: self._settled(tags_t, done))
         return Invalidation(task)
+
+    async def _invalidate_awaited(self, tags: tuple[str, ...]) -> None:
+        await self.invalidate_tags(tags)
 
     def _settled(self, tags: tuple[str, ...], task: asyncio.Task[None]) -> None:
         for tag in tags:
@@ -807,6 +888,14 @@ class TwoTierCache:
         return PolicyRunner(
             policy, self._serializer, self.counters, self.spawn, self.local.maxsize, self.clock
         )
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if not future.done():  # a hard timeout may have given up on it already
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
 
 
 def _loading_elsewhere(read: ReadResult) -> bool:

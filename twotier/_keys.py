@@ -45,11 +45,10 @@ def validate_key(key: object) -> str:
     HASHED_KEY_LENGTH, and no literal can equal a hashed form; two hashed forms
     are equal only if the SHA-256 digests of two different keys are.
 
-    Hashing is therefore not idempotent: a hashed form given here again is a
-    long key like any other. Its hash would name another entry, and accepting
-    it as it is would let anyone who computes the hashed form of a key (no
-    secret is involved) write that key's entry. So it is refused, and code that
-    re-validates a key built by `KeyPlan.key` fails loudly instead of missing.
+    A hashed form given here again is returned as it is: validation is
+    idempotent, so `cache.get(fn.key(...))` and `fn.invalidate(...)` reach a
+    long key's entry. That gives no one a new way in: a caller who can compute
+    a key's hashed form knows the key, and could pass the key itself.
     """
     if not isinstance(key, str):
         raise InvalidKeyError(f"cache key must be a str, not {type(key).__name__}")
@@ -60,9 +59,7 @@ def validate_key(key: object) -> str:
     if len(key) <= MAX_KEY_LENGTH:
         return key
     if _is_hashed(key):
-        raise InvalidKeyError(
-            f"cache key {key[:60]!r}… is already a hashed long key; pass the original key"
-        )
+        return key  # already validated and hashed (see above)
     return hash_long_key(key)
 
 

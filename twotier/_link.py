@@ -121,6 +121,9 @@ class RedisLink:
         self._listener_task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
 
+    async def ping(self) -> object:
+        return await self._client.ping()
+
     async def _prepare_connection(self, connection: Any) -> None:
         await self.tier.prepare(connection)
 

@@ -116,7 +116,12 @@ class PolicyRunner:
 
     async def run(self, key: str, ttl: float, loader: Loader, load: Load) -> Any:
         policy = self._policy
-        attempt = load(self.ttl(ttl), self.wrap(loader))
+        # The hard timeout bounds the whole miss path, a wait on another
+        # instance's fill lease included, not just the loader (issue 7, item 1).
+        hard = policy.hard_timeout
+        attempt = load(self.ttl(ttl), loader)
+        if hard is not None:
+            attempt = _within_hard_timeout(attempt, hard)
         try:
             if policy.soft_timeout is not None and self._last_value(key) is not None:
                 value = await self._within_soft_timeout(key, attempt, policy.soft_timeout)
@@ -164,14 +169,15 @@ class PolicyRunner:
 
 
 def _with_hard_timeout(loader: Loader, seconds: float) -> Loader:
-    async def bounded() -> Any:
-        deadline = asyncio.timeout(seconds)
-        try:
-            async with deadline:
-                return await loader()
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise  # the loader's own TimeoutError, not ours
-            raise LoaderTimeoutError(f"loader did not finish within {seconds:g} s") from exc
+    return lambda: _within_hard_timeout(loader(), seconds)
 
-    return bounded
+
+async def _within_hard_timeout(work: Awaitable[Any], seconds: float) -> Any:
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await work
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # the loader's own TimeoutError, not ours
+        raise LoaderTimeoutError(f"loader did not finish within {seconds:g} s") from exc

@@ -1,0 +1,160 @@
+"""`cache.sync`: a blocking view of the same cache, for Flask, Django, Celery
+and scripts.
+
+Same L1, same Redis link: every call is handed to the cache's event loop
+thread-safely and the calling thread waits for the result. When no loop runs
+the cache (a plain script, a WSGI worker), the cache gets a loop thread of its
+own (`_portal.LoopThread`). Calling the view from the cache's own loop thread
+would wait on itself: that is an `EventLoopError`, never a deadlock.
+
+A `@cache.sync.cached` function runs in the calling thread, not on the loop:
+Django's database connections and Flask's request context are per thread.
+The cache's load path (single flight, fill lease, no-stale-set guard) runs on
+the loop as for async functions; when it needs the value, it asks the waiting
+caller to run the function and hand the result back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from ._cache import TwoTierCache
+    from ._decorator import CachedFunction
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _Handoff:
+    """A blocked caller's offer to run its function when the load path asks."""
+
+    __slots__ = ("active", "request")
+
+    def __init__(self) -> None:
+        self.request: concurrent.futures.Future[asyncio.Future[Any]] = concurrent.futures.Future()
+        self.active = True
+
+
+#: The handoff of the sync call a load runs for (absent for background refreshes).
+_HANDOFF: contextvars.ContextVar[_Handoff | None] = contextvars.ContextVar(
+    "twotier_handoff", default=None
+)
+
+
+class SyncCache:
+    """The blocking API of one `TwoTierCache` (see DESIGN §2b)."""
+
+    def __init__(self, cache: TwoTierCache) -> None:
+        self._cache = cache
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return self._cache.run_blocking(make)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._run(lambda: self._cache.get(key, default))
+
+    def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
+        self._run(lambda: self._cache.set(key, value, ttl, tags))
+
+    def delete(self, key: str) -> None:
+        self._run(lambda: self._cache.delete(key))
+
+    def invalidate_tag(self, tag: str) -> None:
+        self.invalidate_tags((tag,))
+
+    def invalidate_tags(self, tags: Iterable[str]) -> None:
+        tags_t = tuple(tags)
+
+        async def invalidate() -> None:
+            await self._cache.invalidate_tags(tags_t)
+
+        self._run(invalidate)
+
+    def clear(self) -> None:
+        self._run(self._cache.clear)
+
+    def warmup(
+        self, keys: Iterable[str], loader: Callable[[str], Any], concurrency: int = 16
+    ) -> int:
+        key_list = list(keys)
+        return self._run(lambda: self._cache.warmup(key_list, loader, concurrency))
+
+    def get_stats(self) -> dict[str, Any]:
+        return self._run(self._stats)
+
+    async def _stats(self) -> dict[str, Any]:
+        return self._cache.get_stats()
+
+    def ping(self) -> float:
+        return self._run(self._cache.ping)
+
+    def close(self) -> None:
+        self._cache.close_blocking()
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        key: str | Callable[..., str] | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[P, R]], SyncCachedFunction[P, R]]:
+        """`@cached` for plain `def` functions; the same options as the async one."""
+
+        def decorate(func: Callable[P, R]) -> SyncCachedFunction[P, R]:
+            @functools.wraps(func)
+            async def on_loop(*args: Any, **kwargs: Any) -> Any:
+                handoff = _HANDOFF.get()
+                if handoff is None or not handoff.active or handoff.request.done():
+                    # A background refresh: nobody waits, so a worker thread runs it.
+                    return await asyncio.to_thread(func, *args, **kwargs)
+                reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                handoff.request.set_result(reply)
+                return await reply
+
+            async_cached = self._cache.cached(ttl, tags, key, **options)(on_loop)
+            return SyncCachedFunction(self._cache, func, async_cached)
+
+        return decorate
+
+
+class SyncCachedFunction(Generic[P, R]):
+    """What `@cache.sync.cached` returns: the function, plus `.key()` and `.invalidate()`."""
+
+    def __init__(
+        self, cache: TwoTierCache, func: Callable[P, R], async_cached: CachedFunction[..., Any]
+    ) -> None:
+        self._cache = cache
+        self._func = func
+        self._async = async_cached
+        self.__wrapped__ = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        handoff = _Handoff()
+
+        async def call() -> Any:
+            _HANDOFF.set(handoff)  # this task's context only
+            return await self._async(*args, **kwargs)
+
+        try:
+            serve = functools.partial(self._func, *args, **kwargs)
+            return self._cache.run_blocking(call, on_request=(handoff, serve))  # type: ignore[no-any-return]
+        finally:
+            handoff.active = False
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        return self._async.key(*args, **kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        key = self._async.key(*args, **kwargs)
+        self._cache.run_blocking(lambda: self._cache.delete(key))
+
+    def __repr__(self) -> str:
+        return f"<sync {self._async!r}>"
