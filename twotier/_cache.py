@@ -856,6 +856,7 @@ class TwoTierCache:
             redis_available=self.redis_available,
             breaker_state=self._link.guard.state.value if self._link else "none",
             queued_ops_pending=len(self._outbox),
+            last_error=self._link.last_error if self._link else None,
             instance=self.instance_id,
         )
 
