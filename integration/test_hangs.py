@@ -1,0 +1,214 @@
+"""Issue 7, "Hangs": nothing Redis left behind may stall a caller for long.
+
+A fill lease is a short Redis key that says "someone is loading this key, wait
+for it". If its holder never learns it holds it (the read timed out on the
+client after Redis had run it, or the caller was cancelled), every reader of
+the key on every instance used to wait out its whole `lease_ttl` (10 s). Each
+test below builds such a lease the way production does, and measures how long
+another instance then waits for the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from twotier import LoaderTimeoutError, TwoTierCache
+from twotier.testing import RedisServer
+
+from ._proxy import ChaosProxy
+
+LEASE_TTL = 10.0  # the default: what a stalled key used to cost
+BOUND = 2.0  # "a few redis_timeouts", with room for a loaded CI machine
+
+
+def _cached(  # the same API function on each instance: one key
+    cache: TwoTierCache, loads: list[str], started: asyncio.Event | None = None
+):
+    @cache.cached(ttl=60, tags=["row:{id}"])
+    async def row(id: int) -> str:
+        loads.append(cache.instance_id)
+        if started is not None:
+            started.set()
+            await asyncio.sleep(30)
+        return f"row {id}"
+
+    return row
+
+
+async def _took(awaitable) -> float:
+    start = time.perf_counter()
+    await awaitable
+    return time.perf_counter() - start
+
+
+async def _leases(server: RedisServer) -> list[bytes]:
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        return [key async for key in raw.scan_iter(match="*:l:*")]
+    finally:
+        await raw.aclose()
+
+
+async def _wait_for_leases(server: RedisServer) -> list[bytes]:
+    """The leases left once a stalled server has run what it was sent."""
+    await asyncio.sleep(0.3)
+    return await _leases(server)
+
+
+@pytest.fixture
+async def proxy(server: RedisServer) -> AsyncIterator[ChaosProxy]:
+    chaos = ChaosProxy(server.port)
+    await chaos.start()
+    yield chaos
+    await chaos.close()
+
+
+async def test_a_read_that_timed_out_after_redis_ran_it_leaves_no_lease(
+    server: RedisServer, proxy: ChaosProxy
+) -> None:
+    """A late reply (a fork stall, VM steal): the read times out on the client,
+    yet Redis runs it and grants a lease that the client never saw."""
+    loads: list[str] = []
+    async with (
+        TwoTierCache(redis_url=proxy.url, namespace="h", redis_timeout=0.05) as a,
+        TwoTierCache(redis_url=server.url, namespace="h", redis_timeout=0.5) as b,
+    ):
+        row_a, row_b = _cached(a, loads), _cached(b, loads)
+        await row_a(0)  # a warm link: scripts loaded, connection open
+        proxy.latency = 0.15  # the read reaches Redis after a has given up on it
+        assert await row_a(1) == "row 1"  # served by its loader
+        assert a.get_stats()["l2_errors"] >= 1  # the read really timed out
+        await asyncio.sleep(0.2)
+        proxy.latency = 0
+        took = await _took(row_b(1))
+        assert took < BOUND, f"b waited {took:.1f} s on an orphaned lease"
+        assert await _wait_for_leases(server) == []
+
+
+async def test_a_cancelled_read_leaves_no_lease(server: RedisServer, proxy: ChaosProxy) -> None:
+    """A request deadline (`asyncio.wait_for`) cancels a decorated call mid-read."""
+    loads: list[str] = []
+    async with (
+        TwoTierCache(redis_url=proxy.url, namespace="h", redis_timeout=0.5) as a,
+        TwoTierCache(redis_url=server.url, namespace="h", redis_timeout=0.5) as b,
+    ):
+        row_a, row_b = _cached(a, loads), _cached(b, loads)
+        await row_a(0)  # a warm link: scripts loaded, connection open
+        proxy.latency = 0.15
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(row_a(2), timeout=0.05)
+        await asyncio.sleep(0.2)  # the read has reached Redis and taken the lease
+        proxy.latency = 0
+        took = await _took(row_b(2))
+        assert took < BOUND, f"b waited {took:.1f} s on a cancelled caller's lease"
+        assert await _wait_for_leases(server) == []
+
+
+async def test_a_cancelled_loader_leaves_no_lease(server: RedisServer) -> None:
+    loads: list[str] = []
+    started = asyncio.Event()
+    async with (
+        TwoTierCache(redis_url=server.url, namespace="h") as a,
+        TwoTierCache(redis_url=server.url, namespace="h") as b,
+    ):
+        slow, row_b = _cached(a, loads, started), _cached(b, loads)
+        task = asyncio.create_task(slow(3))
+        await started.wait()  # the lease is taken, the loader runs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        took = await _took(row_b(3))
+        assert took < BOUND
+
+
+async def test_cancelled_warmup_leaves_no_lease(server: RedisServer) -> None:
+    started = asyncio.Event()
+
+    async def slow_loader(key: str) -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return key
+
+    async with (
+        TwoTierCache(redis_url=server.url, namespace="h") as a,
+        TwoTierCache(redis_url=server.url, namespace="h") as b,
+    ):
+        keys = [f"w:{i}" for i in range(50)]
+        task = asyncio.create_task(a.warmup(keys, slow_loader))
+        await started.wait()  # the batch holds a lease on every key
+        assert len(await _leases(server)) == 50
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await _wait_for_leases(server) == []
+        loads: list[str] = []
+
+        async def load_w7() -> str:
+            loads.append("b")
+            return "w:7"
+
+        took = await _took(b.load("w:7", (), 60, load_w7, True))
+        assert took < BOUND
+        assert loads == ["b"]
+
+
+async def test_hard_timeout_bounds_a_wait_on_another_instances_lease(
+    server: RedisServer,
+) -> None:
+    """A holder that crashed leaves its lease for `lease_ttl`: a caller with a
+    hard timeout gives up after that timeout, not after the lease."""
+    async with TwoTierCache(redis_url=server.url, namespace="h") as cache:
+
+        @cache.cached(ttl=60, hard_timeout=0.5)
+        async def report(id: int) -> str:
+            return "fresh"
+
+        raw = aioredis.Redis.from_url(server.url)
+        try:  # a lease whose holder died, contended (as a waiter would mark it)
+            await raw.set(f"h:v1:l:{report.key(4)}", "deadbeef+", px=int(LEASE_TTL * 1000))
+        finally:
+            await raw.aclose()
+        start = time.perf_counter()
+        with pytest.raises(LoaderTimeoutError):
+            await report(4)
+        assert time.perf_counter() - start < BOUND
+
+
+# -- item 2: the default timeouts -------------------------------------------------
+
+
+async def test_a_cold_burst_does_not_open_the_breaker(server: RedisServer) -> None:
+    """200 first calls at once, right after start(), on the default settings."""
+    async with TwoTierCache(redis_url=server.url, namespace="burst") as writer:
+        for i in range(200):
+            await writer.set(f"k{i}", i)
+    cache = TwoTierCache(redis_url=server.url, namespace="burst")
+    async with cache:
+        values = await asyncio.gather(*(cache.get(f"k{i}") for i in range(200)))
+        stats = cache.get_stats()
+    assert values == list(range(200))  # every one an L2 hit, none a fallback
+    assert stats["breaker_state"] == "closed"
+    assert stats["l2_errors"] == 0
+    assert stats["l2_hits"] == 200
+
+
+async def test_a_20ms_round_trip_keeps_redis_in_use(server: RedisServer, proxy: ChaosProxy) -> None:
+    """Connect, load scripts and read must not have to fit one reply budget."""
+    far_server = proxy
+    proxy.latency = 0.010  # 10 ms each way
+    async with TwoTierCache(redis_url=server.url, namespace="far") as near:
+        for i in range(20):
+            await near.set(f"k{i}", i)
+    async with TwoTierCache(redis_url=far_server.url, namespace="far") as far:
+        values = await asyncio.gather(*(far.get(f"k{i}") for i in range(20)))
+        await far.set("from-far", 1)
+        stats = far.get_stats()
+    assert values == list(range(20))
+    assert stats["breaker_state"] == "closed"
+    assert stats["l2_errors"] == 0
+    assert stats["l2_hits"] == 20
