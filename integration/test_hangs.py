@@ -86,6 +86,7 @@ async def test_a_read_that_timed_out_after_redis_ran_it_leaves_no_lease(
         await asyncio.sleep(0.2)
         proxy.latency = 0
         took = await _took(row_b(1))
+        print(f"\n  late reply: another instance waited {took * 1000:.0f} ms for the key")
         assert took < BOUND, f"b waited {took:.1f} s on an orphaned lease"
         assert await _wait_for_leases(server) == []
 
@@ -105,6 +106,7 @@ async def test_a_cancelled_read_leaves_no_lease(server: RedisServer, proxy: Chao
         await asyncio.sleep(0.2)  # the read has reached Redis and taken the lease
         proxy.latency = 0
         took = await _took(row_b(2))
+        print(f"\n  cancelled read: another instance waited {took * 1000:.0f} ms for the key")
         assert took < BOUND, f"b waited {took:.1f} s on a cancelled caller's lease"
         assert await _wait_for_leases(server) == []
 
