@@ -41,12 +41,24 @@ class BreakerState(enum.Enum):
     OPEN = "open"
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line cause that tells a misconfiguration from an outage."""
+#: How Redis and Valkey word an ACL denial inside a script (a PUBLISH to a
+#: channel the user may not use), which redis-py does not map to NoPermissionError.
+_ACL_WORDING = ("NOPERM", "can't publish to the channel", "ACL failure", "no permissions")
+
+
+def describe(exc: BaseException, *, tls: bool | None = None) -> str:
+    """A one-line cause that tells a misconfiguration from an outage.
+
+    *tls* says whether the URL asked for TLS: a TLS client on a plain port
+    times out in the handshake, and a plain client on a TLS port is reset,
+    both of which would otherwise read as an outage.
+    """
     if isinstance(exc, redis_errors.AuthenticationError):
         return f"authentication failed (wrong user or password): {exc}"
-    if isinstance(exc, redis_errors.NoPermissionError):
-        return f"ACL denied a command the cache needs (NOPERM): {exc}"
+    if isinstance(exc, redis_errors.NoPermissionError) or any(
+        wording in str(exc) for wording in _ACL_WORDING
+    ):
+        return f"ACL denied a command or channel the cache needs (NOPERM): {exc}"
     if isinstance(exc, redis_errors.OutOfMemoryError):
         return f"Redis is out of memory (maxmemory reached): {exc}"
     cause: BaseException | None = exc
@@ -56,14 +68,14 @@ def describe(exc: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     if "certificate verify failed" in str(exc) or "SSL" in str(exc):
         return f"TLS failed: {exc}"
+    connecting = "connecting" in str(exc).lower()
+    if tls and connecting:
+        return f"TLS failed: no TLS handshake (is this a TLS port?): {exc}"
+    if tls is False and "reset by peer" in str(exc):
+        return f"connection reset at once (does the server expect TLS, rediss://?): {exc}"
     if isinstance(exc, (redis_errors.TimeoutError, TimeoutError)):
         return f"Redis did not answer in time: {exc}"
     return f"{exc.__class__.__name__}: {exc}"
-
-
-def is_misconfiguration(exc: BaseException) -> bool:
-    text = describe(exc)
-    return text.startswith(("authentication failed", "ACL denied", "TLS failed"))
 
 
 class Guard:
@@ -75,6 +87,7 @@ class Guard:
         failure_threshold: int = 3,
         probe_max_interval: float = 2.0,
         probe_timeout: float | None = None,
+        tls: bool | None = None,
         on_open: Callable[[], None] = lambda: None,
         on_recover: Callable[[], Awaitable[None]] | None = None,
         log: Log,
@@ -86,6 +99,7 @@ class Guard:
         self._probe_max = probe_max_interval
         # A probe may have to connect first: its bound is the connect budget plus a reply.
         self._probe_timeout = probe_timeout or timeout
+        self._tls = tls
         self._failures = 0
         self._on_open = on_open
         self._on_recover = on_recover
@@ -112,17 +126,22 @@ class Guard:
             # AuthenticationError and TLS failures arrive here too: Redis is not
             # usable, so they count for the breaker, but the log names the cause.
             self._failed(exc)
-            raise BackendUnavailable(f"Redis is unreachable: {describe(exc)}") from exc
+            raise BackendUnavailable(f"Redis is unreachable: {self.describe_error(exc)}") from exc
         except redis_errors.RedisError as exc:
             self.errors += 1
             self._note(exc)
-            raise BackendError(f"Redis refused the command: {describe(exc)}") from exc
+            raise BackendError(f"Redis refused the command: {self.describe_error(exc)}") from exc
         self._failures = 0
+        if self.last_error is not None:
+            self.last_error = None  # it worked again: the cause is history
         return result
+
+    def describe_error(self, exc: BaseException) -> str:
+        return describe(exc, tls=self._tls)
 
     def _note(self, exc: BaseException) -> None:
         """Keep the cause; log each new kind of cause once, not once per call."""
-        text = describe(exc)
+        text = self.describe_error(exc)
         if text != self.last_error:
             self._log.warning("Redis call failed: %s", text)
         self.last_error = text
@@ -162,7 +181,7 @@ class Guard:
                 await self._ping()
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:
             self._note(exc)
-            raise BackendUnavailable(describe(exc)) from exc
+            raise BackendUnavailable(self.describe_error(exc)) from exc
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -75,7 +75,9 @@ class RedisLink:
         # connect budget) for a free connection instead of opening more.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            max_connections=max_connections,
+            # the tier queues its callers for `max_connections` slots; the
+            # pool's two more serve the health probe and the pool warm-up
+            max_connections=max_connections + 2,
             timeout=connect_timeout,
             socket_timeout=timeout,
             socket_connect_timeout=connect_timeout,
@@ -91,6 +93,7 @@ class RedisLink:
             on_recover=self._on_redis_back,
             probe_max_interval=health_interval,  # recover as fast as we notice loss
             probe_timeout=connect_timeout + timeout,
+            tls=url.startswith("rediss:"),
             log=tier_log(instance_id, "l2"),
         )
         self.tier = RedisTier(
@@ -100,6 +103,7 @@ class RedisLink:
             instance_id,
             lease_ttl=lease_ttl,
             log_maxlen=log_maxlen,
+            max_connections=max_connections,
             orphaned=release_later,
         )
         # The listener gets its own client: a pub/sub connection must not share
@@ -117,6 +121,7 @@ class RedisLink:
             counters=counters,
             health_interval=health_interval,
             log=tier_log(instance_id, "bus"),
+            describe=self.guard.describe_error,
         )
         self._listener_task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
@@ -130,7 +135,8 @@ class RedisLink:
     @property
     def last_error(self) -> str | None:
         """Why Redis is not usable, when it is not (a cause, not just "unreachable")."""
-        return self.guard.last_error or self.listener.last_error
+        causes = dict.fromkeys(e for e in (self.guard.last_error, self.listener.last_error) if e)
+        return "; ".join(causes) or None
 
     @property
     def available(self) -> bool:

@@ -26,11 +26,12 @@ cache must still answer reads.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -40,6 +41,7 @@ from ._guard import Guard
 from ._tier import BUSY, FILL, FOREIGN, IN_L2, SEP, BatchRead, Message, ReadResult
 
 FORMAT = "v1"
+T = TypeVar("T")
 
 
 #: Scripts that may run while Redis is at `maxmemory` (see the module docstring).
@@ -126,11 +128,13 @@ class RedisTier:
         *,
         lease_ttl: float,
         log_maxlen: int,
+        max_connections: int = 50,
         orphaned: Callable[[str, str], None] = lambda key, lease: None,
     ) -> None:
         self._client = client
         self._execute: Execute = client.execute_command
         self._guard = guard
+        self._slots = asyncio.Semaphore(max_connections)
         self.layout = layout
         self._origin = origin
         self._lease_ms = max(1, int(lease_ttl * 1000))
@@ -176,9 +180,21 @@ class RedisTier:
             await connection.read_response()
             self.run_id = run_id
 
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Every command of the tier: one of `max_connections` slots, then the guard.
+
+        The slots queue callers in order (asyncio's semaphore is FIFO once
+        anyone waits). redis-py's blocking pool alone lets a task that has just
+        released a connection take it straight back, so under a saturating
+        load some callers starved until the pool's timeout, which then counted
+        as Redis being unreachable.
+        """
+        async with self._slots:
+            return await self._guard.call(operation)
+
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         run, execute = self._scripts[script], self._execute
-        return await self._guard.call(lambda: run(execute, keys, args))
+        return await self._call(lambda: run(execute, keys, args))
 
     def _announce_args(self) -> list[Any]:
         return [self._origin, self.layout.channel, self._log_maxlen]
@@ -322,18 +338,18 @@ class RedisTier:
                 return dropped
 
     async def discard(self, key: str) -> None:
-        await self._guard.call(lambda: self._client.delete(self.layout.entry(key)))
+        await self._call(lambda: self._client.delete(self.layout.entry(key)))
 
     # -- what the subscriber needs to resynchronise ------------------------------
 
     async def server_id(self) -> str:
-        info = await self._guard.call(lambda: self._client.info("server"))
+        info = await self._call(lambda: self._client.info("server"))
         return str(info.get("run_id", ""))
 
     async def current_seq(self) -> int:
         """The change counter; 0 for foreign data there (listeners then clear L1)."""
         try:
-            raw = await self._guard.call(lambda: self._client.get(self.layout.seq))
+            raw = await self._call(lambda: self._client.get(self.layout.seq))
             return int(raw or 0)
         except (BackendUnavailable, BackendTimeout):
             raise
@@ -347,7 +363,7 @@ class RedisTier:
         the caller knows something happened that it cannot interpret.
         """
         try:
-            rows = await self._guard.call(
+            rows = await self._call(
                 lambda: self._client.xrange(self.layout.log, min=f"{seq + 1}-0", max="+")
             )
         except (BackendUnavailable, BackendTimeout):

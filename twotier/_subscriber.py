@@ -23,7 +23,6 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from ._exceptions import BackendError
-from ._guard import describe
 from ._logging import Log
 from ._redis import RedisTier
 from ._stats import Counters
@@ -48,6 +47,7 @@ class RedisListener:
         counters: Counters,
         health_interval: float,
         log: Log,
+        describe: Callable[[BaseException], str] = repr,
     ) -> None:
         self.client = client
         self._tier = tier
@@ -61,6 +61,7 @@ class RedisListener:
         self._counters = counters
         self._health_interval = health_interval
         self._log = log
+        self._describe = describe
         self._last_seq: int | None = None
         # Numbers in (floor, last] were applied by the last replay and may still
         # arrive over pub/sub; a number at or below the floor means the counter
@@ -80,7 +81,7 @@ class RedisListener:
             try:
                 await self._listen_once()
             except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
-                cause = describe(exc)
+                cause = self._describe(exc)
                 if self.connected.is_set() or cause != self.last_error:
                     self._log.warning("invalidation link lost or refused (%s)", cause)
                 self.last_error = cause

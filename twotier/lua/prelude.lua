@@ -141,6 +141,9 @@ local function read_one(entry_key, lease_key, token, lease_ms, wanted, min_ttl_m
   if token ~= '' then
     if redis.call('SET', lease_key, token, 'NX', 'PX', lease_ms) then
       lease = 1
+      -- A fill may come up to lease_ms after this snapshot: compaction must
+      -- not drop a version that recent, whatever other instances' leases are.
+      note_horizon(KEYS[1], tonumber(lease_ms))
     else
       -- Someone else is loading this key: mark the lease contended, so its end
       -- is announced and this caller can wait for it instead of loading too.
