@@ -214,3 +214,29 @@ async def test_a_20ms_round_trip_keeps_redis_in_use(server: RedisServer, proxy: 
     assert stats["breaker_state"] == "closed"
     assert stats["l2_errors"] == 0
     assert stats["l2_hits"] == 20
+
+
+async def test_a_saturated_pool_queues_callers_fairly(server: RedisServer) -> None:
+    """More callers than connections, for longer than the connect budget: each
+    waits its turn. redis-py's pool alone let a releasing task take its
+    connection straight back, starving others until the pool's timeout, which
+    then counted as Redis being unreachable."""
+    async with TwoTierCache(redis_url=server.url, namespace="sat") as writer:
+        for i in range(8):
+            await writer.set(f"k{i}", i)
+    options = {"max_connections": 2, "connect_timeout": 0.2}
+    async with TwoTierCache(redis_url=server.url, namespace="sat", l1_maxsize=1, **options) as c:
+        stop = asyncio.get_running_loop().time() + 1.5
+
+        async def reader(n: int) -> int:
+            reads = 0
+            while asyncio.get_running_loop().time() < stop:
+                assert await c.get(f"k{n % 8}") == n % 8
+                reads += 1
+            return reads
+
+        reads = await asyncio.gather(*(reader(n) for n in range(50)))
+        stats = c.get_stats()
+    assert min(reads) > 0  # nobody starved
+    assert stats["l2_errors"] == 0, stats["last_error"]
+    assert stats["breaker_state"] == "closed"
