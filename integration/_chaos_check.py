@@ -19,7 +19,10 @@ happen in here and after settling, since the data link lives), ``outage``
 (kill → restarted server answers), ``recovering`` (→ restart + max_stale +
 settle margin) and ``settled`` (after that). Stale reads are a failure in
 ``connected`` and ``settled``, and only reported in ``outage`` and
-``recovering``.
+``recovering``. A run whose trouble is not a kill (the latency spikes) names
+the four phases and the two events that start them its own way (`Timeline`).
+
+`latency` summarises every call's duration (the latency-spike phase's figures).
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ class Timeline:
     stop: float
     pubsub_cuts: tuple[float, ...] = ()
     resubscribed: float | None = None  # every instance listens again after the restart
+    # How the report names the four phases (in `PHASES` order) and the events
+    # that start the second and third; the checks are the same whatever the names.
+    phase_names: tuple[str, str, str, str] = PHASES
+    event_names: tuple[str, str] = ("kill", "restart")
+    events: tuple[tuple[str, float], ...] = ()  # more events to report: (name, time)
 
     def phase(self, t: float) -> str:
         if t < self.kill:
@@ -155,6 +163,7 @@ class Report:
             lines.append(
                 f"  {name}: resyncs {stats.get('resyncs')}, l1_clears {stats.get('l1_clears')}, "
                 f"l2_errors {stats.get('l2_errors')}, queued_ops {stats.get('queued_ops')}, "
+                f"loads {stats.get('loads')}, lease_waits {stats.get('lease_waits')}, "
                 f"invalidations_received {stats.get('invalidations_received')}, "
                 f"breaker {stats.get('breaker_state')}, "
                 f"redis_available {stats.get('redis_available')}"
@@ -214,10 +223,11 @@ def check(
         "settled": timeline.settle - timeline.start,
     }
     events = {
-        "kill": timeline.kill,
-        "restart": timeline.restart,
+        timeline.event_names[0]: timeline.kill,
+        timeline.event_names[1]: timeline.restart,
         "settled": timeline.settle,
         **{f"pubsub cut {n}": t for n, t in enumerate(timeline.pubsub_cuts, 1)},
+        **dict(timeline.events),
     }
     if timeline.resubscribed is not None:
         events["all resubscribed"] = timeline.resubscribed
@@ -232,6 +242,7 @@ def check(
         by_row[write.row].append(write)
     history = {row: _RowHistory(ws) for row, ws in by_row.items()}
     empty = _RowHistory([])
+    label = dict(zip(PHASES, timeline.phase_names, strict=True))
 
     for read in sorted(reads, key=lambda r: r.start):
         report.reads += 1
@@ -245,7 +256,7 @@ def check(
             _example(report, examples, f"hung {took:.2f} s: {read}")
         if read.error is not None or read.version is None:
             report.errors += 1
-            _example(report, examples, f"raised in {phase}: {read}")
+            _example(report, examples, f"raised in {label[phase]}: {read}")
             continue
         rows = history.get(read.row, empty)
         if read.version > rows.newest_begun(read.end):
@@ -264,14 +275,59 @@ def check(
             _example(
                 report,
                 examples,
-                f"stale in {phase} at +{read.start - timeline.start:.3f} s: {read.reader} "
+                f"stale in {label[phase]} at +{read.start - timeline.start:.3f} s: {read.reader} "
                 f"row {read.row} got v{read.version}, v{required} acknowledged "
                 f"{staleness_ms:.1f} ms before the read started",
             )
     report.stale_connected = report.phases["connected"].stale
     report.stale_outage = report.phases["outage"].stale + report.phases["recovering"].stale
     report.stale_settled = report.phases["settled"].stale
+    if timeline.phase_names != PHASES:
+        rename = dict(zip(PHASES, timeline.phase_names, strict=True))
+        report.phases = {rename[name]: figures for name, figures in report.phases.items()}
+        report.phase_bounds_s = {rename[n]: t for n, t in report.phase_bounds_s.items()}
     return report
+
+
+@dataclass
+class Latency:
+    """Every call's duration, in ms (a call: one read, from its start to its return)."""
+
+    calls: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    p999_ms: float = 0.0
+    max_ms: float = 0.0
+    over_100ms: int = 0
+    over_1s: int = 0
+    over_5s: int = 0
+
+    def format(self) -> str:
+        return (
+            f"calls {self.calls}: p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.1f} ms, "
+            f"p99.9 {self.p999_ms:.1f} ms, worst {self.max_ms:.1f} ms; "
+            f"over 100 ms {self.over_100ms}, over 1 s {self.over_1s}, over 5 s {self.over_5s}"
+        )
+
+
+def latency(reads: Iterable[Read]) -> Latency:
+    took = sorted((read.end - read.start) * 1000 for read in reads)
+    if not took:
+        return Latency()
+
+    def quantile(q: float) -> float:
+        return took[min(len(took) - 1, int(q * len(took)))]
+
+    return Latency(
+        calls=len(took),
+        p50_ms=quantile(0.5),
+        p99_ms=quantile(0.99),
+        p999_ms=quantile(0.999),
+        max_ms=took[-1],
+        over_100ms=sum(t > 100 for t in took),
+        over_1s=sum(t > 1000 for t in took),
+        over_5s=sum(t > 5000 for t in took),
+    )
 
 
 def _example(report: Report, limit: int, text: str) -> None:

@@ -17,6 +17,14 @@ its own `TwoTierCache` on the server given by ``--url``:
     logs every operation to its own JSONL file (see `_chaos_check.py` for the
     fields) and stops when the ``--stop`` file appears (or after
     ``--max-seconds``, so an orphan never outlives its test for long).
+    With ``--key-slot S --key-lag L`` a reader reads rolling keys instead:
+    ``row-<row>-<slot>``, the slot the current one of the shared clock, less
+    L seconds, cut in S-second slots. A reader without lag reads keys no tier
+    holds yet (its loaders run, its L2 reads take fill leases); readers with
+    lags read the same keys L seconds later, each key for the first time (L1
+    misses that L2 normally answers). While the ``--halt-file`` exists the
+    writer does not write (it still runs until ``--stop``). ``--lease-ttl``
+    overrides the chaos settings' fill lease lifetime.
 
 Times are `time.monotonic()`: CLOCK_MONOTONIC, one clock for every process of
 the machine (Linux, macOS), so the checker may compare them across processes.
@@ -231,12 +239,19 @@ async def serve_peer(args: argparse.Namespace) -> None:
 # -- the chaos load ---------------------------------------------------------------------
 
 
-def _chaos_cache(url: str, namespace: str) -> TwoTierCache:
-    return TwoTierCache(redis_url=url, namespace=namespace, **CHAOS_SETTINGS)
+def _chaos_cache(args: argparse.Namespace) -> TwoTierCache:
+    settings = dict(CHAOS_SETTINGS)
+    if args.lease_ttl is not None:
+        settings["lease_ttl"] = args.lease_ttl
+    return TwoTierCache(redis_url=args.url, namespace=args.namespace, **settings)
 
 
 def _should_stop(args: argparse.Namespace, deadline: float) -> bool:
     return Path(args.stop).exists() or time.monotonic() > deadline
+
+
+def _halted(args: argparse.Namespace) -> bool:
+    return bool(args.halt_file) and Path(args.halt_file).exists()
 
 
 def _log(out: TextIO, record: Json) -> None:
@@ -248,12 +263,27 @@ async def run_reader(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     # Autocommit: every SELECT is its own read transaction and sees the latest commit.
     db = sqlite3.connect(args.db, isolation_level=None)
-    cache = _chaos_cache(args.url, args.namespace)
+    cache = _chaos_cache(args)
+
+    def select(row_id: int) -> int:
+        (version,) = db.execute("SELECT version FROM rows WHERE id = ?", (row_id,)).fetchone()
+        return int(version)
 
     @cache.cached(ttl=CHAOS_SETTINGS["default_ttl"], key="row-{row_id}", tags=["row:{row_id}"])
     async def row_version(row_id: int) -> int:
-        (version,) = db.execute("SELECT version FROM rows WHERE id = ?", (row_id,)).fetchone()
-        return int(version)
+        return select(row_id)
+
+    @cache.cached(
+        ttl=CHAOS_SETTINGS["default_ttl"], key="row-{row_id}-{slot}", tags=["row:{row_id}"]
+    )
+    async def rolling_row_version(row_id: int, slot: int) -> int:
+        return select(row_id)
+
+    def read(row: int) -> Awaitable[int]:
+        if not args.key_slot:
+            return row_version(row)
+        slot = int((time.monotonic() - args.key_lag) / args.key_slot)
+        return rolling_row_version(row, slot)
 
     async with cache:
         _emit({"ready": args.name})
@@ -265,7 +295,7 @@ async def run_reader(args: argparse.Namespace) -> None:
                 error: str | None = None
                 try:
                     async with asyncio.timeout(READ_HANG_LIMIT):
-                        version = await row_version(row)
+                        version = await read(row)
                 except Exception as exc:  # the checker counts it; the chaos goes on
                     error = f"{type(exc).__name__}: {exc}"
                 _log(
@@ -289,10 +319,13 @@ async def run_writer(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.max_seconds
     rng = random.Random(args.seed)
     db = sqlite3.connect(args.db, isolation_level=None)
-    async with _chaos_cache(args.url, args.namespace) as cache:
+    async with _chaos_cache(args) as cache:
         _emit({"ready": args.name})
         with open(args.log, "w") as out:
             while not _should_stop(args, deadline):
+                if _halted(args):
+                    await asyncio.sleep(0.005)
+                    continue
                 row = rng.randint(1, args.rows)
                 begin = time.monotonic()
                 db.execute("BEGIN IMMEDIATE")
@@ -336,6 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pause", type=float, default=0.001)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--key-slot", type=float, default=0.0, help="reader: rolling keys")
+    parser.add_argument("--key-lag", type=float, default=0.0, help="reader: rolling keys' lag")
+    parser.add_argument("--halt-file", help="writer: no writes while this file exists")
+    parser.add_argument("--lease-ttl", type=float, help="the caches' lease_ttl")
     args = parser.parse_args(argv)
     run = {"peer": serve_peer, "reader": run_reader, "writer": run_writer}[args.mode]
     with contextlib.suppress(KeyboardInterrupt):
