@@ -62,7 +62,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pytest
 import redis.asyncio as aioredis
 
 from twotier import TwoTierCache
@@ -595,7 +594,6 @@ async def test_chaos_restart_from_older_snapshot_serves_nothing_stale(
     assert report.phases["settled"].reads > 100, report.phases
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7 items 1/4: fix in progress")
 async def test_chaos_restart_from_snapshot_taken_during_a_load_no_call_over_1s(
     server: RedisServer, tmp_path: Path
 ) -> None:

@@ -171,8 +171,10 @@ async def test_hard_timeout_bounds_a_wait_on_another_instances_lease(
             return "fresh"
 
         raw = aioredis.Redis.from_url(server.url)
-        try:  # a lease whose holder died, contended (as a waiter would mark it)
-            await raw.set(f"h:v1:l:{report.key(4)}", "deadbeef+", px=int(LEASE_TTL * 1000))
+        try:  # a lease of this generation whose holder died, contended (a waiter marked it)
+            generation = (await raw.hget("h:v1:{ctl}:tags", "")).decode()
+            lease = f"deadbeef@{generation}+"
+            await raw.set(f"h:v1:l:{report.key(4)}", lease, px=int(LEASE_TTL * 1000))
         finally:
             await raw.aclose()
         start = time.perf_counter()
@@ -240,3 +242,25 @@ async def test_a_saturated_pool_queues_callers_fairly(server: RedisServer) -> No
     assert min(reads) > 0  # nobody starved
     assert stats["l2_errors"] == 0, stats["last_error"]
     assert stats["breaker_state"] == "closed"
+
+
+async def test_a_lease_from_before_a_clear_is_taken_over(server: RedisServer) -> None:
+    """A load that began before `clear()` can no longer store its result (its
+    snapshot has the old generation): nobody waits for it. The same holds for a
+    lease that a snapshot restore brings back with no holder at all
+    (test_chaos.py::test_chaos_restart_from_snapshot_taken_during_a_load_no_call_over_1s)."""
+    loads: list[str] = []
+    started = asyncio.Event()
+    async with (
+        TwoTierCache(redis_url=server.url, namespace="h") as a,
+        TwoTierCache(redis_url=server.url, namespace="h") as b,
+    ):
+        slow, row_b = _cached(a, loads, started), _cached(b, loads)
+        task = asyncio.create_task(slow(5))
+        await started.wait()  # a holds the lease of row 5
+        await b.clear()
+        took = await _took(row_b(5))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert took < BOUND, f"b waited {took:.1f} s for a load the clear had outdated"
+    assert loads == [a.instance_id, b.instance_id]

@@ -108,7 +108,7 @@ local function end_lease(lease_key, token, channel, origin, key)
   local value = redis.call('GET', lease_key)
   if not value or string.sub(value, 1, #token) ~= token then return nil end
   redis.call('DEL', lease_key)
-  if #value > #token then
+  if string.sub(value, -1) == '+' then
     redis.call('PUBLISH', channel, table.concat({'1', 'f', '0', origin, key}, SEP))
     return true
   end
@@ -139,15 +139,28 @@ local function read_one(entry_key, lease_key, token, lease_ms, wanted, min_ttl_m
   end
   local lease = 0
   if token ~= '' then
-    if redis.call('SET', lease_key, token, 'NX', 'PX', lease_ms) then
+    -- A lease is `token@generation` ('+' appended once contended). A lease of
+    -- an older generation was taken before a clear() or on an earlier server
+    -- run: its fill will be refused, and one that a snapshot restore brought
+    -- back has no holder at all. It is taken over, not waited on.
+    local generation = versions_of({})
+    local mine = token .. '@' .. generation
+    local held = redis.pcall('GET', lease_key)
+    if type(held) == 'table' and held['err'] then
+      redis.call('DEL', lease_key)   -- foreign data under our lease's name
+      held = false
+    end
+    if held and string.find(held, '@' .. generation, 1, true) then
+      -- Someone else is loading this key: mark the lease contended, so its end
+      -- is announced and this caller can wait for it instead of loading too.
+      redis.call('APPEND', lease_key, '+')
+    else
+      local waiters = (held and string.sub(held, -1) == '+') and '+' or ''
+      redis.call('SET', lease_key, mine .. waiters, 'PX', lease_ms)
       lease = 1
       -- A fill may come up to lease_ms after this snapshot: compaction must
       -- not drop a version that recent, whatever other instances' leases are.
       note_horizon(KEYS[1], tonumber(lease_ms))
-    else
-      -- Someone else is loading this key: mark the lease contended, so its end
-      -- is announced and this caller can wait for it instead of loading too.
-      redis.call('APPEND', lease_key, '+')
     end
   end
   if no_snapshot then return {0, lease} end  -- a batch takes one snapshot for all
