@@ -11,8 +11,11 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
+import os
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
@@ -168,6 +171,9 @@ class TwoTierCache:
         # The event loop the cache lives on (see `_own_loop`).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: LoopThread | None = None  # for sync callers when no loop runs
+        # A forked child (Celery's prefork pool, gunicorn --preload) inherits the
+        # loop's state but not its thread, and shares the parent's sockets.
+        os.register_at_fork(after_in_child=functools.partial(_forget_loop, weakref.ref(self)))
         self.sync = SyncCache(self)
         """The blocking view of this cache, for code without an event loop (`docs/sync.md`)."""
 
@@ -220,11 +226,11 @@ class TwoTierCache:
         """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
         if self._closed:
             return
+        self._own_loop()  # a closed loop's connections and tasks died with it
         self._closed = True
         # No more invalidations will arrive: nothing may be served from L1 now.
         self.local.clear()
         self.local.suspended = True
-        self._own_loop()  # a closed loop's connections and tasks died with it
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
             for task in self._deliveries:
@@ -279,6 +285,7 @@ class TwoTierCache:
     def _abandon_closed_loop(self) -> None:
         self._log.info("the cache's event loop closed; restarting on the new one")
         self._clear_local()
+        self.local.suspended = False  # suspended when the old loop cancelled the listener
         self._started = False
         self._start_lock = None
         self._link = None
@@ -299,17 +306,16 @@ class TwoTierCache:
 
     # -- sync callers ------------------------------------------------------------
 
-    def run_blocking(
-        self,
-        make: Callable[[], Coroutine[Any, Any, T]],
-        on_request: tuple[Any, Callable[[], Any]] | None = None,
-    ) -> T:
-        """Run a coroutine of this cache from synchronous code and wait for it.
+    def submit(
+        self, make: Callable[[], Coroutine[Any, Any, T]]
+    ) -> tuple[concurrent.futures.Future[T], asyncio.AbstractEventLoop]:
+        """Hand a coroutine of this cache to its loop from synchronous code.
 
         On the cache's loop if it runs (in another thread); else on a loop
-        thread of the cache's own. *on_request* is a `_sync` handoff: the load
-        path may ask this thread to run the function and hand back its value.
+        thread of the cache's own. Returns the future and the loop.
         """
+        if self._closed:
+            raise CacheClosedError("this TwoTierCache was closed")
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -327,19 +333,11 @@ class TwoTierCache:
                 self._loop_thread = LoopThread(f"twotier-{self.instance_id}")
                 atexit.register(self._close_at_exit)
             loop = self._loop_thread.started()
-        done = asyncio.run_coroutine_threadsafe(make(), loop)
-        if on_request is not None:
-            handoff, serve = on_request
-            concurrent.futures.wait([done, handoff.request], return_when="FIRST_COMPLETED")
-            if not done.done():  # the load path asks for the value: compute it here
-                reply: asyncio.Future[Any] = handoff.request.result()
-                try:
-                    value = serve()
-                except BaseException as exc:
-                    loop.call_soon_threadsafe(_settle, reply, None, exc)
-                else:
-                    loop.call_soon_threadsafe(_settle, reply, value, None)
-        return done.result()
+        return asyncio.run_coroutine_threadsafe(make(), loop), loop
+
+    def run_blocking(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a coroutine of this cache from synchronous code and wait for it."""
+        return self.submit(make)[0].result()
 
     def close_blocking(self) -> None:
         """`close()` from synchronous code; ends the cache's own loop thread if it has one."""
@@ -891,12 +889,13 @@ class TwoTierCache:
         )
 
 
-def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if not future.done():  # a hard timeout may have given up on it already
-        if exc is None:
-            future.set_result(value)
-        else:
-            future.set_exception(exc)
+def _forget_loop(ref: weakref.ReferenceType[TwoTierCache]) -> None:
+    """In a forked child: the parent's loop, thread and connections are not ours."""
+    cache = ref()
+    if cache is not None and cache._loop is not None:
+        cache._loop = None
+        cache._loop_thread = None
+        cache._abandon_closed_loop()
 
 
 def _loading_elsewhere(read: ReadResult) -> bool:

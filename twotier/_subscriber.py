@@ -77,6 +77,18 @@ class RedisListener:
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect with a short backoff after any failure."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # Cancelled by its event loop's shutdown (the end of an
+                # asyncio.run), not by close(): from now on nobody tells L1
+                # about changes, so it must not serve, even to the next loop.
+                self.connected.clear()
+                self._suspend_local(True)
+            raise
+
+    async def _run(self) -> None:
         while not self._stopping:
             try:
                 await self._listen_once()

@@ -33,13 +33,13 @@ T = TypeVar("T")
 
 
 class _Handoff:
-    """A blocked caller's offer to run its function when the load path asks."""
+    """A blocked caller's offer to run its function when its own load asks."""
 
-    __slots__ = ("active", "request")
+    __slots__ = ("request", "task")
 
     def __init__(self) -> None:
         self.request: concurrent.futures.Future[asyncio.Future[Any]] = concurrent.futures.Future()
-        self.active = True
+        self.task: asyncio.Task[Any] | None = None  # the caller's task on the loop
 
 
 #: The handoff of the sync call a load runs for (absent for background refreshes).
@@ -111,8 +111,9 @@ class SyncCache:
             @functools.wraps(func)
             async def on_loop(*args: Any, **kwargs: Any) -> Any:
                 handoff = _HANDOFF.get()
-                if handoff is None or not handoff.active or handoff.request.done():
-                    # A background refresh: nobody waits, so a worker thread runs it.
+                if handoff is None or handoff.task is not asyncio.current_task():
+                    # Not the caller's own load (an early refresh, a soft timeout's
+                    # background load): nobody waits to run it, a worker thread does.
                     return await asyncio.to_thread(func, *args, **kwargs)
                 reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 handoff.request.set_result(reply)
@@ -140,14 +141,26 @@ class SyncCachedFunction(Generic[P, R]):
         handoff = _Handoff()
 
         async def call() -> Any:
+            handoff.task = asyncio.current_task()
             _HANDOFF.set(handoff)  # this task's context only
             return await self._async(*args, **kwargs)
 
-        try:
-            serve = functools.partial(self._func, *args, **kwargs)
-            return self._cache.run_blocking(call, on_request=(handoff, serve))  # type: ignore[no-any-return]
-        finally:
-            handoff.active = False
+        done, loop = self._cache.submit(call)
+        concurrent.futures.wait([done, handoff.request], return_when="FIRST_COMPLETED")
+        if not done.done():  # the load path asks for the value: compute it here
+            reply = handoff.request.result()
+            try:
+                value = self._func(*args, **kwargs)
+            except Exception as exc:
+                loop.call_soon_threadsafe(_settle, reply, None, exc)
+            except BaseException:
+                # SystemExit, KeyboardInterrupt: this thread's business. Handed
+                # to the loop they would end its thread; the load is cancelled.
+                loop.call_soon_threadsafe(reply.cancel)
+                raise
+            else:
+                loop.call_soon_threadsafe(_settle, reply, value, None)
+        return done.result()  # type: ignore[no-any-return]
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self._async.key(*args, **kwargs)
@@ -158,3 +171,11 @@ class SyncCachedFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<sync {self._async!r}>"
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: Exception | None) -> None:
+    if not future.done():  # a hard timeout may have given up on it already
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
