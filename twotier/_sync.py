@@ -23,6 +23,8 @@ import functools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from ._exceptions import ConfigurationError
+
 if TYPE_CHECKING:
     from ._cache import TwoTierCache
     from ._decorator import CachedFunction
@@ -105,7 +107,15 @@ class SyncCache:
         key: str | Callable[..., str] | None = None,
         **options: Any,
     ) -> Callable[[Callable[P, R]], SyncCachedFunction[P, R]]:
-        """`@cached` for plain `def` functions; the same options as the async one."""
+        """`@cached` for plain `def` functions; the options of the async one but
+        `soft_timeout`, which would answer the caller before its function ends,
+        and so run the function in another thread (docs/sync.md)."""
+        if options.get("soft_timeout") is not None:
+            raise ConfigurationError(
+                "soft_timeout is not available on cache.sync.cached: the function runs in "
+                "the caller's thread, which cannot be answered early; use hard_timeout "
+                "and stale_if_error"
+            )
 
         def decorate(func: Callable[P, R]) -> SyncCachedFunction[P, R]:
             @functools.wraps(func)
