@@ -61,6 +61,16 @@ async def _wait_for_leases(server: RedisServer) -> list[bytes]:
 
 
 @pytest.fixture
+async def pair(server: RedisServer) -> AsyncIterator[tuple[TwoTierCache, TwoTierCache]]:
+    """Two instances of one namespace on the server, with the default settings."""
+    async with (
+        TwoTierCache(redis_url=server.url, namespace="h") as a,
+        TwoTierCache(redis_url=server.url, namespace="h") as b,
+    ):
+        yield a, b
+
+
+@pytest.fixture
 async def proxy(server: RedisServer) -> AsyncIterator[ChaosProxy]:
     chaos = ChaosProxy(server.port)
     await chaos.start()
@@ -111,24 +121,25 @@ async def test_a_cancelled_read_leaves_no_lease(server: RedisServer, proxy: Chao
         assert await _wait_for_leases(server) == []
 
 
-async def test_a_cancelled_loader_leaves_no_lease(server: RedisServer) -> None:
+async def test_a_cancelled_loader_leaves_no_lease(
+    pair: tuple[TwoTierCache, TwoTierCache],
+) -> None:
     loads: list[str] = []
     started = asyncio.Event()
-    async with (
-        TwoTierCache(redis_url=server.url, namespace="h") as a,
-        TwoTierCache(redis_url=server.url, namespace="h") as b,
-    ):
-        slow, row_b = _cached(a, loads, started), _cached(b, loads)
-        task = asyncio.create_task(slow(3))
-        await started.wait()  # the lease is taken, the loader runs
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        took = await _took(row_b(3))
-        assert took < BOUND
+    a, b = pair
+    slow, row_b = _cached(a, loads, started), _cached(b, loads)
+    task = asyncio.create_task(slow(3))
+    await started.wait()  # the lease is taken, the loader runs
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    took = await _took(row_b(3))
+    assert took < BOUND
 
 
-async def test_cancelled_warmup_leaves_no_lease(server: RedisServer) -> None:
+async def test_cancelled_warmup_leaves_no_lease(
+    server: RedisServer, pair: tuple[TwoTierCache, TwoTierCache]
+) -> None:
     started = asyncio.Event()
 
     async def slow_loader(key: str) -> str:
@@ -136,27 +147,24 @@ async def test_cancelled_warmup_leaves_no_lease(server: RedisServer) -> None:
         await asyncio.sleep(30)
         return key
 
-    async with (
-        TwoTierCache(redis_url=server.url, namespace="h") as a,
-        TwoTierCache(redis_url=server.url, namespace="h") as b,
-    ):
-        keys = [f"w:{i}" for i in range(50)]
-        task = asyncio.create_task(a.warmup(keys, slow_loader))
-        await started.wait()  # the batch holds a lease on every key
-        assert len(await _leases(server)) == 50
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await _wait_for_leases(server) == []
-        loads: list[str] = []
+    a, b = pair
+    keys = [f"w:{i}" for i in range(50)]
+    task = asyncio.create_task(a.warmup(keys, slow_loader))
+    await started.wait()  # the batch holds a lease on every key
+    assert len(await _leases(server)) == 50
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_for_leases(server) == []
+    loads: list[str] = []
 
-        async def load_w7() -> str:
-            loads.append("b")
-            return "w:7"
+    async def load_w7() -> str:
+        loads.append("b")
+        return "w:7"
 
-        took = await _took(b.load("w:7", (), 60, load_w7, True))
-        assert took < BOUND
-        assert loads == ["b"]
+    took = await _took(b.load("w:7", (), 60, load_w7, True))
+    assert took < BOUND
+    assert loads == ["b"]
 
 
 async def test_hard_timeout_bounds_a_wait_on_another_instances_lease(
@@ -226,7 +234,8 @@ async def test_a_saturated_pool_queues_callers_fairly(server: RedisServer) -> No
     async with TwoTierCache(redis_url=server.url, namespace="sat") as writer:
         for i in range(8):
             await writer.set(f"k{i}", i)
-    options = {"max_connections": 2, "connect_timeout": 0.2}
+    # a generous reply budget: this is about waiting for a connection, not for Redis
+    options = {"max_connections": 2, "connect_timeout": 0.2, "redis_timeout": 1.0}
     async with TwoTierCache(redis_url=server.url, namespace="sat", l1_maxsize=1, **options) as c:
         stop = asyncio.get_running_loop().time() + 1.5
 
@@ -244,23 +253,22 @@ async def test_a_saturated_pool_queues_callers_fairly(server: RedisServer) -> No
     assert stats["breaker_state"] == "closed"
 
 
-async def test_a_lease_from_before_a_clear_is_taken_over(server: RedisServer) -> None:
+async def test_a_lease_from_before_a_clear_is_taken_over(
+    pair: tuple[TwoTierCache, TwoTierCache],
+) -> None:
     """A load that began before `clear()` can no longer store its result (its
     snapshot has the old generation): nobody waits for it. The same holds for a
     lease that a snapshot restore brings back with no holder at all
     (test_chaos.py::test_chaos_restart_from_snapshot_taken_during_a_load_no_call_over_1s)."""
     loads: list[str] = []
     started = asyncio.Event()
-    async with (
-        TwoTierCache(redis_url=server.url, namespace="h") as a,
-        TwoTierCache(redis_url=server.url, namespace="h") as b,
-    ):
-        slow, row_b = _cached(a, loads, started), _cached(b, loads)
-        task = asyncio.create_task(slow(5))
-        await started.wait()  # a holds the lease of row 5
-        await b.clear()
-        took = await _took(row_b(5))
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    a, b = pair
+    slow, row_b = _cached(a, loads, started), _cached(b, loads)
+    task = asyncio.create_task(slow(5))
+    await started.wait()  # a holds the lease of row 5
+    await b.clear()
+    took = await _took(row_b(5))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     assert took < BOUND, f"b waited {took:.1f} s for a load the clear had outdated"
     assert loads == [a.instance_id, b.instance_id]
