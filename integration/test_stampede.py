@@ -7,24 +7,41 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from tests.contract import eventually
 from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
 from .conftest import CacheFactory
 
 
+async def _contenders(raw: aioredis.Redis, cache: TwoTierCache, key: str) -> int:
+    """How many reads found *key*'s fill lease taken: each marks it with a '+'.
+
+    A waiting instance reads twice before it parks (once on its miss, once
+    after registering to be woken), so n parked instances leave 2n marks.
+    """
+    lease = await raw.get(cache._remote.layout.lease(key))  # type: ignore[attr-defined]
+    return (lease or b"").count(b"+")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_hundred_misses_on_four_instances_run_the_loader_once(
     server: RedisServer, make_cache: CacheFactory
 ) -> None:
-    caches = [await make_cache(lease_ttl=5) for _ in range(4)]
+    caches = [await make_cache(lease_ttl=30) for _ in range(4)]
     runs = 0
+    done = asyncio.Event()  # the slow report query finishes when the test says so
+    done.set()
 
     def define(cache: TwoTierCache):
         @cache.cached(ttl=60, tags=["report"])
         async def report(year: int) -> dict[str, int]:
             nonlocal runs
             runs += 1
-            await asyncio.sleep(0.2)  # a slow report query
+            await done.wait()
             return {"year": year, "total": 42}
 
         return report
@@ -33,10 +50,18 @@ async def test_hundred_misses_on_four_instances_run_the_loader_once(
     for cache in caches:  # load the scripts (SCRIPT LOAD after NOSCRIPT) before counting
         await define(cache)(1999)
     runs = 0
+    done.clear()
     raw = aioredis.Redis.from_url(server.url)
     try:
         await raw.config_resetstat()
-        results = await asyncio.gather(*(reports[i % 4](2026) for i in range(100)))
+        stampede = asyncio.gather(*(reports[i % 4](2026) for i in range(100)))
+        # The query runs until every other instance is parked on its lease.
+        key = reports[0].key(2026)
+        await eventually(lambda: _true(runs == 1), timeout=5)
+        await eventually(lambda: _is_contended(raw, caches[0], key, 3 * 2), timeout=5)
+        done.set()
+        # Woken by the fill's message, long before the 30 s lease would expire.
+        results = await asyncio.wait_for(stampede, timeout=5)
         stats = await raw.info("commandstats")
     finally:
         await raw.aclose()
@@ -50,35 +75,46 @@ async def test_hundred_misses_on_four_instances_run_the_loader_once(
     print(f"\nstampede: 1 loader run, {scripts} scripts in all, {stats['cmdstat_evalsha']}")
 
 
-async def test_crashed_loader_frees_the_lease_for_the_others(make_cache: CacheFactory) -> None:
+async def test_crashed_loader_frees_the_lease_for_the_others(
+    server: RedisServer, make_cache: CacheFactory
+) -> None:
     a, b = await make_cache(lease_ttl=30), await make_cache(lease_ttl=30)
-    started = asyncio.Event()
+    started, fail = asyncio.Event(), asyncio.Event()
 
     @a.cached(ttl=60, key="k")
     async def failing() -> str:
         started.set()
-        await asyncio.sleep(0.2)
+        await fail.wait()
         raise RuntimeError("database gone")
 
     @b.cached(ttl=60, key="k")
     async def working() -> str:
         return "from b"
 
-    first = asyncio.create_task(failing())
-    await started.wait()
-    waiter = asyncio.create_task(working())  # waits on a's lease...
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        first = asyncio.create_task(failing())
+        await started.wait()  # a holds the lease
+        waiter = asyncio.create_task(working())  # waits on a's lease...
+        await eventually(lambda: _is_contended(raw, a, "k", 2), timeout=5)  # ...parked
+    finally:
+        await raw.aclose()
+    fail.set()
     assert isinstance((await asyncio.gather(first, return_exceptions=True))[0], RuntimeError)
     # ...and is woken when a's loader fails, long before the 30 s lease would expire
     assert await asyncio.wait_for(waiter, timeout=5) == "from b"
     assert b.get_stats()["lease_waits"] == 1
 
 
-async def test_waiter_is_woken_by_a_delete_of_the_key(make_cache: CacheFactory) -> None:
+async def test_waiter_is_woken_by_a_delete_of_the_key(
+    server: RedisServer, make_cache: CacheFactory
+) -> None:
     a, b = await make_cache(lease_ttl=30), await make_cache(lease_ttl=30)
-    gate = asyncio.Event()
+    started, gate = asyncio.Event(), asyncio.Event()
 
     @a.cached(ttl=60, key="k")
     async def stuck() -> str:
+        started.set()
         await gate.wait()
         return "old"
 
@@ -86,10 +122,14 @@ async def test_waiter_is_woken_by_a_delete_of_the_key(make_cache: CacheFactory) 
     async def fresh() -> str:
         return "new"
 
-    holder = asyncio.create_task(stuck())
-    await asyncio.sleep(0.05)
-    waiter = asyncio.create_task(fresh())
-    await asyncio.sleep(0.05)
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        holder = asyncio.create_task(stuck())
+        await started.wait()  # a holds the lease
+        waiter = asyncio.create_task(fresh())
+        await eventually(lambda: _is_contended(raw, a, "k", 2), timeout=5)  # b is parked on it
+    finally:
+        await raw.aclose()
     await a.delete("k")  # revokes a's lease; b stops waiting and loads
     assert await asyncio.wait_for(waiter, timeout=5) == "new"
     gate.set()
@@ -125,9 +165,21 @@ async def test_early_refresh_renews_l2_for_every_instance(
     assert await value_a() == 1
     await asyncio.sleep(0.5)  # ...about 0.3 s left: the hit refreshes in the background
     assert await value_a() == 1
-    await asyncio.sleep(0.6)
+    # The background refresh has landed once a's L1 holds the new value.
+    await eventually(lambda: _true(a.local.get(value_a.key()) == 2), timeout=3)
     assert source["loads"] == 2
-    assert await value_a() == 2  # renewed before it expired: still an L1 hit
-    assert await value_b() == 2  # b's copy expired; L2 already holds the refreshed value
+    misses = a.get_stats()["misses"]
+    assert await value_a() == 2  # the refreshed entry: an L1 hit
+    assert a.get_stats()["misses"] == misses
+    # b serves its own copy until it expires, then L2's, already refreshed: no load
+    await eventually(lambda: _equals(value_b(), 2), timeout=3)
     assert source["loads"] == 2
     assert a.get_stats()["early_refreshes"] == 1
+
+
+async def _is_contended(raw: aioredis.Redis, cache: TwoTierCache, key: str, marks: int) -> bool:
+    return await _contenders(raw, cache, key) >= marks
+
+
+async def _equals(awaitable: object, expected: object) -> bool:
+    return await awaitable == expected  # type: ignore[misc]

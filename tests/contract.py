@@ -130,6 +130,69 @@ class CacheContract:
         assert await doc(7) == "new"
         assert await b.get("doc:7") in (None, "new")  # None in memory mode: no shared tier
 
+    async def test_slow_loader_racing_a_set_of_its_key_is_not_cached(
+        self, trio: list[TwoTierCache]
+    ) -> None:
+        """A set revokes the fill lease of a load already running: the loader's
+        (older) result lands neither in the shared tier nor in the loader's L1."""
+        a, b, c = trio
+        source = {"v": "old"}
+        started, release = asyncio.Event(), asyncio.Event()
+
+        @a.cached(ttl=60, key="doc:{id}")
+        async def doc(id: int) -> str:
+            value = source["v"]
+            started.set()
+            await release.wait()
+            return value
+
+        slow = asyncio.create_task(doc(7))
+        await started.wait()
+        source["v"] = "new"
+        await b.set("doc:7", "new")
+        release.set()
+        assert await slow == "old"  # its caller asked before the set
+        shared = None if c.redis_url is None else "new"  # memory mode has no shared tier
+        assert await c.get("doc:7") == shared  # L2 holds the set's value, not the load's
+        assert await doc(7) == "new"  # a's L1 did not keep the load's result either
+        assert a.get_stats()["stale_sets_refused"] == 1
+
+    async def test_every_clear_clears(self, trio: list[TwoTierCache]) -> None:
+        """Entries written after a clear are gone after the next one, on every instance."""
+        a, b, c = trio
+        version = {"n": 0}
+
+        def define(cache: TwoTierCache):
+            @cache.cached(ttl=60, tags=["t"])
+            async def value() -> int:
+                return version["n"]
+
+            return value
+
+        loaders = [define(x) for x in trio]
+
+        async def everyone_sees(n: int) -> None:
+            async def check() -> bool:
+                return [await f() for f in loaders] == [n] * 3
+
+            await eventually(check)
+
+        async def nobody_has(key: str) -> None:
+            async def check() -> bool:
+                return [await x.get(key, "gone") for x in trio] == ["gone"] * 3
+
+            await eventually(check)
+
+        await everyone_sees(0)
+        for n, clearer in enumerate((b, b, c, a), start=1):  # twice in a row from b
+            await clearer.set(f"k{n}", n)
+            # now in a's L1 too, unless there is no shared tier to read it from
+            assert await a.get(f"k{n}") == (n if a.redis_url or clearer is a else None)
+            version["n"] = n
+            await clearer.clear()
+            await everyone_sees(n)
+            await nobody_has(f"k{n}")
+
     async def test_caller_after_invalidation_does_not_join_the_old_load(
         self, trio: list[TwoTierCache]
     ) -> None:
@@ -146,61 +209,77 @@ class CacheContract:
 
         first = asyncio.create_task(value())
         await started.wait()  # the first load has read the old source
+        started.clear()
         source["v"] = 2
         await a.invalidate_tag("t")
         second = asyncio.create_task(value())
-        await asyncio.sleep(0)
+        # Hold the first load until the second caller has either joined it or
+        # begun a load of its own (with Redis, it first waits for the fill
+        # lease the first load still holds): only then can the outcome tell.
+        await eventually(lambda: _is(started.is_set() or _joined_or_waiting(a)))
         gate.set()
         assert (await first, await second) == (1, 2)
+        assert a.get_stats()["joined_loads"] == 0
 
     async def test_concurrent_misses_run_the_loader_once(self, trio: list[TwoTierCache]) -> None:
         a = trio[0]
         calls = itertools.count()
+        gate = asyncio.Event()
 
         @a.cached(ttl=60)
         async def slow(x: int) -> int:
             next(calls)
-            await asyncio.sleep(0.01)
+            await gate.wait()
             return x * 2
 
-        assert await asyncio.gather(*(slow(21) for _ in range(50))) == [42] * 50
+        misses = asyncio.gather(*(slow(21) for _ in range(50)))
+        # The load is held until every other caller has joined it.
+        await eventually(lambda: _is(a.get_stats()["joined_loads"] == 49))
+        gate.set()
+        assert await misses == [42] * 50
         assert next(calls) == 1
-        assert a.get_stats()["joined_loads"] == 49
 
     async def test_loader_error_is_shared_and_not_cached(self, trio: list[TwoTierCache]) -> None:
         a = trio[0]
         attempts = itertools.count()
+        fail = asyncio.Event()
 
         @a.cached(ttl=60)
         async def flaky() -> str:
             if next(attempts) == 0:
-                await asyncio.sleep(0.01)
+                await fail.wait()
                 raise RuntimeError("db down")
             return "ok"
 
-        results = await asyncio.gather(flaky(), flaky(), return_exceptions=True)
+        both = asyncio.gather(flaky(), flaky(), return_exceptions=True)
+        await eventually(lambda: _is(a.get_stats()["joined_loads"] == 1))  # the second joined
+        fail.set()
+        results = await both
         assert [type(r) for r in results] == [RuntimeError, RuntimeError]
         assert await flaky() == "ok"
+        assert next(attempts) == 2  # one failed run, shared; one good run after it
 
     async def test_cancelled_leader_does_not_fail_its_waiters(
         self, trio: list[TwoTierCache]
     ) -> None:
         a = trio[0]
-        gate = asyncio.Event()
+        started, gate = asyncio.Event(), asyncio.Event()
 
         @a.cached(ttl=60)
         async def value() -> str:
+            started.set()
             await gate.wait()
             return "v"
 
         leader = asyncio.create_task(value())
-        await asyncio.sleep(0)
+        await started.wait()  # the leader is inside its loader
         waiter = asyncio.create_task(value())
-        await asyncio.sleep(0)
+        await eventually(lambda: _is(a.get_stats()["joined_loads"] == 1))  # and joined by one
         leader.cancel()
-        await asyncio.sleep(0)
-        gate.set()
-        assert await waiter == "v"
+        await asyncio.wait([leader])
+        assert leader.cancelled()
+        gate.set()  # from here on, a load the waiter starts itself completes
+        assert await asyncio.wait_for(waiter, timeout=5) == "v"
 
     async def test_values_from_l1_are_copies_unless_immutable(
         self, trio: list[TwoTierCache]
@@ -283,3 +362,12 @@ class CacheContract:
         assert await a.get("article:9") is None
         assert await a.warmup(["x", "y"], async_loader) == 2
         assert await a.get("y") == "Y"
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+def _joined_or_waiting(cache: TwoTierCache) -> bool:
+    stats = cache.get_stats()
+    return stats["joined_loads"] > 0 or stats["lease_waits"] > 0

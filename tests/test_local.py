@@ -1,7 +1,11 @@
 """The local tier, including the direct views into cachetools it relies on."""
 
-from twotier import MISS
-from twotier._local import LocalTier
+import uuid
+
+import pytest
+
+from twotier import MISS, MsgpackSerializer, TwoTierCache
+from twotier._local import LocalTier, is_immutable
 from twotier.testing import FakeClock
 
 
@@ -61,3 +65,59 @@ def test_tag_index_frees_evicted_and_invalidated_entries() -> None:
     assert tier.tags == 2
     assert tier.evict_tags(["y", "z"]) == 2
     assert (tier.entries, tier.tags) == (0, 0)
+
+
+def _msgpack_tier() -> LocalTier:
+    serializer = MsgpackSerializer()
+    return LocalTier(3, FakeClock(), serializer.loads)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, [2, 3]),  # a tuple is immutable, the list inside it is not
+        ("x", {"n": 1}),
+        ((1, (2, [3])),),  # nested deeper
+    ],
+)
+def test_a_tuple_holding_a_mutable_value_is_never_shared(value: object) -> None:
+    tier = _msgpack_tier()
+    tier.store("k", value, MsgpackSerializer().dumps(value), 60, ())
+    first = tier.get("k")
+    assert first == value
+    assert first is not value  # the caller's own object is not kept either
+    _mutate_innermost(first)
+    assert tier.get("k") == value  # the next reader is not affected
+    assert tier.get("k") is not tier.get("k")
+
+
+def _mutate_innermost(value: object) -> None:
+    if isinstance(value, list):
+        value.append("mutated")
+    elif isinstance(value, dict):
+        value["n"] = "mutated"
+    else:
+        assert isinstance(value, tuple)
+        _mutate_innermost(value[-1])
+
+
+def test_only_values_immutable_all_the_way_down_count_as_immutable() -> None:
+    assert is_immutable((1, ("a", b"b", None), frozenset({(1, 2)})))
+    for mutable in ((1, [2]), ((1, {}),), ("a", ("b", {3})), [1], {"a": 1}):
+        assert not is_immutable(mutable), mutable
+
+
+async def test_copy_on_read_covers_lists_inside_tuples_in_a_cache() -> None:
+    async with TwoTierCache(namespace=f"tl{uuid.uuid4().hex[:8]}") as cache:
+
+        @cache.cached(ttl=60)
+        async def pair() -> tuple[int, list[int]]:
+            return (1, [2])
+
+        first = await pair()
+        first[1].append(99)  # a caller mutating the list inside its result...
+        assert await pair() == (1, [2])  # ...does not change what the next caller gets
+        await cache.set("k", ("a", ["b"]))
+        got = await cache.get("k")
+        got[1].append("c")
+        assert await cache.get("k") == ("a", ["b"])
