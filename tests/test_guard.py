@@ -148,17 +148,6 @@ async def _is(value: bool) -> bool:
     return value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: Guard.close() cancels the probe task once and then awaits it "
-        "without bound; when that cancellation lands inside the ping and redis-py turns "
-        "it into a ConnectionError (seen through a refusing proxy at fcd2763), tenacity "
-        "retries and the probe never ends, so TwoTierCache.close() hangs while Redis is "
-        "unreachable. RedisListener.stop guards against exactly this (a _stopping flag "
-        "plus repeated cancels); the probe has neither."
-    ),
-)
 async def test_close_ends_the_probe_even_if_its_cancellation_is_swallowed() -> None:
     in_ping = asyncio.Event()
     swallowed = 0

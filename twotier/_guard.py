@@ -107,6 +107,7 @@ class Guard:
         self._log = log
         self.errors = 0
         self.last_error: str | None = None
+        self._closing = False
 
     @property
     def available(self) -> bool:
@@ -176,6 +177,8 @@ class Guard:
             await self._on_recover()
 
     async def _probe_once(self) -> None:
+        if self._closing:
+            raise asyncio.CancelledError  # not retried: tenacity retries Exceptions only
         try:
             async with asyncio.timeout(self._probe_timeout):
                 await self._ping()
@@ -184,6 +187,11 @@ class Guard:
             raise BackendUnavailable(self.describe_error(exc)) from exc
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+        """Stop the probe, even if a cancellation gets lost on the way: redis-py can
+        turn one that lands in a connect into a ConnectionError, which tenacity
+        would retry (the listener's stop has the same guard)."""
+        self._closing = True
+        probe = self._probe
+        while probe is not None and not probe.done():
+            probe.cancel()
+            await asyncio.wait([probe], timeout=self._probe_timeout)
