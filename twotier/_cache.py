@@ -8,8 +8,6 @@ touch L1 do so synchronously, so each local step is atomic.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import contextlib
 import functools
 import os
@@ -38,7 +36,6 @@ from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
-from ._portal import LoopThread
 from ._serialization import MsgpackSerializer, Serializer
 from ._stats import Counters
 from ._sync import SyncCache
@@ -170,7 +167,6 @@ class TwoTierCache:
         self._start_lock: asyncio.Lock | None = None
         # The event loop the cache lives on (see `_own_loop`).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: LoopThread | None = None  # for sync callers when no loop runs
         # A forked child (Celery's prefork pool, gunicorn --preload) inherits the
         # loop's state but not its thread, and shares the parent's sockets.
         os.register_at_fork(after_in_child=functools.partial(_forget_loop, weakref.ref(self)))
@@ -304,54 +300,18 @@ class TwoTierCache:
         await self._link.guard.call(self._link.ping)
         return time.perf_counter() - start
 
-    # -- sync callers ------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this cache lives on, once started."""
+        return self._loop
 
-    def submit(
-        self, make: Callable[[], Coroutine[Any, Any, T]]
-    ) -> tuple[concurrent.futures.Future[T], asyncio.AbstractEventLoop]:
-        """Hand a coroutine of this cache to its loop from synchronous code.
-
-        On the cache's loop if it runs (in another thread); else on a loop
-        thread of the cache's own. Returns the future and the loop.
-        """
-        if self._closed:
-            raise CacheClosedError("this TwoTierCache was closed")
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None and running is self._loop:
-            raise EventLoopError(
-                "a blocking cache.sync call from the cache's own event loop would wait on "
-                "itself; await the async method instead"
-            )
-        owner = self._loop
-        if owner is not None and owner.is_running():
-            loop = owner
-        else:
-            if self._loop_thread is None:
-                self._loop_thread = LoopThread(f"twotier-{self.instance_id}")
-                atexit.register(self._close_at_exit)
-            loop = self._loop_thread.started()
-        return asyncio.run_coroutine_threadsafe(make(), loop), loop
-
-    def run_blocking(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run a coroutine of this cache from synchronous code and wait for it."""
-        return self.submit(make)[0].result()
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close_blocking(self) -> None:
-        """`close()` from synchronous code; ends the cache's own loop thread if it has one."""
-        if not self._closed:
-            self.run_blocking(self.close)
-        if self._loop_thread is not None:
-            self._loop_thread.stop()
-
-    def _close_at_exit(self) -> None:
-        # A script that never closed its cache: deliver what it queued, then stop.
-        thread = self._loop_thread
-        if thread is not None and thread.loop is self._loop and not self._closed:
-            with contextlib.suppress(Exception):
-                self.close_blocking()
+        """`close()` from synchronous code (the same as `cache.sync.close()`)."""
+        self.sync.close()
 
     # -- reads -------------------------------------------------------------------
 
@@ -692,7 +652,7 @@ class TwoTierCache:
             # the cache's loop and wait until Redis has it or it is queued. A
             # change left in the queue of a thread without a loop was never
             # delivered (issue 7, item 7).
-            self.run_blocking(lambda: self._invalidate_awaited(tags_t))
+            self.sync.run(lambda: self._invalidate_awaited(tags_t))
             return Invalidation(None)
         self._own_loop()
         self._apply_local("t", tags_t)
@@ -894,7 +854,7 @@ def _forget_loop(ref: weakref.ReferenceType[TwoTierCache]) -> None:
     cache = ref()
     if cache is not None and cache._loop is not None:
         cache._loop = None
-        cache._loop_thread = None
+        cache.sync.forget_loop_thread()
         cache._abandon_closed_loop()
 
 

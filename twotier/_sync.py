@@ -17,13 +17,16 @@ caller to run the function and hand the result back.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from ._exceptions import ConfigurationError
+from ._exceptions import CacheClosedError, ConfigurationError, EventLoopError
+from ._portal import LoopThread
 
 if TYPE_CHECKING:
     from ._cache import TwoTierCache
@@ -55,18 +58,61 @@ class SyncCache:
 
     def __init__(self, cache: TwoTierCache) -> None:
         self._cache = cache
+        self._loop_thread: LoopThread | None = None  # when no loop runs the cache
 
-    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        return self._cache.run_blocking(make)
+    def submit(
+        self, make: Callable[[], Coroutine[Any, Any, T]]
+    ) -> tuple[concurrent.futures.Future[T], asyncio.AbstractEventLoop]:
+        """Hand a coroutine of the cache to its loop; return the future and the loop.
+
+        The cache's loop if it runs (in another thread); else a loop thread of
+        this view's own, on which the cache then lives.
+        """
+        cache = self._cache
+        if cache.closed:
+            raise CacheClosedError("this TwoTierCache was closed")
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        owner = cache.loop
+        if running is not None and running is owner:
+            raise EventLoopError(
+                "a blocking cache.sync call from the cache's own event loop would wait on "
+                "itself; await the async method instead"
+            )
+        if owner is not None and owner.is_running():
+            loop = owner
+        else:
+            if self._loop_thread is None:
+                self._loop_thread = LoopThread(f"twotier-{cache.instance_id}")
+                atexit.register(self._close_at_exit)
+            loop = self._loop_thread.started()
+        return asyncio.run_coroutine_threadsafe(make(), loop), loop
+
+    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a coroutine of the cache from synchronous code and wait for it."""
+        return self.submit(make)[0].result()
+
+    def forget_loop_thread(self) -> None:
+        """In a forked child: the parent's loop thread does not exist here."""
+        self._loop_thread = None
+
+    def _close_at_exit(self) -> None:
+        # A script that never closed its cache: deliver what it queued, then stop.
+        thread = self._loop_thread
+        if thread is not None and thread.loop is self._cache.loop and not self._cache.closed:
+            with contextlib.suppress(Exception):
+                self.close()
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._run(lambda: self._cache.get(key, default))
+        return self.run(lambda: self._cache.get(key, default))
 
     def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
-        self._run(lambda: self._cache.set(key, value, ttl, tags))
+        self.run(lambda: self._cache.set(key, value, ttl, tags))
 
     def delete(self, key: str) -> None:
-        self._run(lambda: self._cache.delete(key))
+        self.run(lambda: self._cache.delete(key))
 
     def invalidate_tag(self, tag: str) -> None:
         self.invalidate_tags((tag,))
@@ -77,28 +123,32 @@ class SyncCache:
         async def invalidate() -> None:
             await self._cache.invalidate_tags(tags_t)
 
-        self._run(invalidate)
+        self.run(invalidate)
 
     def clear(self) -> None:
-        self._run(self._cache.clear)
+        self.run(self._cache.clear)
 
     def warmup(
         self, keys: Iterable[str], loader: Callable[[str], Any], concurrency: int = 16
     ) -> int:
         key_list = list(keys)
-        return self._run(lambda: self._cache.warmup(key_list, loader, concurrency))
+        return self.run(lambda: self._cache.warmup(key_list, loader, concurrency))
 
     def get_stats(self) -> dict[str, Any]:
-        return self._run(self._stats)
+        return self.run(self._stats)
 
     async def _stats(self) -> dict[str, Any]:
         return self._cache.get_stats()
 
     def ping(self) -> float:
-        return self._run(self._cache.ping)
+        return self.run(self._cache.ping)
 
     def close(self) -> None:
-        self._cache.close_blocking()
+        """Close the cache and end this view's loop thread, if it has one."""
+        if not self._cache.closed:
+            self.run(self._cache.close)
+        if self._loop_thread is not None:
+            self._loop_thread.stop()
 
     def cached(
         self,
@@ -155,7 +205,7 @@ class SyncCachedFunction(Generic[P, R]):
             _HANDOFF.set(handoff)  # this task's context only
             return await self._async(*args, **kwargs)
 
-        done, loop = self._cache.submit(call)
+        done, loop = self._cache.sync.submit(call)
         concurrent.futures.wait([done, handoff.request], return_when="FIRST_COMPLETED")
         if not done.done():  # the load path asks for the value: compute it here
             reply = handoff.request.result()
@@ -177,7 +227,7 @@ class SyncCachedFunction(Generic[P, R]):
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
         key = self._async.key(*args, **kwargs)
-        self._cache.run_blocking(lambda: self._cache.delete(key))
+        self._cache.sync.run(lambda: self._cache.delete(key))
 
     def __repr__(self) -> str:
         return f"<sync {self._async!r}>"
