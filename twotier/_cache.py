@@ -102,6 +102,7 @@ class TwoTierCache:
         log_maxlen: int = 10_000,
         max_value_size: int = 1024 * 1024,
         compaction_interval: float = 60.0,
+        heartbeat_interval: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
         if (
@@ -128,6 +129,7 @@ class TwoTierCache:
             ("redis_timeout", redis_timeout),
             ("connect_timeout", connect_timeout),
             ("compaction_interval", compaction_interval),
+            ("heartbeat_interval", heartbeat_interval),
             ("max_stale", max_stale),
             ("lease_ttl", lease_ttl),
             ("health_interval", health_interval),
@@ -145,6 +147,7 @@ class TwoTierCache:
         self._connect_timeout = float(connect_timeout)
         self._max_connections = max_connections
         self._compaction_interval = float(compaction_interval)
+        self._heartbeat_interval = float(heartbeat_interval)
         self.max_value_size = max_value_size
         self._max_stale = float(max_stale)
         self._lease_ttl = float(lease_ttl)
@@ -214,6 +217,8 @@ class TwoTierCache:
             wake_lease_waiters=self._wake_lease_waiters,
             flush_outbox=self._request_flush,
             release_later=self._release_later,
+            report=self.get_stats,
+            heartbeat_interval=self._heartbeat_interval,
         )
         self._remote = self._link.tier
         await self._link.start()

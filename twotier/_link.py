@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -56,10 +60,14 @@ class RedisLink:
         wake_lease_waiters: Callable[[Iterable[str] | None], None],
         flush_outbox: Callable[[], None],
         release_later: Callable[[str, str], None],
+        report: Callable[[], dict[str, Any]] = dict,
+        heartbeat_interval: float = 5.0,
     ) -> None:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._compaction_interval = compaction_interval
+        self._report = report
+        self._heartbeat_interval = heartbeat_interval
         self._max_stale = max_stale
         self._suspend_local = suspend_local
         self._bound_local = bound_local
@@ -125,6 +133,7 @@ class RedisLink:
         )
         self._listener_task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def ping(self) -> object:
         return await self._client.ping()
@@ -154,6 +163,7 @@ class RedisLink:
         loop = asyncio.get_running_loop()
         self._listener_task = loop.create_task(self.listener.run())
         self._compactor = loop.create_task(self._compact_periodically())
+        self._heartbeat = loop.create_task(self._report_periodically())
         try:
             # Wait briefly for the subscription; a dead Redis must not block start-up.
             async with asyncio.timeout(max(1.0, 2 * self._connect_timeout + 10 * self._timeout)):
@@ -188,10 +198,28 @@ class RedisLink:
                 with contextlib.suppress(BackendError):
                     await self.tier.compact()
 
+    async def _report_periodically(self) -> None:
+        """Each instance's stats in Redis, with a TTL of three intervals, so that
+        `twotier stats` sees every live instance of the namespace and no dead one."""
+        await self.listener.connected.wait()  # the first report after a working start
+        while True:
+            if self.guard.available:
+                report = {**self._report(), "host": socket.gethostname(), "pid": os.getpid()}
+                report["reported_at"] = time.time()
+                with contextlib.suppress(BackendError):
+                    await self.tier.heartbeat(
+                        json.dumps(report).encode(), 3 * self._heartbeat_interval
+                    )
+            await asyncio.sleep(self._heartbeat_interval)
+
     async def close(self) -> None:
-        if self._compactor is not None:
-            self._compactor.cancel()
-            await asyncio.gather(self._compactor, return_exceptions=True)
+        for task in (self._compactor, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.guard.available:
+            with contextlib.suppress(BackendError):
+                await self.tier.forget_heartbeat()
         if self._listener_task is not None:
             await self.listener.stop(self._listener_task)
         await self.guard.close()

@@ -12,6 +12,7 @@ them):
     ns:v1:{ctl}:seq      the change counter
     ns:v1:{ctl}:log      stream of the last changes, id = <seq>-1
     ns:v1:{ctl}:epoch    run id of the server the generation was drawn on
+    ns:v1:{ctl}:hb:<id>  instance <id>'s stats (JSON), expiring unless renewed
     ns:v1:inv            the pub/sub channel
 
 The control keys share the hash slot ``{ctl}``.
@@ -107,6 +108,9 @@ class Layout:
         self.seq = f"{base}:{{ctl}}:seq"
         self.log = f"{base}:{{ctl}}:log"
         self.epoch = f"{base}:{{ctl}}:epoch"
+        #: `<prefix><instance id>`: each live instance's stats, with a TTL
+        #: (`twotier stats` reads them; the key vanishes with the instance).
+        self.heartbeat_prefix = f"{base}:{{ctl}}:hb:"
         self.channel = f"{base}:inv"
 
     def entry(self, key: str) -> str:
@@ -327,6 +331,14 @@ class RedisTier:
             [layout.tags, layout.seq, layout.log, layout.bumped],
             [*self._announce_args(), kind, *tags],
         )
+
+    async def heartbeat(self, report: bytes, ttl: float) -> None:
+        """Publish this instance's stats for `ttl` seconds (no change, no number)."""
+        name = self.layout.heartbeat_prefix + self._origin
+        await self._call(lambda: self._client.set(name, report, px=_ms(ttl)))
+
+    async def forget_heartbeat(self) -> None:
+        await self._call(lambda: self._client.delete(self.layout.heartbeat_prefix + self._origin))
 
     async def compact(self) -> int:
         """Drop tag versions no live entry can carry any more; how many went."""
