@@ -134,6 +134,7 @@ class RedisLink:
         self._listener_task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def ping(self) -> object:
         return await self._client.ping()
@@ -191,7 +192,7 @@ class RedisLink:
         Every instance does it, at jittered times; the script is idempotent and
         cheap when there is nothing to drop.
         """
-        while True:
+        while not self._closing:
             interval = self._compaction_interval
             await asyncio.sleep(interval * (0.5 + random.random()))  # noqa: S311  # not crypto
             if self.guard.available:
@@ -202,7 +203,7 @@ class RedisLink:
         """Each instance's stats in Redis, with a TTL of three intervals, so that
         `twotier stats` sees every live instance of the namespace and no dead one."""
         await self.listener.connected.wait()  # the first report after a working start
-        while True:
+        while not self._closing:
             if self.guard.available:
                 report = {**self._report(), "host": socket.gethostname(), "pid": os.getpid()}
                 report["reported_at"] = time.time()
@@ -213,10 +214,13 @@ class RedisLink:
             await asyncio.sleep(self._heartbeat_interval)
 
     async def close(self) -> None:
+        self._closing = True
         for task in (self._compactor, self._heartbeat):
-            if task is not None:
+            # A cancellation that lands in a Redis call can come back as a
+            # connection error, which these loops survive: cancel until done.
+            while task is not None and not task.done():
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait([task], timeout=self._timeout)
         if self.guard.available:
             with contextlib.suppress(BackendError):
                 await self.tier.forget_heartbeat()
