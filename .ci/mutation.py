@@ -1,0 +1,984 @@
+#!/usr/bin/env python3
+"""Mutation testing of twotier's core modules: does the suite notice a bug?
+
+    python .ci/mutation.py                      # every core module, 2 jobs
+    python .ci/mutation.py --module outbox      # one module (repeatable)
+    python .ci/mutation.py --list               # the mutants and their ids, nothing run
+    python .ci/mutation.py --rerun report.json  # only the survivors of an earlier report
+
+For each job the repository at --rev (default HEAD) is extracted into a
+temporary directory (`git archive`; --working-tree copies the files as they
+are now, uncommitted ones included); the working tree is never touched, and
+the copies are removed at the end. One mutation at a time is written into a
+copy, the module's own test selection runs there (`python -m pytest -x -q
+-p no:cacheprovider --timeout 60 ...`, from the copy's root with
+PYTHONPATH=<copy>, so the copy's `twotier` is imported and not the editable
+install: checked before anything runs), and the file is restored. A mutant is
+*killed* when the run fails (a test, the collection, or the time limit), and
+*survives* when every test passes. Tests that fail on the unmutated copy are
+left out of the mutant runs, and reported.
+
+Mutants come from simple operators (see `python_mutants` and `lua_mutants`)
+and a hand-written list of semantic ones (`HAND`). Mutants that cannot change
+any behaviour are listed in `EQUIVALENT`, each with its reason, and are not
+counted: the score is killed / (killed + survived).
+
+Development aids: --include copies a working-tree file (a new test) over the
+commit's, --exclude leaves one out (to measure what a test file adds), --tests
+replaces the module's selection, --match picks mutants by id, file:line or
+description. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- what is mutated, and which tests are run for it ------------------------------------------
+
+#: Test files (or file::test) per module, in the order they run (fast and most telling
+#: first; with -x the first failure ends the run). Those missing from the copy are skipped.
+MODULES: dict[str, dict[str, list[str]]] = {
+    "outbox": {
+        "files": ["twotier/_outbox.py"],
+        "tests": [
+            "tests/test_mutation_kills.py",
+            "integration/test_outbox.py",
+            "integration/test_faults.py",
+            "integration/test_stale.py",
+            "integration/test_mutation_kills.py",
+        ],
+    },
+    "guard": {
+        "files": ["twotier/_guard.py"],
+        "tests": [
+            "tests/test_guard.py",
+            "tests/test_mutation_kills.py",
+            "integration/test_hangs.py",
+            "integration/test_faults.py",
+            "integration/test_coherence.py",
+            "integration/test_stale.py",
+            "integration/test_mutation_kills.py",
+            "integration/test_resources.py::test_wrong_password_is_named",
+            "integration/test_resources.py::test_acl_denial_is_named",
+            "integration/test_resources.py::test_tls_certificate_failure_is_named",
+            "integration/test_resources.py::test_tls_mismatch_is_named",
+        ],
+    },
+    "flights": {
+        "files": ["twotier/_flights.py"],
+        "tests": [
+            "tests/test_flights.py",
+            "tests/test_contract_memory.py",
+            "tests/test_memory_cache.py",
+            "tests/test_mutation_kills.py",
+            "integration/test_stampede.py",
+            "integration/test_contract_redis.py",
+            "integration/test_warmup.py",
+            "integration/test_mutation_kills.py",
+        ],
+    },
+    "keys": {
+        "files": ["twotier/_keys.py"],
+        "tests": [
+            "tests/test_keys.py",
+            "tests/test_memory_cache.py",
+            "tests/test_contract_memory.py",
+            "tests/test_public_api.py",
+            "tests/test_mutation_kills.py",
+            "integration/test_keys_redis.py",
+        ],
+    },
+    "lua": {
+        "files": [
+            "twotier/lua/prelude.lua",
+            "twotier/lua/read.lua",
+            "twotier/lua/read_batch.lua",
+            "twotier/lua/fill.lua",
+            "twotier/lua/fill_batch.lua",
+            "twotier/lua/write.lua",
+            "twotier/lua/delete.lua",
+            "twotier/lua/invalidate.lua",
+            "twotier/lua/release.lua",
+            "twotier/lua/epoch.lua",
+            "twotier/lua/compact.lua",
+        ],
+        "tests": [
+            "integration/test_mutation_kills.py",
+            "integration/test_contract_redis.py",
+            "integration/test_stampede.py",
+            "integration/test_warmup.py",
+            "integration/test_garbage.py",
+            "integration/test_keys_redis.py",
+            "integration/test_coherence.py",
+            "integration/test_stale.py",
+            "integration/test_faults.py",
+            "integration/test_hangs.py",
+            "integration/test_outbox.py",
+            "integration/test_resources.py::test_compaction_never_brings_an_invalidated_entry_back",
+            "integration/test_resources.py::test_slow_fill_is_refused_even_after_compaction",
+            "integration/test_resources.py::test_slow_fill_with_a_longer_lease_than_the_writers_is_refused",
+            "integration/test_resources.py::test_tag_versions_stay_bounded_under_constant_invalidation",
+        ],
+    },
+}
+
+#: Hand-written semantic mutants: (module, file, exact text, replacement, what it breaks).
+#: The text must occur exactly once in the file; if the library changed and it no
+#: longer does, the mutant is reported as "stale" and not counted.
+HAND: list[tuple[str, str, str, str, str]] = [
+    (
+        "outbox",
+        "twotier/_outbox.py",
+        "            keys = tuple(self._keys)\n            await remote.delete(keys)",
+        "            keys = tuple(self._keys)\n            self._keys.clear()\n"
+        "            await remote.delete(keys)",
+        "keys are forgotten before their delivery succeeded",
+    ),
+    (
+        "outbox",
+        "twotier/_outbox.py",
+        "            tags = tuple(self._tags)\n            await remote.invalidate(tags)",
+        "            tags = tuple(self._tags)\n            self._tags.clear()\n"
+        "            await remote.invalidate(tags)",
+        "tags are forgotten before their delivery succeeded",
+    ),
+    (
+        "outbox",
+        "twotier/_outbox.py",
+        "            self._counters.dropped_ops += len(self)\n            self.add_clear()",
+        "            self._counters.dropped_ops += len(self)\n"
+        "            self._keys.clear()\n            self._tags.clear()",
+        "an overflowing outbox drops its changes instead of collapsing into a clear",
+    ),
+    (
+        "guard",
+        "twotier/_guard.py",
+        "            self.errors += 1\n            self._note(exc)\n"
+        "            raise BackendError(",
+        "            self._failed(exc)\n            raise BackendError(",
+        "a refused command (script error, NOPERM, OOM) counts as an outage",
+    ),
+    (
+        "guard",
+        "twotier/_guard.py",
+        "async with asyncio.timeout(self._probe_timeout):",
+        "async with asyncio.timeout(None):",
+        "the probe's PING has no time bound",
+    ),
+    (
+        "guard",
+        "twotier/_guard.py",
+        "self._failures >= self._threshold",
+        "self._failures >= 1",
+        "the breaker opens on the first failure",
+    ),
+    (
+        "flights",
+        "twotier/_flights.py",
+        "return await asyncio.shield(self._future)",
+        "return await self._future",
+        "a cancelled waiter cancels the shared result of the others",
+    ),
+    (
+        "flights",
+        "twotier/_flights.py",
+        "if self._by_key.get(flight.key) is flight:",
+        "if flight.key in self._by_key:",
+        "an ending flight unregisters a newer flight of the same key",
+    ),
+    (
+        "flights",
+        "twotier/_flights.py",
+        "flight = self._by_key.pop(key, None)",
+        "flight = self._by_key.get(key)",
+        "an invalidated flight stays joinable",
+    ),
+    (
+        "keys",
+        "twotier/_keys.py",
+        'hashlib.sha256(key.encode("utf-8", "surrogatepass"))',
+        'hashlib.sha256(key[:MAX_KEY_LENGTH].encode("utf-8", "surrogatepass"))',
+        "long keys with a common prefix share one hashed key",
+    ),
+    (
+        "keys",
+        "twotier/_keys.py",
+        "items = sorted((_encode(k, path), _encode(v, path)) for k, v in value.items())",
+        "items = [(_encode(k, path), _encode(v, path)) for k, v in value.items()]",
+        "a dict argument's key depends on its insertion order",
+    ),
+    (
+        "keys",
+        "twotier/_keys.py",
+        'return validate_key(f"{self._prefix}({text})")',
+        'return validate_key(f"{self._prefix}[{text}]")',
+        "a call with keywords gets another key than the same call by position",
+    ),
+    (
+        "keys",
+        "twotier/_keys.py",
+        "MAX_ARGUMENT_DEPTH = 100",
+        "MAX_ARGUMENT_DEPTH = 100_000",
+        "deeply nested arguments reach Python's recursion limit",
+    ),
+    (
+        "lua",
+        "twotier/lua/invalidate.lua",
+        "math.max(seq, (tonumber(current[i]) or 0) + 1)",
+        "seq",
+        "a tag version can return to an old value when the counter and log were lost",
+    ),
+    (
+        "lua",
+        "twotier/lua/compact.lua",
+        "math.floor(now[2] / 1000) - horizon",
+        "math.floor(now[2] / 1000) + horizon",
+        "compaction drops the versions of tags bumped within the horizon",
+    ),
+    (
+        "lua",
+        "twotier/lua/prelude.lua",
+        "if held and string.find(held, '@' .. generation, 1, true) then",
+        "if held then",
+        "a lease from before a clear() or a restore is waited on, not taken over",
+    ),
+]
+
+#: Mutants that cannot change behaviour, by id (see --list), each with its reason; they
+#: are not counted. An id is a hash of the file, the line's text and the mutation, so an
+#: edit of that line drops the entry (--list warns) and the mutant is judged again.
+#: Two are timing boundaries rather than strict equivalents (marked so): they differ
+#: only within one millisecond of Redis's clock, which no test can aim at.
+EQUIVALENT: dict[str, str] = {
+    # twotier/_keys.py
+    "keys-5dafe2": "hash_long_key's own length check: its callers pass only keys over "
+    "200 characters, so `<` and `<=` never differ",
+    "keys-433b8e": "a scalar without the early return reaches _encode_repr, which returns "
+    "the same repr (a scalar's repr never starts with '<')",
+    "keys-17970e": "Template(frozen=False): no code assigns to or hashes a Template",
+    "keys-f36dfc": "Template(slots=False): only the instances' memory layout changes",
+    "keys-ab185d": "the one-scalar shortcut's return removed: the general fast path right "
+    "after it builds the identical key",
+    "keys-f9d39b": "the fast path's return removed: _slow_key builds the identical key from "
+    "the same scalars",
+    "keys-492924": "bind's shortcut removed: Signature.bind gives the same mapping for such a call",
+    "keys-870a2d": "zip(strict=False): the lengths were checked equal just before",
+    "keys-dffbff": "tags() without its early return renders no template and returns () all "
+    "the same",
+    # twotier/lua/
+    "lua-84d455": "note_horizon `>=`: writing an equal horizon again changes nothing",
+    "lua-9f93cf": "announce: XADD's success reply is a string, whose ['err'] is nil, so "
+    "`or` and `and` agree",
+    "lua-2b3acf": "clear() without writing the new generation: the next versions_of draws "
+    "one before any entry, lease or snapshot can carry it",
+    "lua-dce201": "read_one's DEL of foreign data under a lease: the SET right after it "
+    "replaces a value of any type",
+    "lua-929bf4": "invalidate's DEL of a foreign version hash: new_namespace_generation, "
+    "which always follows then, deletes it too",
+    "lua-c9bedd": "timing boundary: `pttl > min_ttl_ms` differs only when an entry has "
+    "exactly min_ttl_ms left, to the millisecond",
+    "lua-87c33b": "timing boundary: `pttl <= 0` differs only in an entry's last millisecond",
+}
+
+
+# --- mutants ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Mutant:
+    module: str
+    path: str  # relative to the repository root
+    line: int
+    operator: str
+    description: str
+    source_line: str  # the original line, stripped
+    start: int  # character span replaced in the file's text
+    end: int
+    replacement: str
+    key: str = ""  # stable identity: file, line text, mutation (not the line number)
+    id: str = ""
+    status: str = "pending"  # killed | survived | equivalent | stale
+    killed_by: str = ""
+    seconds: float = 0.0
+
+    def finish(self) -> None:
+        digest = hashlib.sha1(self.key.encode(), usedforsecurity=False).hexdigest()
+        self.id = f"{self.module}-{digest[:6]}"
+
+    def apply(self, text: str) -> str:
+        return text[: self.start] + self.replacement + text[self.end :]
+
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+class _Text:
+    """Character offsets of a file's text from AST (line, UTF-8 byte column) positions."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines = text.splitlines(keepends=True)
+        self.starts = [0]
+        for line in self.lines:
+            self.starts.append(self.starts[-1] + len(line))
+
+    def offset(self, lineno: int, col: int) -> int:
+        line = self.lines[lineno - 1]
+        return self.starts[lineno - 1] + len(line.encode()[:col].decode())
+
+    def start(self, node: ast.AST) -> int:
+        return self.offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
+
+    def end(self, node: ast.AST) -> int:
+        return self.offset(node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
+
+    def line_of(self, pos: int) -> int:
+        lo, hi = 0, len(self.starts) - 1
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            if self.starts[mid] <= pos:
+                lo = mid
+            else:
+                hi = mid
+        return lo + 1
+
+
+_CMP = {
+    ast.Lt: (r"<(?!=)", "<", "<="),
+    ast.LtE: (r"<=", "<=", "<"),
+    ast.Gt: (r">(?!=)", ">", ">="),
+    ast.GtE: (r">=", ">=", ">"),
+    ast.Eq: (r"==", "==", "!="),
+    ast.NotEq: (r"!=", "!=", "=="),
+    ast.Is: (r"\bis\b(?!\s+not\b)", "is", "is not"),
+    ast.IsNot: (r"\bis\s+not\b", "is not", "is"),
+    ast.In: (r"(?<!not )\bin\b", "in", "not in"),
+    ast.NotIn: (r"\bnot\s+in\b", "not in", "in"),
+}
+_DELETABLE = (
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.Expr,
+    ast.Return,
+    ast.Raise,
+    ast.Delete,
+    ast.Continue,
+    ast.Break,
+)
+
+
+def python_mutants(module: str, path: str, text: str) -> list[Mutant]:
+    """Comparison flips (< <=, > >=, == !=, is / is not, in / not in), and <-> or,
+    `not` removed, + <-> - next to an int, += <-> -=, True <-> False, and each
+    statement inside a function body deleted (replaced by `pass`)."""
+    src = _Text(text)
+    tree = ast.parse(text)
+    found: list[Mutant] = []
+
+    def add(operator: str, start: int, end: int, replacement: str, description: str) -> None:
+        line = src.line_of(start)
+        found.append(
+            Mutant(
+                module,
+                path,
+                line,
+                operator,
+                description,
+                src.lines[line - 1].strip(),
+                start,
+                end,
+                replacement,
+            )
+        )
+
+    def swap_in(lo: int, hi: int, pattern: str, new: str, operator: str, description: str) -> None:
+        match = re.search(pattern, text[lo:hi])
+        if match:
+            add(operator, lo + match.start(), lo + match.end(), new, description)
+
+    in_function: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for child in ast.walk(node):
+                in_function.add(id(child))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for i, op in enumerate(node.ops):
+                pattern, old, new = _CMP[type(op)]
+                lo, hi = src.end(operands[i]), src.start(operands[i + 1])
+                swap_in(lo, hi, pattern, new, "compare", f"'{old}' -> '{new}'")
+        elif isinstance(node, ast.BoolOp):
+            old, new = ("and", "or") if isinstance(node.op, ast.And) else ("or", "and")
+            for a, b in zip(node.values, node.values[1:], strict=False):
+                swap_in(
+                    src.end(a), src.start(b), rf"\b{old}\b", new, "boolean", f"'{old}' -> '{new}'"
+                )
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            lo, hi = src.start(node), src.start(node.operand)
+            swap_in(lo, hi, r"not\s*", "", "not", "remove 'not'")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            ints = [
+                o
+                for o in (node.left, node.right)
+                if isinstance(o, ast.Constant) and type(o.value) is int
+            ]
+            if ints:
+                old, new = ("+", "-") if isinstance(node.op, ast.Add) else ("-", "+")
+                lo, hi = src.end(node.left), src.start(node.right)
+                swap_in(lo, hi, re.escape(old), new, "arithmetic", f"'{old}' -> '{new}'")
+        elif isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Add, ast.Sub)):
+            old, new = ("+=", "-=") if isinstance(node.op, ast.Add) else ("-=", "+=")
+            lo, hi = src.end(node.target), src.start(node.value)
+            swap_in(lo, hi, re.escape(old), new, "arithmetic", f"'{old}' -> '{new}'")
+        elif isinstance(node, ast.Constant) and type(node.value) is bool:
+            new = str(not node.value)
+            add("constant", src.start(node), src.end(node), new, f"{node.value} -> {new}")
+
+    for node in ast.walk(tree):
+        if not isinstance(node, _DELETABLE) or id(node) not in in_function:
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring
+        if isinstance(node, ast.AnnAssign) and node.value is None:
+            continue  # a declaration only
+        first = src.lines[node.lineno - 1].strip()
+        shown = first if len(first) <= 60 else first[:57] + "..."
+        add("delete", src.start(node), src.end(node), "pass", f"delete '{shown}'")
+
+    return _finish(found, text, compiles=True)
+
+
+# Lua: code outside strings and comments, then simple textual operators.
+_LUA_OPS = [
+    (r"==", "~=", "compare"),
+    (r"~=", "==", "compare"),
+    (r"<=", "<", "compare"),
+    (r"<(?!=)", "<=", "compare"),
+    (r">=", ">", "compare"),
+    (r">(?!=)", ">=", "compare"),
+    (r"\band\b", "or", "boolean"),
+    (r"\bor\b", "and", "boolean"),
+    (r"\+\s*1\b", "+ 0", "arithmetic"),
+    (r"\bnot\s+", "", "not"),
+]
+
+
+def _lua_code_mask(line: str) -> str:
+    """The line with string contents and comments blanked (same length)."""
+    out = []
+    quote = ""
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            if ch == "\\":
+                out.append("  ")
+                i += 2
+                continue
+            out.append(" " if ch != quote else ch)
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif line.startswith("--", i):
+            out.append(" " * (len(line) - i))
+            break
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)[: len(line)]
+
+
+def _lua_adder(
+    found: list[Mutant], module: str, path: str, number: int, stripped: str, offset: int
+) -> Callable[[str, int, int, str, str], None]:
+    def add(operator: str, lo: int, hi: int, new: str, description: str) -> None:
+        found.append(
+            Mutant(
+                module, path, number, operator, description, stripped, offset + lo, offset + hi, new
+            )
+        )
+
+    return add
+
+
+def lua_mutants(module: str, path: str, text: str) -> list[Mutant]:
+    """== <-> ~=, < <=, > >=, and <-> or, `+ 1` -> `+ 0`, `not` removed, and each
+    redis.call(...) statement deleted."""
+    found: list[Mutant] = []
+    offset = 0
+    for number, raw in enumerate(text.splitlines(keepends=True), start=1):
+        line = raw.rstrip("\n")
+        code = _lua_code_mask(line)
+        at = (module, path, number, line.strip(), offset)
+        add = _lua_adder(found, *at)
+
+        for pattern, new, operator in _LUA_OPS:
+            for match in re.finditer(pattern, code):
+                told = "remove 'not'" if operator == "not" else f"'{match.group(0)}' -> '{new}'"
+                add(operator, match.start(), match.end(), new, told)
+        for match in re.finditer(r"(^|\bthen\b|\bdo\b|\belse\b)(\s*)(redis\.call\()", code):
+            begin = match.start(3)
+            depth, close = 0, -1
+            for i in range(match.end(3) - 1, len(code)):
+                if code[i] == "(":
+                    depth += 1
+                elif code[i] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        close = i
+                        break
+            if close < 0:
+                continue
+            call = line[begin : close + 1]
+            shown = call if len(call) <= 50 else call[:47] + "..."
+            if not code[:begin].strip() and not code[close + 1 :].strip():
+                add("delete", 0, len(line), "", f"delete '{shown}'")
+            else:
+                add("delete", begin, close + 1, "", f"delete '{shown}'")
+        offset += len(raw)
+    return _finish(found, text, compiles=False)
+
+
+def _finish(found: list[Mutant], text: str, compiles: bool) -> list[Mutant]:
+    found.sort(key=lambda m: (m.start, m.operator, m.description))
+    seen: dict[str, int] = {}
+    line_copies: dict[tuple[int, str], int] = {}
+    copies: dict[str, int] = {}
+    kept = []
+    for m in found:
+        if (m.line, m.source_line) not in line_copies:
+            copies[m.source_line] = copies.get(m.source_line, 0) + 1
+            line_copies[(m.line, m.source_line)] = copies[m.source_line]
+        if compiles:
+            try:
+                compile(m.apply(text), m.path, "exec")
+            except SyntaxError:
+                continue
+        base = f"{m.path}|{m.source_line}|{line_copies[(m.line, m.source_line)]}|{m.description}"
+        seen[base] = seen.get(base, 0) + 1
+        m.key = f"{base}|{seen[base]}"
+        m.finish()
+        kept.append(m)
+    return kept
+
+
+def hand_mutants(module: str, texts: dict[str, str]) -> list[Mutant]:
+    found = []
+    for mod, path, old, new, what in HAND:
+        if mod != module:
+            continue
+        text = texts[path]
+        count = text.count(old)
+        start = text.find(old)
+        line = text.count("\n", 0, start) + 1 if count == 1 else 0
+        m = Mutant(mod, path, line, "hand", what, old.strip().splitlines()[0], start,
+                   start + len(old), new)  # fmt: skip
+        m.key = f"{path}|hand|{old}|{new}"
+        m.finish()
+        if count != 1:
+            m.status = "stale"  # the library changed: this text is gone (or ambiguous)
+        found.append(m)
+    return found
+
+
+def generate(copy: Path, modules: list[str]) -> list[Mutant]:
+    mutants: list[Mutant] = []
+    for module in modules:
+        texts = {p: (copy / p).read_text() for p in MODULES[module]["files"]}
+        for path, text in texts.items():
+            make = lua_mutants if path.endswith(".lua") else python_mutants
+            mutants.extend(make(module, path, text))
+        mutants.extend(hand_mutants(module, texts))
+    for m in mutants:
+        if m.id in EQUIVALENT:
+            m.status = "equivalent"
+    return mutants
+
+
+# --- copies of the repository ------------------------------------------------------------------
+
+
+GIT = shutil.which("git") or "git"
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        [GIT, *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def make_snapshot(rev: str, working_tree: bool, include: list[str], into: Path) -> None:
+    """The repository's files at *rev* (or as they are in the working tree) in *into*."""
+    into.mkdir(parents=True)
+    if working_tree:
+        names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+        for name in filter(None, names):
+            source = ROOT / name
+            if source.is_file():
+                (into / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, into / name)
+    else:
+        archive = subprocess.run(
+            [GIT, "archive", "--format=tar", rev], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        tar_path = into.parent / "snapshot.tar"
+        tar_path.write_bytes(archive)
+        with tarfile.open(tar_path) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+                tar.extractall(into, filter="data")
+            else:  # our own repository's archive
+                tar.extractall(into)  # noqa: S202
+        tar_path.unlink()
+    for name in include:
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, into / name)
+
+
+def default_python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    if sys.prefix != sys.base_prefix or not venv.exists():
+        return sys.executable
+    return str(venv)
+
+
+def environment(copy: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(copy)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a restored file must never meet a mutant's .pyc
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def check_import(python: str, copy: Path) -> tuple[str, list[str]]:
+    """Where `twotier` is imported from in *copy*, and the servers installed."""
+    probe = (
+        "import json, twotier, twotier._redis as r; from twotier.testing import available_servers;"
+        "print(json.dumps([twotier.__file__, r.__file__, available_servers()]))"
+    )
+    out = subprocess.run(
+        [python, "-c", probe], cwd=copy, env=environment(copy), capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        sys.exit(f"cannot import twotier in the copy:\n{out.stderr}")
+    package, redis_module, servers = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in (package, redis_module):
+        if not Path(name).resolve().is_relative_to(copy.resolve()):
+            sys.exit(f"the copy's twotier is shadowed: imported from {name}, not {copy}")
+    return package, servers
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def _present(copy: Path, test: str) -> bool:
+    path, _, name = test.partition("::")
+    if not (copy / path).is_file():
+        return False
+    return not name or f"def {name}(" in (copy / path).read_text()
+
+
+#: --tests: the same test selection for every module instead of its own.
+OVERRIDE: list[str] = []
+
+
+def pytest_command(
+    python: str, copy: Path, module: str, servers: list[str], deselect: list[str], stop: bool = True
+) -> list[str]:
+    tests = [t for t in OVERRIDE or MODULES[module]["tests"] if _present(copy, t)]
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "60"]
+    if stop:
+        command.append("-x")
+    if "redis" in servers and "valkey" in servers:
+        # One flavour is enough to notice a mutant; the suite itself runs both.
+        command += ["-k", "not valkey"]
+    for node in deselect:
+        command += ["--deselect", node]
+    return command + tests
+
+
+def failures(output: str) -> list[str]:
+    return [m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (\S+)", output, re.MULTILINE)]
+
+
+RUNNING: set[subprocess.Popen[str]] = set()
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    """The test run and everything it started (its servers): one process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_tests(command: list[str], copy: Path, limit: float) -> tuple[int | None, str, float]:
+    began = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        cwd=copy,
+        env=environment(copy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    RUNNING.add(process)
+    try:
+        output, _ = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        process.communicate()
+        return None, "", time.monotonic() - began
+    finally:
+        RUNNING.discard(process)
+    return process.returncode, output, time.monotonic() - began
+
+
+def first_failure(output: str) -> str:
+    for node in failures(output):
+        return node
+    for line in reversed(output.splitlines()):
+        if line.strip():
+            return line.strip()[:120]
+    return "?"
+
+
+class Runner:
+    def __init__(self, copies: list[Path], python: str, servers: list[str]) -> None:
+        self.free: queue.Queue[Path] = queue.Queue()
+        for copy in copies:
+            self.free.put(copy)
+        self.python = python
+        self.servers = servers
+        self.limits: dict[str, float] = {}
+        self.baselines: dict[str, float] = {}
+        self.deselected: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+        self.done = 0
+        self.total = 0
+
+    def baseline(self, module: str) -> float:
+        """Run the module's tests on the unmutated copy. Tests that fail there (the
+        library is being changed, or a test is flaky) are left out of the mutant runs
+        and reported; if the rest fails a second time too, nothing can be measured."""
+        copy = self.free.get()
+        deselect: list[str] = []
+        try:
+            for _attempt in range(2):
+                command = pytest_command(
+                    self.python, copy, module, self.servers, deselect, stop=False
+                )
+                code, output, seconds = run_tests(command, copy, 1800)
+                if code == 0:
+                    break
+                failed = failures(output)
+                if code != 1 or not failed or deselect:
+                    tail = "\n".join(output.splitlines()[-30:])
+                    sys.exit(f"the unmutated tests of {module} fail, nothing to measure:\n{tail}")
+                deselect = failed
+        finally:
+            self.free.put(copy)
+        self.deselected[module] = deselect
+        self.limits[module] = max(120.0, 4 * seconds)
+        self.baselines[module] = seconds
+        return seconds
+
+    def run(self, mutant: Mutant) -> Mutant:
+        copy = self.free.get()
+        target = copy / mutant.path
+        original = target.read_text()
+        try:
+            target.write_text(mutant.apply(original))
+            deselect = self.deselected[mutant.module]
+            command = pytest_command(self.python, copy, mutant.module, self.servers, deselect)
+            code, output, mutant.seconds = run_tests(command, copy, self.limits[mutant.module])
+        finally:
+            target.write_text(original)
+            self.free.put(copy)
+        # The same command passed on the unmutated copy: any failure is the mutant's
+        # doing, be it a failing test, a collection error or an import-time crash.
+        if code is None:
+            mutant.status, mutant.killed_by = "killed", "(timeout)"
+        elif code == 0:
+            mutant.status = "survived"
+        else:
+            mutant.status, mutant.killed_by = "killed", first_failure(output)
+        with self.lock:
+            self.done += 1
+            print(
+                f"[{self.done:3}/{self.total}] {mutant.status.upper():8} {mutant.id}  "
+                f"{mutant.where():34} {mutant.description}  ({mutant.seconds:.1f}s"
+                + (f", {mutant.killed_by}" if mutant.killed_by else "")
+                + ")",
+                flush=True,
+            )
+        return mutant
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def summary(mutants: list[Mutant], modules: list[str]) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for module in [*modules, "total"]:
+        mine = [m for m in mutants if module in ("total", m.module)]
+        counts = {
+            status: sum(m.status == status for m in mine)
+            for status in ("killed", "survived", "equivalent", "stale", "pending")
+        }
+        counted = counts["killed"] + counts["survived"]
+        row: dict[str, float] = {"mutants": len(mine), **counts}
+        row["score"] = round(100 * counts["killed"] / counted, 1) if counted else 0.0
+        table[module] = row
+    return table
+
+
+def print_table(table: dict[str, dict[str, float]]) -> None:
+    print(f"\n{'module':8} {'mutants':>7} {'equiv.':>6} {'killed':>6} {'survived':>8} {'score':>6}")
+    for module, row in table.items():
+        print(
+            f"{module:8} {row['mutants']:7} {row['equivalent']:6} {row['killed']:6} "
+            f"{row['survived']:8} {row['score']:5.1f}%"
+            + (f"  ({row['stale']} stale)" if row["stale"] else "")
+            + (f"  ({row['pending']} not run)" if row["pending"] else "")
+        )
+
+
+def list_mutants(mutants: list[Mutant]) -> None:
+    for m in mutants:
+        mark = {"equivalent": " [equivalent]", "stale": " [stale]"}.get(m.status, "")
+        print(f"{m.id}  {m.where():34} {m.operator:10} {m.description}{mark}")
+        print(f"{'':16}| {m.source_line}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--module", action="append", choices=sorted(MODULES),
+        help="a module to mutate (repeatable; default: all)")  # fmt: skip
+    add("--jobs", type=int, default=2, help="parallel copies (default 2)")
+    add("--list", action="store_true", help="list the mutants and stop")
+    add("--rev", default="HEAD", help="the commit to test (default HEAD)")
+    add("--working-tree", action="store_true",
+        help="test the working tree as it is, uncommitted files included")  # fmt: skip
+    add("--include", action="append", default=[], metavar="PATH",
+        help="copy this file from the working tree over the commit's")  # fmt: skip
+    add("--exclude", action="append", default=[], metavar="PATH",
+        help="remove this file from the copy (e.g. to measure a test file)")  # fmt: skip
+    add("--match", help="only mutants whose id, file:line or description has one of these (a,b)")
+    add("--rerun", metavar="JSON", help="only the survivors of an earlier report")
+    add("--tests", action="append", default=[], metavar="PATH",
+        help="run these tests for every mutant instead of the module's (repeatable)")  # fmt: skip
+    add("--python", default=default_python(), help="the interpreter for pytest")
+    add("--json", default=str(Path(tempfile.gettempdir()) / "twotier-mutation.json"),
+        help="where the report goes (default: %(default)s)")  # fmt: skip
+    args = parser.parse_args()
+    modules = args.module or list(MODULES)
+    OVERRIDE.extend(args.tests)
+
+    began = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="twotier-mutation-"))
+    try:
+        snapshot = work / "snapshot"
+        make_snapshot(args.rev, args.working_tree, args.include, snapshot)
+        for name in args.exclude:
+            (snapshot / name).unlink(missing_ok=True)
+        mutants = generate(snapshot, modules)
+        if args.rerun:
+            previous = json.loads(Path(args.rerun).read_text())
+            again = {m["id"] for m in previous["mutants"] if m["status"] == "survived"}
+            mutants = [m for m in mutants if m.id in again]
+        if args.match:
+            wanted = args.match.split(",")
+            mutants = [
+                m
+                for m in mutants
+                if any(w in m.id or w in m.where() or w in m.description for w in wanted)
+            ]
+        ids = {m.id for m in mutants}
+        if args.list:
+            list_mutants(mutants)
+            for stale in sorted(set(EQUIVALENT) - ids):
+                if stale.split("-")[0] in modules:
+                    print(f"warning: equivalent mutant {stale} no longer exists", file=sys.stderr)
+            print_table(summary(mutants, modules))
+            return 0
+
+        copies = [work / f"job{n}" for n in range(max(1, args.jobs))]
+        for copy in copies:
+            shutil.copytree(snapshot, copy)
+        package, servers = check_import(args.python, copies[0])
+        revision = "working tree" if args.working_tree else git("rev-parse", args.rev)
+        print(f"testing {revision}; twotier imported from {package}; servers: {servers}")
+
+        runner = Runner(copies, args.python, servers)
+        with ThreadPoolExecutor(len(copies)) as pool:
+            for module, seconds in zip(modules, pool.map(runner.baseline, modules), strict=True):
+                print(f"baseline {module}: passes in {seconds:.1f}s")
+                for node in runner.deselected[module]:
+                    print(f"  left out, fails unmutated: {node}")
+        todo = [m for m in mutants if m.status == "pending"]
+        # the slowest modules first, so the jobs finish together
+        todo.sort(key=lambda m: -runner.baselines[m.module])
+        runner.total = len(todo)
+        with ThreadPoolExecutor(len(copies)) as pool:
+            list(pool.map(runner.run, todo))
+    except KeyboardInterrupt:
+        for process in list(RUNNING):
+            _kill(process)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    elapsed = time.monotonic() - began
+    table = summary(mutants, modules)
+    print("\nsurvivors:")
+    for m in mutants:
+        if m.status in ("survived", "stale"):
+            print(
+                f"  {m.status:8} {m.id}  {m.where():34} {m.description}\n{'':12}| {m.source_line}"
+            )
+    print_table(table)
+    print(f"\n{len(todo)} mutants run in {elapsed / 60:.1f} min with {len(copies)} jobs")
+    report = {
+        "revision": revision,
+        "modules": modules,
+        "seconds": round(elapsed, 1),
+        "jobs": len(copies),
+        "summary": table,
+        "left_out": runner.deselected,
+        "mutants": [
+            {k: v for k, v in asdict(m).items() if k not in ("start", "end")} for m in mutants
+        ],
+    }
+    Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    print(f"report: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
