@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from twotier import TwoTierCache
 from twotier.testing import RedisServer, available_servers
@@ -28,6 +29,14 @@ def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
 @pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
 def protocol(request: pytest.FixtureRequest) -> int:
     return int(request.param)
+
+
+@pytest.fixture
+async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on `server`, to look at (or tamper with) what the cache wrote."""
+    client = aioredis.Redis.from_url(server.url)
+    yield client
+    await client.aclose()
 
 
 CacheFactory = Callable[..., TwoTierCache]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
-from twotier.testing import RedisServer
 
 from .conftest import CacheFactory
 
@@ -36,13 +35,6 @@ def _entry(key: str) -> str:
 
 def _lease(key: str) -> str:
     return f"{NS}:v1:l:{key}"
-
-
-@pytest.fixture
-async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(server.url)
-    yield client
-    await client.aclose()
 
 
 async def _true(value: bool) -> bool:

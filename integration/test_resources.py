@@ -15,7 +15,6 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +50,6 @@ def _entry(key: str) -> str:
 
 def _lease(key: str) -> str:
     return f"{NS}:v1:l:{key}"
-
-
-@pytest.fixture
-async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(server.url)
-    yield client
-    await client.aclose()
 
 
 async def _is(awaitable: Any, expected: object) -> bool:
