@@ -383,6 +383,30 @@ async def test_the_cause_of_a_failure_is_named(
         await guard.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "library bug: with tls=True (a rediss:// URL) describe() names every connect "
+        "failure whose text contains 'connecting' a TLS failure, and redis-py words a "
+        "refused connection 'Error 111 connecting to ...': Redis being down reads as "
+        "'TLS failed: no TLS handshake (is this a TLS port?)'"
+    ),
+)
+async def test_a_tls_url_to_a_server_that_is_down_is_named_an_outage() -> None:
+    """Nothing listening on a rediss:// URL's port is an outage, not a TLS mismatch."""
+    guard = _guard(FakeRedis(), tls=True)
+    refused = redis_errors.ConnectionError(
+        "Error 111 connecting to 127.0.0.1:6380. Connect call failed ('127.0.0.1', 6380)."
+    )
+    try:
+        with pytest.raises(BackendUnavailable):
+            await guard.call(_raising(refused))
+        assert guard.last_error is not None
+        assert not guard.last_error.startswith("TLS failed"), guard.last_error
+    finally:
+        await guard.close()
+
+
 async def test_each_new_cause_is_logged_once_and_forgotten_on_success(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
