@@ -65,6 +65,7 @@ from typing import Any, NamedTuple
 import redis.asyncio as aioredis
 
 from twotier import TwoTierCache
+from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from ._chaos_check import PHASES as _PHASES
@@ -103,8 +104,8 @@ QUIET_BEFORE_KILL = 0.3
 RESTORE_OUTAGE = 0.5
 SETTLED_AFTER_RESTORE = 1.5
 MARKER = "chaos-snapshot-marker"  # set only while the snapshot is taken
-SEQ = "chaos:v1:{ctl}:seq"  # the namespace's change counter
-LEASE_PREFIX = "chaos:v1:l:"  # + a key: its fill lease
+LAYOUT = Layout("chaos")  # the namespace's Redis names
+SEQ = LAYOUT.seq  # the namespace's change counter
 
 
 class Worker(NamedTuple):
@@ -328,7 +329,7 @@ async def _old_leases(server: RedisServer) -> set[str]:
     """The fill leases held longer than `OLD_LEASE`: nobody is filling those keys."""
     client = aioredis.Redis.from_url(server.url, socket_timeout=2)
     try:
-        names = [name async for name in client.scan_iter(match=LEASE_PREFIX + "*", count=1000)]
+        names = [name async for name in client.scan_iter(match=LAYOUT.lease_pattern, count=1000)]
         async with client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.pttl(name)
@@ -496,15 +497,15 @@ async def _run_old_snapshot(
     config = {_text(name): _text(value) for name, value in reply.items()}
     rdb = Path(config["dir"]) / config["dbfilename"]
     if lease is not None:  # a load in progress: its lease is taken, its fill comes later
-        await _redis(server, ("SET", LEASE_PREFIX + lease[0], "a load in progress", "PX", lease[1]))
+        await _redis(server, ("SET", LAYOUT.lease(lease[0]), "a load in progress", "PX", lease[1]))
     await _redis(server, ("SET", MARKER, "in the snapshot"))
     snapshot = time.monotonic()
     await _redis(server, ("SAVE",))
     figures["save_ms"] = round((time.monotonic() - snapshot) * 1000, 1)
-    keys, seq = await _redis(server, ("KEYS", LEASE_PREFIX + "*"), ("GET", SEQ))
+    keys, seq = await _redis(server, ("KEYS", LAYOUT.lease_pattern), ("GET", SEQ))
     figures["leases_in_snapshot"] = len(keys)
     figures["seq_at_snapshot"] = int(seq or 0)
-    await _redis(server, ("DEL", MARKER, *([LEASE_PREFIX + lease[0]] if lease else [])))
+    await _redis(server, ("DEL", MARKER, *([LAYOUT.lease(lease[0])] if lease else [])))
     shutil.copyfile(rdb, tmp_path / "snapshot.rdb")
     halt.unlink()
     await asyncio.sleep(CHANGES_AFTER_SNAPSHOT)
@@ -521,7 +522,7 @@ async def _run_old_snapshot(
     await asyncio.to_thread(server.restart)  # same port and dir: it loads the old file
     restart = time.monotonic()
     marker, seq, leases = await _redis(
-        server, ("GET", MARKER), ("GET", SEQ), ("KEYS", LEASE_PREFIX + "*")
+        server, ("GET", MARKER), ("GET", SEQ), ("KEYS", LAYOUT.lease_pattern)
     )
     figures["restored_from_snapshot"] = marker == b"in the snapshot"
     figures["seq_after_restart"] = int(seq or 0)

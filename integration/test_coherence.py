@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
+from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from .conftest import FLAVOURS, CacheFactory
@@ -92,10 +93,11 @@ async def test_tag_invalidation_is_constant_cost(server: RedisServer) -> None:
 async def _fill_tagged(raw: aioredis.Redis, cache: TwoTierCache, tag: str, n: int) -> None:
     """Write n entries exactly as set() stores them, pipelined (set() one by one is slow)."""
     await cache.set("probe", 1, tags=[tag])
-    template = await raw.hgetall("o1:v1:e:probe")
+    layout = Layout("o1")
+    template = await raw.get(layout.entry("probe"))
     async with raw.pipeline(transaction=False) as pipe:
         for i in range(n):
-            pipe.hset(f"o1:v1:e:{tag}:{i}", mapping=template)
+            pipe.set(layout.entry(f"{tag}:{i}"), template)
             if i % 5000 == 4999:
                 await pipe.execute()
         await pipe.execute()

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
+from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from ._proxy import ChaosProxy
@@ -87,7 +88,7 @@ async def test_killed_redis_keeps_serving_and_queues_changes(
     await eventually(lambda: _true(a.get_stats()["queued_ops_pending"] == 0), timeout=5)
     raw = aioredis.Redis.from_url(server.url)
     try:
-        assert int(await raw.get("f:v1:{ctl}:seq") or 0) >= 1  # the queue reached Redis
+        assert int(await raw.get(Layout("f").seq) or 0) >= 1  # the queue reached Redis
     finally:
         await raw.aclose()
     for i in range(20):

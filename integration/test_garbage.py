@@ -6,10 +6,12 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import PickleSerializer, TwoTierCache
+from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from .conftest import CacheFactory
 
+L = Layout("it")  # the Redis names of the tests' namespace
 SECRET = "a-secret-of-at-least-16-bytes"
 
 
@@ -23,24 +25,27 @@ async def test_garbage_entries_are_counted_misses_and_deleted(
     cache = await make_cache()
     raw = await _raw(server)
     try:
-        await raw.set("it:v1:e:string", "not a hash")  # wrong Redis type
-        await raw.hset("it:v1:e:partial", "p", "no versions")  # half an entry
-        await raw.lpush("it:v1:e:list", "x")
+        await raw.set(L.entry("string"), "not an entry")  # no header at all
+        await raw.set(L.entry("partial"), b"2\x1f123")  # half a header
+        await raw.hset(L.entry("hash"), "p", "x")  # wrong Redis types
+        await raw.lpush(L.entry("list"), "x")
         await cache.set("corrupt", {"a": 1})
-        await raw.hset("it:v1:e:corrupt", "p", b"M\xc1\xc1")  # payload msgpack refuses
+        entry = await raw.get(L.entry("corrupt"))
+        header = entry[: entry.index(b"\x1e") + 1]
+        await raw.set(L.entry("corrupt"), header + b"M\xc1\xc1")  # payload msgpack refuses
         cache.local.clear()
-        for key in ("string", "partial", "list", "corrupt"):
+        keys = ("string", "partial", "hash", "list", "corrupt")
+        for key in keys:
             assert await cache.get(key, "default") == "default"
-        await eventually(lambda: _gone(raw, "it:v1:e:corrupt"))
-        for key in ("string", "partial", "list"):
-            assert not await raw.exists(f"it:v1:e:{key}")
-        assert cache.get_stats()["garbage_entries"] == 4
+        for key in keys:
+            assert not await raw.exists(L.entry(key))
+        assert cache.get_stats()["garbage_entries"] == 5
 
         @cache.cached(ttl=60, key="string")  # a decorated read over the same garbage
         async def loader() -> str:
             return "loaded"
 
-        await raw.set("it:v1:e:string", "again")
+        await raw.set(L.entry("string"), "again")
         assert await loader() == "loaded"
         assert await cache.get("string") == "loaded"  # and the key works again
     finally:
@@ -72,9 +77,9 @@ async def test_foreign_control_keys_are_repaired(
     raw = await _raw(server)
     try:
         await a.set("k", 1, tags=["t"])
-        await raw.delete("it:v1:{ctl}:tags", "it:v1:{ctl}:seq")
-        await raw.set("it:v1:{ctl}:tags", "garbage")
-        await raw.lpush("it:v1:{ctl}:seq", "garbage")
+        await raw.delete(L.tags, L.seq)
+        await raw.set(L.tags, "garbage")
+        await raw.lpush(L.seq, "garbage")
         b.local.clear()
         assert await b.get("k") is None  # versions unknown: the entry cannot be trusted
         await a.set("k", 2, tags=["t"])  # changes work again, and repair the keys
@@ -97,14 +102,14 @@ async def test_unknown_messages_and_log_entries_clear_l1(
     raw = await _raw(server)
     try:
         await cache.set("k", 1)
-        await raw.publish("it:v1:inv", b"9\x1fz\x1f1\x1fsomeone\x1fk")  # a future format
+        await raw.publish(L.channel, b"9\x1fz\x1f1\x1fsomeone\x1fk")  # a future format
         await eventually(lambda: _true(cache.local.entries == 0))
         assert cache.get_stats()["bad_messages"] == 1
 
         await cache.set("k", 2)
-        seq = int(await raw.get("it:v1:{ctl}:seq"))
-        await raw.incr("it:v1:{ctl}:seq")  # a change nobody was told about...
-        await raw.xadd("it:v1:{ctl}:log", {"m": b"\xff\xfe garbage"}, id=f"{seq + 1}-1")
+        seq = int(await raw.get(L.seq))
+        await raw.incr(L.seq)  # a change nobody was told about...
+        await raw.xadd(L.log, {"m": b"\xff\xfe garbage"}, id=f"{seq + 1}-1")
         await eventually(lambda: _true(cache.local.entries == 0))  # ...found while idle
         assert cache.get_stats()["l1_clears"] >= 1
         assert await cache.get("k") == 2  # L2 still answers

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from twotier import LoaderTimeoutError, TwoTierCache
+from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from ._proxy import ChaosProxy
@@ -180,9 +181,10 @@ async def test_hard_timeout_bounds_a_wait_on_another_instances_lease(
 
         raw = aioredis.Redis.from_url(server.url)
         try:  # a lease of this generation whose holder died, contended (a waiter marked it)
-            generation = (await raw.hget("h:v1:{ctl}:tags", "")).decode()
+            layout = Layout("h")
+            generation = (await raw.hget(layout.tags, "")).decode()
             lease = f"deadbeef@{generation}+"
-            await raw.set(f"h:v1:l:{report.key(4)}", lease, px=int(LEASE_TTL * 1000))
+            await raw.set(layout.lease(report.key(4)), lease, px=int(LEASE_TTL * 1000))
         finally:
             await raw.aclose()
         start = time.perf_counter()

@@ -7,6 +7,7 @@ import json
 import redis.asyncio as aioredis
 
 from tests.contract import eventually
+from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from .conftest import CacheFactory
@@ -15,7 +16,7 @@ from .conftest import CacheFactory
 async def _reports(server: RedisServer, namespace: str) -> dict[str, dict[str, object]]:
     raw = aioredis.Redis.from_url(server.url)
     try:
-        names = [n async for n in raw.scan_iter(match=f"{namespace}:v1:{{ctl}}:hb:*")]
+        names = [n async for n in raw.scan_iter(match=Layout(namespace).heartbeat_prefix + "*")]
         values = await raw.mget(names) if names else []
         return {r["instance"]: r for r in (json.loads(v) for v in values if v)}
     finally:

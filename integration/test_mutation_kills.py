@@ -19,22 +19,24 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
+from twotier._redis import Layout
 
 from .conftest import CacheFactory
 
 NS = "it"  # make_cache's namespace
-TAGS = f"{NS}:v1:{{ctl}}:tags"
-BUMPED = f"{NS}:v1:{{ctl}}:bumped"
-SEQ = f"{NS}:v1:{{ctl}}:seq"
-LOG = f"{NS}:v1:{{ctl}}:log"
+LAYOUT = Layout(NS)
+TAGS = LAYOUT.tags
+BUMPED = LAYOUT.bumped
+SEQ = LAYOUT.seq
+LOG = LAYOUT.log
 
 
 def _entry(key: str) -> str:
-    return f"{NS}:v1:e:{key}"
+    return LAYOUT.entry(key)
 
 
 def _lease(key: str) -> str:
-    return f"{NS}:v1:l:{key}"
+    return LAYOUT.lease(key)
 
 
 async def _true(value: bool) -> bool:

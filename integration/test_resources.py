@@ -23,13 +23,15 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
+from twotier._redis import Layout
 from twotier.testing import RedisServer, free_port
 
 from .conftest import FLAVOURS, CacheFactory
 
 NS = "it"  # make_cache's namespace
-TAGS = f"{NS}:v1:{{ctl}}:tags"
-BUMPED = f"{NS}:v1:{{ctl}}:bumped"
+LAYOUT = Layout(NS)
+TAGS = LAYOUT.tags
+BUMPED = LAYOUT.bumped
 MiB = 1024 * 1024
 
 _PARAMETERS = inspect.signature(TwoTierCache).parameters
@@ -45,11 +47,11 @@ def _supported(**options: Any) -> dict[str, Any]:
 
 
 def _entry(key: str) -> str:
-    return f"{NS}:v1:e:{key}"
+    return LAYOUT.entry(key)
 
 
 def _lease(key: str) -> str:
-    return f"{NS}:v1:l:{key}"
+    return LAYOUT.lease(key)
 
 
 async def _is(awaitable: Any, expected: object) -> bool:

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from ._decorator import CachedFunction, make_cached
+from ._envelope import pack
 from ._exceptions import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
     CacheClosedError,
     ConfigurationError,
-    DeserializationError,
     EventLoopError,
     InvalidKeyError,
 )
@@ -34,12 +34,14 @@ from ._link import RedisLink
 from ._local import LocalTier, is_immutable
 from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
+from ._mirror import VersionMirror
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
 from ._serialization import MsgpackSerializer, Serializer
+from ._shared import GAVE_WAY, Found, SharedTier
 from ._stats import Counters
 from ._sync import SyncCache
-from ._tier import MISSING_READ, Kind, Message, ReadResult, RemoteTier
+from ._tier import Kind, Message, RemoteTier
 from ._types import MISS, Clock
 from ._warmup import Warmup
 
@@ -65,19 +67,46 @@ def validate_entry_tags(tags: Iterable[object]) -> tuple[str, ...]:
 class Invalidation:
     """Returned by `invalidate_tag(s)`: already applied locally; await it to wait for Redis.
 
-    Code written for the seed's synchronous manager calls `invalidate_tag`
-    without `await`; the invalidation must take effect anyway, so the local part
-    happens in the call and the Redis part is a tracked background task.
+    Awaited at once (the usual case), it sends the change from the awaiting
+    coroutine: no task, no extra turn of the event loop. Code written for the
+    seed's synchronous manager calls `invalidate_tag` without `await`; the
+    invalidation must take effect anyway, so unless it is awaited within the
+    current turn of the loop, it is delivered by a tracked background task.
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_cache", "_delivered", "_started", "_tags")
 
-    def __init__(self, task: asyncio.Task[None] | None) -> None:
-        self._task = task
+    def __init__(self, cache: TwoTierCache | None, tags: tuple[str, ...]) -> None:
+        self._cache = cache
+        self._tags = tags
+        self._started = cache is None  # None: delivered already (from sync code)
+        self._delivered: asyncio.Future[None] | None = None
+        if cache is not None:
+            loop = asyncio.get_running_loop()
+            self._delivered = loop.create_future()
+            cache._unsettle(tags, self._delivered)
+            loop.call_soon(self._deliver_in_background)
+
+    def _deliver_in_background(self) -> None:
+        if not self._started and self._cache is not None:
+            self._started = True
+            self._cache.spawn(self._deliver())
+
+    async def _deliver(self) -> None:
+        assert self._cache is not None
+        assert self._delivered is not None
+        try:
+            await self._cache._invalidate_remote(self._tags)
+        finally:
+            if not self._delivered.done():
+                self._delivered.set_result(None)
 
     def __await__(self) -> Generator[Any, None, None]:
-        if self._task is not None:
-            yield from asyncio.shield(self._task).__await__()
+        if not self._started:
+            self._started = True
+            yield from self._deliver().__await__()
+        elif self._delivered is not None:
+            yield from asyncio.shield(self._delivered).__await__()
 
 
 class TwoTierCache:
@@ -160,11 +189,24 @@ class TwoTierCache:
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
         self._remote: RemoteTier = MemoryTier(hub_for(namespace), self.instance_id)
+        self._shared = SharedTier(
+            self._remote,
+            VersionMirror(self._remote.versions),
+            self._serializer,
+            self.counters,
+            self._log,
+            lease_ttl=self._lease_ttl,
+            retry_delay=self._redis_timeout,
+            max_retry_delay=self._health_interval,
+            clock=self.clock,
+            spawn=self.spawn,
+            blocked=self._outbox.__bool__,
+        )
         self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
         self._retry: asyncio.Task[None] | None = None
-        self._unsettled: dict[str, set[asyncio.Task[None]]] = {}
+        self._unsettled: dict[str, set[asyncio.Future[None]]] = {}
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -211,6 +253,7 @@ class TwoTierCache:
             lease_ttl=self._lease_ttl,
             log_maxlen=self._log_maxlen,
             apply_message=self._apply_message,
+            mirror_message=self._mirror_message,
             clear_local=self._clear_local,
             suspend_local=self._suspend_local,
             bound_local=self._bound_local,
@@ -220,8 +263,12 @@ class TwoTierCache:
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
         )
-        self._remote = self._link.tier
+        self._use_remote(self._link.tier, self._link.mirror)
         await self._link.start()
+
+    def _use_remote(self, remote: RemoteTier, mirror: VersionMirror) -> None:
+        self._remote = self._shared.remote = remote
+        self._shared.mirror = mirror
 
     async def close(self) -> None:
         """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
@@ -290,7 +337,8 @@ class TwoTierCache:
         self._started = False
         self._start_lock = None
         self._link = None
-        self._remote = MemoryTier(hub_for(self.namespace), self.instance_id)
+        memory = MemoryTier(hub_for(self.namespace), self.instance_id)
+        self._use_remote(memory, VersionMirror(memory.versions))
         self._deliveries = set()
         self._lease_waiters.clear()
         self._retry = None
@@ -327,16 +375,20 @@ class TwoTierCache:
             self.counters.l1_hits += 1
             return value
         await self._ensure_started()
-        read = await self._read_remote(key, (), lease=False)
-        if self._unsettled and not self._unsettled.keys().isdisjoint(read.tags):
-            await self._settle(read.tags)  # the entry may be one we just invalidated
-            read = await self._read_remote(key, (), lease=False)
-        value = self._decode_hit(key, read)
-        if value is MISS:
+        found = await self._shared.lookup(key)
+        unsettled = self._unsettled
+        if (
+            found.entry is not None
+            and unsettled
+            and not unsettled.keys().isdisjoint(found.entry.tags)
+        ):
+            await self._settle(found.entry.tags)  # it may be one we just invalidated
+            found = await self._shared.lookup(key)
+        if found.entry is None:
             self.counters.misses += 1
             return default
-        self._store_local(key, value, read.payload or b"", read.ttl, read.tags, self.copy_on_read)
-        return value
+        self._store_found(key, found, self.copy_on_read)
+        return found.value
 
     async def load(
         self,
@@ -431,23 +483,23 @@ class TwoTierCache:
         min_ttl: float = 0.0,
         refreshing: bool = False,
     ) -> Any:
-        key, tags = flight.key, flight.tags
+        """L2 (one GET), else the fill lease, the loader and the conditional fill."""
+        key, tags, shared = flight.key, flight.tags, self._shared
         if self._unsettled:
             await self._settle(tags)
-        read = await self._read_remote(key, tags, lease=True, min_ttl=min_ttl)
-        if _loading_elsewhere(read):
-            if refreshing:
+        found = await shared.lookup(key, min_ttl)
+        token: str | None = None
+        if found.entry is None and found.rejected is not None:
+            found, token = await self._claim(key, found.rejected, refreshing)
+            if found is GAVE_WAY:
                 return MISS  # an early refresh gives way to the load already running
-            read = await self._wait_for_other_loader(key, tags)
-        value = self._decode_hit(key, read)
-        if value is not MISS:
+        if found.entry is not None:
             if not flight.invalidated:
-                self._store_local(
-                    key, value, read.payload or b"", read.ttl, read.tags, copy_on_read
-                )
-            return value
+                self._store_found(key, found, copy_on_read)
+            return found.value
         if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
             self.counters.misses += 1
+        snapshot = await shared.snapshot(tags) if token is not None else None
         self.counters.loads += 1
         try:
             value = await loader()
@@ -455,17 +507,16 @@ class TwoTierCache:
         except BaseException as exc:  # cancellation too (a hard timeout): free the lease now
             if isinstance(exc, Exception):
                 self.counters.load_errors += 1
-            if read.lease is not None:
-                self.spawn(self._release(key, read.lease))
+            if token is not None:
+                self.spawn(shared.release(key, token))
             raise
-        if read.lease is not None and read.snapshot is not None:
+        if token is not None:
             if len(payload) > self.max_value_size:
                 self.counters.oversized_values += 1  # kept in L1 only; others load their own
-                self._release_later(key, read.lease)
-                stored = True
-            else:
-                stored = await self._fill(key, payload, ttl, tags, read.snapshot, read.lease)
-            if not stored:
+                shared.release_later(key, token)
+            elif snapshot is None:
+                shared.release_later(key, token)  # versions unknown: L1 only
+            elif not await shared.fill(key, tags, snapshot, payload, ttl, token):
                 # The key or one of its tags changed while the loader ran: its
                 # result is already outdated and must not be cached anywhere.
                 self.counters.stale_sets_refused += 1
@@ -477,51 +528,39 @@ class TwoTierCache:
             self.counters.sets += 1  # the seed counted every value it cached as a set
         return value
 
-    async def _fill(
-        self,
-        key: str,
-        payload: bytes,
-        ttl: float,
-        tags: tuple[str, ...],
-        snapshot: str,
-        lease: str,
-    ) -> bool:
-        """The conditional write; whatever happens to it, the lease does not outlive it."""
-        try:
-            return await self._remote.fill(key, payload, ttl, tags, snapshot, lease)
-        except BackendError:
-            # Redis is away, or refused the write (maxmemory): L1 alone decides,
-            # under the flight's guard. The fill may not have run, so its lease
-            # is released, else every reader elsewhere would wait out its TTL.
-            self.counters.l2_errors += 1
-            self._release_later(key, lease)
-            return True
-        except BaseException:
-            self._release_later(key, lease)  # cancelled mid-write
-            raise
+    async def _claim(self, key: str, rejected: bytes, refreshing: bool) -> tuple[Found, str | None]:
+        """Take the fill lease, or wait for the caller that holds it.
 
-    async def _wait_for_other_loader(self, key: str, tags: tuple[str, ...]) -> ReadResult:
-        """Another instance holds the fill lease: wait for its result rather than load too.
-
-        Woken by the end of that lease (an 'f' message) or a change of the key,
-        never by polling Redis; bounded by the lease's own lifetime, so a crashed
-        loader delays others by at most `lease_ttl`. Three reads at most.
+        Waiting is woken by the end of that lease (an 'f' message) or a change
+        of the key, never by polling Redis, and bounded by the lease's own
+        lifetime, so a crashed loader delays others by at most `lease_ttl`.
+        Then one read, and a claim only if that read misses too: three
+        commands per waiting instance. The waiter is registered before the
+        claim is sent, so a lease that ends before its reply is read still
+        wakes it.
         """
-        self.counters.lease_waits += 1
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lease_waiters[key] = woken
+        woken = self._lease_waiters.get(key)
+        if woken is None:
+            woken = self._lease_waiters[key] = asyncio.get_running_loop().create_future()
         try:
-            read = await self._read_remote(key, tags, lease=True)  # it may be done already
-            listening = self._link is not None and self._link.listening
-            if _loading_elsewhere(read) and listening:  # else no message could wake us
+            found, token, held = await self._shared.claim(key, rejected)
+            if not held:
+                return found, token
+            if refreshing:
+                return GAVE_WAY, None
+            self.counters.lease_waits += 1
+            if self._link is not None and self._link.listening:  # else no message could wake us
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._lease_ttl):
-                        await woken
-                read = await self._read_remote(key, tags, lease=True)
-            return read
+                        await asyncio.shield(woken)
         finally:
             if self._lease_waiters.get(key) is woken:
                 del self._lease_waiters[key]
+        found = await self._shared.lookup(key)
+        if found.entry is not None or found.rejected is None:
+            return found, None
+        found, token, _ = await self._shared.claim(key, found.rejected)
+        return found, token
 
     def _wake_lease_waiters(self, keys: Iterable[str] | None) -> None:
         """Wake the waiters on these keys' leases (all of them for None)."""
@@ -530,67 +569,15 @@ class TwoTierCache:
             if woken is not None and not woken.done():
                 woken.set_result(None)
 
-    def _release_later(self, key: str, lease: str) -> None:
-        """Release a fill lease in the background: for a caller that timed out,
-        was cancelled, or failed, and cannot wait for Redis itself."""
-        self.spawn(self._release(key, lease))
+    def _release_later(self, key: str, token: str) -> None:
+        self._shared.release_later(key, token)
 
-    async def _release(self, key: str, lease: str) -> None:
-        """Give a lease back, retrying while Redis stalls; the release is keyed by
-        the token, so running it twice, or after the lease ended, does nothing.
-
-        A lease nobody releases stalls that key on every instance for
-        `lease_ttl` (issue 7, item 1): a read that timed out after Redis ran
-        it, during a 250 ms fork stall, must give its lease back once Redis
-        answers again, not 10 s later.
-        """
-        deadline = self.clock() + self._lease_ttl
-        delay = self._redis_timeout
-        while True:
-            try:
-                await self._remote.release(key, lease)
-                return
-            except BackendError:
-                self.counters.l2_errors += 1
-                if self.clock() + delay > deadline:
-                    return  # by then the lease has expired by itself
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, self._health_interval)
-
-    async def _read_remote(
-        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
-    ) -> ReadResult:
-        if self._outbox:
-            # Changes of ours that Redis has not taken yet (it is away, or it
-            # refused them): what it holds may be what we invalidated.
-            return MISSING_READ
-        try:
-            return await self._remote.read(key, tags, lease, min_ttl)
-        except BackendError:
-            self.counters.l2_errors += 1
-            return MISSING_READ
-
-    def _decode_hit(self, key: str, read: ReadResult) -> Any:
-        if read.payload is None:
-            if read.garbage:
-                self.counters.garbage_entries += 1
-            return MISS
-        try:
-            value = self._serializer.loads(read.payload)
-        except DeserializationError as exc:
-            # Foreign data, an old format or a bad signature: a counted miss, deleted.
-            self.counters.garbage_entries += 1
-            self._log.warning("undecodable L2 entry %r deleted: %s", key, exc)
-            self.spawn(self._discard(key))
-            return MISS
-        self.counters.l2_hits += 1
-        return value
-
-    async def _discard(self, key: str) -> None:
-        try:
-            await self._remote.discard(key)
-        except BackendError:
-            self.counters.l2_errors += 1
+    def _store_found(self, key: str, found: Found, copy_on_read: bool) -> None:
+        entry = found.entry
+        assert entry is not None  # a hit
+        ttl = entry.remaining()
+        if ttl > 0:
+            self._store_local(key, found.value, entry.payload, ttl, entry.tags, copy_on_read)
 
     def _store_local(
         self,
@@ -615,15 +602,20 @@ class TwoTierCache:
         payload = self._serializer.dumps(value)  # raises before anything changed
         await self._ensure_started()
         self._apply_local("k", (key,))
-        if len(payload) > self.max_value_size:
-            # Too big for Redis (it would stall the link for everyone): kept in
-            # this L1 only, and announced as a delete so no instance keeps, or
-            # reads from L2, the key's old value (issue 7, item 9).
-            self.counters.oversized_values += 1
+        snapshot = await self._shared.snapshot(tags_t)
+        if snapshot is None or len(payload) > self.max_value_size:
+            # Too big for Redis (it would stall the link for everyone), or Redis
+            # cannot say under which versions to store it: kept in this L1 only,
+            # and announced as a delete so no instance keeps, or reads from L2,
+            # the key's old value (issue 7, item 9).
+            if snapshot is not None:
+                self.counters.oversized_values += 1
             await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
         else:
+            entry = pack(seconds, snapshot.generation, tags_t, snapshot.versions, payload)
+            horizon = seconds + self._lease_ttl if tags_t else 0.0
             await self._change(
-                lambda r: r.write(key, payload, seconds, tags_t), lambda o: o.add_keys((key,))
+                lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
             )
         self._store_local(key, value, payload, seconds, tags_t, self.copy_on_read)
         self.counters.sets += 1
@@ -658,42 +650,50 @@ class TwoTierCache:
             # change left in the queue of a thread without a loop was never
             # delivered (issue 7, item 7).
             self.sync.run(lambda: self._invalidate_awaited(tags_t))
-            return Invalidation(None)
+            return Invalidation(None, tags_t)
         self._own_loop()
         self._apply_local("t", tags_t)
         self.counters.tag_invalidations += len(tags_t)
-        task = self.spawn(self._invalidate_remote(tags_t))
-        # Until Redis has it, this instance must not read the old entries back
-        # from L2 (read-your-writes holds for an un-awaited call too): reads of
-        # these tags wait for the delivery first; see `_settle`.
-        for tag in tags_t:
-            self._unsettled.setdefault(tag, set()).add(task)
-        task.add_done_callback(lambda done: self._settled(tags_t, done))
-        return Invalidation(task)
+        return Invalidation(self, tags_t)
 
     async def _invalidate_awaited(self, tags: tuple[str, ...]) -> None:
         await self.invalidate_tags(tags)
 
-    def _settled(self, tags: tuple[str, ...], task: asyncio.Task[None]) -> None:
+    def _unsettle(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
+        """Until Redis has this invalidation, this instance must not read the old
+        entries back from L2 (read-your-writes holds for an un-awaited call
+        too): reads of these tags wait for the delivery first; see `_settle`."""
         for tag in tags:
-            tasks = self._unsettled.get(tag)
-            if tasks is not None:
-                tasks.discard(task)
-                if not tasks:
+            self._unsettled.setdefault(tag, set()).add(delivered)
+        delivered.add_done_callback(lambda done: self._settled(tags, done))
+
+    def _settled(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
+        for tag in tags:
+            pending = self._unsettled.get(tag)
+            if pending is not None:
+                pending.discard(delivered)
+                if not pending:
                     del self._unsettled[tag]
 
     async def _settle(self, tags: Iterable[str]) -> None:
         """Wait for this instance's in-flight invalidations of *tags* to reach Redis."""
-        pending = {task for tag in tags for task in self._unsettled.get(tag, ())}
+        pending = {future for tag in tags for future in self._unsettled.get(tag, ())}
         if pending:
             await asyncio.wait(pending)  # each is bounded by the Redis timeout
 
     async def _invalidate_remote(self, tags: tuple[str, ...]) -> None:
         await self._ensure_started()
-        await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
+        try:
+            await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
+        except asyncio.CancelledError:
+            # The awaiting caller was cancelled mid-send: Redis may or may not
+            # have it. Queued, it is sent again (a repeated bump is harmless).
+            self._outbox.add_tags(tags)
+            self._retry_soon()
+            raise
 
     async def _change(
-        self, send: Callable[[RemoteTier], Awaitable[None]], queue: Callable[[Outbox], None]
+        self, send: Callable[[RemoteTier], Awaitable[object]], queue: Callable[[Outbox], None]
     ) -> None:
         """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
         try:
@@ -718,11 +718,28 @@ class TwoTierCache:
         elif kind == "t":
             self.local.evict_tags(names)
             self._flights.invalidate_tags(names)
-        else:
+        elif kind == "c":
             self._clear_local()
+        # "x": versions compacted away concern only the mirror
 
     def _apply_message(self, message: Message) -> None:
+        """Another instance's change (or the server's): the mirror, then L1."""
+        self._mirror_message(message)
         self._apply_local(message.kind, message.names)
+
+    def _mirror_message(self, message: Message) -> None:
+        """A change's new versions into the mirror (also for our own changes,
+        which L1 has applied already: cheap, and idempotent)."""
+        mirror = self._shared.mirror
+        if message.kind == "t":
+            mirror.bumped(zip(message.names, message.versions, strict=False))
+        elif message.kind == "c":
+            if message.versions:
+                mirror.cleared(message.versions[0])
+            else:
+                mirror.reset()
+        elif message.kind == "x":
+            mirror.dropped(message.names)
 
     def _clear_local(self) -> None:
         self.local.clear()
@@ -795,13 +812,12 @@ class TwoTierCache:
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         await self._ensure_started()
         warmup = Warmup(
-            self._remote,
+            self._shared,
             self._flights,
             self._serializer,
             self.counters,
             lookup=self.local.get,
             store_local=self._store_local,
-            release_later=self._release_later,
             max_value_size=self.max_value_size,
             log=tier_log(self.instance_id, "loader"),
         )
@@ -861,8 +877,3 @@ def _forget_loop(ref: weakref.ReferenceType[TwoTierCache]) -> None:
         cache._loop = None
         cache.sync.forget_loop_thread()
         cache._abandon_closed_loop()
-
-
-def _loading_elsewhere(read: ReadResult) -> bool:
-    """A miss in Redis whose fill lease another caller holds."""
-    return read.payload is None and read.snapshot is not None and read.lease is None

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from ._exceptions import BackendError
 from ._guard import Guard
 from ._logging import tier_log
+from ._mirror import VersionMirror
 from ._redis import Layout, RedisTier
 from ._stats import Counters
 from ._subscriber import RedisListener
@@ -54,6 +55,7 @@ class RedisLink:
         lease_ttl: float,
         log_maxlen: int,
         apply_message: Callable[[Message], None],
+        mirror_message: Callable[[Message], None],
         clear_local: Callable[[], None],
         suspend_local: Callable[[bool], None],
         bound_local: Callable[[float], None],
@@ -111,16 +113,24 @@ class RedisLink:
             instance_id,
             lease_ttl=lease_ttl,
             log_maxlen=log_maxlen,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
             max_connections=max_connections,
+            compaction_margin=max(compaction_interval, health_interval * 10),
             orphaned=release_later,
         )
+        self.mirror = VersionMirror(self.tier.versions)
+        self.tier.on_bumped = self.mirror.bumped
+        self.tier.on_cleared = self.mirror.cleared
         # The listener gets its own client: a pub/sub connection must not share
         # the socket timeout of data calls (it waits for messages by design).
         self.listener = RedisListener(
             aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout, retry=no_retry),
             self.tier,
             instance_id,
+            self.mirror,
             apply=apply_message,
+            apply_own=mirror_message,
             clear_local=clear_local,
             suspend_local=suspend_local,
             on_link_lost=self._on_link_lost,
@@ -227,6 +237,7 @@ class RedisLink:
         if self._listener_task is not None:
             await self.listener.stop(self._listener_task)
         await self.guard.close()
+        await self.tier.close()
         await self._client.aclose()
         await self.listener.client.aclose()
 

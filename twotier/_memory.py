@@ -11,7 +11,7 @@ import itertools
 import weakref
 from collections.abc import Callable
 
-from ._tier import FILL, MISSING_READ, BatchRead, Kind, Message, ReadResult
+from ._tier import GRANTED, Claim, Kind, Message
 
 Handler = Callable[[Message], None]
 
@@ -45,44 +45,55 @@ def hub_for(namespace: str) -> MemoryHub:
 
 
 class MemoryTier:
-    """A `RemoteTier` that stores nothing and broadcasts on the hub."""
+    """A `RemoteTier` that stores nothing and broadcasts on the hub.
+
+    The cache never reads from it (there is no L2 to read); its changes reach
+    the other instances of the process through the hub.
+    """
 
     def __init__(self, hub: MemoryHub, origin: str) -> None:
         self._hub = hub
         self._origin = origin
 
-    async def read(
-        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
-    ) -> ReadResult:
-        return MISSING_READ
-
-    async def fill(
-        self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
-    ) -> bool:
-        return False
-
-    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
-        return BatchRead([FILL] * len(keys), None, None)  # no L2: every key is ours to load
-
-    async def fill_many(
-        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
-    ) -> list[bool]:
-        return [False] * len(fills)
-
-    async def release(self, key: str, lease: str) -> None:
+    async def get(self, key: str) -> bytes | None:
         return None
 
-    async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None:
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [None] * len(keys)
+
+    async def versions(
+        self, tags: tuple[str, ...], horizon: float = 0.0
+    ) -> tuple[str, tuple[str, ...]]:
+        return "0", ("0",) * len(tags)
+
+    async def claim(self, key: str, token: str, rejected: bytes) -> Claim:
+        return Claim(GRANTED)
+
+    async def claim_many(self, keys: list[str], token: str, rejected: list[bytes]) -> list[Claim]:
+        return [Claim(GRANTED)] * len(keys)
+
+    async def fill(self, key: str, entry: bytes, ttl: float, token: str) -> bool:
+        return True
+
+    async def fill_many(self, fills: list[tuple[str, bytes]], ttl: float, token: str) -> list[bool]:
+        return [True] * len(fills)
+
+    async def release(self, key: str, token: str) -> None:
+        return None
+
+    async def write(self, key: str, entry: bytes, ttl: float, horizon: float) -> None:
         self._hub.publish("k", (key,), self._origin)
 
     async def delete(self, keys: tuple[str, ...]) -> None:
         self._hub.publish("k", keys, self._origin)
 
-    async def invalidate(self, tags: tuple[str, ...]) -> None:
+    async def invalidate(self, tags: tuple[str, ...]) -> list[tuple[str, str]]:
         self._hub.publish("t", tags, self._origin)
+        return []
 
-    async def clear(self) -> None:
+    async def clear(self) -> str:
         self._hub.publish("c", (), self._origin)
+        return "0"
 
     async def discard(self, key: str) -> None:
         return None

@@ -28,6 +28,9 @@ class Outbox:
         self._tags: dict[str, None] = {}
         self._clear = False
 
+    def __bool__(self) -> bool:
+        return bool(self._keys or self._tags or self._clear)
+
     def __len__(self) -> int:
         return len(self._keys) + len(self._tags) + int(self._clear)
 

@@ -1,35 +1,38 @@
 """The Redis tier: key layout, Lua scripts, and the change log.
 
-Key layout for namespace ``ns`` (the wire-format version ``v1`` is part of every
-name, so an instance of a later format ignores these keys instead of misreading
-them):
+Key layout for namespace ``ns`` (the format version ``v2`` is part of every
+name, so an instance of another format ignores these keys instead of
+misreading them):
 
-    ns:v1:e:<key>        entry: a hash {p: payload, t: tags, v: versions}
-    ns:v1:l:<key>        fill lease of <key> (a token, with a short expiry)
-    ns:v1:{ctl}:tags     hash tag → version ('' = namespace generation,
-                         '\x1fhorizon' = the longest an entry can live, ms)
-    ns:v1:{ctl}:bumped   sorted set tag → time of its last bump (compaction)
-    ns:v1:{ctl}:seq      the change counter
-    ns:v1:{ctl}:log      stream of the last changes, id = <seq>-1
-    ns:v1:{ctl}:epoch    run id of the server the generation was drawn on
-    ns:v1:{ctl}:hb:<id>  instance <id>'s stats (JSON), expiring unless renewed
-    ns:v1:inv            the pub/sub channel
+    ns:v2:{d}:e:<key>     entry: one string (`_envelope.py`)
+    ns:v2:{d}:l:<key>     its fill lease (a token, with a short expiry)
+    {ns:v2}:tags          hash tag → version ('' = namespace generation,
+                          '\x1fhorizon' = the longest an entry can live, ms)
+    {ns:v2}:bumped        sorted set tag → time of its last bump (compaction)
+    {ns:v2}:seq           the change counter
+    {ns:v2}:log           stream of the last changes, id = <seq>-1
+    {ns:v2}:epoch         run id of the server the generation was drawn on
+    {ns:v2}:hb:<id>       instance <id>'s stats (JSON), expiring unless renewed
+    {ns:v2}:inv           the pub/sub channel
 
-The control keys share the hash slot ``{ctl}``.
+``{d}`` is a digest of the key (CRC-32, hex): an entry and its lease share
+its hash slot whatever braces the key holds. The control keys and the channel
+share the namespace's own slot, ``{ns:v2}``, so namespaces spread over a
+cluster's shards. No script touches two slots (guarantee 8): a `set` is an
+entry-slot script, then an announcement on the control slot.
 
 Scripts carry Redis 7 flags (``#!lua flags=…``). Scripts that store values are
-refused as a whole under ``maxmemory`` (before, a script's first ``DEL`` let
-its later writes through: 31.8 MB landed under a 3 MB limit). Scripts that
-only read, delete, take a short lease or bump a version run under OOM
-(``allow-oom``): an invalidation must never be refused for memory, and a full
-cache must still answer reads.
+refused as a whole under ``maxmemory``. Scripts that only take a short lease,
+release one, bump a version or announce run under OOM (``allow-oom``): an
+invalidation must never be refused for memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
+import time
+import zlib
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -39,25 +42,25 @@ from redis.exceptions import NoScriptError
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._tier import BUSY, FILL, FOREIGN, IN_L2, SEP, BatchRead, Message, ReadResult
+from ._pipe import ReadPipe
+from ._tier import Claim, Message
 
-FORMAT = "v1"
+FORMAT = "v2"
 T = TypeVar("T")
 
 
 #: Scripts that may run while Redis is at `maxmemory` (see the module docstring).
 _ALLOW_OOM = frozenset(
-    {"read", "read_batch", "release", "delete", "invalidate", "epoch", "compact"}
+    {"claim", "release", "announce", "invalidate", "versions", "epoch", "compact"}
 )
 _SCRIPTS = (
-    "read",
+    "claim",
     "fill",
-    "read_batch",
-    "fill_batch",
     "release",
     "write",
-    "delete",
+    "announce",
     "invalidate",
+    "versions",
     "epoch",
     "compact",
 )
@@ -100,24 +103,31 @@ class Layout:
     """The Redis names of one namespace."""
 
     def __init__(self, namespace: str) -> None:
-        base = f"{namespace}:{FORMAT}"
-        self.entry_prefix = f"{base}:e:"
-        self.lease_prefix = f"{base}:l:"
-        self.tags = f"{base}:{{ctl}}:tags"
-        self.bumped = f"{base}:{{ctl}}:bumped"
-        self.seq = f"{base}:{{ctl}}:seq"
-        self.log = f"{base}:{{ctl}}:log"
-        self.epoch = f"{base}:{{ctl}}:epoch"
+        control = f"{{{namespace}:{FORMAT}}}"
+        self.tags = f"{control}:tags"
+        self.bumped = f"{control}:bumped"
+        self.seq = f"{control}:seq"
+        self.log = f"{control}:log"
+        self.epoch = f"{control}:epoch"
         #: `<prefix><instance id>`: each live instance's stats, with a TTL
         #: (`twotier stats` reads them; the key vanishes with the instance).
-        self.heartbeat_prefix = f"{base}:{{ctl}}:hb:"
-        self.channel = f"{base}:inv"
+        self.heartbeat_prefix = f"{control}:hb:"
+        self.channel = f"{control}:inv"
+        self._data = f"{namespace}:{FORMAT}:"
+        #: SCAN patterns of the namespace's entries and leases.
+        self.entry_pattern = f"{self._data}{{*}}:e:*"
+        self.lease_pattern = f"{self._data}{{*}}:l:*"
 
     def entry(self, key: str) -> str:
-        return self.entry_prefix + key
+        return f"{self._data}{{{zlib.crc32(key.encode()):08x}}}:e:{key}"
 
     def lease(self, key: str) -> str:
-        return self.lease_prefix + key
+        return f"{self._data}{{{zlib.crc32(key.encode()):08x}}}:l:{key}"
+
+    def slot_names(self, key: str) -> tuple[str, str]:
+        """(entry, lease) of *key*: one digest for both."""
+        base = f"{self._data}{{{zlib.crc32(key.encode()):08x}}}:"
+        return f"{base}e:{key}", f"{base}l:{key}"
 
 
 class RedisTier:
@@ -132,7 +142,10 @@ class RedisTier:
         *,
         lease_ttl: float,
         log_maxlen: int,
+        timeout: float = 0.1,
+        connect_timeout: float = 0.5,
         max_connections: int = 50,
+        compaction_margin: float = 60.0,
         orphaned: Callable[[str, str], None] = lambda key, lease: None,
     ) -> None:
         self._client = client
@@ -143,12 +156,27 @@ class RedisTier:
         self._origin = origin
         self._lease_ms = max(1, int(lease_ttl * 1000))
         self._log_maxlen = log_maxlen
+        self._compaction_margin_ms = _ms(compaction_margin)
         # Called with (key, token) for a lease this client may hold without knowing:
-        # its read timed out or was cancelled after Redis may have run it.
+        # its claim timed out or was cancelled after Redis may have run it.
         self._orphaned = orphaned
         self._scripts = {name: _Script(_script_source(name)) for name in _SCRIPTS}
+        self._reads = ReadPipe(
+            client.connection_pool.make_connection,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
         #: The run id of the server this tier last made sure of (see `prepare`).
         self.run_id: str | None = None
+        # This instance's own invalidations and clears, as Redis confirms them:
+        # the version mirror takes them at once (read-your-writes), whether the
+        # change was sent by its caller or later from the outbox.
+        self.on_bumped: Callable[[list[tuple[str, str]]], None] = lambda pairs: None
+        self.on_cleared: Callable[[str], None] = lambda generation: None
+
+    @property
+    def read_batches(self) -> int:
+        return self._reads.batches
 
     async def prepare(self, connection: Any) -> None:
         """Run on every new connection before its first command (redis-py's
@@ -185,7 +213,8 @@ class RedisTier:
             self.run_id = run_id
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Every command of the tier: one of `max_connections` slots, then the guard.
+        """Every command of the tier but the reads: one of `max_connections`
+        slots, then the guard.
 
         The slots queue callers in order (asyncio's semaphore is FIFO once
         anyone waits). redis-py's blocking pool alone lets a task that has just
@@ -201,136 +230,140 @@ class RedisTier:
         return await self._call(lambda: run(execute, keys, args))
 
     def _announce_args(self) -> list[Any]:
-        return [self._origin, self.layout.channel, self._log_maxlen]
+        return [self._origin, self.layout.channel, self._log_maxlen, _now_ms()]
 
-    def _horizon_ms(self, ttl: float) -> int:
-        return _ms(ttl) + self._lease_ms
+    # -- reads -------------------------------------------------------------------
 
-    async def read(
-        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
-    ) -> ReadResult:
+    async def get(self, key: str) -> bytes | None:
+        name = self.layout.entry(key)
+        return await self._guard.call(lambda: self._reads.get(name))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        names = [self.layout.entry(key) for key in keys]
+        return await self._guard.call(lambda: self._reads.get_many(names))
+
+    async def versions(
+        self, tags: tuple[str, ...], horizon: float = 0.0
+    ) -> tuple[str, tuple[str, ...]]:
         layout = self.layout
-        token = secrets.token_hex(8) if lease else ""
+        reply = await self._run(
+            "versions",
+            [layout.tags, layout.seq, layout.log, layout.bumped],
+            [*self._announce_args(), _ms(horizon) if horizon else 0, *tags],
+        )
+        generation, *versions = (_text(v) for v in reply)
+        return generation, tuple(versions)
+
+    # -- fill leases ---------------------------------------------------------------
+
+    async def claim(self, key: str, token: str, rejected: bytes) -> Claim:
         try:
             reply = await self._run(
-                "read",
-                [layout.tags, layout.entry(key), layout.lease(key)],
-                [token, self._lease_ms, int(min_ttl * 1000), *tags],
+                "claim", list(self.layout.slot_names(key)), [token, self._lease_ms, rejected]
             )
         except BaseException:
-            if token:  # Redis may have granted it before the reply was lost
-                self._orphaned(key, token)
+            self._orphaned(key, token)  # Redis may have granted it before the reply was lost
             raise
-        return _parse_read(reply, token)
+        return _claim(reply)
 
-    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
-        """`read(key, tags, lease=True)` for many keys in one script call."""
-        layout = self.layout
-        token = secrets.token_hex(8)
-        names = [name for key in keys for name in (layout.entry(key), layout.lease(key))]
+    async def claim_many(self, keys: list[str], token: str, rejected: list[bytes]) -> list[Claim]:
+        sha = self._scripts["claim"].sha
+        commands = [
+            ("EVALSHA", sha, 2, *self.layout.slot_names(key), token, self._lease_ms, header)
+            for key, header in zip(keys, rejected, strict=True)
+        ]
         try:
-            reply = await self._run(
-                "read_batch", [layout.tags, *names], [self._lease_ms, SEP.join(tags), token]
-            )
+            replies = await self._pipeline(commands)
         except BaseException:
             for key in keys:
                 self._orphaned(key, token)
             raise
-        codes, snapshot = reply[0].decode(), reply[1].decode()
-        return BatchRead([_BATCH_CODES[c] for c in codes], snapshot, token)
+        return [_claim(reply) for reply in replies]
 
-    async def fill(
-        self,
-        key: str,
-        payload: bytes,
-        ttl: float,
-        tags: tuple[str, ...],
-        snapshot: str,
-        lease: str,
-    ) -> bool:
-        layout = self.layout
-        stored = await self._run(
-            "fill",
-            [layout.tags, layout.entry(key), layout.lease(key)],
-            [
-                lease,
-                _ms(ttl),
-                payload,
-                SEP.join(tags),
-                snapshot,
-                layout.channel,
-                self._origin,
-                key,
-                self._horizon_ms(ttl),
-            ],
+    async def fill(self, key: str, entry: bytes, ttl: float, token: str) -> bool:
+        code = int(
+            await self._run("fill", list(self.layout.slot_names(key)), [token, entry, _ms(ttl)])
         )
-        return bool(stored)
+        if code == 2:
+            await self._wake(key)
+        return code > 0
 
-    async def fill_many(
-        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
-    ) -> list[bool]:
-        """`fill` for many keys sharing a TTL, tags and *read*'s lease, in one script call."""
-        layout = self.layout
-        names = [name for key, _ in fills for name in (layout.entry(key), layout.lease(key))]
-        results = await self._run(
-            "fill_batch",
-            [layout.tags, *names],
-            [
-                layout.channel,
-                self._origin,
-                _ms(ttl),
-                SEP.join(tags),
-                read.token,
-                read.snapshot,
-                layout.entry_prefix,
-                self._horizon_ms(ttl),
-                *(payload for _, payload in fills),
-            ],
-        )
-        return [flag == "1" for flag in results.decode()]
+    async def fill_many(self, fills: list[tuple[str, bytes]], ttl: float, token: str) -> list[bool]:
+        sha = self._scripts["fill"].sha
+        commands = [
+            ("EVALSHA", sha, 2, *self.layout.slot_names(key), token, entry, _ms(ttl))
+            for key, entry in fills
+        ]
+        codes = [int(code) for code in await self._pipeline(commands)]
+        for (key, _), code in zip(fills, codes, strict=True):
+            if code == 2:
+                await self._wake(key)
+        return [code > 0 for code in codes]
 
-    async def release(self, key: str, lease: str) -> None:
-        layout = self.layout
-        await self._run(
-            "release",
-            [layout.tags, layout.lease(key)],
-            [lease, layout.channel, self._origin, key],
-        )
+    async def release(self, key: str, token: str) -> None:
+        if int(await self._run("release", [self.layout.lease(key)], [token])):
+            await self._wake(key)
 
-    async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None:
-        layout = self.layout
-        await self._run(
-            "write",
-            [layout.tags, layout.seq, layout.log, layout.entry(key), layout.lease(key)],
-            [*self._announce_args(), payload, _ms(ttl), SEP.join(tags), key, self._horizon_ms(ttl)],
-        )
+    async def _wake(self, key: str) -> None:
+        """Tell the callers waiting on *key*'s lease that it ended (an unnumbered 'f')."""
+        message = Message("f", (key,), self._origin, 0, sent_at=time.time())
+        await self._call(lambda: self._client.publish(self.layout.channel, message.encode()))
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        async def send() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        return await self._call(send)
+
+    # -- changes ---------------------------------------------------------------------
+
+    async def write(self, key: str, entry: bytes, ttl: float, horizon: float) -> None:
+        await self._run("write", list(self.layout.slot_names(key)), [entry, _ms(ttl)])
+        await self._announce((key,), horizon)
 
     async def delete(self, keys: tuple[str, ...]) -> None:
-        layout = self.layout
         for chunk in _chunks(keys):
-            data_keys = [name for key in chunk for name in (layout.entry(key), layout.lease(key))]
-            await self._run(
-                "delete",
-                [layout.tags, layout.seq, layout.log, *data_keys],
-                [*self._announce_args(), SEP.join(chunk)],
-            )
+            names = [name for key in chunk for name in self.layout.slot_names(key)]
+            # One DEL per key: each touches one slot (entry and lease share it).
+            await self._pipeline([("DEL", names[i], names[i + 1]) for i in range(0, len(names), 2)])
+            await self._announce(chunk, 0.0)
 
-    async def invalidate(self, tags: tuple[str, ...]) -> None:
-        # Each chunk is a change of its own; if a later one fails, the caller
-        # queues them all again, and a repeated bump is harmless.
-        for chunk in _chunks(tags):
-            await self._bump("t", chunk)
-
-    async def clear(self) -> None:
-        await self._bump("c", ())
-
-    async def _bump(self, kind: str, tags: tuple[str, ...]) -> None:
+    async def _announce(self, keys: tuple[str, ...], horizon: float) -> None:
         layout = self.layout
         await self._run(
+            "announce",
+            [layout.tags, layout.seq, layout.log],
+            [*self._announce_args(), _ms(horizon) if horizon else 0, *keys],
+        )
+
+    async def invalidate(self, tags: tuple[str, ...]) -> list[tuple[str, str]]:
+        # Each chunk is a change of its own; if a later one fails, the caller
+        # queues them all again, and a repeated bump is harmless.
+        bumped: list[tuple[str, str]] = []
+        for chunk in _chunks(tags):
+            _, *versions = await self._bump("t", chunk)
+            pairs = list(zip(chunk, versions, strict=True))
+            self.on_bumped(pairs)
+            bumped.extend(pairs)
+        return bumped
+
+    async def clear(self) -> str:
+        generation = (await self._bump("c", ()))[0]
+        self.on_cleared(generation)
+        return generation
+
+    async def _bump(self, kind: str, tags: tuple[str, ...]) -> list[str]:
+        layout = self.layout
+        reply = await self._run(
             "invalidate",
             [layout.tags, layout.seq, layout.log, layout.bumped],
             [*self._announce_args(), kind, *tags],
         )
+        return [_text(v) for v in reply]
 
     async def heartbeat(self, report: bytes, ttl: float) -> None:
         """Publish this instance's stats for `ttl` seconds (no change, no number)."""
@@ -342,15 +375,25 @@ class RedisTier:
 
     async def compact(self) -> int:
         """Drop tag versions no live entry can carry any more; how many went."""
+        layout = self.layout
         dropped = 0
         while True:
-            count = int(await self._run("compact", [self.layout.tags, self.layout.bumped], [CHUNK]))
+            count = int(
+                await self._run(
+                    "compact",
+                    [layout.tags, layout.bumped, layout.seq, layout.log],
+                    [*self._announce_args(), CHUNK, self._compaction_margin_ms],
+                )
+            )
             dropped += count
             if count < CHUNK:
                 return dropped
 
     async def discard(self, key: str) -> None:
         await self._call(lambda: self._client.delete(self.layout.entry(key)))
+
+    async def close(self) -> None:
+        await self._reads.close()
 
     # -- what the subscriber needs to resynchronise ------------------------------
 
@@ -384,7 +427,7 @@ class RedisTier:
             return None  # foreign data under the log's name: nothing to replay from
         if not rows:
             return []
-        first_id = rows[0][0].decode() if isinstance(rows[0][0], bytes) else str(rows[0][0])
+        first_id = _text(rows[0][0])
         if not first_id.startswith(f"{seq + 1}-"):
             return None
         messages: list[Message] = []
@@ -397,17 +440,13 @@ class RedisTier:
         return messages
 
 
-_BATCH_CODES = {"2": IN_L2, "1": FILL, "0": BUSY, "x": FOREIGN}
-
-
-def _parse_read(reply: Any, token: str) -> ReadResult:
+def _claim(reply: Any) -> Claim:
     status = int(reply[0])
-    if status == 1:
-        stored_tags = tuple(t for t in reply[3].decode().split(SEP) if t)
-        return ReadResult(bytes(reply[1]), int(reply[2]) / 1000, stored_tags, None, None)
-    if status == 0:
-        return ReadResult(None, 0.0, (), reply[2].decode(), token if int(reply[1]) else None)
-    return ReadResult(None, 0.0, (), None, None, garbage=True)  # the script deleted it
+    return Claim(status, bytes(reply[1]) if status == 2 else None)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _chunks(names: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -416,8 +455,7 @@ def _chunks(names: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 def _run_id(info: Any) -> str:
     """The run id in a raw ``INFO server`` reply."""
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    for line in text.splitlines():
+    for line in _text(info).splitlines():
         if line.startswith("run_id:"):
             return line[7:].strip()
     return ""
@@ -425,3 +463,7 @@ def _run_id(info: Any) -> str:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

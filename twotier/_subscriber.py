@@ -24,6 +24,7 @@ import redis.exceptions as redis_errors
 
 from ._exceptions import BackendError
 from ._logging import Log
+from ._mirror import VersionMirror
 from ._redis import RedisTier
 from ._stats import Counters
 from ._tier import Message
@@ -37,8 +38,10 @@ class RedisListener:
         client: aioredis.Redis,
         tier: RedisTier,
         origin: str,
+        mirror: VersionMirror,
         *,
         apply: Callable[[Message], None],
+        apply_own: Callable[[Message], None],
         clear_local: Callable[[], None],
         suspend_local: Callable[[bool], None],
         on_link_lost: Callable[[], None],
@@ -52,7 +55,11 @@ class RedisListener:
         self.client = client
         self._tier = tier
         self._origin = origin
+        # Trusted only while this listener is subscribed and in sync: the
+        # mirror's versions are then as current as the change stream.
+        self._mirror = mirror
         self._apply = apply
+        self._apply_own = apply_own
         self._clear_local = clear_local
         self._suspend_local = suspend_local
         self._on_link_lost = on_link_lost
@@ -80,6 +87,7 @@ class RedisListener:
         try:
             await self._run()
         except asyncio.CancelledError:
+            self._mirror.trusted = False
             if not self._stopping:
                 # Cancelled by its event loop's shutdown (the end of an
                 # asyncio.run), not by close(): from now on nobody tells L1
@@ -98,6 +106,7 @@ class RedisListener:
                     self._log.warning("invalidation link lost or refused (%s)", cause)
                 self.last_error = cause
                 self.connected.clear()
+                self._mirror.trusted = False
                 self._on_link_lost()  # the cache decides what L1 may serve meanwhile
                 await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, self._health_interval)
@@ -189,12 +198,15 @@ class RedisListener:
 
     def _deliver(self, message: Message) -> None:
         self._last_seq = message.seq
-        if message.origin != self._origin:  # our own changes were applied at once
+        if message.origin != self._origin:
             self._counters.invalidations_received += 1
             self._apply(message)
+        else:  # applied to L1 at once; the mirror takes the versions (idempotent)
+            self._apply_own(message)
 
     async def _resync(self, reason: str) -> None:
         self._suspend_local(True)
+        self._mirror.trusted = False
         server_id = await self._tier.server_id()
         current = await self._tier.current_seq()
         last = self._last_seq
@@ -206,7 +218,7 @@ class RedisListener:
             # counter that went back (the idle check catches a flush meanwhile).
             self._server_id = server_id
             self._last_seq, self._replay_floor = current, 0
-            self._suspend_local(False)
+            self._synced()
             return
         elif server_id != self._server_id or current < last:
             self._counters.resyncs += 1
@@ -225,9 +237,14 @@ class RedisListener:
         self._server_id = server_id
         if not replayed:  # a replay has already advanced _last_seq, maybe beyond `current`
             self._last_seq = self._replay_floor = current
+        self._synced()
+
+    def _synced(self) -> None:
+        self._mirror.trusted = True
         self._suspend_local(False)
 
     def _wipe(self, why: str) -> None:
         self._counters.l1_clears += 1
-        self._log.warning("clearing L1: %s", why)
+        self._log.warning("clearing L1 and the version mirror: %s", why)
+        self._mirror.reset()
         self._clear_local()

@@ -10,108 +10,129 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-# Message kinds: the names of keys changed (set or delete), tags bumped, a clear;
-# and "f", a fill lease that others waited on has ended (unnumbered: it changes
-# nothing, it only wakes the waiters).
-Kind = Literal["k", "t", "c", "f"]
-KINDS: frozenset[str] = frozenset({"k", "t", "c", "f"})
-FORMAT_VERSION = "1"
+# Message kinds: the names of keys changed (set or delete), tags bumped, a clear,
+# tag versions compacted away ("x"); and "f", a fill lease that others waited on
+# has ended (unnumbered: it changes nothing, it only wakes the waiters).
+Kind = Literal["k", "t", "c", "x", "f"]
+KINDS: frozenset[str] = frozenset({"k", "t", "c", "x", "f"})
+FORMAT_VERSION = "2"
 SEP = "\x1f"  # ASCII unit separator; keys and tags are printable, so never contain it
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An invalidation: small, versioned, never carrying a value (FusionCache's backplane)."""
+    """A change: small, versioned, never carrying a value (FusionCache's backplane).
+
+    `names` are keys ("k", "f") or tags ("t", "x"). `versions` are the bumped
+    tags' new versions ("t"), or the new namespace generation ("c"): the
+    receivers' version mirrors take them from here. `sent_at` is the sender's
+    wall clock (seconds), for the propagation lag.
+    """
 
     kind: Kind
     names: tuple[str, ...]
     origin: str
     seq: int
+    versions: tuple[str, ...] = ()
+    sent_at: float = 0.0
 
     def encode(self) -> bytes:
-        fields = (FORMAT_VERSION, self.kind, str(self.seq), self.origin, *self.names)
-        return SEP.join(fields).encode()
+        if self.kind == "t":
+            body = [f for pair in zip(self.names, self.versions, strict=True) for f in pair]
+        elif self.kind == "c":
+            body = list(self.versions)
+        else:
+            body = list(self.names)
+        sent = str(int(self.sent_at * 1000))
+        return SEP.join(
+            (FORMAT_VERSION, self.kind, str(self.seq), self.origin, sent, *body)
+        ).encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Message:
         """Parse a message; `ValueError` for anything this version does not understand."""
         text = data.decode() if isinstance(data, bytes) else data
-        version, kind, seq, origin, *names = text.split(SEP)
+        version, kind, seq, origin, sent, *body = text.split(SEP)
         if version != FORMAT_VERSION or kind not in KINDS:
             raise ValueError(f"unknown invalidation message format {version!r}/{kind!r}")
-        return cls(kind, tuple(n for n in names if n), origin, int(seq))  # type: ignore[arg-type]
+        names: tuple[str, ...] = ()
+        versions: tuple[str, ...] = ()
+        if kind == "t":
+            if len(body) % 2 or not all(v.isdigit() for v in body[1::2]):
+                raise ValueError("a tag message needs tag/version pairs")
+            names, versions = tuple(body[0::2]), tuple(body[1::2])
+        elif kind == "c":
+            if len(body) != 1 or not body[0]:
+                raise ValueError("a clear message carries the new generation")
+            versions = (body[0],)
+        else:
+            names = tuple(n for n in body if n)
+        return cls(kind, names, origin, int(seq), versions, int(sent) / 1000)  # type: ignore[arg-type]
 
 
-class ReadResult(NamedTuple):
-    """What one L2 read returns.
+class Claim(NamedTuple):
+    """The answer to a fill-lease claim after an L2 miss."""
 
-    On a hit, `payload`, `ttl` (remaining seconds) and the entry's `tags`. On a
-    miss, `snapshot`: the tag versions at the moment of the miss (the loader's
-    result may only be stored under them) and `lease`, the token when this caller
-    won the right to fill the key.
-    """
-
-    payload: bytes | None
-    ttl: float
-    tags: tuple[str, ...]
-    snapshot: str | None
-    lease: str | None
-    garbage: bool = False  # foreign data was found under the key (and deleted)
+    status: int  # GRANTED, HELD or STORED
+    entry: bytes | None = None  # STORED: the entry someone stored since our read
 
 
-MISSING_READ = ReadResult(None, 0.0, (), None, None)
-
-
-class BatchRead(NamedTuple):
-    """A batched read (warmup): per key one of the codes below, and for the keys
-    whose lease it holds, the shared `token` and version `snapshot`."""
-
-    codes: list[int]
-    snapshot: str | None
-    token: str | None
-
-
-IN_L2 = 2  # a valid entry is in Redis already
-FILL = 1  # a miss whose fill lease is ours (or, without L2, simply ours to load)
-BUSY = 0  # a miss another caller is loading right now
-FOREIGN = -1  # foreign data was found under the key, and deleted
+GRANTED = 1  # the lease is ours: load, then fill
+HELD = 0  # another caller is loading the key: wait for it
+STORED = 2  # an entry was stored since our read: judge that one
 
 
 class RemoteTier(Protocol):
-    async def read(
-        self, key: str, tags: tuple[str, ...], lease: bool, min_ttl: float = 0.0
-    ) -> ReadResult:
-        """The entry (if it lives at least *min_ttl* more), else a snapshot and maybe the lease."""
+    """The shared tier. Entries are opaque bytes here (`_envelope.py`); versions
+    and generations are strings (`_mirror.py`)."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The entry stored under *key* (one GET; concurrent ones are coalesced)."""
         ...
 
-    async def fill(
-        self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...], snapshot: str, lease: str
-    ) -> bool:
-        """Store a loaded value only if the lease is still ours and no tag moved."""
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def versions(
+        self, tags: tuple[str, ...], horizon: float = 0.0
+    ) -> tuple[str, tuple[str, ...]]:
+        """The namespace generation and *tags*' versions, from Redis."""
         ...
 
-    async def read_many(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
-        """`read(key, tags, lease=True)` for each key, batched (warmup)."""
+    async def claim(self, key: str, token: str, rejected: bytes) -> Claim:
+        """Take *key*'s fill lease for *token*, unless another caller holds it, or
+        an entry other than the *rejected* one (its header; b"" for none) is there."""
+        ...
+
+    async def claim_many(
+        self, keys: list[str], token: str, rejected: list[bytes]
+    ) -> list[Claim]: ...
+
+    async def fill(self, key: str, entry: bytes, ttl: float, token: str) -> bool:
+        """Store a loaded value only if *token* still holds the lease."""
         ...
 
     async def fill_many(
-        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
-    ) -> list[bool]:
-        """`fill` of (key, payload) pairs whose leases *read* took."""
-        ...
+        self, fills: list[tuple[str, bytes]], ttl: float, token: str
+    ) -> list[bool]: ...
 
-    async def release(self, key: str, lease: str) -> None:
+    async def release(self, key: str, token: str) -> None:
         """Give up a fill lease after the loader failed, waking any waiters."""
         ...
 
-    async def write(self, key: str, payload: bytes, ttl: float, tags: tuple[str, ...]) -> None: ...
+    async def write(self, key: str, entry: bytes, ttl: float, horizon: float) -> None:
+        """Store *entry*, revoke any fill lease, announce the change."""
+        ...
 
     async def delete(self, keys: tuple[str, ...]) -> None: ...
 
-    async def invalidate(self, tags: tuple[str, ...]) -> None: ...
+    async def invalidate(self, tags: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Bump *tags*; their new versions."""
+        ...
 
-    async def clear(self) -> None: ...
+    async def clear(self) -> str:
+        """Start a new namespace generation; the generation."""
+        ...
 
     async def discard(self, key: str) -> None:
-        """Remove an undecodable entry without broadcasting."""
+        """Remove garbage found under *key* without broadcasting."""
         ...

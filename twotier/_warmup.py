@@ -1,10 +1,11 @@
 """`cache.warmup`: fill both tiers for many keys, in batches.
 
-Per batch of keys: one script call reads them all (taking a fill lease for
-each miss, under one shared token, and one version snapshot), the loader runs
-for the misses only, and one more script call stores the results with the same
-conditional write as a single load — so warmup honours the no-stale-set
-guarantee too: a key invalidated while its batch loads is not stored. Keys
+Per batch of keys: one pipelined round trip reads them all (judged against the
+version mirror like any read), one more claims the fill lease of each miss
+(under one shared token), the loader runs for the keys whose lease this
+batch holds, and one more round trip stores the results with the same
+conditional fill as a single load, under the version snapshot taken before
+the loader ran — so warmup honours the no-stale-set guarantee too. Keys
 already valid in Redis are left there; their first read brings them into L1.
 """
 
@@ -16,12 +17,14 @@ from typing import Any
 
 import anyio
 
+from ._envelope import pack
 from ._exceptions import BackendError
 from ._flights import Flight, Flights
 from ._logging import Log
 from ._serialization import Serializer
+from ._shared import SharedTier, Snapshot
 from ._stats import Counters
-from ._tier import FILL, FOREIGN, BatchRead, RemoteTier
+from ._tier import GRANTED
 from ._types import MISS
 
 BATCH = 1000
@@ -34,24 +37,22 @@ Lookup = Callable[[str], Any]
 class Warmup:
     def __init__(
         self,
-        remote: RemoteTier,
+        shared: SharedTier,
         flights: Flights,
         serializer: Serializer,
         counters: Counters,
         *,
         lookup: Lookup,
         store_local: StoreLocal,
-        release_later: Callable[[str, str], None],
         max_value_size: int,
         log: Log,
     ) -> None:
-        self._remote = remote
+        self._shared = shared
         self._flights = flights
         self._serializer = serializer
         self._counters = counters
         self._lookup = lookup
         self._store_local = store_local
-        self._release_later = release_later
         self._max_value_size = max_value_size
         self._log = log
 
@@ -89,38 +90,65 @@ class Warmup:
     ) -> int:
         if not flights:
             return 0
-        tags = flights[0].tags
-        read = await self._read_all([f.key for f in flights], tags)
+        leased, token = await self._claim_misses(flights)
+        snapshot = await self._shared.snapshot(flights[0].tags) if token else None
         try:
-            return await self._load_and_fill(read, flights, loader, concurrency, ttl, copy_on_read)
+            return await self._load_and_fill(
+                leased, token, snapshot, loader, concurrency, ttl, copy_on_read
+            )
         except BaseException:
             # Cancelled, or the data was bad: every lease this batch may still
             # hold goes back now, not after `lease_ttl` (issue 7, item 1). A
             # release is keyed by the token: for a key already filled or
             # released it does nothing.
-            if read.token is not None:
-                for flight, code in zip(flights, read.codes, strict=True):
-                    if code == FILL:
-                        self._release_later(flight.key, read.token)
+            if token is not None:
+                for flight in leased:
+                    self._shared.release_later(flight.key, token)
             raise
+
+    async def _claim_misses(self, flights: list[Flight]) -> tuple[list[Flight], str | None]:
+        """The flights to load (their leases taken under one token, if Redis is there)."""
+        shared, keys = self._shared, [f.key for f in flights]
+        try:
+            found = [
+                await shared.judged(key, data)
+                for key, data in zip(keys, await shared.remote.get_many(keys), strict=True)
+            ]
+        except BackendError:
+            self._counters.l2_errors += 1
+            return flights, None  # Redis away: L1 alone
+        misses = [
+            (f, hit.rejected) for f, hit in zip(flights, found, strict=True) if hit.entry is None
+        ]
+        if not misses:
+            return [], None  # every key is cached for every instance already
+        try:
+            generation, _ = await shared.mirror.current(())
+            token = shared.new_token(generation)
+            claims = await shared.remote.claim_many(
+                [f.key for f, _ in misses], token, [rejected or b"" for _, rejected in misses]
+            )
+        except BackendError:
+            self._counters.l2_errors += 1
+            return [f for f, _ in misses], None
+        # Not granted: another caller is loading the key, or it was stored meanwhile.
+        return [
+            f for (f, _), claim in zip(misses, claims, strict=True) if claim.status == GRANTED
+        ], token
 
     async def _load_and_fill(
         self,
-        read: BatchRead,
-        flights: list[Flight],
+        todo: list[Flight],
+        token: str | None,
+        snapshot: Snapshot | None,
         loader: Callable[[str], Any],
         concurrency: int,
         ttl: float,
         copy_on_read: bool,
     ) -> int:
-        tags = flights[0].tags
-        todo: list[Flight] = []
-        for flight, code in zip(flights, read.codes, strict=True):
-            if code == FILL:
-                todo.append(flight)
-            elif code == FOREIGN:
-                self._counters.garbage_entries += 1
-            # IN_L2: cached for every instance already; BUSY: another caller fills it
+        if not todo:
+            return 0
+        tags = todo[0].tags
         values = await _load_all(
             [f.key for f in todo], loader, concurrency, self._counters, self._log
         )
@@ -133,12 +161,12 @@ class Warmup:
             (f.key, payload) for f, _, payload in ready if len(payload) <= self._max_value_size
         ]
         self._counters.oversized_values += len(ready) - len(fills)  # kept in L1 only
-        if read.token is not None:
+        if token is not None:
             filled_keys = {key for key, _ in fills}
             for flight in todo:
-                if flight.key not in filled_keys:
-                    self._release_later(flight.key, read.token)
-        stored = await self._fill_all(read, ttl, tags, fills)
+                if flight.key not in filled_keys or snapshot is None:
+                    self._shared.release_later(flight.key, token)
+        stored = await self._fill_all(token, snapshot, ttl, tags, fills)
         filled = 0
         store = self._store_local
         for flight, value, payload in ready:
@@ -149,24 +177,33 @@ class Warmup:
         self._counters.stale_sets_refused += len(ready) - filled
         return filled
 
-    async def _read_all(self, keys: list[str], tags: tuple[str, ...]) -> BatchRead:
-        try:
-            return await self._remote.read_many(keys, tags)
-        except BackendError:
-            self._counters.l2_errors += 1
-            return BatchRead([FILL] * len(keys), None, None)  # Redis away: L1 alone
-
     async def _fill_all(
-        self, read: BatchRead, ttl: float, tags: tuple[str, ...], fills: list[tuple[str, bytes]]
+        self,
+        token: str | None,
+        snapshot: Snapshot | None,
+        ttl: float,
+        tags: tuple[str, ...],
+        fills: list[tuple[str, bytes]],
     ) -> dict[str, bool]:
-        if not fills or read.token is None or read.snapshot is None:
-            return {}  # no L2 (memory mode, or Redis away): L1 alone, under the flights' guard
+        if not fills or token is None or snapshot is None:
+            return {}  # Redis away: L1 alone, under the flights' guard
+        shared = self._shared
         try:
-            results = await self._remote.fill_many(read, ttl, tags, fills)
+            if tuple(await shared.mirror.current(tags)) != snapshot:
+                for key, _ in fills:  # a tag moved while the batch loaded
+                    shared.release_later(key, token)
+                return dict.fromkeys((key for key, _ in fills), False)
+            if tags:
+                await shared.note_horizon(ttl)
+            entries = [
+                (key, pack(ttl, snapshot.generation, tags, snapshot.versions, payload))
+                for key, payload in fills
+            ]
+            results = await shared.remote.fill_many(entries, ttl, token)
         except BackendError:
             self._counters.l2_errors += 1
             for key, _ in fills:  # the fill may not have run: give the leases back
-                self._release_later(key, read.token)
+                shared.release_later(key, token)
             return {}
         return {key: ok for (key, _), ok in zip(fills, results, strict=True)}
 

@@ -5,10 +5,12 @@
 -- a new one and announce it as a clear (guarantee 9: nothing comes back).
 -- Idempotent: of many instances meeting the new server, one draws.
 -- KEYS: tag-version hash, seq, log, bump times, epoch (the run id of the generation)
--- ARGV: origin, channel, log maxlen, the server's run id
-if redis.call('GET', KEYS[5]) == ARGV[4] then return 0 end
+-- ARGV: origin, channel, log maxlen, sent ms, the server's run id
+if redis.call('GET', KEYS[5]) == ARGV[5] then return 0 end
 local seq = next_seq(KEYS[2], KEYS[3])
-new_namespace_generation(KEYS[1], KEYS[4], seq)
-redis.call('SET', KEYS[5], ARGV[4])
-announce(seq, KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'c', '')
+redis.pcall('DEL', KEYS[1])
+local generation = new_namespace_generation(KEYS[1], KEYS[4], seq)
+redis.call('SET', KEYS[5], ARGV[5])
+-- from 'server', not from this instance: every instance, this one too, applies it
+announce(seq, KEYS[3], 'server', ARGV[2], ARGV[3], ARGV[4], 'c', generation)
 return 1

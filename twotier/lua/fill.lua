@@ -1,6 +1,10 @@
--- Store one loaded value, conditionally (see fill_one in the prelude).
--- KEYS: tag-version hash, entry, lease
--- ARGV: lease token, ttl ms, payload, tags joined by SEP, snapshot, channel, origin, key,
---       horizon ms (ttl + lease ttl)
-return fill_one(KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-                ARGV[6], ARGV[7], ARGV[8], nil, ARGV[9])
+-- Store a loaded value if the fill lease is still the caller's: a set() or
+-- delete() of the key meanwhile removed it (the key-level half of the
+-- no-stale-set guard; the tag half is the versions the entry carries).
+-- KEYS: entry, lease (one slot)
+-- ARGV: token@generation, entry, ttl ms
+-- Returns 0 refused | 1 stored | 2 stored, and others wait for this lease
+local contended = end_lease(KEYS[2], ARGV[1])
+if contended == nil then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return contended and 2 or 1

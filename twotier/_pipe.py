@@ -1,0 +1,147 @@
+"""Coalesced L2 reads: concurrent GETs go out together, on a connection of their own.
+
+The auto-pipelining of rueidis and Lettuce, without a background task:
+
+* a read that finds nothing in flight is sent at once, by its caller, which
+  reads the reply itself (one caller: one GET, no future, no task switch);
+* reads that arrive while a batch is in flight queue up; when the batch's
+  replies are in, the caller that sent it hands the queue to the first
+  waiter, which sends it as one pipelined write and reads the replies for
+  all of them.
+
+So with 50 tasks reading, each round trip carries the reads of the whole last
+turn of the event loop, and a lone caller never waits for anyone.
+
+The connection is the pipe's own (redis-py's pool costs a lock, an event and
+its metrics per command), made by the pool's factory so that it meets the
+server like any other (`RedisTier.prepare`). Each batch has one deadline,
+`timeout`, for all its replies; the connection's socket timeout is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions as redis_errors
+
+
+class _Lead:
+    """Handed to a waiting reader: the batch it is now to send."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        self.batch = batch
+
+
+class ReadAbandoned(redis_errors.ConnectionError):
+    """The reader sending a batch was cancelled; the batch's replies are lost."""
+
+
+WRONG_TYPE = b""  # the reply for a name holding foreign data (not a string)
+
+
+class ReadPipe:
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        timeout: float,
+        connect_timeout: float,
+        max_batch: int = 512,
+    ) -> None:
+        self._make_connection = connect
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._max_batch = max_batch
+        self._connection: Any = None
+        self._busy = False
+        self._queue: list[tuple[str, asyncio.Future[Any]]] = []
+        self.batches = 0  # round trips (a stat: reads / batches = coalescing)
+
+    async def get(self, name: str) -> bytes | None:
+        if not self._busy:
+            self._busy = True
+            try:
+                return (await self._send([name]))[0]
+            finally:
+                self._hand_over()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((name, future))
+        result = await future
+        if type(result) is _Lead:
+            return await self._lead(result.batch, future)
+        return result  # type: ignore[no-any-return]
+
+    async def get_many(self, names: list[str]) -> list[bytes | None]:
+        """One pipelined batch, outside the queue (warmup)."""
+        return await self._send(names)
+
+    async def _lead(
+        self, batch: list[tuple[str, asyncio.Future[Any]]], own: asyncio.Future[Any]
+    ) -> bytes | None:
+        mine: bytes | None = None
+        try:
+            results = await self._send([name for name, _ in batch])
+        except BaseException as exc:
+            failure = (
+                ReadAbandoned("the batch's sender was cancelled")
+                if isinstance(exc, asyncio.CancelledError)
+                else exc
+            )
+            for _, future in batch:
+                if future is not own and not future.done():
+                    future.set_exception(failure)
+            raise
+        finally:
+            self._hand_over()
+        for (_, future), result in zip(batch, results, strict=True):
+            if future is own:
+                mine = result
+            elif not future.done():
+                future.set_result(result)
+        return mine
+
+    def _hand_over(self) -> None:
+        """Pass the queued reads to a waiting caller, or go idle."""
+        while self._queue:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            live = [(name, future) for name, future in batch if not future.done()]
+            if live:
+                live[0][1].set_result(_Lead(live))
+                return
+        self._busy = False
+
+    async def _send(self, names: list[str]) -> list[bytes | None]:
+        connection = self._connection
+        if connection is None or not connection.is_connected:
+            connection = self._connection = self._connection or self._make_connection()
+            connection.socket_timeout = None  # the batch's deadline below bounds every read
+            async with asyncio.timeout(self._connect_timeout):
+                await connection.connect()
+        self.batches += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.send_packed_command(
+                    connection.pack_commands([("GET", name) for name in names]), check_health=False
+                )
+                return [await _read(connection) for _ in names]
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may still be on the way
+            raise
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.disconnect()
+
+
+async def _read(connection: Any) -> bytes | None:
+    try:
+        reply: bytes | None = await connection.read_response(disconnect_on_error=False)
+    except redis_errors.ResponseError as exc:
+        if str(exc).startswith("WRONGTYPE"):
+            return WRONG_TYPE  # GET of a hash or list: not ours, a miss to clean up
+        raise
+    return reply
