@@ -87,7 +87,8 @@ async def test_tag_versions_stay_bounded_under_constant_invalidation(
         "default_ttl": ttl,
         "lease_ttl": lease,
         "log_maxlen": 1000,
-        **_supported(compaction_interval=0.3),
+        # compaction keeps a version a margin of 10 health intervals past its horizon
+        **_supported(compaction_interval=0.3, health_interval=0.05),
     }
     writer, invalidator = await make_cache(**options), await make_cache(**options)
     start = time.monotonic()
@@ -143,7 +144,7 @@ async def test_compaction_never_brings_an_invalidated_entry_back(
     it only once no such entry can be alive. The adversary here: an entry that
     lives far longer than what the other writes announce (0.1 s), written by
     each way into Redis, and never read (a read would delete it early)."""
-    options = {"lease_ttl": 0.2, **_supported(compaction_interval=0.1)}
+    options = {"lease_ttl": 0.2, **_supported(compaction_interval=0.1, health_interval=0.05)}
     a, b, c = await _three_instances(make_cache, **options)
     await a.set("short", 0, ttl=0.1)  # a short horizon first
     ttl = 1.5
@@ -222,7 +223,7 @@ async def test_slow_fill_is_refused_even_after_compaction(
 ) -> None:
     """The loader outlives its lease (0.3 s): once the lease is gone, the fill
     is refused whatever the versions say."""
-    options = {"lease_ttl": 0.3, **_supported(compaction_interval=0.1)}
+    options = {"lease_ttl": 0.3, **_supported(compaction_interval=0.1, health_interval=0.05)}
     reader, writer, fresh = await _three_instances(make_cache, **options)
     await _slow_fill_after_compaction(raw, reader, [writer, fresh])
     assert not await raw.exists(_lease("doc"))
@@ -233,7 +234,7 @@ async def test_slow_fill_with_a_longer_lease_than_the_writers_is_refused(
 ) -> None:
     """Instances of one namespace need not agree on `lease_ttl` (a rolling
     deploy, another service): a reader with a 5 s lease, writers with 0.2 s."""
-    compaction = _supported(compaction_interval=0.1)
+    compaction = _supported(compaction_interval=0.1, health_interval=0.05)
     reader = await make_cache(lease_ttl=5.0, **compaction)
     writer = await make_cache(lease_ttl=0.2, **compaction)
     fresh = await make_cache(lease_ttl=0.2, **compaction)

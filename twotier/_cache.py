@@ -499,7 +499,7 @@ class TwoTierCache:
             return found.value
         if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
             self.counters.misses += 1
-        snapshot = await shared.snapshot(tags) if token is not None else None
+        snapshot = await shared.snapshot(tags, ttl) if token is not None else None
         self.counters.loads += 1
         try:
             value = await loader()
@@ -613,7 +613,7 @@ class TwoTierCache:
             await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
         else:
             entry = pack(seconds, snapshot.generation, tags_t, snapshot.versions, payload)
-            horizon = seconds + self._lease_ttl if tags_t else 0.0
+            horizon = seconds + self._lease_ttl
             await self._change(
                 lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
             )

@@ -189,6 +189,7 @@ class RedisLink:
     async def _warm_pool(self) -> None:
         """Open a few connections (scripts loaded) before the first request needs one."""
         results = await asyncio.gather(
+            self.tier.open_reads(),
             *(self.guard.call(self._client.ping) for _ in range(self._warm)),
             return_exceptions=True,
         )

@@ -95,5 +95,8 @@ class MemoryTier:
         self._hub.publish("c", (), self._origin)
         return "0"
 
+    async def drop(self, key: str, header: bytes) -> None:
+        return None
+
     async def discard(self, key: str) -> None:
         return None

@@ -16,12 +16,16 @@ The connection is the pipe's own (redis-py's pool costs a lock, an event and
 its metrics per command), made by the pool's factory so that it meets the
 server like any other (`RedisTier.prepare`). Each batch has one deadline,
 `timeout`, for all its replies; the connection's socket timeout is off.
+A reply that times out drops the connection; until a new one is open
+(connected in the background, within the connect budget), reads go through
+the pool, so no read waits for a connect it did not need.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions as redis_errors
@@ -46,17 +50,21 @@ WRONG_TYPE = b""  # the reply for a name holding foreign data (not a string)
 class ReadPipe:
     def __init__(
         self,
-        connect: Callable[[], Any],
+        make_connection: Callable[[], Any],
+        fallback: Callable[[str], Awaitable[bytes | None]],
         *,
         timeout: float,
         connect_timeout: float,
         max_batch: int = 512,
     ) -> None:
-        self._make_connection = connect
+        self._make_connection = make_connection
+        self._fallback = fallback
+        self._connecting: asyncio.Task[None] | None = None
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._max_batch = max_batch
         self._connection: Any = None
+        self._ready = False  # connected, and met (a connection is "connected" before that)
         self._busy = False
         self._queue: list[tuple[str, asyncio.Future[Any]]] = []
         self.batches = 0  # round trips (a stat: reads / batches = coalescing)
@@ -75,9 +83,25 @@ class ReadPipe:
             return await self._lead(result.batch, future)
         return result  # type: ignore[no-any-return]
 
-    async def get_many(self, names: list[str]) -> list[bytes | None]:
-        """One pipelined batch, outside the queue (warmup)."""
-        return await self._send(names)
+    async def connect(self) -> None:
+        """Open the pipe's connection (raises redis-py's errors)."""
+        connection = self._connection = self._connection or self._make_connection()
+        connection.socket_timeout = None  # each batch's deadline bounds its reads
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await connection.connect()
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        self._ready = True
+
+    def _reconnect(self) -> None:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect_quietly())
+
+    async def _connect_quietly(self) -> None:
+        with contextlib.suppress(redis_errors.RedisError, OSError, TimeoutError):
+            await self.connect()  # else the next read tries again
 
     async def _lead(
         self, batch: list[tuple[str, asyncio.Future[Any]]], own: asyncio.Future[Any]
@@ -116,11 +140,10 @@ class ReadPipe:
 
     async def _send(self, names: list[str]) -> list[bytes | None]:
         connection = self._connection
-        if connection is None or not connection.is_connected:
-            connection = self._connection = self._connection or self._make_connection()
-            connection.socket_timeout = None  # the batch's deadline below bounds every read
-            async with asyncio.timeout(self._connect_timeout):
-                await connection.connect()
+        if not self._ready or not connection.is_connected:
+            self._ready = False
+            self._reconnect()
+            return [await self._fallback(name) for name in names]
         self.batches += 1
         try:
             async with asyncio.timeout(self._timeout):
@@ -129,10 +152,15 @@ class ReadPipe:
                 )
                 return [await _read(connection) for _ in names]
         except BaseException:
+            self._ready = False
             await connection.disconnect(nowait=True)  # replies may still be on the way
             raise
 
     async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.wait([self._connecting])
+        self._ready = False
         if self._connection is not None:
             await self._connection.disconnect()
 

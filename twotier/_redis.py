@@ -38,11 +38,11 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._pipe import ReadPipe
+from ._pipe import WRONG_TYPE, ReadPipe
 from ._tier import Claim, Message
 
 FORMAT = "v2"
@@ -51,12 +51,13 @@ T = TypeVar("T")
 
 #: Scripts that may run while Redis is at `maxmemory` (see the module docstring).
 _ALLOW_OOM = frozenset(
-    {"claim", "release", "announce", "invalidate", "versions", "epoch", "compact"}
+    {"claim", "release", "drop", "announce", "invalidate", "versions", "epoch", "compact"}
 )
 _SCRIPTS = (
     "claim",
     "fill",
     "release",
+    "drop",
     "write",
     "announce",
     "invalidate",
@@ -163,6 +164,7 @@ class RedisTier:
         self._scripts = {name: _Script(_script_source(name)) for name in _SCRIPTS}
         self._reads = ReadPipe(
             client.connection_pool.make_connection,
+            self._pool_get,
             timeout=timeout,
             connect_timeout=connect_timeout,
         )
@@ -238,9 +240,24 @@ class RedisTier:
         name = self.layout.entry(key)
         return await self._guard.call(lambda: self._reads.get(name))
 
+    async def _pool_get(self, name: str) -> bytes | None:
+        """A GET through the pool (while the read pipe reconnects)."""
+        try:
+            reply: bytes | None = await self._execute("GET", name)
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                return WRONG_TYPE
+            raise
+        return reply
+
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        names = [self.layout.entry(key) for key in keys]
-        return await self._guard.call(lambda: self._reads.get_many(names))
+        """One pipelined round trip (warmup); WRONGTYPE replies read as garbage."""
+        replies = await self._pipeline([("GET", self.layout.entry(key)) for key in keys], False)
+        return [WRONG_TYPE if isinstance(reply, ResponseError) else reply for reply in replies]
+
+    async def open_reads(self) -> None:
+        """Open the read pipe's connection now, not on the first read."""
+        await self._guard.call(self._reads.connect)
 
     async def versions(
         self, tags: tuple[str, ...], horizon: float = 0.0
@@ -309,12 +326,14 @@ class RedisTier:
         message = Message("f", (key,), self._origin, 0, sent_at=time.time())
         await self._call(lambda: self._client.publish(self.layout.channel, message.encode()))
 
-    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _pipeline(
+        self, commands: list[tuple[Any, ...]], raise_on_error: bool = True
+    ) -> list[Any]:
         async def send() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
-                replies: list[Any] = await pipe.execute()
+                replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
                 return replies
 
         return await self._call(send)
@@ -388,6 +407,9 @@ class RedisTier:
             dropped += count
             if count < CHUNK:
                 return dropped
+
+    async def drop(self, key: str, header: bytes) -> None:
+        await self._run("drop", [self.layout.entry(key)], [header])
 
     async def discard(self, key: str) -> None:
         await self._call(lambda: self._client.delete(self.layout.entry(key)))

@@ -109,8 +109,10 @@ class SharedTier:
         except BackendError:
             self._counters.l2_errors += 1
             return NOT_USABLE
+        if not current:
+            self._spawn(self._drop(key, entry.header))
         if not current or entry.remaining() <= min_ttl:
-            return Found(MISS, None, entry.header)  # outdated ones are left to their TTL
+            return Found(MISS, None, entry.header)
         try:
             value = self._serializer.loads(entry.payload)
         except DeserializationError as exc:
@@ -127,6 +129,14 @@ class SharedTier:
             generation, versions = await self.mirror.current(entry.tags)
             verdict = generation == entry.generation and versions == entry.versions
         return verdict
+
+    async def _drop(self, key: str, header: bytes) -> None:
+        """Free an outdated entry's memory now, not at its TTL (in the background:
+        the caller has its answer; if another entry is there by then, it stays)."""
+        try:
+            await self.remote.drop(key, header)
+        except BackendError:
+            self._counters.l2_errors += 1
 
     async def _garbage(self, key: str, why: str) -> None:
         self._counters.garbage_entries += 1
@@ -155,10 +165,17 @@ class SharedTier:
             return await self.judged(key, claim.entry, 0.0), None, False
         return Found(MISS, None, rejected), None, claim.status == HELD
 
-    async def snapshot(self, tags: tuple[str, ...]) -> Snapshot | None:
+    async def snapshot(self, tags: tuple[str, ...], ttl: float | None = None) -> Snapshot | None:
         """The versions to store a load under; None when Redis cannot say (then
-        the result goes to L1 only)."""
+        the result goes to L1 only).
+
+        Before a load (*ttl* given), Redis first learns how long its entry may
+        live, lease time included: compaction must not drop a version the
+        entry may be judged by while the loader runs, however long its lease.
+        """
         try:
+            if ttl is not None and tags:
+                await self.note_horizon(ttl)
             return Snapshot(*await self.mirror.current(tags))
         except BackendError:
             self._counters.l2_errors += 1
@@ -179,8 +196,6 @@ class SharedTier:
             if tuple(await self.mirror.current(tags)) != snapshot:
                 self.release_later(key, token)
                 return False
-            if tags:
-                await self.note_horizon(ttl)
             stored = await self.remote.fill(
                 key, pack(ttl, snapshot.generation, tags, snapshot.versions, payload), ttl, token
             )

@@ -133,6 +133,10 @@ class RemoteTier(Protocol):
         """Start a new namespace generation; the generation."""
         ...
 
+    async def drop(self, key: str, header: bytes) -> None:
+        """Delete *key*'s entry if it is still the one with this *header* (outdated)."""
+        ...
+
     async def discard(self, key: str) -> None:
         """Remove garbage found under *key* without broadcasting."""
         ...

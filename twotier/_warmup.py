@@ -91,7 +91,7 @@ class Warmup:
         if not flights:
             return 0
         leased, token = await self._claim_misses(flights)
-        snapshot = await self._shared.snapshot(flights[0].tags) if token else None
+        snapshot = await self._shared.snapshot(flights[0].tags, ttl) if token else None
         try:
             return await self._load_and_fill(
                 leased, token, snapshot, loader, concurrency, ttl, copy_on_read
@@ -193,8 +193,6 @@ class Warmup:
                 for key, _ in fills:  # a tag moved while the batch loaded
                     shared.release_later(key, token)
                 return dict.fromkeys((key for key, _ in fills), False)
-            if tags:
-                await shared.note_horizon(ttl)
             entries = [
                 (key, pack(ttl, snapshot.generation, tags, snapshot.versions, payload))
                 for key, payload in fills

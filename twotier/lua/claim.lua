@@ -22,9 +22,10 @@ if type(held) == 'table' and held['err'] then
   held = false
 end
 if held and string.find(held, '@' .. generation, 1, true) then
-  -- Someone else is loading this key: mark the lease contended, so its end
-  -- is announced and this caller can wait for it instead of loading too.
-  if string.sub(held, -1) ~= '+' then redis.call('APPEND', KEYS[2], '+') end
+  -- Someone else is loading this key: mark the lease contended (one mark per
+  -- waiting caller), so its end is announced and this caller can wait for it
+  -- instead of loading too.
+  redis.call('APPEND', KEYS[2], '+')
   return {0}
 end
 local waiters = (held and string.sub(held, -1) == '+') and '+' or ''
