@@ -54,8 +54,11 @@ def _run_bench(argv: list[str]) -> int:
     return result if isinstance(result, int) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args_in = sys.argv[1:] if argv is None else argv
+#: The commands of the typer application (`_app`), for the message without it.
+OPS_COMMANDS = ("stats", "top", "invalidate", "delete", "clear", "doctor", "warmup")
+
+
+def _legacy(args_in: list[str]) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(args_in)
     if args.command == "bench":
@@ -65,6 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     from .demo import run  # imported here: the demo pulls in redis and the test server
 
     return run(args.server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] in (["demo"], ["bench"]):
+        return _legacy(args_in)
+    try:
+        from ._app import run
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("typer", "rich", "click"):
+            raise
+        if args_in[:1] in ([], ["-h"], ["--help"], ["--version"]):
+            code = 0
+            try:
+                _parser().parse_args(args_in or ["--help"])
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else 0
+            print(f"\n({', '.join(OPS_COMMANDS)}: pip install 'twotier[cli]')")
+            return code
+        print(
+            f"twotier {args_in[0]} needs the command line's extra (typer and rich): "
+            "pip install 'twotier[cli]'",
+            file=sys.stderr,
+        )
+        return 2
+    return run(args_in)
 
 
 if __name__ == "__main__":
