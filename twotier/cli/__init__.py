@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ._app import run
     except ModuleNotFoundError as exc:
-        if exc.name not in ("typer", "rich", "click"):
+        if (exc.name or "").split(".")[0] not in ("typer", "rich", "click"):
             raise
         if args_in[:1] in ([], ["-h"], ["--help"], ["--version"]):
             code = 0
