@@ -268,7 +268,11 @@ async def _acl(client: aioredis.Redis, layout: Layout, pubsub: Check) -> Check:
         return Check("acl", "warn", f"user {user!r}: rights not checked (no ACL DRYRUN, no MULTI)")
     if denied:
         reasons = "; ".join(f"{name}: {why}" for name, why in denied.items())
-        return Check("acl", "fail", f"user {user!r} may not run {', '.join(denied)} ({reasons})")
+        return Check(
+            "acl",
+            "fail",
+            f"user {user!r} may not run {', '.join(denied)} ({reasons}; checked by {how})",
+        )
     return Check("acl", "ok", f"user {user!r} may run {names} (by {how})")
 
 

@@ -104,7 +104,7 @@ async def connect(url: str | None, seconds: float) -> aioredis.Redis:
     except AuthenticationError as exc:
         await client.aclose()
         text = str(exc)
-        if "required" in text.lower():
+        if urlsplit(url).password is None:
             reason = "the server needs a password and the URL gives none"
         elif "without any password configured" in text:
             reason = "the URL gives a password but the server has none configured"
