@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -351,3 +352,23 @@ async def test_warmup_loads_the_keys_of_a_file_for_every_instance(
     )
     assert result.exit_code == 1, result.output
     assert "1 loader error(s)" in result.stdout
+
+
+async def test_top_in_a_shell_stops_on_ctrl_c_with_exit_0(
+    server: RedisServer, make_cache: CacheFactory
+) -> None:
+    a = await make_cache(namespace="erp")
+    await a.set("k", 1)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twotier.cli", "top", "--url", server.url, "-n", "erp", "--json",
+        "--interval", "0.1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    assert json.loads(first)["namespace"] == "erp"  # running: now interrupt it
+    process.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, err.decode()
+    assert b"Traceback" not in err

@@ -216,6 +216,8 @@ def top(
                     return _ops.EXIT_OK
                 await asyncio.sleep(interval)
                 data = await _read_stats(target, force=True)
+        # Ctrl-C is how top ends: asyncio.run cancels this task on SIGINT, and
+        # re-raises KeyboardInterrupt (exit 130) only if the task let it through.
         except (KeyboardInterrupt, asyncio.CancelledError):
             return _ops.EXIT_OK
         finally:
