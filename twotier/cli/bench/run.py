@@ -10,8 +10,8 @@ ratios to the floor and, for peers, to twotier. cashews and aiocache are
 measured when importable (`pip install twotier[bench]`). Figures are printed,
 never asserted: a missed target reads MISSED and the command still exits 0.
 
-The scenarios live in `_bench_hits` (hit paths, memory, warmup), `_bench_proc`
-(across processes: invalidation, stampede) and `_bench_growth` (cost growth).
+The scenarios live in `hits` (hit paths, memory, warmup), `proc`
+(across processes: invalidation, stampede) and `growth` (cost growth).
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import _bench_growth as growth
-from . import _bench_hits as hits
-from . import _bench_proc as proc
-from ._bench_core import (
+from . import growth, hits, proc
+from .core import (
     Context,
     Growth,
     Series,
@@ -42,7 +40,7 @@ from ._bench_core import (
     render_table,
     render_targets,
 )
-from ._bench_peers import available
+from .peers import available
 
 TITLES = {
     "l1": "L1 hit through @cache.cached (async fn, one int arg, two tags) "
@@ -141,7 +139,7 @@ def main(argv: list[str]) -> int:
     if args.redis_url:
         ctx = Context(url=args.redis_url, quick=args.quick, repeat=repeat)
         return asyncio.run(_run(ctx, args))
-    from .testing import RedisServer
+    from twotier.testing import RedisServer
 
     try:
         with RedisServer.start() as server:

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _bench_peers as peers
-from ._bench_core import (
+from twotier import MsgpackSerializer, TwoTierCache
+
+from . import peers
+from .core import (
     AsyncCall,
     Context,
     Growth,
@@ -20,10 +22,8 @@ from ._bench_core import (
     per_call_latencies,
     percentile,
 )
-from ._bench_hits import _bytes_per_entry
-from ._bench_proc import invalidation_cached
-from ._cache import TwoTierCache
-from ._serialization import MsgpackSerializer
+from .hits import _bytes_per_entry
+from .proc import invalidation_cached
 
 US = 1e6
 
@@ -121,7 +121,7 @@ async def entries(ctx: Context) -> list[Growth]:
 
 def _l1_keys_and_values(n: int) -> tuple[list[str], list[int]]:
     """Keys shaped like the decorator's, and values, made before measuring."""
-    keys = [f"twotier._bench_peers.user_function.<locals>.user({i})" for i in range(n)]
+    keys = [f"twotier.cli.bench.peers.user_function.<locals>.user({i})" for i in range(n)]
     return keys, [i * 2 + 1_000_000 for i in range(n)]
 
 

@@ -1,7 +1,7 @@
 """`twotier demo`: three processes, one shared Redis, one TwoTierCache in each.
 
 The parent starts a throwaway Redis-protocol server (`twotier.testing.RedisServer`)
-and three workers (`python -m twotier._demo worker ...`). It drives them with
+and three workers (`python -m twotier.cli.demo worker ...`). It drives them with
 JSON lines on their stdin and reads JSON lines from their stdout; the workers do
 all the measuring, so the numbers are what an application in that process sees.
 
@@ -35,9 +35,8 @@ from typing import Any, NoReturn, TextIO, cast
 
 import redis
 
-from ._cache import TwoTierCache
-from ._decorator import CachedFunction
-from .testing import RedisServer
+from twotier import CachedFunction, TwoTierCache
+from twotier.testing import RedisServer
 
 NAMESPACE = "demo"
 LOADER_DELAY = 0.020  # the simulated database query
@@ -265,7 +264,7 @@ async def _serve(url: str, db: Database, out: TextIO) -> None:
 
 def worker_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m twotier._demo", description="internal: one process of `twotier demo`"
+        prog="python -m twotier.cli.demo", description="internal: one process of `twotier demo`"
     )
     parser.add_argument("role", choices=["worker"])
     parser.add_argument("--index", type=int, required=True)
@@ -299,7 +298,7 @@ class WorkerProcess:
             [
                 sys.executable,
                 "-m",
-                "twotier._demo",
+                "twotier.cli.demo",
                 "worker",
                 "--index",
                 str(index),

@@ -18,9 +18,9 @@ from urllib.parse import urlparse
 from cachetools import TTLCache
 from cachetools.keys import hashkey
 
-from ._bench_core import AsyncCall
-from ._cache import TwoTierCache
-from ._decorator import CachedFunction
+from twotier import CachedFunction, TwoTierCache
+
+from .core import AsyncCall
 
 TWO_TAGS: tuple[str, ...] = ("user:{user_id}", "users")
 

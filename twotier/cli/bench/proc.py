@@ -1,6 +1,6 @@
 """`twotier bench` across processes: invalidation latency and the stampede.
 
-The parent drives child processes (`python -m twotier._bench_proc ...`) over
+The parent drives child processes (`python -m twotier.cli.bench.proc ...`) over
 stdin/stdout lines. Latencies compare `time.monotonic_ns()` stamps taken in
 different processes: CLOCK_MONOTONIC is one clock for the whole machine.
 A child exits when its stdin closes, so nothing outlives the bench.
@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ._bench_core import Context, Series, percentile, python_exe
+from .core import Context, Series, percentile, python_exe
 
 READY_TIMEOUT = 30.0
 LINE_TIMEOUT = 10.0
@@ -39,7 +39,7 @@ async def _until_stdin_closes() -> None:
 async def _receiver(url: str, namespace: str) -> None:
     """One twotier instance and one raw subscriber (channel `<namespace>:raw`) in one
     process, so the floor and twotier are measured on the same process, alternately."""
-    from ._cache import TwoTierCache
+    from twotier import TwoTierCache
 
     client = aioredis.Redis.from_url(url)
     pubsub = client.pubsub()
@@ -80,8 +80,9 @@ async def _receiver(url: str, namespace: str) -> None:
 async def _stampede_child(
     lib: str, url: str, namespace: str, callers: int, loader_ms: float
 ) -> None:
-    from . import _bench_peers as peers
-    from ._cache import TwoTierCache
+    from twotier import TwoTierCache
+
+    from . import peers
 
     counter = [0]
     delay = loader_ms / 1000
@@ -117,7 +118,7 @@ async def _stampede_child(
 
 
 def child_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m twotier._bench_proc")
+    parser = argparse.ArgumentParser(prog="python -m twotier.cli.bench.proc")
     parser.add_argument("role", choices=["receiver", "stampede"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--name", required=True, help="namespace or channel")
@@ -147,7 +148,7 @@ class Children:
                 await asyncio.create_subprocess_exec(
                     python_exe(),
                     "-m",
-                    "twotier._bench_proc",
+                    "twotier.cli.bench.proc",
                     *argv,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
@@ -192,7 +193,7 @@ async def invalidation(ctx: Context, receivers: int, events: int) -> Latencies:
     """Per mode ("raw", "twotier"): seconds from the sender's call to each receiver (all
     samples), and to the last receiver of each event. The modes alternate event by event
     on the same receiver processes, so machine noise hits both alike."""
-    from ._cache import TwoTierCache
+    from twotier import TwoTierCache
 
     name = ctx.ns(f"i{receivers}x{secrets.token_hex(2)}")
     children = Children()
@@ -376,7 +377,7 @@ async def stampede(
 
 
 async def stampede_rows(ctx: Context) -> list[Series]:
-    from ._bench_peers import available
+    from .peers import available
 
     rounds = ctx.repeat
     out: list[Series] = []

@@ -8,12 +8,12 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from . import _bench_peers as peers
-from ._bench_core import AsyncCall, Context, Series, calibrated_batches, per_call_latencies
-from ._bench_core import throughput as measure_throughput
-from ._cache import TwoTierCache
-from ._redis import Layout, _script_source
-from ._serialization import MsgpackSerializer
+from twotier import MsgpackSerializer, TwoTierCache
+from twotier._redis import Layout, _script_source
+
+from . import peers
+from .core import AsyncCall, Context, Series, calibrated_batches, per_call_latencies
+from .core import throughput as measure_throughput
 
 PAYLOAD = MsgpackSerializer()
 
@@ -248,7 +248,7 @@ def l1_memory_rows(n: int) -> dict[str, float]:
     """Bytes per entry on top of key and value, for twotier's L1 and bare containers."""
     from cachetools import TTLCache
 
-    keys = [f"twotier._bench_peers.user_function.<locals>.user({i})" for i in range(n)]
+    keys = [f"twotier.cli.bench.peers.user_function.<locals>.user({i})" for i in range(n)]
     values = [i * 2 + 1_000_000 for i in range(n)]  # distinct ints, made before measuring
     own_tags = [f"user:{i}" for i in range(n)]
     group_tags = [f"org:{i % 100}" for i in range(100)]
