@@ -340,6 +340,7 @@ def http_cached(
         serve.__twotier_http__ = {  # type: ignore[attr-defined]
             "private": private,
             "revalidate_on_no_cache": revalidate_on_no_cache,
+            "unless": unless is not None,
         }
         return serve  # type: ignore[return-value]  # called by FastAPI with keywords only
 

@@ -148,14 +148,24 @@ def may_match(a: str, b: str) -> bool:
     return bool(_pattern(a).fullmatch(_sample(b)) or _pattern(b).fullmatch(_sample(a)))
 
 
+def _all_routes(routes: Iterable[Any], depth: int = 0) -> Iterable[Any]:
+    """Routes, through included routers and mounts (FastAPI may keep an included
+    router as one lazy entry that points at the original router)."""
+    for route in routes:
+        if getattr(route, "endpoint", None) is not None:
+            yield route
+        elif depth < 8:
+            inner = getattr(route, "original_router", None) or route
+            yield from _all_routes(getattr(inner, "routes", None) or (), depth + 1)
+
+
 def _routes(module: Any) -> dict[int, list[str]]:
     """id(endpoint, and every function it wraps) → ["GET /path", ...]."""
     found: dict[int, list[str]] = {}
     app = getattr(module, "app", None)
-    for route in getattr(app, "routes", None) or ():
-        endpoint = getattr(route, "endpoint", None)
-        path = getattr(route, "path", None)
-        if endpoint is None or path is None:
+    for route in _all_routes(getattr(app, "routes", None) or ()):
+        endpoint, path = route.endpoint, getattr(route, "path", None)
+        if path is None:
             continue
         methods = sorted(set(getattr(route, "methods", None) or ()) - {"HEAD"}) or ["*"]
         label = ", ".join(f"{m} {path}" for m in methods)
@@ -181,7 +191,11 @@ def collect(module_name: str) -> Strategy:
             inner = getattr(value, "__twotier_cached__", None)
             target = inner if isinstance(inner, _Cached) else value
             if isinstance(target, _Cached) and id(target) not in cached:
-                info = CachedInfo(**target.describe(), http=inner is not None)
+                info = CachedInfo(**target.describe())
+                http = getattr(value, "__twotier_http__", None)
+                if isinstance(http, dict):  # twotier.fastapi.http_cached: the endpoint's view
+                    info.http, info.unless = True, bool(http.get("unless"))
+                    info.function = f"{value.__module__}.{value.__qualname__}"
                 info.routes = routes.get(id(value), [])
                 cached[id(target)] = info
             declared = getattr(value, "__twotier_invalidates__", None)
@@ -227,7 +241,9 @@ def render_markdown(strategy: Strategy) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for c in strategy.cached:
-        route = "<br>".join(c.routes) or ("(HTTP)" if c.http else "—")
+        route = "<br>".join(c.routes) or "—"
+        if c.http:
+            route += " (HTTP: ETag, max-age)"
         extra = f" (ignores {_code(c.ignored)})" if c.ignored else ""
         lines.append(
             f"| `{_short(c.function, m)}` | {route} | `{c.key}`{extra} | {c.ttl:g} s "
