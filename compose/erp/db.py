@@ -170,7 +170,12 @@ async def init_database() -> None:
                     return
                 session.add(Meta(name="seeded", value=dt.datetime.now(dt.UTC).isoformat()))
                 await session.flush()  # the marker first: a second seeder fails here
-                session.add_all(demo_rows())
+                rows = demo_rows()
+                # Parents first: without relationship()s the unit of work does not
+                # order the inserts by foreign key (PostgreSQL checks them at once).
+                for model in (Customer, Article, Stock, Charge):
+                    session.add_all([row for row in rows if type(row) is model])
+                    await session.flush()
             return
         except (IntegrityError, OperationalError, ProgrammingError):
             if attempt == 19:
