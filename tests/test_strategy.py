@@ -46,3 +46,11 @@ def test_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     page = capsys.readouterr().out
     assert page.startswith("# Caching strategy of `erp.app`")
     assert "| `charges.get_charge` | GET /charges/{charge_id} (HTTP: ETag, max-age) |" in page
+
+
+def test_the_strategy_in_the_docs_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["erp.app", "--app-dir", COMPOSE])
+    generated = capsys.readouterr().out.split("\n", 2)[2]
+    page = (Path(COMPOSE).parent / "docs" / "erp-example.md").read_text()
+    documented = page.split("<!-- strategy:begin -->\n", 1)[1].split("<!-- strategy:end -->")[0]
+    assert documented == generated, "regenerate docs/erp-example.md (see its strategy section)"
