@@ -145,8 +145,7 @@ def test_bad_input_and_missing_rows(sqlite_fleet: Fleet) -> None:
     assert "x-cache" not in missing.headers  # an error: never cached
     assert put_amount(b, 99999, 1).status_code == 404
     assert get(f"{a}/articles/3").status_code == 200
-    tools = get(f"{a}/articles", category="ignored").json()  # headers are not the query
-    assert tools  # all articles
+    assert len(get(f"{a}/articles").json()) == 100  # all articles, unfiltered
     listed = httpx.get(f"{a}/articles", params={"category": "tools"}, timeout=10).json()
     assert listed
     assert {r["category"] for r in listed} == {"tools"}
