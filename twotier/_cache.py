@@ -851,6 +851,8 @@ class TwoTierCache:
         hard_timeout: float | None = None,
         ttl_jitter: float = 0.0,
         early_refresh: float = 0.0,
+        ignore: Iterable[str] = (),  # issue 10: arguments left out of the key
+        unless: Callable[[Any], object] | None = None,  # issue 10: results not cached
     ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
         """Cache an async function's results; see `docs/decorator.md`."""
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
@@ -859,7 +861,7 @@ class TwoTierCache:
             raise InvalidKeyError(f"an entry carries at most {MAX_ENTRY_TAGS} tags")
         copy = self.copy_on_read if copy_on_read is None else copy_on_read
         policy = LoaderPolicy(stale_if_error, soft_timeout, hard_timeout, ttl_jitter, early_refresh)
-        return make_cached(self, seconds, tag_list, key, copy, policy)
+        return make_cached(self, seconds, tag_list, key, copy, policy, ignore, unless)
 
     def policy_runner(self, policy: LoaderPolicy) -> PolicyRunner | None:
         """The runner of a `@cached` policy; None for the plain (fastest) path."""

@@ -12,19 +12,39 @@ import functools
 import inspect
 import math
 import random
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from ._exceptions import ConfigurationError
 from ._keys import KeyPlan
 from ._policies import Loader, LoaderPolicy
-from ._types import MISS
+from ._types import MISS, Missing
 
 if TYPE_CHECKING:
     from ._cache import TwoTierCache
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Where `lookup` found a call's entry; None when it is in neither tier.
+Tier = Literal["L1", "L2"]
+#: `unless=`: a predicate on a result; true means "return it, but do not cache it".
+Unless = Callable[[Any], object]
+
+
+class _Uncacheable(BaseException):
+    """Carries a result that `unless=` refused out of the load path.
+
+    Raised by the loader, so the cache stores nothing (the fill lease is
+    released, L1 untouched, callers that joined the load get the same result),
+    and caught by the decorator, which returns the result. A BaseException, not
+    an Exception: it is not a load error (not counted in `load_errors`, and
+    `stale_if_error` must not answer it with an older value).
+    """
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
 
 
 class CachedFunction(Protocol[P, R]):
@@ -42,6 +62,11 @@ class CachedFunction(Protocol[P, R]):
         """Delete this call's entry on every instance."""
         ...
 
+    async def lookup(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R | Missing, Tier | None]:
+        """This call's cached value and the tier that held it, never running the
+        function: `(MISS, None)` when neither L1 nor Redis holds it."""
+        ...
+
 
 class _Cached(Generic[P, R]):
     __slots__ = (
@@ -54,6 +79,7 @@ class _Cached(Generic[P, R]):
         "_plan",
         "_runner",
         "_ttl",
+        "_unless",
     )
 
     def __init__(
@@ -64,8 +90,10 @@ class _Cached(Generic[P, R]):
         ttl: float,
         copy_on_read: bool,
         policy: LoaderPolicy,
+        unless: Unless | None = None,
     ) -> None:
         self.__wrapped__ = func
+        self._unless = unless
         self._cache = cache
         self._plan = plan
         self._ttl = ttl
@@ -87,21 +115,55 @@ class _Cached(Generic[P, R]):
         tags = self._plan.tags(args, kwargs)
         cache, copy = self._cache, self._copy
         loader = self._loader(args, kwargs)
-        if self._runner is None:
-            return await cache.load(key, tags, self._ttl, loader, copy)  # type: ignore[no-any-return]
-        return await self._runner.run(  # type: ignore[no-any-return]
-            key, self._ttl, loader, lambda ttl, loader: cache.load(key, tags, ttl, loader, copy)
-        )
+        try:
+            if self._runner is None:
+                return await cache.load(key, tags, self._ttl, loader, copy)  # type: ignore[no-any-return]
+            return await self._runner.run(  # type: ignore[no-any-return]
+                key, self._ttl, loader, lambda ttl, loader: cache.load(key, tags, ttl, loader, copy)
+            )
+        except _Uncacheable as refused:
+            return refused.value  # type: ignore[no-any-return]  # this function's result
 
     def _loader(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Loader:
-        func = self.__wrapped__
-        return lambda: func(*args, **kwargs)
+        func, unless = self.__wrapped__, self._unless
+        if unless is None:
+            return lambda: func(*args, **kwargs)
+
+        async def load() -> Any:
+            value = await func(*args, **kwargs)
+            if unless(value):
+                raise _Uncacheable(value)
+            return value
+
+        return load
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self._plan.key(args, kwargs)
 
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
         await self._cache.delete(self._plan.key(args, kwargs))
+
+    async def lookup(self, *args: P.args, **kwargs: P.kwargs) -> tuple[R | Missing, Tier | None]:
+        key = self._plan.key(args, kwargs)
+        value = self._get(key)
+        if value is not MISS:
+            self._counters.l1_hits += 1
+            return value, "L1"
+        # `get` reads Redis without a lease and keeps a valid entry in L1.
+        value = await self._cache.get(key, MISS)
+        return (MISS, None) if value is MISS else (value, "L2")
+
+    def describe(self) -> dict[str, Any]:
+        """What the strategy page shows of this function (`twotier.strategy`)."""
+        plan = self._plan
+        return {
+            "function": plan.name,
+            "key": plan.key_spec,
+            "ignored": sorted(plan.ignored),
+            "ttl": self._ttl,
+            "tags": list(plan.tag_templates),
+            "unless": self._unless is not None,
+        }
 
     def __repr__(self) -> str:
         return f"<cached {self._plan.name} ttl={self._ttl:g}s>"
@@ -150,6 +212,10 @@ class _EarlyRefreshing(_Cached[P, R]):
         try:
             tags = self._plan.tags(args, kwargs)
             await self._cache.refresh(key, tags, ttl, loader, self._copy, expires)
+        except _Uncacheable:
+            # The current result is one `unless=` refuses (the row is gone, the
+            # list is empty): the value still cached is outdated, so drop it.
+            await self._cache.delete(key)
         finally:
             self._refreshing.discard(key)
 
@@ -176,21 +242,26 @@ def make_cached(
     key: str | Callable[..., str] | None,
     copy_on_read: bool,
     policy: LoaderPolicy,
+    ignore: Iterable[str] = (),
+    unless: Unless | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+    if unless is not None and not callable(unless):
+        raise ConfigurationError(f"unless= must be a predicate on the result, got {unless!r}")
+
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
         if not inspect.iscoroutinefunction(func):
             raise ConfigurationError(
                 f"@cached needs an async function; {getattr(func, '__qualname__', func)!r} "
                 "is not (wrap sync code with anyio.to_thread.run_sync)"
             )
-        plan = KeyPlan(func, key, tags)
+        plan = KeyPlan(func, key, tags, ignore)
         cached: CachedFunction[P, R]
         if policy.early_refresh:
             cached = _EarlyRefreshing(
-                cache, func, plan, ttl, copy_on_read, policy, beta=policy.early_refresh
+                cache, func, plan, ttl, copy_on_read, policy, unless, beta=policy.early_refresh
             )
         else:
-            cached = _Cached(cache, func, plan, ttl, copy_on_read, policy)
+            cached = _Cached(cache, func, plan, ttl, copy_on_read, policy, unless)
         return cached
 
     return decorate

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._exceptions import InvalidKeyError, InvalidTTLError, TemplateError
+from ._exceptions import ConfigurationError, InvalidKeyError, InvalidTTLError, TemplateError
 
 #: Keys longer than this are replaced by their hashed form (see `validate_key`).
 MAX_KEY_LENGTH = 200
@@ -230,11 +230,40 @@ class Template:
 KeyFunction = Callable[..., str]
 
 
+def _check_ignore(
+    ignore: Iterable[str], names: list[str], key: object, func_name: str
+) -> frozenset[str]:
+    """The `ignore=` names, checked: a list of parameter names, and only with the default key."""
+    if isinstance(ignore, str):
+        # A bare string would be read as one name per character.
+        raise ConfigurationError(f"ignore= of {func_name} must be a list of names, not {ignore!r}")
+    ignored = list(ignore)
+    if not ignored:
+        return frozenset()
+    bad = [name for name in ignored if not isinstance(name, str)]
+    if bad:
+        raise ConfigurationError(f"ignore= of {func_name} must name parameters, got {bad[0]!r}")
+    unknown = [name for name in ignored if name not in names]
+    if unknown:
+        raise ConfigurationError(
+            f"ignore= of {func_name} names unknown parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(names) or '(none)'}"
+        )
+    if key is not None:
+        raise ConfigurationError(
+            f"ignore= of {func_name} shapes the default key; with key= the template or "
+            "callable already chooses the arguments it uses"
+        )
+    return frozenset(ignored)
+
+
 class KeyPlan:
     """Builds the cache key and tags of one decorated function's calls."""
 
     __slots__ = (
         "_fast",
+        "_ignored",
+        "_keep",
         "_key",
         "_n_positional",
         "_name",
@@ -251,6 +280,7 @@ class KeyPlan:
         func: Callable[..., Any],
         key: str | KeyFunction | None,
         tags: Iterable[str],
+        ignore: Iterable[str] = (),
     ) -> None:
         self._signature = inspect.signature(func)
         self._name = f"{func.__module__}.{func.__qualname__}"
@@ -258,6 +288,9 @@ class KeyPlan:
         names = [p.name for p in params]
         self._prefix = self._name
         self._open = self._name + "("
+        self._ignored = _check_ignore(ignore, names, key, self._name)
+        # The positions of the parameters that make up the default key.
+        self._keep = tuple(i for i, name in enumerate(names) if name not in self._ignored)
         # Fast path: every parameter is plain positional-or-keyword, so a call
         # with exactly that many positional arguments binds them in order.
         self._plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
@@ -272,10 +305,39 @@ class KeyPlan:
         if isinstance(tags, str):
             raise TemplateError(f"tags of {self._name} must be a list of strings, not {tags!r}")
         self._tags = tuple(Template.compile(t, names, "tag template", self._name) for t in tags)
+        for template in self._tags:
+            shared = [name for name in template.fields if name in self._ignored]
+            if shared:
+                # Two calls that differ only in an ignored argument share one key,
+                # so the entry would carry whichever caller's tags loaded it last.
+                raise TemplateError(
+                    f"tag template {template.text!r} of {self._name} names "
+                    f"{', '.join(shared)}, which ignore= leaves out of the key: calls that "
+                    "differ only in it would share one entry; keep it in the key, or pass key="
+                )
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def ignored(self) -> frozenset[str]:
+        """The parameters left out of the default key (`ignore=`)."""
+        return self._ignored
+
+    @property
+    def key_spec(self) -> str:
+        """How keys are built, for people (the strategy page): a template, or a shape."""
+        if isinstance(self._key, Template):
+            return self._key.text
+        if self._key is not None:
+            return f"{getattr(self._key, '__qualname__', 'callable')}(…)"
+        kept = [self._names[i] for i in self._keep]
+        return f"{self._name}({','.join(kept)})"
+
+    @property
+    def tag_templates(self) -> tuple[str, ...]:
+        return tuple(t.text for t in self._tags)
 
     @property
     def has_tag_templates(self) -> bool:
@@ -283,6 +345,8 @@ class KeyPlan:
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         if self._fast and not kwargs and len(args) == self._n_positional:
+            if self._ignored:
+                args = tuple([args[i] for i in self._keep])
             # The hit path. The repr of a plain scalar is printable (str's repr
             # escapes control characters), so such keys need only a length check.
             if len(args) == 1 and type(args[0]) in _SCALARS:  # the commonest shape: one id
@@ -306,7 +370,8 @@ class KeyPlan:
         self, arguments: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str:
         if self._key is None:
-            text = ",".join(encode_argument(v) for v in arguments.values())
+            ignored = self._ignored
+            text = ",".join(encode_argument(v) for k, v in arguments.items() if k not in ignored)
             return validate_key(f"{self._prefix}({text})")
         if isinstance(self._key, Template):
             return validate_key(self._key.render(arguments))

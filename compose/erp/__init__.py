@@ -1,0 +1,1 @@
+"""The example ERP service: FastAPI modules behind one twotier cache (docs/erp-example.md)."""
