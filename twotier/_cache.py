@@ -14,10 +14,11 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from ._decorator import CachedFunction, make_cached
+from ._events import Events, Observer
 from ._exceptions import (
     BackendError,
     BackendTimeout,
@@ -104,6 +105,7 @@ class TwoTierCache:
         compaction_interval: float = 60.0,
         heartbeat_interval: float = 5.0,
         clock: Clock | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if (
             not isinstance(namespace, str)
@@ -156,6 +158,7 @@ class TwoTierCache:
         self._log = tier_log(self.instance_id, "cache")
         self._l2_log = tier_log(self.instance_id, "l2")
         self.counters = Counters()
+        self.events = Events(observers, self._log)  # metrics and tracing (twotier/_events.py)
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
@@ -219,6 +222,7 @@ class TwoTierCache:
             release_later=self._release_later,
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
+            events=self.events,
         )
         self._remote = self._link.tier
         await self._link.start()
@@ -322,6 +326,8 @@ class TwoTierCache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         key = validate_key(key)
+        if self.events.tracing and not self.events.reentering():
+            return await self.events.get(key, self.get(key, MISS), default)
         value = self.local.get(key)
         if value is not MISS:
             self.counters.l1_hits += 1
@@ -438,7 +444,7 @@ class TwoTierCache:
         if _loading_elsewhere(read):
             if refreshing:
                 return MISS  # an early refresh gives way to the load already running
-            read = await self._wait_for_other_loader(key, tags)
+            read = await self.events.lease_wait(self._wait_for_other_loader(key, tags))
         value = self._decode_hit(key, read)
         if value is not MISS:
             if not flight.invalidated:
@@ -450,7 +456,7 @@ class TwoTierCache:
             self.counters.misses += 1
         self.counters.loads += 1
         try:
-            value = await loader()
+            value = await self.events.load(loader)
             payload = self._serializer.dumps(value)  # SerializationError reaches the caller
         except BaseException as exc:  # cancellation too (a hard timeout): free the lease now
             if isinstance(exc, Exception):
@@ -565,7 +571,7 @@ class TwoTierCache:
             # refused them): what it holds may be what we invalidated.
             return MISSING_READ
         try:
-            return await self._remote.read(key, tags, lease, min_ttl)
+            return await self.events.l2_read(self._remote.read(key, tags, lease, min_ttl))
         except BackendError:
             self.counters.l2_errors += 1
             return MISSING_READ
@@ -723,6 +729,7 @@ class TwoTierCache:
 
     def _apply_message(self, message: Message) -> None:
         self._apply_local(message.kind, message.names)
+        self.events.invalidation_received(message)
 
     def _clear_local(self) -> None:
         self.local.clear()
