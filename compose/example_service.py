@@ -3,6 +3,7 @@
 GET  /articles/<category>        cached per category, tags "articles" and "category:<c>"
 POST /articles/<category>/bump   writes the database, then invalidates the tag
 GET  /stats                      cache.get_stats()
+GET  /metrics                    Prometheus metrics (twotier.prometheus)
 
 The database is a SQLite file shared by the instances (a stand-in for the ERP's).
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import anyio
 
+import twotier.prometheus
 from twotier import cache  # configured from TWOTIER_* (see docker-compose.yml)
 
 DB = os.environ.get("DATABASE_PATH", "erp.sqlite3")
@@ -54,6 +56,9 @@ async def update_articles(category: str) -> None:
     await cache.invalidate_tag(f"category:{category}")
 
 
+twotier.prometheus.instrument(cache)
+metrics_app = twotier.prometheus.make_asgi_app()
+
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -62,6 +67,9 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     parts = [p for p in scope["path"].split("/") if p]
+    if parts == ["metrics"]:
+        await metrics_app(scope, receive, send)
+        return
     status, body = 404, {"error": "not found"}
     if parts == ["stats"]:
         status, body = 200, cache.get_stats()
