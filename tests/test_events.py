@@ -207,3 +207,18 @@ def test_the_key_digest_does_not_show_the_key() -> None:
     assert len(digest) == 16
     assert "alice" not in digest
     assert digest == key_digest("customer:alice@example.com")
+
+
+def test_the_core_never_imports_the_exporters() -> None:
+    import subprocess
+    import sys
+
+    # (redis-py itself imports opentelemetry when it is installed, so only
+    # twotier's own extras and prometheus_client can be checked here.)
+    code = (
+        "import sys, twotier; "
+        "print(sorted(m for m in sys.modules "
+        "if m in ('twotier.prometheus', 'twotier.otel') or m.startswith('prometheus_client')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
