@@ -171,8 +171,8 @@ def test_health_and_metrics(sqlite_fleet: Fleet) -> None:
         assert body["cache_ping_ms"] >= 0
         metrics = get(f"{instance.url}/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
-        assert "# TYPE twotier_l1_hits_total counter" in metrics.text
-        assert f'instance="{body["instance"]}"' in metrics.text
+        assert "# TYPE twotier_l2_read_seconds histogram" in metrics.text
+        assert f'instance_id="{body["instance"]}"' in metrics.text
         assert "twotier_redis_available{" in metrics.text
 
 

@@ -23,7 +23,7 @@ from twotier._types import Clock
 #: environment. A new parameter that lands here instead of becoming settable
 #: (an object type, or an annotation `_default` cannot read) fails
 #: `test_only_object_parameters_are_not_settable`: decide, then update the docs.
-NOT_SETTABLE = {"serializer", "clock"}
+NOT_SETTABLE = {"serializer", "clock", "observers"}
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import twotier
 
 def test_public_surface_is_pinned() -> None:
     exported = {name for name in dir(twotier) if not name.startswith("_")}
-    modules = {"testing", "cli", "fastapi", "strategy"}  # public submodules, imported on demand
+    modules = {"testing", "cli", "fastapi", "strategy", "prometheus", "otel"}  # public, on demand
     assert set(twotier.__all__) - {"__version__"} == exported - modules
 
 

@@ -14,11 +14,12 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from ._decorator import CachedFunction, make_cached
 from ._envelope import pack
+from ._events import Events, Observer
 from ._exceptions import (
     BackendError,
     BackendTimeout,
@@ -133,6 +134,7 @@ class TwoTierCache:
         compaction_interval: float = 60.0,
         heartbeat_interval: float = 5.0,
         clock: Clock | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if (
             not isinstance(namespace, str)
@@ -185,6 +187,7 @@ class TwoTierCache:
         self._log = tier_log(self.instance_id, "cache")
         self._l2_log = tier_log(self.instance_id, "l2")
         self.counters = Counters()
+        self.events = Events(observers, self._log)  # metrics and tracing (twotier/_events.py)
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
@@ -201,6 +204,7 @@ class TwoTierCache:
             clock=self.clock,
             spawn=self.spawn,
             blocked=self._outbox.__bool__,
+            events=self.events,
         )
         self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
@@ -262,6 +266,7 @@ class TwoTierCache:
             release_later=self._release_later,
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
+            events=self.events,
         )
         self._use_remote(self._link.tier, self._link.mirror)
         await self._link.start()
@@ -370,6 +375,8 @@ class TwoTierCache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         key = validate_key(key)
+        if self.events.tracing and not self.events.reentering():
+            return await self.events.get(key, self.get(key, MISS), default)
         value = self.local.get(key)
         if value is not MISS:
             self.counters.l1_hits += 1
@@ -502,7 +509,7 @@ class TwoTierCache:
         snapshot = await shared.snapshot(tags, ttl) if token is not None else None
         self.counters.loads += 1
         try:
-            value = await loader()
+            value = await self.events.load(loader)
             payload = self._serializer.dumps(value)  # SerializationError reaches the caller
         except BaseException as exc:  # cancellation too (a hard timeout): free the lease now
             if isinstance(exc, Exception):
@@ -552,7 +559,7 @@ class TwoTierCache:
             if self._link is not None and self._link.listening:  # else no message could wake us
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._lease_ttl):
-                        await asyncio.shield(woken)
+                        await self.events.lease_wait(asyncio.shield(woken))
         finally:
             if self._lease_waiters.get(key) is woken:
                 del self._lease_waiters[key]
@@ -726,6 +733,7 @@ class TwoTierCache:
         """Another instance's change (or the server's): the mirror, then L1."""
         self._mirror_message(message)
         self._apply_local(message.kind, message.names)
+        self.events.invalidation_received(message)
 
     def _mirror_message(self, message: Message) -> None:
         """A change's new versions into the mirror (also for our own changes,

@@ -75,6 +75,7 @@ class _Cached(Generic[P, R]):
         "_cache",
         "_copy",
         "_counters",
+        "_events",
         "_get",
         "_plan",
         "_runner",
@@ -100,18 +101,36 @@ class _Cached(Generic[P, R]):
         self._copy = copy_on_read
         self._get = cache.local.get  # bound once: the hit path's only lookup
         self._counters = cache.counters
+        self._events = cache.events
         self._runner = cache.policy_runner(policy)
         functools.update_wrapper(self, func)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._plan.key(args, kwargs)
+        if self._events.tracing:  # the hit path's only cost of being observable
+            return await self._traced(key, args, kwargs)
         value = self._get(key)
         if value is not MISS:
             self._counters.l1_hits += 1
             return value  # type: ignore[no-any-return]  # stored by this function
         return await self._miss(key, args, kwargs)
 
+    async def _lookup(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        """`__call__` after the key, for the traced path (kept apart so the
+        untraced hit path stays one frame)."""
+        value = self._get(key)
+        if value is not MISS:
+            self._counters.l1_hits += 1
+            return value  # type: ignore[no-any-return]  # stored by this function
+        return await self._miss(key, args, kwargs)
+
+    async def _traced(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        tags = self._plan.tags(args, kwargs)
+        call = self._lookup(key, args, kwargs)
+        return await self._events.read("cached", key, tags, call, self._plan.name)
+
     async def _miss(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        self._events.l1_missed()
         tags = self._plan.tags(args, kwargs)
         cache, copy = self._cache, self._copy
         loader = self._loader(args, kwargs)
@@ -193,6 +212,11 @@ class _EarlyRefreshing(_Cached[P, R]):
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._plan.key(args, kwargs)
+        if self._events.tracing:
+            return await self._traced(key, args, kwargs)
+        return await self._lookup(key, args, kwargs)
+
+    async def _lookup(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         value, expires = self._peek(key)
         if value is MISS:
             return await self._miss(key, args, kwargs)

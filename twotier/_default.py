@@ -8,7 +8,7 @@ int, float or bool, optionally `| None`) is settable as `TWOTIER_<NAME>`, e.g.
 `redis_timeout` as `TWOTIER_REDIS_TIMEOUT`. The list, the types and the defaults
 are read from the constructor's signature when the cache is built, so a
 parameter added to the constructor is settable without touching this module.
-Parameters that take objects (`serializer`, `clock`) are not settable. An unset
+Parameters that take objects (`serializer`, `clock`, `observers`) are not settable. An unset
 or empty variable leaves the parameter at the constructor's default. The table
 is in docs/configuration.md.
 """

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._events import Events
 from ._exceptions import BackendError
 from ._guard import Guard
 from ._logging import tier_log
@@ -64,6 +65,7 @@ class RedisLink:
         release_later: Callable[[str, str], None],
         report: Callable[[], dict[str, Any]] = dict,
         heartbeat_interval: float = 5.0,
+        events: Events | None = None,
     ) -> None:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -76,6 +78,7 @@ class RedisLink:
         self._wake_lease_waiters = wake_lease_waiters
         self._flush_outbox = flush_outbox
         self._log = tier_log(instance_id, "cache")
+        self._events = events if events is not None else Events((), self._log)
         self.degraded = False
         no_retry = Retry(NoBackoff(), 0)  # the guard decides about retries, not redis-py
         # Timeouts are redis-py's own, per step: `timeout` bounds every reply,
@@ -140,6 +143,7 @@ class RedisLink:
             health_interval=health_interval,
             log=tier_log(instance_id, "bus"),
             describe=self.guard.describe_error,
+            on_resync=self._events.resynced,
         )
         self._listener_task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
@@ -260,6 +264,7 @@ class RedisLink:
 
     def _on_redis_down(self) -> None:
         """The breaker opened: nobody can tell us about changes, and L2 is gone too."""
+        self._events.breaker_changed("open")
         self._suspend_local(False)
         self._degrade()
 
@@ -277,6 +282,7 @@ class RedisLink:
             self._recovered()
 
     async def _on_redis_back(self) -> None:
+        self._events.breaker_changed("closed")
         if self.listening:
             self._recovered()
         self._flush_outbox()  # the changes queued meanwhile: Redis takes them again

@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 from ._envelope import Envelope, pack, unpack
+from ._events import Events
 from ._exceptions import BackendError, DeserializationError
 from ._logging import Log
 from ._mirror import VersionMirror
@@ -68,7 +69,9 @@ class SharedTier:
         clock: Clock,
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         blocked: Callable[[], bool],
+        events: Events,
     ) -> None:
+        self._events = events
         self.remote = remote
         self.mirror = mirror
         self._serializer = serializer
@@ -91,7 +94,7 @@ class SharedTier:
         if self._blocked():
             return NOT_USABLE
         try:
-            data = await self.remote.get(key)
+            data = await self._events.l2_read(self.remote.get(key))
         except BackendError:
             self._counters.l2_errors += 1
             return NOT_USABLE

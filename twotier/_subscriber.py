@@ -51,6 +51,7 @@ class RedisListener:
         health_interval: float,
         log: Log,
         describe: Callable[[BaseException], str] = repr,
+        on_resync: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.client = client
         self._tier = tier
@@ -69,6 +70,7 @@ class RedisListener:
         self._health_interval = health_interval
         self._log = log
         self._describe = describe
+        self._on_resync = on_resync
         self._last_seq: int | None = None
         # Numbers in (floor, last] were applied by the last replay and may still
         # arrive over pub/sub; a number at or below the floor means the counter
@@ -222,9 +224,11 @@ class RedisListener:
             return
         elif server_id != self._server_id or current < last:
             self._counters.resyncs += 1
+            self._on_resync(reason)
             self._wipe(f"{reason}; Redis restarted or was flushed")
         elif current > last:
             self._counters.resyncs += 1
+            self._on_resync(reason)
             missed = await self._tier.log_after(last)
             if not missed or missed[-1].seq < current:
                 self._wipe(f"{reason}; the log does not reach back")

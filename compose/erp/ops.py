@@ -2,50 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twotier import TwoTierError
+from twotier.prometheus import instrument, metrics_text
 
 from .cache import cache
 from .db import get_session
 
+# One registry per service process, exporting its cache (`docs/observability.md`).
+REGISTRY = CollectorRegistry()
+instrument(cache, REGISTRY)
+
 router = APIRouter(tags=["operations"])
 
 # The counters that only grow; every other number in get_stats() is a gauge.
-_COUNTERS = frozenset(
-    {
-        "l1_hits",
-        "l2_hits",
-        "hits",
-        "misses",
-        "sets",
-        "deletes",
-        "tag_invalidations",
-        "clears",
-        "loads",
-        "load_errors",
-        "joined_loads",
-        "stale_sets_refused",
-        "l2_errors",
-        "garbage_entries",
-        "invalidations_received",
-        "bad_messages",
-        "resyncs",
-        "l1_clears",
-        "queued_ops",
-        "dropped_ops",
-        "stale_served",
-        "lease_waits",
-        "early_refreshes",
-        "oversized_values",
-    }
-)
 
 
 @router.get("/health")
@@ -83,36 +60,7 @@ async def health(
     return report
 
 
-def fallback_metrics(stats: dict[str, Any], namespace: str) -> str:
-    """Minimal Prometheus text from get_stats(), until twotier.prometheus is there."""
-    labels = f'namespace="{namespace}",instance="{stats.get("instance", "")}"'
-    lines = []
-    for name, value in sorted(stats.items()):
-        if isinstance(value, bool):
-            value = int(value)
-        if not isinstance(value, int | float):
-            continue
-        kind = "counter" if name in _COUNTERS else "gauge"
-        metric = f"twotier_{name}_total" if kind == "counter" else f"twotier_{name}"
-        lines += [f"# TYPE {metric} {kind}", f"{metric}{{{labels}}} {value}"]
-    breaker = stats.get("breaker_state", "none")
-    lines += ["# TYPE twotier_breaker_state gauge"]
-    for state in ("closed", "open", "half_open", "none"):
-        lines.append(f'twotier_breaker_state{{{labels},state="{state}"}} {int(breaker == state)}')
-    return "\n".join(lines) + "\n"
-
-
 @router.get("/metrics")
 async def metrics() -> Response:
-    """Prometheus text. twotier's exporter (twotier.prometheus, another piece of work)
-    is used when it is installed and offers `render(cache)`; until then, the
-    fallback above."""
-    try:
-        exporter: Any = importlib.import_module("twotier.prometheus")
-    except ImportError:
-        exporter = None
-    if exporter is not None and callable(getattr(exporter, "render", None)):
-        body = exporter.render(cache)
-    else:
-        body = fallback_metrics(cache.get_stats(), cache.namespace)
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    """Prometheus text from twotier's exporter (`twotier.prometheus`)."""
+    return Response(metrics_text(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -183,10 +183,11 @@ async def _pubsub(client: aioredis.Redis, layout: Layout) -> Check:
 #: The commands twotier runs, directly or inside its Lua scripts, with arguments
 #: shaped like the real ones (so key and channel patterns of an ACL apply).
 def _needed(layout: Layout) -> list[tuple[str, ...]]:
-    entry = layout.entry_prefix + "doctor-probe"
+    entry = layout.entry("doctor-probe")
     sha = hashlib.sha1(b"twotier doctor", usedforsecurity=False).hexdigest()
     return [
-        ("EVALSHA", sha, "2", layout.tags, entry),
+        ("EVALSHA", sha, "2", entry, layout.lease("doctor-probe")),
+        ("EVALSHA", sha, "4", layout.tags, layout.seq, layout.log, layout.bumped),
         ("SCRIPT", "LOAD", "return 1"),
         ("PUBLISH", layout.channel, "x"),
         ("SUBSCRIBE", layout.channel),
@@ -282,7 +283,7 @@ async def _namespace(
     layout = Layout(namespace)
     known = await namespace_known(client, namespace)
     live = len(await heartbeats(client, namespace))
-    entries = await count_keys(client, layout.entry_prefix, progress)
+    entries = await count_keys(client, layout.entry_pattern, progress)
     if not known:
         return Check(
             "namespace",

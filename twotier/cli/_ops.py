@@ -132,14 +132,14 @@ def glob_escape(text: str) -> str:
 
 async def count_keys(
     client: aioredis.Redis,
-    prefix: str,
+    pattern: str,
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """How many keys start with *prefix* (SCAN, in batches; *progress* gets the running count)."""
+    """How many keys match the SCAN *pattern* (in batches; *progress* gets the running count)."""
     count = 0
     cursor: int = 0
     while True:
-        cursor, names = await client.scan(cursor, match=glob_escape(prefix) + "*", count=1000)
+        cursor, names = await client.scan(cursor, match=pattern, count=1000)
         count += len(names)
         progress(count)
         if cursor == 0:

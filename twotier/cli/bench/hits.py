@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from twotier import MsgpackSerializer, TwoTierCache
-from twotier._redis import Layout, _script_source
 
 from . import peers
 from .core import AsyncCall, Context, Series, calibrated_batches, per_call_latencies
@@ -113,24 +112,11 @@ async def l2_hit(ctx: Context) -> list[Series]:
         fn = peers.user_function(reader)
         get_fn = peers.user_function(getter)
         key_of = {i: get_fn.key(i) for i in keys}
-        layout = Layout(ns)
-        script = raw.register_script(_script_source("read"))
-        script_args: dict[int, list[str | int]] = {
-            i: ["", 10_000, 0, f"user:{i}", "users"]
-            for i in keys  # token, lease ms, min ttl
-        }
-
         async def raw_get(i: int) -> object:
             return await raw.get(raw_keys[i])
 
         async def raw_get_timeout(i: int) -> object:
             return await raw_timeout.get(raw_keys[i])
-
-        async def raw_script(i: int) -> object:
-            k = key_of[i]
-            return await script(
-                keys=[layout.tags, layout.entry(k), layout.lease(k)], args=script_args[i]
-            )
 
         async def by_get(i: int) -> object:
             return await getter.get(key_of[i])
@@ -138,7 +124,6 @@ async def l2_hit(ctx: Context) -> list[Series]:
         subjects: dict[str, tuple[str, AsyncCall]] = {
             "redis-py GET": ("floor", raw_get),
             "redis-py GET, socket_timeout=0.05": ("diag", raw_get_timeout),
-            "redis-py EVALSHA read.lua, direct": ("diag", raw_script),
             "twotier @cached, L1 miss → Redis hit": ("twotier", fn),
             "twotier cache.get, L1 miss → Redis hit": ("twotier", by_get),
         }
