@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from twotier import MsgpackSerializer, TwoTierCache
+from twotier._redis import Layout
 
 from . import peers
 from .core import AsyncCall, Context, Series, calibrated_batches, per_call_latencies
@@ -312,7 +313,8 @@ async def _timed(op: Callable[[], Awaitable[object]], n: int) -> float:
 async def _entries_in_redis(ctx: Context, namespace: str) -> int:
     client = ctx.client()
     try:
-        return sum([1 async for _ in client.scan_iter(match=f"{namespace}:v1:e:*", count=1000)])
+        pattern = Layout(namespace).entry_pattern
+        return sum([1 async for _ in client.scan_iter(match=pattern, count=1000)])
     finally:
         await client.aclose()
 
