@@ -185,10 +185,11 @@ async def _slow_fill_after_compaction(
     writer, fresh = others
     await writer.set("warm", 0, ttl=0.2)  # the horizon: 0.2 s + the writer's lease
     source = {"doc": "old"}
-    gate = asyncio.Event()
+    gate, started = asyncio.Event(), asyncio.Event()
 
     async def slow_load() -> str:
         value = source["doc"]
+        started.set()
         await gate.wait()
         return value
 
@@ -196,6 +197,7 @@ async def _slow_fill_after_compaction(
     loading = asyncio.create_task(slow())
     try:
         await eventually(lambda: _true_async(raw.exists(_lease("doc")), True))
+        await asyncio.wait_for(started.wait(), timeout=5)  # it has read the old value
         source["doc"] = "new"
         await writer.invalidate_tag("T")
         if compacts:
