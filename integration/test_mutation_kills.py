@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.contract import eventually
+from tests.contract import SlowSource, eventually
 from twotier import TwoTierCache
 from twotier._redis import Layout
 
@@ -264,18 +264,11 @@ async def test_a_set_during_a_slow_load_wins_over_the_loaded_value(
     is returned to its caller but never stored over the new one. Kills:
     lua-1eac54 (write.lua does not delete the entry and the lease)."""
     a, b, c = await make_cache(), await make_cache(), await make_cache()
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @a.cached(ttl=60, key="k")
-    async def slow() -> str:
-        started.set()  # a loader runs once its instance holds the lease
-        await gate.wait()
-        return "old"
-
-    loading = asyncio.create_task(slow())
-    await started.wait()
+    source = SlowSource()
+    loading = asyncio.create_task(source.loader(a, key="k")())
+    await source.started.wait()  # a loader runs once its instance holds the lease
     await b.set("k", "new")
-    gate.set()
+    source.release.set()
     assert await loading == "old"
     assert a.get_stats()["stale_sets_refused"] == 1
     c.local.clear()
@@ -290,30 +283,16 @@ async def test_a_revoked_fill_is_refused_while_another_instance_holds_the_lease(
     lease is its own, not that there is one. Kills: lua-c17fb5 (`or` -> `and` in
     end_lease: another's lease is taken for one's own)."""
     a, b, c = [await make_cache(lease_ttl=30) for _ in range(3)]
-    old_started, new_started = asyncio.Event(), asyncio.Event()
-    first, second = asyncio.Event(), asyncio.Event()
-
-    @a.cached(ttl=60, key="k")
-    async def slow_old() -> str:
-        old_started.set()
-        await first.wait()
-        return "old"
-
-    @c.cached(ttl=60, key="k")
-    async def slow_new() -> str:
-        new_started.set()
-        await second.wait()
-        return "new"
-
-    old = asyncio.create_task(slow_old())
-    await old_started.wait()
+    first, second = SlowSource("old"), SlowSource("new")
+    old = asyncio.create_task(first.loader(a, key="k")())
+    await first.started.wait()
     await b.delete("k")  # revokes a's lease
-    new = asyncio.create_task(slow_new())
-    await new_started.wait()  # c holds the key's lease now
-    first.set()
+    new = asyncio.create_task(second.loader(c, key="k")())
+    await second.started.wait()  # c holds the key's lease now
+    first.release.set()
     assert await old == "old"
     assert await b.get("k", "nothing") == "nothing"  # a's fill was refused
-    second.set()
+    second.release.set()
     assert await new == "new"
     b.local.clear()
     assert await b.get("k") == "new"
@@ -371,18 +350,11 @@ async def test_foreign_data_appearing_under_an_entry_during_a_load_is_replaced(
     instead of failing on it. Kills: lua-07eb7d (the fill does not delete the
     entry first)."""
     a, b = await make_cache(), await make_cache()
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @a.cached(ttl=60, key="k")
-    async def slow() -> str:
-        started.set()
-        await gate.wait()
-        return "loaded"
-
-    loading = asyncio.create_task(slow())
-    await started.wait()
+    source = SlowSource("loaded")
+    loading = asyncio.create_task(source.loader(a, key="k")())
+    await source.started.wait()
     await raw.set(_entry("k"), "foreign")
-    gate.set()
+    source.release.set()
     assert await loading == "loaded"
     assert await b.get("k") == "loaded"  # from Redis
     assert a.get_stats()["l2_errors"] == 0

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.contract import eventually
+from tests.contract import SlowSource, eventually
 from twotier import TwoTierCache
 from twotier._redis import Layout
 from twotier.testing import RedisServer, free_port
@@ -184,40 +184,28 @@ async def _slow_fill_after_compaction(
     be refused, and nobody may read the old value afterwards."""
     writer, fresh = others
     await writer.set("warm", 0, ttl=0.2)  # the horizon: 0.2 s + the writer's lease
-    source = {"doc": "old"}
-    gate, started = asyncio.Event(), asyncio.Event()
-
-    async def slow_load() -> str:
-        value = source["doc"]
-        started.set()
-        await gate.wait()
-        return value
-
-    slow = reader.cached(ttl=0.2, tags=["T"], key="doc")(slow_load)
-    loading = asyncio.create_task(slow())
+    source = SlowSource()
+    loading = asyncio.create_task(source.loader(reader, key="doc", tags=["T"], ttl=0.2)())
     try:
         await eventually(lambda: _true_async(raw.exists(_lease("doc")), True))
-        await asyncio.wait_for(started.wait(), timeout=5)  # it has read the old value
-        source["doc"] = "new"
+        await asyncio.wait_for(source.started.wait(), timeout=5)  # it has read the old value
+        source.value = "new"
         await writer.invalidate_tag("T")
         if compacts:
             await _compacted(raw, "T", timeout=5)
         else:  # the reader's lease is alive: T's version must stay
             await asyncio.sleep(1.0)  # > the writers' horizon, many compaction intervals
             assert await raw.hexists(TAGS, "T"), "compacted under a live lease"
-        gate.set()
+        source.release.set()
         assert await loading == "old"  # its caller gets what its loader read; nobody else
     finally:
-        gate.set()
+        source.release.set()
         await asyncio.gather(loading, return_exceptions=True)
     assert not await raw.exists(_entry("doc")), "a fill older than the bump was stored"
     assert reader.get_stats()["stale_sets_refused"] >= 1
 
-    async def load() -> str:
-        return source["doc"]
-
     assert await fresh.get("doc") is None
-    assert await fresh.cached(ttl=0.2, tags=["T"], key="doc")(load)() == "new"
+    assert await source.loader(fresh, key="doc", tags=["T"], ttl=0.2)() == "new"
 
 
 async def test_slow_fill_is_refused_even_after_compaction(

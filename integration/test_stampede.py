@@ -7,7 +7,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from tests.contract import eventually
+from tests.contract import SlowSource, eventually
 from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
@@ -48,14 +48,14 @@ async def test_hundred_misses_on_four_instances_run_the_loader_once(
         return report
 
     reports = [define(cache) for cache in caches]
-    for cache in caches:  # load the scripts (SCRIPT LOAD after NOSCRIPT) before counting
+    for cache in caches:  # before counting: every mirror knows the tag, every pool is open
         await define(cache)(1999)
     runs = 0
     done.clear()
     raw = aioredis.Redis.from_url(server.url)
     try:
         await raw.config_resetstat()
-        batches = [c._remote.read_batches for c in caches]  # type: ignore[attr-defined]
+        before = [c._remote.reads for c in caches]  # type: ignore[attr-defined]
         stampede = asyncio.gather(*(reports[i % 4](2026) for i in range(100)))
         # The query runs until every other instance is parked on its lease.
         key = reports[0].key(2026)
@@ -72,7 +72,7 @@ async def test_hundred_misses_on_four_instances_run_the_loader_once(
     waits = sum(c.get_stats()["lease_waits"] for c in caches)
     assert waits == 3  # one waiting flight on each other instance
     scripts = stats["cmdstat_evalsha"]["calls"] + stats.get("cmdstat_eval", {}).get("calls", 0)
-    reads = [c._remote.read_batches - before for c, before in zip(caches, batches, strict=True)]
+    reads = [c._remote.reads - n for c, n in zip(caches, before, strict=True)]
     # the loader's instance: GET, claim, fill; each waiting instance: GET, claim and,
     # once woken (one PUBLISH), the GET that finds the entry: three commands
     assert scripts == 2 + 3, stats
@@ -116,13 +116,7 @@ async def test_waiter_is_woken_by_a_delete_of_the_key(
     server: RedisServer, make_cache: CacheFactory
 ) -> None:
     a, b = await make_cache(lease_ttl=30), await make_cache(lease_ttl=30)
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @a.cached(ttl=60, key="k")
-    async def stuck() -> str:
-        started.set()
-        await gate.wait()
-        return "old"
+    stuck = SlowSource("old")
 
     @b.cached(ttl=60, key="k")
     async def fresh() -> str:
@@ -130,15 +124,15 @@ async def test_waiter_is_woken_by_a_delete_of_the_key(
 
     raw = aioredis.Redis.from_url(server.url)
     try:
-        holder = asyncio.create_task(stuck())
-        await started.wait()  # a holds the lease
+        holder = asyncio.create_task(stuck.loader(a, key="k")())
+        await stuck.started.wait()  # a holds the lease
         waiter = asyncio.create_task(fresh())
         await eventually(lambda: _is_contended(raw, a, "k", 1), timeout=5)  # b is parked on it
     finally:
         await raw.aclose()
     await a.delete("k")  # revokes a's lease; b stops waiting and loads
     assert await asyncio.wait_for(waiter, timeout=5) == "new"
-    gate.set()
+    stuck.release.set()
     assert await holder == "old"
     assert await b.get("k") == "new"  # the revoked loader's result was not stored
 

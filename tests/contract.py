@@ -8,11 +8,18 @@ namespace (so they are coherent with each other) and no one else's.
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import pytest
 
-from twotier import InvalidKeyError, InvalidTTLError, SerializationError, TwoTierCache
+from twotier import (
+    CachedFunction,
+    InvalidKeyError,
+    InvalidTTLError,
+    SerializationError,
+    TwoTierCache,
+)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> float:
@@ -24,6 +31,31 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0)
             pytest.fail(f"condition not reached within {timeout}s")
         await asyncio.sleep(0.001)
     return loop.time() - start
+
+
+class SlowSource:
+    """The source behind a slow loader, staging the race every no-stale-set test
+    needs: each load reads the current value, says it has started, and returns
+    what it read once the test releases it."""
+
+    def __init__(self, value: Any = "old") -> None:
+        self.value = value
+        self.loads = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def load(self) -> Any:
+        self.loads += 1
+        seen = self.value  # read before the change...
+        self.started.set()
+        await self.release.wait()
+        return seen  # ...returned after it
+
+    def loader(
+        self, cache: TwoTierCache, key: str = "row", tags: Iterable[str] = (), ttl: float = 60
+    ) -> CachedFunction[[], Any]:
+        """*cache*'s decorated loader of this source, under *key*."""
+        return cache.cached(ttl=ttl, key=key, tags=list(tags))(self.load)
 
 
 class CacheContract:
@@ -85,49 +117,33 @@ class CacheContract:
         self, trio: list[TwoTierCache]
     ) -> None:
         a, b, _ = trio
-        source = {"price": 10}
-        started, release = asyncio.Event(), asyncio.Event()
-
-        @a.cached(ttl=60, tags=["item:{id}"])
-        async def price(id: int) -> int:
-            old = source["price"]  # read before the update...
-            started.set()
-            await release.wait()
-            return old  # ...returned after it
-
-        slow = asyncio.create_task(price(1))
-        await started.wait()
-        source["price"] = 20
+        source = SlowSource(10)
+        price = source.loader(a, key="price:1", tags=["item:1"])
+        slow = asyncio.create_task(price())
+        await source.started.wait()
+        source.value = 20
         await b.invalidate_tag("item:1")
-        release.set()
+        source.release.set()
         assert await slow == 10  # the caller that asked before the update gets the old value
         assert a.get_stats()["stale_sets_refused"] == 1
-        c_price = trio[2].cached(ttl=60, tags=["item:{id}"])(price.__wrapped__)
-        assert await c_price(1) == 20  # not in L2 (or any shared tier) for the others
-        assert await price(1) == 20  # nor in a's L1: the next call loads again
+        c_price = source.loader(trio[2], key="price:1", tags=["item:1"])
+        assert await c_price() == 20  # not in L2 (or any shared tier) for the others
+        assert await price() == 20  # nor in a's L1: the next call loads again
 
     async def test_slow_loader_racing_a_key_delete_is_not_cached(
         self, trio: list[TwoTierCache]
     ) -> None:
         a, b, _ = trio
-        source = {"v": "old"}
-        started, release = asyncio.Event(), asyncio.Event()
-
-        @a.cached(ttl=60, key="doc:{id}")
-        async def doc(id: int) -> str:
-            value = source["v"]
-            started.set()
-            await release.wait()
-            return value
-
-        slow = asyncio.create_task(doc(7))
-        await started.wait()
-        source["v"] = "new"
+        source = SlowSource()
+        doc = source.loader(a, key="doc:7")
+        slow = asyncio.create_task(doc())
+        await source.started.wait()
+        source.value = "new"
         await b.delete("doc:7")
-        release.set()
+        source.release.set()
         assert await slow == "old"
         assert await b.get("doc:7") is None  # the revoked loader stored nothing for the others
-        assert await doc(7) == "new"
+        assert await doc() == "new"
         assert await b.get("doc:7") in (None, "new")  # None in memory mode: no shared tier
 
     async def test_slow_loader_racing_a_set_of_its_key_is_not_cached(
@@ -136,25 +152,17 @@ class CacheContract:
         """A set revokes the fill lease of a load already running: the loader's
         (older) result lands neither in the shared tier nor in the loader's L1."""
         a, b, c = trio
-        source = {"v": "old"}
-        started, release = asyncio.Event(), asyncio.Event()
-
-        @a.cached(ttl=60, key="doc:{id}")
-        async def doc(id: int) -> str:
-            value = source["v"]
-            started.set()
-            await release.wait()
-            return value
-
-        slow = asyncio.create_task(doc(7))
-        await started.wait()
-        source["v"] = "new"
+        source = SlowSource()
+        doc = source.loader(a, key="doc:7")
+        slow = asyncio.create_task(doc())
+        await source.started.wait()
+        source.value = "new"
         await b.set("doc:7", "new")
-        release.set()
+        source.release.set()
         assert await slow == "old"  # its caller asked before the set
         shared = None if c.redis_url is None else "new"  # memory mode has no shared tier
         assert await c.get("doc:7") == shared  # L2 holds the set's value, not the load's
-        assert await doc(7) == "new"  # a's L1 did not keep the load's result either
+        assert await doc() == "new"  # a's L1 did not keep the load's result either
         assert a.get_stats()["stale_sets_refused"] == 1
 
     async def test_every_clear_clears(self, trio: list[TwoTierCache]) -> None:
@@ -197,27 +205,19 @@ class CacheContract:
         self, trio: list[TwoTierCache]
     ) -> None:
         a = trio[0]
-        source = {"v": 1}
-        started, gate = asyncio.Event(), asyncio.Event()
-
-        @a.cached(ttl=60, tags=["t"])
-        async def value() -> int:
-            seen = source["v"]
-            started.set()
-            await gate.wait()
-            return seen
-
+        source = SlowSource(1)
+        value = source.loader(a, key="value", tags=["t"])
         first = asyncio.create_task(value())
-        await started.wait()  # the first load has read the old source
-        started.clear()
-        source["v"] = 2
+        await source.started.wait()  # the first load has read the old source
+        source.started.clear()
+        source.value = 2
         await a.invalidate_tag("t")
         second = asyncio.create_task(value())
         # Hold the first load until the second caller has either joined it or
         # begun a load of its own (with Redis, it first waits for the fill
         # lease the first load still holds): only then can the outcome tell.
-        await eventually(lambda: _is(started.is_set() or _joined_or_waiting(a)))
-        gate.set()
+        await eventually(lambda: _is(source.started.is_set() or _joined_or_waiting(a)))
+        source.release.set()
         assert (await first, await second) == (1, 2)
         assert a.get_stats()["joined_loads"] == 0
 

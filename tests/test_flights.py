@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.contract import eventually
+from tests.contract import SlowSource, eventually
 from twotier import TwoTierCache
 from twotier._flights import Flight, Flights
 
@@ -145,30 +144,7 @@ async def _until_waiting(flight: Flight) -> None:
 # -- the same races through a cache (memory mode) -----------------------------------------
 
 
-class Source:
-    """A row whose loader reads the current value, signals, then waits for the test."""
-
-    def __init__(self) -> None:
-        self.value = 1
-        self.loads = 0
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    def loader_for(
-        self, cache: TwoTierCache, tags: tuple[str, ...] = ()
-    ) -> Callable[[], Coroutine[Any, Any, int]]:
-        @cache.cached(ttl=60, key="row", tags=list(tags))
-        async def row() -> int:
-            self.loads += 1
-            seen = self.value  # read before the change...
-            self.started.set()
-            await self.release.wait()
-            return seen  # ...returned after it
-
-        return row
-
-
-async def _gets_fresh_value(row: Callable[[], Awaitable[int]], source: Source) -> None:
+async def _gets_fresh_value(row: Callable[[], Awaitable[int]], source: SlowSource) -> None:
     """The racing load stored nothing: the next call loads the new value."""
     loads = source.loads
     assert await row() == source.value
@@ -180,8 +156,8 @@ async def test_clear_racing_a_load_keeps_its_result_out_of_l1(
     trio: list[TwoTierCache], where: str
 ) -> None:
     a, b, _ = trio
-    source = Source()
-    row = source.loader_for(a)
+    source = SlowSource(1)
+    row = source.loader(a)
     slow = asyncio.create_task(row())
     await source.started.wait()
     source.value = 2
@@ -196,8 +172,8 @@ async def test_a_cancelled_waiter_does_not_fail_the_other_waiters(
     trio: list[TwoTierCache],
 ) -> None:
     a = trio[0]
-    source = Source()
-    row = source.loader_for(a)
+    source = SlowSource(1)
+    row = source.loader(a)
     leader = asyncio.create_task(row())
     await source.started.wait()
     quitter, stayer = asyncio.create_task(row()), asyncio.create_task(row())
@@ -215,8 +191,8 @@ async def test_caller_after_a_delete_does_not_join_the_old_load(
     trio: list[TwoTierCache], where: str
 ) -> None:
     a, b, _ = trio
-    source = Source()
-    row = source.loader_for(a)
+    source = SlowSource(1)
+    row = source.loader(a)
     first = asyncio.create_task(row())
     await source.started.wait()
     source.value = 2
@@ -244,8 +220,8 @@ async def test_multi_tag_invalidation_reaches_the_load_through_every_tag(
     trio: list[TwoTierCache], load_tags: tuple[str, ...], invalidated: list[str], where: str
 ) -> None:
     a, b, _ = trio
-    source = Source()
-    row = source.loader_for(a, load_tags)
+    source = SlowSource(1)
+    row = source.loader(a, tags=load_tags)
     first = asyncio.create_task(row())
     await source.started.wait()
     source.value = 2

@@ -170,15 +170,13 @@ class RedisTier:
         )
         #: The run id of the server this tier last made sure of (see `prepare`).
         self.run_id: str | None = None
+        #: Entries read (GETs, whether coalesced or through the pool): a stat.
+        self.reads = 0
         # This instance's own invalidations and clears, as Redis confirms them:
         # the version mirror takes them at once (read-your-writes), whether the
         # change was sent by its caller or later from the outbox.
         self.on_bumped: Callable[[list[tuple[str, str]]], None] = lambda pairs: None
         self.on_cleared: Callable[[str], None] = lambda generation: None
-
-    @property
-    def read_batches(self) -> int:
-        return self._reads.batches
 
     async def prepare(self, connection: Any) -> None:
         """Run on every new connection before its first command (redis-py's
@@ -238,6 +236,7 @@ class RedisTier:
 
     async def get(self, key: str) -> bytes | None:
         name = self.layout.entry(key)
+        self.reads += 1
         return await self._guard.call(lambda: self._reads.get(name))
 
     async def _pool_get(self, name: str) -> bytes | None:
@@ -252,6 +251,7 @@ class RedisTier:
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         """One pipelined round trip (warmup); WRONGTYPE replies read as garbage."""
+        self.reads += len(keys)
         replies = await self._pipeline([("GET", self.layout.entry(key)) for key in keys], False)
         return [WRONG_TYPE if isinstance(reply, ResponseError) else reply for reply in replies]
 
