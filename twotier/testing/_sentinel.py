@@ -1,0 +1,162 @@
+"""A Sentinel set on loopback: one master, one replica, three sentinels, in
+about two seconds.
+
+    with LocalSentinel.start() as sentinel:
+        cache = TwoTierCache(redis_url=sentinel.url)   # redis+sentinel://…/twotier
+        sentinel.failover()        # SENTINEL FAILOVER: the old master lingers
+        sentinel.kill_master()     # SIGKILL: the replica takes over after ~1 s
+
+The sentinels start only once the replica has synced: a sentinel that meets
+the master first learns about the replica on its next INFO poll, ten seconds
+later. `down-after-milliseconds` is 1,000, so a killed master is replaced
+within about two seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from ._server import RedisServer
+
+SERVICE = "twotier"
+DOWN_AFTER_MS = 1000
+
+_REPLICATION_ARGS = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+
+
+class LocalSentinel:
+    def __init__(self, flavour: str | None = None, sentinels: int = 3) -> None:
+        self.master = RedisServer(flavour, extra_args=_REPLICATION_ARGS)
+        self.replica = RedisServer(
+            self.master.flavour,
+            extra_args=(*_REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.master.port)),
+        )
+        self.flavour = self.master.flavour
+        quorum = sentinels // 2 + 1
+        config = (
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+        )
+        self.sentinels = [
+            RedisServer(self.flavour, extra_args=("--sentinel",), config=config)
+            for _ in range(sentinels)
+        ]
+        self.servers = [self.master, self.replica]
+
+    @classmethod
+    @contextmanager
+    def start(cls, flavour: str | None = None, **kwargs: int) -> Iterator[LocalSentinel]:
+        topology = cls(flavour, **kwargs)
+        try:
+            topology.launch()
+            yield topology
+        finally:
+            topology.stop()
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}"
+
+    def launch(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        self.master.launch()
+        self.replica.launch()
+        _wait(deadline, lambda: _in_sync(self.replica), "the replica's first sync")
+        for sentinel in self.sentinels:
+            sentinel.launch()
+        _wait(deadline, self._sentinels_agree, "the sentinels to see master and replica")
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, *self.servers):
+            server.stop()
+
+    def current_master(self) -> RedisServer:
+        """The master the sentinels name now."""
+        with _client(self.sentinels[0]) as client:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        return next(s for s in self.servers if s.port == int(port))
+
+    def failover(self, timeout: float = 20.0) -> RedisServer:
+        """`SENTINEL FAILOVER`: the replica is promoted at once, while the old
+        master stays a master, accepting writes, until a sentinel demotes it on
+        its next INFO poll (about 10 s): the split brain. Returns the new master."""
+        old = self.current_master()
+        new = next(s for s in self.servers if s is not old)
+        with _client(self.sentinels[0]) as client:
+            client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        _wait(
+            time.monotonic() + timeout,
+            lambda: _role(new) == "master" and self._named_by_all(new),
+            "the failover",
+        )
+        return new
+
+    def kill_master(self, timeout: float = 20.0) -> RedisServer:
+        """SIGKILL the master; returns the replica once the sentinels promoted it."""
+        old = self.current_master()
+        new = next(s for s in self.servers if s is not old)
+        old.kill()
+        _wait(
+            time.monotonic() + timeout,
+            lambda: _role(new) == "master" and self._named_by_all(new),
+            "the takeover",
+        )
+        return new
+
+    def wait_demoted(self, server: RedisServer, timeout: float = 30.0) -> None:
+        """Until *server* (a former master) replicates from the current one."""
+        _wait(time.monotonic() + timeout, lambda: _in_sync(server), "the old master's demotion")
+
+    def _named_by_all(self, server: RedisServer) -> bool:
+        for sentinel in self.sentinels:
+            with _client(sentinel) as client:
+                _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+            if int(port) != server.port:
+                return False
+        return True
+
+    def _sentinels_agree(self) -> bool:
+        for sentinel in self.sentinels:
+            with _client(sentinel) as client:
+                fields = client.sentinel_master(SERVICE)  # parsed: num_slaves, ...
+                if int(fields.get("num-slaves", 0)) < 1:
+                    return False
+                if int(fields.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
+                    return False
+        return True
+
+
+def _client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
+
+
+def _role(server: RedisServer) -> str:
+    try:
+        with _client(server) as client:
+            return str(client.info("replication").get("role", ""))
+    except redis.RedisError:
+        return ""
+
+
+def _in_sync(server: RedisServer) -> bool:
+    with _client(server) as client:
+        info = client.info("replication")
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+
+def _wait(deadline: float, condition: Callable[[], bool], what: str) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"local sentinel set: timed out waiting for {what}")
