@@ -14,6 +14,7 @@ keeps the first sync short.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,16 +87,15 @@ class LocalCluster:
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
                 # distinct config epochs up front: no collision to resolve later
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
-        first = self.servers[0]
         for server in self.servers[1:]:
             with self._client(server) as client:
                 client.execute_command(
-                    "CLUSTER", "MEET", "127.0.0.1", first.port, self._bus_ports[0]
+                    "CLUSTER", "MEET", "127.0.0.1", self.servers[0].port, self._bus_ports[0]
                 )
         self._wait(deadline, self._everyone_knows_everyone, "nodes meeting")
         for index, server in enumerate(replicas):
             master_id = self.node_id(masters[index % len(masters)])
-            self._wait(deadline, lambda s=server, m=master_id: self._knows(s, m), "replica setup")
+            self._wait(deadline, functools.partial(self._knows, server, master_id), "replica setup")
             with self._client(server) as client:
                 client.execute_command("CLUSTER", "REPLICATE", master_id)
         self.wait_healthy(deadline - time.monotonic())

@@ -148,7 +148,7 @@ def _role(server: RedisServer) -> str:
 def _in_sync(server: RedisServer) -> bool:
     with _client(server) as client:
         info = client.info("replication")
-    return info.get("role") == "slave" and info.get("master_link_status") == "up"
+    return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
 
 def _wait(deadline: float, condition: Callable[[], bool], what: str) -> None:
