@@ -45,7 +45,7 @@ async def test_a_restore_from_an_older_snapshot_brings_nothing_back(server: Redi
         row = _api(cache, source)
         assert (await row(1), await row(2)) == (0, 0)  # cached in L1 and Redis
         await raw.save()  # the snapshot: entries valid under the versions of now
-        snapshot = Path(server._dir) / "dump.rdb"
+        snapshot = Path(server.dir) / "dump.rdb"
         saved = snapshot.with_name("old.rdb")
         shutil.copy(snapshot, saved)
         source[1] = 1

@@ -15,7 +15,7 @@ import twotier
 
 PACKAGE = Path(twotier.__file__).parent
 LIBRARY = sorted(
-    [*PACKAGE.glob("_*.py"), PACKAGE / "__init__.py", PACKAGE / "testing.py"],
+    [*PACKAGE.glob("_*.py"), PACKAGE / "__init__.py", *(PACKAGE / "testing").glob("*.py")],
 )
 
 
@@ -35,8 +35,8 @@ def _imported_modules(path: Path) -> list[str]:
 
 
 def test_the_library_modules_are_found() -> None:
-    names = {path.name for path in LIBRARY}
-    assert {"__init__.py", "_cache.py", "_redis.py", "testing.py"} <= names
+    names = {str(path.relative_to(PACKAGE)) for path in LIBRARY}
+    assert {"__init__.py", "_cache.py", "_redis.py", "testing/_cluster.py"} <= names
     assert not any(name.startswith("_bench") or name == "_demo.py" for name in names)
 
 
@@ -51,7 +51,11 @@ def test_no_library_module_imports_the_cli() -> None:
 
 
 def test_importing_every_library_module_loads_no_cli_module() -> None:
-    modules = [f"twotier.{path.stem}" for path in LIBRARY if path.name != "__init__.py"]
+    modules = [
+        "twotier." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        for path in LIBRARY
+        if path.name != "__init__.py"
+    ]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"

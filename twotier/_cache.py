@@ -43,6 +43,8 @@ from ._shared import GAVE_WAY, Found, SharedTier
 from ._stats import Counters
 from ._sync import SyncCache
 from ._tier import Kind, Message, RemoteTier
+from ._topology import Target, detect
+from ._topology import parse as parse_url
 from ._types import MISS, Clock
 from ._warmup import Warmup
 
@@ -133,6 +135,7 @@ class TwoTierCache:
         max_value_size: int = 1024 * 1024,
         compaction_interval: float = 60.0,
         heartbeat_interval: float = 5.0,
+        confirm_replicas: int = 0,
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
@@ -156,6 +159,16 @@ class TwoTierCache:
         ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigurationError(f"{name} must be a positive int, got {count!r}")
+        if (
+            isinstance(confirm_replicas, bool)
+            or not isinstance(confirm_replicas, int)
+            or confirm_replicas < 0
+        ):
+            raise ConfigurationError(
+                f"confirm_replicas must be an int >= 0, got {confirm_replicas!r}"
+            )
+        # The URL's form is checked now, not at the first call (`_topology.py`).
+        self._target = parse_url(redis_url) if redis_url is not None else None
         for name, value in (
             ("redis_timeout", redis_timeout),
             ("connect_timeout", connect_timeout),
@@ -179,6 +192,7 @@ class TwoTierCache:
         self._max_connections = max_connections
         self._compaction_interval = float(compaction_interval)
         self._heartbeat_interval = float(heartbeat_interval)
+        self._confirm_replicas = confirm_replicas
         self.max_value_size = max_value_size
         self._max_stale = float(max_stale)
         self._lease_ttl = float(lease_ttl)
@@ -235,16 +249,21 @@ class TwoTierCache:
         async with self._start_lock:
             if self._started:
                 return
-            if self.redis_url is None:
+            if self._target is None:
                 hub_for(self.namespace).subscribe(self.instance_id, self._apply_message)
             else:
-                await self._start_redis(self.redis_url)
+                await self._start_redis(self._target)
             self._started = True
             self._request_flush()
 
-    async def _start_redis(self, url: str) -> None:
+    async def _start_redis(self, target: Target) -> None:
+        target = await detect(target, self._connect_timeout)
+        if target.kind == "cluster" and self._confirm_replicas:
+            raise ConfigurationError(
+                "confirm_replicas is not supported on a Redis Cluster yet (docs/topologies.md)"
+            )
         self._link = RedisLink(
-            url,
+            target,
             self.namespace,
             self.instance_id,
             self.counters,
@@ -267,6 +286,7 @@ class TwoTierCache:
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
             events=self.events,
+            confirm_replicas=self._confirm_replicas,
         )
         self._use_remote(self._link.tier, self._link.mirror)
         await self._link.start()

@@ -24,10 +24,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from ._events import Events
 from ._exceptions import BackendError
 from ._guard import Guard
@@ -37,12 +33,13 @@ from ._redis import Layout, RedisTier
 from ._stats import Counters
 from ._subscriber import RedisListener
 from ._tier import Message
+from ._topology import Clients, MasterWatch, Target
 
 
 class RedisLink:
     def __init__(
         self,
-        url: str,
+        target: Target,
         namespace: str,
         instance_id: str,
         counters: Counters,
@@ -66,6 +63,7 @@ class RedisLink:
         report: Callable[[], dict[str, Any]] = dict,
         heartbeat_interval: float = 5.0,
         events: Events | None = None,
+        confirm_replicas: int = 0,
     ) -> None:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -80,39 +78,30 @@ class RedisLink:
         self._log = tier_log(instance_id, "cache")
         self._events = events if events is not None else Events((), self._log)
         self.degraded = False
-        no_retry = Retry(NoBackoff(), 0)  # the guard decides about retries, not redis-py
-        # Timeouts are redis-py's own, per step: `timeout` bounds every reply,
-        # `connect_timeout` every connect (its own budget: a cold burst or a far
-        # server must not spend the reply budget on TCP and AUTH). The pool is
-        # bounded and blocking: past `max_connections`, callers wait (up to the
-        # connect budget) for a free connection instead of opening more.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            # the tier queues its callers for `max_connections` slots; the
-            # pool's two more serve the health probe and the pool warm-up
-            max_connections=max_connections + 2,
-            timeout=connect_timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=no_retry,
-            redis_connect_func=self._prepare_connection,
+        self.clients = Clients(
+            target,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            prepare=self._prepare_connection,
         )
-        self._client = aioredis.Redis.from_pool(pool)
+        self._client = self.clients.data
         self._warm = min(4, max_connections)
+        layout = Layout(namespace)
         self.guard = Guard(
             timeout=timeout,
-            ping=self._client.ping,
+            ping=self._ping,
             on_open=self._on_redis_down,
             on_recover=self._on_redis_back,
             probe_max_interval=health_interval,  # recover as fast as we notice loss
             probe_timeout=connect_timeout + timeout,
-            tls=url.startswith("rediss:"),
+            tls=target.tls,
             log=tier_log(instance_id, "l2"),
         )
         self.tier = RedisTier(
             self._client,
             self.guard,
-            Layout(namespace),
+            layout,
             instance_id,
             lease_ttl=lease_ttl,
             log_maxlen=log_maxlen,
@@ -121,6 +110,9 @@ class RedisLink:
             max_connections=max_connections,
             compaction_margin=max(compaction_interval, health_interval * 10),
             orphaned=release_later,
+            make_connection=self.clients.make_connection,
+            sharded=self.clients.bus.sharded,
+            confirm_replicas=confirm_replicas,
         )
         self.mirror = VersionMirror(self.tier.versions)
         self.tier.on_bumped = self.mirror.bumped
@@ -128,7 +120,7 @@ class RedisLink:
         # The listener gets its own client: a pub/sub connection must not share
         # the socket timeout of data calls (it waits for messages by design).
         self.listener = RedisListener(
-            aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout, retry=no_retry),
+            self.clients.bus,
             self.tier,
             instance_id,
             self.mirror,
@@ -148,10 +140,38 @@ class RedisLink:
         self._listener_task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # Sentinel: the master's moves, as the sentinels announce them.
+        self._watch = (
+            MasterWatch(
+                self.clients, self._master_moved, health_interval, tier_log(instance_id, "l2")
+            )
+            if self.clients.sentinel is not None
+            else None
+        )
         self._closing = False
 
-    async def ping(self) -> object:
+    async def _ping(self) -> object:
+        """The health probe: the server itself, or in a cluster the master of the
+        namespace's control slot (a PING would go to every node)."""
+        if self.clients.kind == "cluster":
+            return await self._client.exists(self.tier.layout.seq)
         return await self._client.ping()
+
+    async def ping(self) -> object:
+        return await self._ping()
+
+    async def _master_moved(self) -> None:
+        """Sentinel promoted another server: leave the old master at once.
+
+        The old one can go on accepting writes for seconds (a manual failover
+        demotes it only on the sentinels' next poll), and what it takes then is
+        lost. Every connection is dropped; new ones ask the sentinels where the
+        master is; the listener resubscribes there and resyncs.
+        """
+        self._log.warning("Sentinel moved the master; reconnecting")
+        await self._client.connection_pool.disconnect()
+        await self.tier.reconnect_reads()
+        await self.listener.reconnect()
 
     async def _prepare_connection(self, connection: Any) -> None:
         await self.tier.prepare(connection)
@@ -179,6 +199,8 @@ class RedisLink:
         self._listener_task = loop.create_task(self.listener.run())
         self._compactor = loop.create_task(self._compact_periodically())
         self._heartbeat = loop.create_task(self._report_periodically())
+        if self._watch is not None:
+            self._watch.start()
         try:
             # Wait briefly for the subscription; a dead Redis must not block start-up.
             async with asyncio.timeout(max(1.0, 2 * self._connect_timeout + 10 * self._timeout)):
@@ -241,10 +263,11 @@ class RedisLink:
                 await self.tier.forget_heartbeat()
         if self._listener_task is not None:
             await self.listener.stop(self._listener_task)
+        if self._watch is not None:
+            await self._watch.stop()
         await self.guard.close()
         await self.tier.close()
-        await self._client.aclose()
-        await self.listener.client.aclose()
+        await self.clients.aclose()
 
     def _on_link_lost(self) -> None:
         """The invalidation link dropped. Changes may be missed from now on.

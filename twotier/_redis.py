@@ -21,6 +21,9 @@ share the namespace's own slot, ``{ns:v2}``, so namespaces spread over a
 cluster's shards. No script touches two slots (guarantee 8): a `set` is an
 entry-slot script, then an announcement on the control slot.
 
+In a cluster the channel is a shard channel: scripts `SPUBLISH` on it and the
+listener `SSUBSCRIBE`s at the master of the control slot.
+
 Scripts carry Redis 7 flags (``#!lua flags=…``). Scripts that store values are
 refused as a whole under ``maxmemory``. Scripts that only take a short lease,
 release one, bump a version or announce run under OOM (``allow-oom``): an
@@ -38,6 +41,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 from redis.exceptions import NoScriptError, ResponseError
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
@@ -51,7 +55,7 @@ T = TypeVar("T")
 
 #: Scripts that may run while Redis is at `maxmemory` (see the module docstring).
 _ALLOW_OOM = frozenset(
-    {"claim", "release", "drop", "announce", "invalidate", "versions", "epoch", "compact"}
+    {"claim", "release", "drop", "announce", "invalidate", "versions", "server", "compact"}
 )
 _SCRIPTS = (
     "claim",
@@ -62,7 +66,7 @@ _SCRIPTS = (
     "announce",
     "invalidate",
     "versions",
-    "epoch",
+    "server",
     "compact",
 )
 #: Tags or keys per script call: Lua's `unpack` fails past about 8,000 values,
@@ -70,11 +74,11 @@ _SCRIPTS = (
 CHUNK = 1000
 
 
-def _script_source(name: str) -> str:
+def _script_source(name: str, publish: str) -> str:
     lua = resources.files("twotier") / "lua"
     shebang = "#!lua flags=allow-oom" if name in _ALLOW_OOM else "#!lua"
     body = (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-    return f"{shebang}\n{body}"
+    return f"{shebang}\nlocal PUBLISH = '{publish}'\n{body}"
 
 
 #: redis-py's `execute_command`, which it leaves unannotated.
@@ -84,7 +88,9 @@ Execute = Callable[..., Awaitable[Any]]
 class _Script:
     """A Lua script, run by EVALSHA and loaded on the first NOSCRIPT (a new,
     restarted or flushed server). Leaner than redis-py's `Script` object, whose
-    per-call bookkeeping showed on the L2 hit path."""
+    per-call bookkeeping showed on the L2 hit path. "SCRIPT LOAD" goes as one
+    command name: so a cluster client sends it to every master (it cannot
+    route "SCRIPT" with "LOAD" as an argument)."""
 
     __slots__ = ("sha", "source")
 
@@ -96,7 +102,7 @@ class _Script:
         try:
             return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await execute("SCRIPT", "LOAD", self.source)
+            await execute("SCRIPT LOAD", self.source)
             return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
@@ -114,6 +120,8 @@ class Layout:
         #: (`twotier stats` reads them; the key vanishes with the instance).
         self.heartbeat_prefix = f"{control}:hb:"
         self.channel = f"{control}:inv"
+        #: The keys every control script takes (see lua/prelude.lua).
+        self.control = [self.tags, self.seq, self.log, self.bumped, self.epoch]
         self._data = f"{namespace}:{FORMAT}:"
         #: SCAN patterns of the namespace's entries and leases.
         self.entry_pattern = f"{self._data}{{*}}:e:*"
@@ -148,6 +156,9 @@ class RedisTier:
         max_connections: int = 50,
         compaction_margin: float = 60.0,
         orphaned: Callable[[str, str], None] = lambda key, lease: None,
+        make_connection: Callable[[], Any] | None = None,
+        sharded: bool = False,
+        confirm_replicas: int = 0,
     ) -> None:
         self._client = client
         self._execute: Execute = client.execute_command
@@ -161,15 +172,21 @@ class RedisTier:
         # Called with (key, token) for a lease this client may hold without knowing:
         # its claim timed out or was cancelled after Redis may have run it.
         self._orphaned = orphaned
-        self._scripts = {name: _Script(_script_source(name)) for name in _SCRIPTS}
-        self._reads = ReadPipe(
-            client.connection_pool.make_connection,
-            self._pool_get,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
+        self._sharded = sharded
+        self._publish = "SPUBLISH" if sharded else "PUBLISH"
+        self._scripts = {name: _Script(_script_source(name, self._publish)) for name in _SCRIPTS}
+        # Coalesced reads need one connection to the server; a cluster's
+        # entries live on every master, so there reads go through the client.
+        self._reads = (
+            ReadPipe(
+                make_connection, self._pool_get, timeout=timeout, connect_timeout=connect_timeout
+            )
+            if make_connection is not None
+            else None
         )
-        #: The run id of the server this tier last made sure of (see `prepare`).
-        self.run_id: str | None = None
+        # WAIT for this many replicas after each change (0: do not wait).
+        self._confirm_replicas = confirm_replicas
+        self._confirm_ms = max(1, int(timeout * 800))  # within the reply budget
         #: Entries read (GETs, whether coalesced or through the pool): a stat.
         self.reads = 0
         # This instance's own invalidations and clears, as Redis confirms them:
@@ -180,37 +197,28 @@ class RedisTier:
 
     async def prepare(self, connection: Any) -> None:
         """Run on every new connection before its first command (redis-py's
-        ``redis_connect_func``): authenticate, load every script, and meet the
-        server.
+        ``redis_connect_func``): authenticate, and load every script.
 
         Loading here keeps NOSCRIPT off the request path: a cold call used to
         need NOSCRIPT, SCRIPT LOAD and EVALSHA within one timeout (issue 7,
-        item 2). Every connection to a restarted, restored or promoted server
-        is a new one, so this is also where such a server is noticed before
-        anything is read from it: unless the namespace's generation was drawn
-        on this server run, `epoch.lua` draws a new one (guarantee 9).
+        item 2). (A new, restored or promoted server is met by the control
+        scripts themselves: lua/prelude.lua, `meet_server`.) A single-server
+        client also makes sure the server is not a cluster node, which it would
+        use half-working (every entry in another slot refused).
         """
         await connection.on_connect()
         commands: list[tuple[Any, ...]] = [
             ("SCRIPT", "LOAD", script.source) for script in self._scripts.values()
         ]
-        commands.append(("INFO", "server"))
+        commands.append(("INFO", "cluster"))
         await connection.send_packed_command(connection.pack_commands(commands))
         replies = [await connection.read_response() for _ in commands]
-        run_id = _run_id(replies[-1])
-        if run_id != self.run_id:
-            layout = self.layout
-            keys = [layout.tags, layout.seq, layout.log, layout.bumped, layout.epoch]
-            await connection.send_command(
-                "EVALSHA",
-                self._scripts["epoch"].sha,
-                len(keys),
-                *keys,
-                *self._announce_args(),
-                run_id,
+        if not self._sharded and "cluster_enabled:1" in _text(replies[-1]):
+            raise redis_errors.ConnectionError(
+                "the server is a Redis Cluster node, but the cache runs a single-server "
+                "client (no node answered when it started): restart it, or name the "
+                "cluster with a redis+cluster:// URL"
             )
-            await connection.read_response()
-            self.run_id = run_id
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Every command of the tier but the reads: one of `max_connections`
@@ -232,12 +240,45 @@ class RedisTier:
     def _announce_args(self) -> list[Any]:
         return [self._origin, self.layout.channel, self._log_maxlen, _now_ms()]
 
+    async def _control(self, script: str, args: list[Any], change: bool = True) -> Any:
+        """Run a control script (lua/prelude.lua's convention); a *change*, when
+        replicas must confirm changes, is confirmed by `WAIT` on the same
+        connection, or raises `BackendError` (the caller keeps it queued)."""
+        keys, args = self.layout.control, [*self._announce_args(), *args]
+        if not (change and self._confirm_replicas):
+            return await self._run(script, keys, args)
+        return await self._call(lambda: self._confirmed(self._scripts[script], keys, args))
+
+    async def _confirmed(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        for attempt in (1, 2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self._confirm_replicas, self._confirm_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                await self._execute("SCRIPT LOAD", script.source)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < self._confirm_replicas:
+                raise BackendError(
+                    f"a change reached {acked} of {self._confirm_replicas} replica(s) within "
+                    f"{self._confirm_ms} ms and may be lost in a failover: it stays queued"
+                )
+            return reply
+        raise AssertionError("unreachable")
+
     # -- reads -------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
         name = self.layout.entry(key)
         self.reads += 1
-        return await self._guard.call(lambda: self._reads.get(name))
+        reads = self._reads
+        if reads is None:
+            return await self._guard.call(lambda: self._pool_get(name))
+        return await self._guard.call(lambda: reads.get(name))
 
     async def _pool_get(self, name: str) -> bytes | None:
         """A GET through the pool (while the read pipe reconnects)."""
@@ -257,17 +298,13 @@ class RedisTier:
 
     async def open_reads(self) -> None:
         """Open the read pipe's connection now, not on the first read."""
-        await self._guard.call(self._reads.connect)
+        if self._reads is not None:
+            await self._guard.call(self._reads.connect)
 
     async def versions(
         self, tags: tuple[str, ...], horizon: float = 0.0
     ) -> tuple[str, tuple[str, ...]]:
-        layout = self.layout
-        reply = await self._run(
-            "versions",
-            [layout.tags, layout.seq, layout.log, layout.bumped],
-            [*self._announce_args(), _ms(horizon) if horizon else 0, *tags],
-        )
+        reply = await self._control("versions", [_ms(horizon) if horizon else 0, *tags], False)
         generation, *versions = (_text(v) for v in reply)
         return generation, tuple(versions)
 
@@ -324,7 +361,8 @@ class RedisTier:
     async def _wake(self, key: str) -> None:
         """Tell the callers waiting on *key*'s lease that it ended (an unnumbered 'f')."""
         message = Message("f", (key,), self._origin, 0, sent_at=time.time())
-        await self._call(lambda: self._client.publish(self.layout.channel, message.encode()))
+        publish, channel = self._publish, self.layout.channel
+        await self._call(lambda: self._execute(publish, channel, message.encode()))
 
     async def _pipeline(
         self, commands: list[tuple[Any, ...]], raise_on_error: bool = True
@@ -352,12 +390,7 @@ class RedisTier:
             await self._announce(chunk, 0.0)
 
     async def _announce(self, keys: tuple[str, ...], horizon: float) -> None:
-        layout = self.layout
-        await self._run(
-            "announce",
-            [layout.tags, layout.seq, layout.log],
-            [*self._announce_args(), _ms(horizon) if horizon else 0, *keys],
-        )
+        await self._control("announce", [_ms(horizon) if horizon else 0, *keys])
 
     async def invalidate(self, tags: tuple[str, ...]) -> list[tuple[str, str]]:
         # Each chunk is a change of its own; if a later one fails, the caller
@@ -376,12 +409,7 @@ class RedisTier:
         return generation
 
     async def _bump(self, kind: str, tags: tuple[str, ...]) -> list[str]:
-        layout = self.layout
-        reply = await self._run(
-            "invalidate",
-            [layout.tags, layout.seq, layout.log, layout.bumped],
-            [*self._announce_args(), kind, *tags],
-        )
+        reply = await self._control("invalidate", [kind, *tags])
         return [_text(v) for v in reply]
 
     async def heartbeat(self, report: bytes, ttl: float) -> None:
@@ -394,16 +422,9 @@ class RedisTier:
 
     async def compact(self) -> int:
         """Drop tag versions no live entry can carry any more; how many went."""
-        layout = self.layout
         dropped = 0
         while True:
-            count = int(
-                await self._run(
-                    "compact",
-                    [layout.tags, layout.bumped, layout.seq, layout.log],
-                    [*self._announce_args(), CHUNK, self._compaction_margin_ms],
-                )
-            )
+            count = int(await self._control("compact", [CHUNK, self._compaction_margin_ms]))
             dropped += count
             if count < CHUNK:
                 return dropped
@@ -415,13 +436,20 @@ class RedisTier:
         await self._call(lambda: self._client.delete(self.layout.entry(key)))
 
     async def close(self) -> None:
-        await self._reads.close()
+        if self._reads is not None:
+            await self._reads.close()
+
+    async def reconnect_reads(self) -> None:
+        """Drop the read pipe's connection (the master moved): it reconnects."""
+        if self._reads is not None:
+            await self._reads.close()
 
     # -- what the subscriber needs to resynchronise ------------------------------
 
     async def server_id(self) -> str:
-        info = await self._call(lambda: self._client.info("server"))
-        return str(info.get("run_id", ""))
+        """Meet the server holding the control slot (a new one starts a new
+        generation: lua/prelude.lua, `meet_server`); its run id."""
+        return _text(await self._control("server", [], change=False))
 
     async def current_seq(self) -> int:
         """The change counter; 0 for foreign data there (listeners then clear L1)."""
@@ -473,14 +501,6 @@ def _text(value: Any) -> str:
 
 def _chunks(names: tuple[str, ...]) -> list[tuple[str, ...]]:
     return [names[i : i + CHUNK] for i in range(0, len(names), CHUNK)]
-
-
-def _run_id(info: Any) -> str:
-    """The run id in a raw ``INFO server`` reply."""
-    for line in _text(info).splitlines():
-        if line.startswith("run_id:"):
-            return line[7:].strip()
-    return ""
 
 
 def _ms(seconds: float) -> int:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from ._exceptions import BackendError
@@ -28,6 +28,7 @@ from ._mirror import VersionMirror
 from ._redis import RedisTier
 from ._stats import Counters
 from ._tier import Message
+from ._topology import Bus
 
 _FIRST_BACKOFF = 0.01  # seconds before the first reconnect; doubles up to health_interval
 
@@ -35,7 +36,7 @@ _FIRST_BACKOFF = 0.01  # seconds before the first reconnect; doubles up to healt
 class RedisListener:
     def __init__(
         self,
-        client: aioredis.Redis,
+        bus: Bus,
         tier: RedisTier,
         origin: str,
         mirror: VersionMirror,
@@ -53,7 +54,8 @@ class RedisListener:
         describe: Callable[[BaseException], str] = repr,
         on_resync: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        self.client = client
+        self._bus = bus
+        self._pubsub: Any = None  # the current subscription
         self._tier = tier
         self._origin = origin
         # Trusted only while this listener is subscribed and in sync: the
@@ -120,14 +122,26 @@ class RedisListener:
             task.cancel()
             await asyncio.wait([task], timeout=self._health_interval)
 
+    async def reconnect(self) -> None:
+        """Drop the subscription (the server it is on is no longer the master):
+        the loop subscribes again where the channel is now, and resyncs."""
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            await pubsub.connection.disconnect(nowait=True)
+
     async def _listen_once(self) -> None:
-        pubsub = self.client.pubsub()
+        channel = self._tier.layout.channel
+        # Wait for the confirmation: only from here on is no change missed,
+        # so the resync below reads the counter after it. Bounded, because a
+        # hung server (SIGSTOP) still accepts TCP connections and never answers.
+        async with asyncio.timeout(2 * self._health_interval):
+            pubsub = self._pubsub = await self._bus.pubsub(channel)
         try:
-            # Wait for the confirmation: only from here on is no change missed,
-            # so the resync below reads the counter after it. Bounded, because a
-            # hung server (SIGSTOP) still accepts TCP connections and never answers.
             async with asyncio.timeout(2 * self._health_interval):
-                await pubsub.subscribe(self._tier.layout.channel)
+                if self._bus.sharded:
+                    await pubsub.ssubscribe(channel)
+                else:
+                    await pubsub.subscribe(channel)
                 while (await self._next(pubsub)) != "subscribed":
                     pass
             await self._resync("connected")
@@ -153,22 +167,27 @@ class RedisListener:
                     pending_ping = False
                     await self._handle(message)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            self._pubsub = None
+            await pubsub.aclose()
 
-    async def _next(self, pubsub: aioredis.client.PubSub) -> bytes | str | None:
+    async def _next(self, pubsub: Any) -> bytes | str | None:
         """The next payload, "pong", or None after an idle health interval."""
         raw = await pubsub.get_message(timeout=self._health_interval)
         if raw is None:
             return None
         kind = raw["type"]
         kind = kind.decode() if isinstance(kind, bytes) else kind
-        if kind == "message":
+        if kind in ("message", "smessage"):
             data: bytes = raw["data"]
             return data
         if kind == "pong":
             return "pong"
-        if kind == "subscribe":
+        if kind in ("subscribe", "ssubscribe"):
             return "subscribed"
+        if kind == "sunsubscribe":
+            # The server dropped the shard channel: its slot moved to another
+            # node (a failover or a resharding). Subscribe where it is now.
+            raise redis_errors.ConnectionError("the channel's slot moved to another node")
         return None
 
     async def _handle(self, data: bytes | str) -> None:

@@ -8,16 +8,17 @@
 -- bumped version, which no longer matches '0': they become misses, never
 -- stale. Without a recorded horizon (lost with the hash), nothing is dropped.
 -- The drop is announced ('x'), so that mirrors forget those versions too.
--- KEYS: tag-version hash, bump times, seq, log
--- ARGV: origin, channel, log maxlen, sent ms, the most fields to drop, margin ms
+-- KEYS, ARGV: the control-script convention (prelude); then the most fields
+-- to drop, margin ms
+meet_server()
 local horizon = tonumber(redis.call('HGET', KEYS[1], '\31horizon') or '')
-if not horizon or redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' then return 0 end
+if not horizon or redis.call('TYPE', KEYS[4])['ok'] ~= 'zset' then return 0 end
 local now = redis.call('TIME')
 local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - horizon - tonumber(ARGV[6])
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[5])
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[5])
 if #old == 0 then return 0 end
-local seq = next_seq(KEYS[3], KEYS[4])
+local seq = next_seq(KEYS[2], KEYS[3])
 redis.call('HDEL', KEYS[1], unpack(old))
-redis.call('ZREM', KEYS[2], unpack(old))
-announce(seq, KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'x', table.concat(old, SEP))
+redis.call('ZREM', KEYS[4], unpack(old))
+announce(seq, KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'x', table.concat(old, SEP))
 return #old

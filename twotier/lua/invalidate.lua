@@ -6,9 +6,9 @@
 -- later drops versions no live entry can carry any more. The message carries
 -- the new versions (or generation): the other instances' mirrors take them.
 -- The client sends at most a thousand tags per call (Lua's unpack limit).
--- KEYS: tag-version hash, seq, log, bump times
--- ARGV: origin, channel, log maxlen, sent ms, kind ('t' or 'c'), tags...
+-- KEYS, ARGV: the control-script convention (prelude); then kind ('t' or 'c'), tags...
 -- Returns {generation, version...}
+meet_server()
 local seq = next_seq(KEYS[2], KEYS[3])
 local tags = {}
 for i = 6, #ARGV do tags[#tags + 1] = ARGV[i] end

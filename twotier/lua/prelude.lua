@@ -1,6 +1,9 @@
--- Shared by every twotier script (prepended by _redis.py). Two families, each
--- touching one hash slot only (guarantee 8):
---   control scripts: the namespace's {ns:v2} keys (versions, counter, log, ...)
+-- Shared by every twotier script (prepended by _redis.py, after a line that
+-- sets PUBLISH: 'PUBLISH', or 'SPUBLISH' on a cluster's shard channel). Two
+-- families, each touching one hash slot only (guarantee 8):
+--   control scripts: the namespace's {ns:v2} keys, always
+--                    KEYS = tag-version hash, seq, log, bump times, epoch
+--                    ARGV = origin, channel, log maxlen, sent ms, then their own
 --   entry scripts:   one entry and its fill lease, which share the key's slot
 local SEP = '\31'
 
@@ -94,8 +97,31 @@ local function announce(seq, log_key, origin, channel, maxlen, sent_ms, kind, bo
     redis.call('DEL', log_key)
     redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, id, 'm', msg)
   end
-  redis.call('PUBLISH', channel, msg)
+  redis.call(PUBLISH, channel, msg)
   return seq
+end
+
+-- The run id of this server process: a restart, a restore, a promoted replica
+-- and a failover all show a new one.
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+
+-- Meet the server before any control change or version read (guarantee 9:
+-- nothing comes back). Unless the namespace's generation was drawn on this
+-- very server run, its tag versions may be older than the invalidations of the
+-- entries it holds (a restore from an older snapshot, a replica promoted before
+-- it had every change, the survivor of a split brain): draw a new generation,
+-- announced as a clear from 'server', which every instance applies. Checked in
+-- the script itself, so it holds whichever connection, node or client meets
+-- the new server first. Idempotent: of many instances, one draws.
+local function meet_server()
+  local id = run_id()
+  if redis.pcall('GET', KEYS[5]) == id then return end
+  local seq = next_seq(KEYS[2], KEYS[3])
+  local generation = new_namespace_generation(KEYS[1], KEYS[4], seq)
+  redis.call('SET', KEYS[5], id)
+  announce(seq, KEYS[3], 'server', ARGV[2], ARGV[3], ARGV[4], 'c', generation)
 end
 
 -- ---------------------------------------------------------------- entry slot

@@ -3,15 +3,14 @@
 -- generation, announced as a clear to every instance (guarantee 9).
 -- With a horizon, it also notes how long entries the caller stores from now on
 -- may live (compaction's horizon).
--- KEYS: tag-version hash, seq, log, bump times
--- ARGV: origin, channel, log maxlen, sent ms, horizon ms (0 = none), tags...
+-- KEYS, ARGV: the control-script convention (prelude); then horizon ms (0 = none), tags...
 -- Returns {generation, version...}
+meet_server()
 local tags = {}
 for i = 6, #ARGV do tags[#tags + 1] = ARGV[i] end
 local versions = versions_of(KEYS[1], tags)
 if not versions then
   local seq = next_seq(KEYS[2], KEYS[3])
-  redis.pcall('DEL', KEYS[1])
   local generation = new_namespace_generation(KEYS[1], KEYS[4], seq)
   announce(seq, KEYS[3], 'server', ARGV[2], ARGV[3], ARGV[4], 'c', generation)
   versions = versions_of(KEYS[1], tags)

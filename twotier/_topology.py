@@ -1,0 +1,368 @@
+"""Which Redis deployment a URL names, and the redis-py clients that reach it.
+
+    redis://[user:pw@]host:port[/db][?protocol=2|3&…]   one server, or a node of a
+    rediss://…                                          cluster (detected at start)
+    redis+cluster://…, rediss+cluster://…               a cluster, said outright
+    redis+sentinel://[user:pw@]h:p,h:p,…/service[/db][?sentinel_password=…&sentinel_username=…]
+    rediss+sentinel://…                                 the same over TLS (sentinels and master)
+
+The user and password of a Sentinel URL are the master's; the sentinels' own
+credentials, if any, are the `sentinel_username` / `sentinel_password` query
+arguments. Any other query argument is redis-py's (`ssl_ca_certs`, …).
+
+A cluster is told from a single server by asking the node (`INFO cluster`)
+when the cache starts. When nothing answers then, the cache starts degraded as
+a single-server client; if the server turns out to be a cluster node when it
+comes back, every connection to it fails with a message saying so (see
+`RedisTier.prepare`) instead of the cache running on it half-working. Say
+`redis+cluster://` to start a cluster client without asking.
+
+The protocol is RESP3 unless the URL says `protocol=2` (redis-py 8 defaults to
+3 too; saying it keeps a future default change from changing replies here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+
+from ._exceptions import ConfigurationError
+
+Kind = Literal["standalone", "cluster", "sentinel"]
+Prepare = Callable[[Any], Awaitable[None]]
+
+_SCHEMES: dict[str, tuple[Kind | None, bool]] = {  # scheme → (kind, TLS); None: detect
+    "redis": (None, False),
+    "rediss": (None, True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
+_SENTINEL_ONLY = ("sentinel_username", "sentinel_password")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed cache URL."""
+
+    kind: Kind | None  # None: a redis:// URL not yet asked whether it is a cluster node
+    url: str  # redis(s)://…: the server or node (for Sentinel: the master's credentials)
+    tls: bool
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    sentinel_options: dict[str, Any] = field(default_factory=dict)
+
+    def described(self) -> str:
+        """The URL without its password, for logs and errors."""
+        return _without_password(self.url if self.kind != "sentinel" else self._sentinel_url())
+
+    def _sentinel_url(self) -> str:
+        hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+
+def parse(url: str) -> Target:
+    """The target a URL names; a `ConfigurationError` that says why for anything else."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"redis_url must be a str, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        known = ", ".join(f"{scheme}://" for scheme in _SCHEMES)
+        raise ConfigurationError(
+            f"unsupported redis_url scheme {parts.scheme!r} in {_without_password(url)!r}: "
+            f"use one of {known}"
+        )
+    kind, tls = _SCHEMES[parts.scheme]
+    base = "rediss" if tls else "redis"
+    if kind != "sentinel":
+        if not parts.hostname:
+            raise ConfigurationError(f"redis_url {_without_password(url)!r} names no host")
+        plain = urlunsplit((base, parts.netloc, parts.path, parts.query, ""))
+        if kind == "cluster" and parts.path.strip("/") not in ("", "0"):
+            raise ConfigurationError("a Redis Cluster has database 0 only: drop the /db part")
+        return Target(kind, plain, tls)
+    return _parse_sentinel(url, parts, base, tls)
+
+
+def _parse_sentinel(url: str, parts: Any, base: str, tls: bool) -> Target:
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for host in filter(None, hosts.split(",")):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ConfigurationError(
+                f"sentinel address {host!r} in {_without_password(url)!r} must be host:port"
+            )
+        sentinels.append((name.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not sentinels or not path or len(path) > 2:
+        raise ConfigurationError(
+            f"a Sentinel URL is redis+sentinel://host:port,host:port/service[/db], "
+            f"got {_without_password(url)!r}"
+        )
+    query = parse_qsl(parts.query)
+    sentinel_options = {k.removeprefix("sentinel_"): v for k, v in query if k in _SENTINEL_ONLY}
+    rest = urlencode([(k, v) for k, v in query if k not in _SENTINEL_ONLY])
+    db = f"/{path[1]}" if len(path) == 2 else ""
+    netloc = f"{userinfo}@master" if userinfo else "master"
+    master = urlunsplit((base, netloc, db, rest, ""))
+    return Target("sentinel", master, tls, tuple(sentinels), path[0], sentinel_options)
+
+
+async def detect(target: Target, connect_timeout: float) -> Target:
+    """Ask a `redis://` server whether it is a cluster node; unreachable: a single server."""
+    if target.kind is not None:
+        return target
+    probe = aioredis.Redis.from_url(
+        target.url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        info = await probe.info("cluster")
+    except (redis_errors.RedisError, OSError):
+        return Target("standalone", target.url, target.tls)
+    finally:
+        with contextlib.suppress(redis_errors.RedisError, OSError):
+            await probe.aclose()
+    kind: Kind = "cluster" if int(info.get("cluster_enabled", 0)) else "standalone"
+    return Target(kind, target.url, target.tls)
+
+
+class Clients:
+    """The clients of one link: data commands, the read pipe's connections, and
+    where the invalidation channel is subscribed."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+        prepare: Prepare,
+    ) -> None:
+        self.target = target
+        self.kind: Kind = target.kind or "standalone"
+        no_retry = Retry(NoBackoff(), 0)  # the guard decides about retries, not redis-py
+        # Timeouts are redis-py's own, per step: `timeout` bounds every reply,
+        # `connect_timeout` every connect (its own budget: a cold burst or a far
+        # server must not spend the reply budget on TCP and AUTH).
+        timeouts = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
+        protocol = _connection_options(target.url)["protocol"]
+        self.sentinel: Sentinel | None = None
+        self.data: Any
+        self.make_connection: Callable[[], Any] | None = None
+        if self.kind == "cluster":
+            # One retry: after a failover or a slot move redis-py refreshes the
+            # slot map and tries the new owner once.
+            self.data = RedisCluster.from_url(
+                target.url,
+                max_connections=max_connections + 2,
+                retry=Retry(NoBackoff(), 1),
+                protocol=protocol,
+                **timeouts,
+            )
+            pool: aioredis.ConnectionPool | None = None
+        elif self.kind == "sentinel":
+            self.sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py: unannotated
+                list(target.sentinels),
+                sentinel_kwargs={
+                    **timeouts,
+                    **target.sentinel_options,
+                    "retry": no_retry,
+                    **({"ssl": True} if target.tls else {}),
+                },
+            )
+            # Not blocking (redis-py has no blocking Sentinel pool): the tier's
+            # own slots bound its callers to `max_connections`.
+            pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]  # unannotated
+                target.service,
+                self.sentinel,
+                **_without_address(target.url),
+                **timeouts,
+                max_connections=max_connections + 4,
+                retry=no_retry,
+                redis_connect_func=prepare,
+            )
+        else:
+            # Bounded and blocking: past `max_connections`, callers wait (up to
+            # the connect budget) for a free connection instead of opening
+            # more; two more serve the health probe and the warm-up.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                target.url,
+                max_connections=max_connections + 2,
+                timeout=connect_timeout,
+                retry=no_retry,
+                redis_connect_func=prepare,
+                protocol=protocol,
+                **timeouts,
+            )
+        if pool is not None:
+            self.data = aioredis.Redis.from_pool(pool)
+            self.make_connection = pool.make_connection
+        self.bus = Bus(self, connect_timeout)
+
+    async def aclose(self) -> None:
+        await self.bus.aclose()
+        await self.data.aclose()
+        if self.sentinel is not None:
+            for sentinel in self.sentinel.sentinels:
+                await sentinel.aclose()
+
+
+class Bus:
+    """Where the namespace's channel is subscribed: the server itself, the
+    Sentinel master, or, in a cluster, the master of the channel's slot (a
+    shard channel: SSUBSCRIBE, messages sent by SPUBLISH)."""
+
+    def __init__(self, clients: Clients, connect_timeout: float) -> None:
+        self.sharded = clients.kind == "cluster"
+        self._clients = clients
+        self._connect_timeout = connect_timeout
+        self._client: aioredis.Redis | None = None
+        self._node: str | None = None
+
+    async def pubsub(self, channel: str) -> Any:
+        """A new pub/sub object on the node that carries *channel* now."""
+        clients = self._clients
+        if clients.kind != "cluster":
+            if self._client is None:
+                # Its own client: a pub/sub connection must not share the socket
+                # timeout of data calls (it waits for messages by design).
+                self._client = _follower(clients, self._connect_timeout)
+            return self._client.pubsub()
+        cluster: RedisCluster = clients.data
+        # A fresh slot map each time: the last subscription ended because the
+        # node died, failed over or gave the slot away.
+        await cluster.nodes_manager.initialize()
+        node = cluster.get_node_from_key(channel)
+        if node is None:
+            raise redis_errors.ConnectionError(f"no node serves the slot of {channel!r}")
+        if self._client is None or node.name != self._node:
+            await self.aclose()
+            options = _connection_options(clients.target.url)
+            options.update(host=node.host, port=node.port)
+            self._client = aioredis.Redis(
+                **options,
+                socket_connect_timeout=self._connect_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._node = node.name
+        return self._client.pubsub()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+def _follower(clients: Clients, connect_timeout: float) -> aioredis.Redis:
+    options: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if clients.sentinel is not None:
+        master: aioredis.Redis = clients.sentinel.master_for(
+            clients.target.service, **_without_address(clients.target.url), **options
+        )
+        return master
+    return aioredis.Redis.from_url(clients.target.url, **options)
+
+
+def _connection_options(url: str) -> dict[str, Any]:
+    options: dict[str, Any] = dict(parse_url(url))
+    options.setdefault("protocol", 3)
+    return options
+
+
+def _without_address(url: str) -> dict[str, Any]:
+    options = _connection_options(url)
+    options.pop("host", None)
+    options.pop("port", None)
+    if options.pop("connection_class", None) is not None:
+        options["ssl"] = True
+    return options
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class MasterWatch:
+    """Follows the sentinels' `+switch-master` announcements for the service,
+    and calls *on_moved* at each. One sentinel is watched at a time; when it
+    goes away the next one is."""
+
+    def __init__(
+        self,
+        clients: Clients,
+        on_moved: Callable[[], Awaitable[None]],
+        interval: float,
+        log: Any,
+    ) -> None:
+        self._target = clients.target
+        self._on_moved = on_moved
+        self._interval = interval
+        self._log = log
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            for host, port in self._target.sentinels:
+                with contextlib.suppress(redis_errors.RedisError, OSError, TimeoutError):
+                    await self._watch(host, port)
+            await asyncio.sleep(self._interval)
+
+    async def _watch(self, host: str, port: int) -> None:
+        options: dict[str, Any] = {**self._target.sentinel_options, "ssl": self._target.tls}
+        client = aioredis.Redis(
+            host=host,
+            port=port,
+            socket_connect_timeout=self._interval,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+        try:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe("+switch-master")
+            while True:
+                message = await pubsub.get_message(timeout=self._interval)
+                if message is None or message["type"] != "message":
+                    continue
+                name, *_ = _text(message["data"]).split()
+                if name == self._target.service:
+                    self._log.warning("sentinel %s:%s: %s", host, port, _text(message["data"]))
+                    await self._on_moved()
+        finally:
+            await client.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
