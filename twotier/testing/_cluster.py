@@ -139,6 +139,12 @@ class LocalCluster:
     def live(self) -> list[RedisServer]:
         return [s for s in self.servers if s.process is not None and s.process.poll() is None]
 
+    def flush(self) -> None:
+        """FLUSHALL on every master: a clean slate for the next test."""
+        for server in self.masters():
+            with self._client(server) as client:
+                client.flushall()
+
     # -- breaking it -------------------------------------------------------------
 
     def failover(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:

@@ -1,0 +1,227 @@
+"""Redis Cluster (issue 9): the contract, coherence across processes, guarantee 9
+after failovers, and the chaos run, on a local cluster of 3 masters and 3
+replicas (`twotier.testing.LocalCluster`), Redis and Valkey.
+
+One cluster per flavour serves the whole module (about 2 s to build); every
+test uses a namespace of its own, and a test that fails a master over or kills
+one leaves the cluster healthy (the dead node restarted as a replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.contract import CacheContract, eventually
+from twotier import TwoTierCache
+from twotier._redis import Layout
+from twotier.testing import LocalCluster, RedisServer
+
+from .conftest import FLAVOURS
+from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
+from .test_multiprocess import CHANGES, _everyone_holds, three_instances
+from ._chaos_check import Timeline
+from ._workers import CHAOS_SETTINGS
+
+PROPAGATION_BOUND = 0.05
+SETTLE_MARGIN = 1.0
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with LocalCluster.start(request.param) as local:
+        yield local
+
+
+def _namespace() -> str:
+    return f"c{uuid.uuid4().hex[:8]}"
+
+
+def _revive(cluster: LocalCluster, server: RedisServer) -> None:
+    """Start a killed node again: it rejoins as a replica of its successor."""
+    server.launch()
+    cluster.wait_healthy()
+
+
+async def _config(server: RedisServer, name: str, value: str) -> None:
+    client = aioredis.Redis(port=server.port)
+    try:
+        await client.config_set(name, value)
+    finally:
+        await client.aclose()
+
+
+class TestClusterMode(CacheContract):
+    @pytest.fixture
+    async def trio(self, cluster: LocalCluster) -> list[TwoTierCache]:
+        namespace = _namespace()
+        caches = [
+            TwoTierCache(redis_url=cluster.url, namespace=namespace, redis_timeout=0.5)
+            for _ in range(3)
+        ]
+        for cache in caches:
+            await cache.start()
+        yield caches  # type: ignore[misc]
+        for cache in caches:
+            await cache.close()
+
+
+async def test_a_node_url_runs_in_cluster_mode_spread_over_the_shards(
+    cluster: LocalCluster,
+) -> None:
+    """Any node's redis:// URL is detected; entries land on every master, and
+    nothing is refused (CROSSSLOT, NOSCRIPT) on the way."""
+    namespace = _namespace()
+    async with TwoTierCache(redis_url=cluster.url, namespace=namespace) as cache:
+        assert cache._link is not None and cache._link.clients.kind == "cluster"
+        for i in range(60):
+            await cache.set(f"k{i}", i, tags=["all", f"k:{i}"])
+        await cache.invalidate_tag("k:1")
+        assert cache.redis_available
+        assert cache.get_stats()["l2_errors"] == 0, cache.get_stats()["last_error"]
+        holders = []
+        for master in cluster.masters():
+            client = aioredis.Redis(port=master.port)
+            try:
+                keys = [k async for k in client.scan_iter(match=f"{namespace}:v2:*")]
+            finally:
+                await client.aclose()
+            holders.append(len(keys))
+        assert sum(holders) == 60 and all(holders), holders  # every shard holds entries
+        fresh = TwoTierCache(redis_url=cluster.url, namespace=namespace)
+        async with fresh:
+            assert await fresh.get("k2") == 2  # an L2 hit from another shard
+            assert await fresh.get("k1") is None
+
+
+async def test_a_change_in_one_process_reaches_the_others_on_a_cluster(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Three processes; entries on every shard; each change made by each process
+    evicts the old value from the others' L1 (SPUBLISH → SSUBSCRIBE)."""
+    async with three_instances(cluster, tmp_path) as peers:  # type: ignore[arg-type]
+        for operation, (op, op_args, expected) in CHANGES.items():
+            for origin in peers:
+                others = [peer for peer in peers if peer is not origin]
+                key = f"{operation}-from-{origin.name}"
+                await _everyone_holds(origin, others, key, "old", ["group"])
+                args = {"key": key, **op_args} if op in ("set", "delete") else op_args
+                await origin.call(op, **args)
+                for peer in others:
+
+                    async def applied(peer: object = peer, key: str = key) -> bool:
+                        return await peer.call("peek", key=key) != {"found": True, "value": "old"}  # type: ignore[attr-defined, no-any-return]
+
+                    await eventually(applied)
+                    assert await peer.call("get", key=key) == expected, (operation, peer.name)
+
+
+async def test_a_control_master_restored_from_an_older_snapshot_brings_nothing_back(
+    cluster: LocalCluster,
+) -> None:
+    """Guarantee 9 on a cluster: the master of the control slot comes back from a
+    snapshot taken before an acknowledged invalidation (its tag versions go
+    back). Neither the instance that invalidated nor a fresh one may serve the
+    entry that invalidation outdated."""
+    namespace = _namespace()
+    layout = Layout(namespace)
+    source = {"row": "old"}
+
+    async def load() -> str:
+        return source["row"]
+
+    master = cluster.owner_of(layout.seq)
+    replica = cluster.replica_of(master)
+    raw = aioredis.Redis(port=master.port)
+    try:
+        async with TwoTierCache(
+            redis_url=cluster.url, namespace=namespace, redis_timeout=0.5
+        ) as writer:
+            assert await writer.load("row", ("row",), 300, load, True) == "old"  # in L2
+            await raw.save()
+            snapshot = Path(master.dir) / "dump.rdb"
+            old = snapshot.read_bytes()
+            source["row"] = "new"
+            await writer.invalidate_tag("row")  # acknowledged
+            bumped = await raw.hget(layout.tags, "row")
+            # the replica must not take over: the master is to come back as it was
+            await _config(replica, "cluster-replica-no-failover", "yes")
+            master.kill()
+            snapshot.write_bytes(old)
+            await asyncio.to_thread(master.launch)
+            await _config(replica, "cluster-replica-no-failover", "no")
+            await asyncio.to_thread(cluster.wait_healthy)
+            await raw.aclose()
+            raw = aioredis.Redis(port=master.port)
+            assert cluster.owner_of(layout.seq) is master
+            restored = await raw.hget(layout.tags, "row")
+            # The test has teeth: the restore took the tag's version back (or
+            # a new generation has already dropped it).
+            assert restored != bumped, (restored, bumped)
+
+            async with TwoTierCache(redis_url=cluster.url, namespace=namespace) as fresh:
+                assert await fresh.load("row", ("row",), 300, load, True) == "new"
+
+            async def writer_sees_new() -> bool:
+                return await writer.load("row", ("row",), 300, load, True) == "new"
+
+            await eventually(writer_sees_new, timeout=10)
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.parametrize("trouble", ["kill", "failover"])
+async def test_chaos_control_master_killed_or_failed_over_under_load(
+    cluster: LocalCluster, tmp_path: Path, trouble: str
+) -> None:
+    """Readers and a writer in separate processes while the master of the
+    namespace's control slot is SIGKILLed (its replica takes over after the
+    node timeout) or handed over by `CLUSTER FAILOVER` (writes to it pause
+    until the replica has caught up). No read raises or hangs; no read is stale
+    while connected, nor once the failover has settled (its window: from the
+    trouble until the new master serves, plus max_stale and a margin)."""
+    control = Layout("chaos").seq
+    victim = cluster.owner_of(control)
+    await asyncio.to_thread(cluster.flush)  # the source starts anew: so must the cache
+
+    async def scenario(processes: dict[str, asyncio.subprocess.Process]) -> Timeline:
+        start = time.monotonic()
+        await asyncio.sleep(3.0)
+        began = time.monotonic()
+        if trouble == "kill":
+            successor = await asyncio.to_thread(cluster.kill, victim)
+        else:
+            successor = await asyncio.to_thread(cluster.failover, victim)
+        served = time.monotonic()  # the new master serves the slot
+        settle = served + float(CHAOS_SETTINGS["max_stale"]) + SETTLE_MARGIN
+        await asyncio.sleep(settle - time.monotonic() + 3.0)
+        stop = await _stop_workers(processes, tmp_path)
+        events = ((f"{trouble} {victim.port} → {successor.port}", began),)
+        return Timeline(
+            start,
+            began,
+            served,
+            settle,
+            stop,
+            event_names=(trouble, "new master serves"),
+            events=events,
+        )
+
+    try:
+        run = await _run_workers(cluster, tmp_path, _chaos_workers(), scenario)  # type: ignore[arg-type]
+    finally:
+        if trouble == "kill":
+            await asyncio.to_thread(_revive, cluster, victim)
+    report = check(run.reads, run.writes, run.timeline, PROPAGATION_BOUND)
+    report.stats = run.stats
+    title = f"cluster ({cluster.flavour}), {trouble} of the control slot's master: {READERS} readers, 1 writer"
+    _publish(report, title, tmp_path / f"chaos-cluster-{trouble}-{cluster.flavour}.json")
+    for phase in ("connected", "settled"):
+        assert report.phases[phase].reads > 100, report.phases[phase]
+    assert report.failures() == [], report.format(title)
