@@ -23,11 +23,11 @@ from twotier import TwoTierCache
 from twotier._redis import Layout
 from twotier.testing import LocalCluster, RedisServer
 
-from .conftest import FLAVOURS
-from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
-from .test_multiprocess import CHANGES, _everyone_holds, three_instances
 from ._chaos_check import Timeline
 from ._workers import CHAOS_SETTINGS
+from .conftest import FLAVOURS
+from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
+from .test_multiprocess import CHANGES, Peer, _everyone_holds, three_instances
 
 PROPAGATION_BOUND = 0.05
 SETTLE_MARGIN = 1.0
@@ -79,7 +79,8 @@ async def test_a_node_url_runs_in_cluster_mode_spread_over_the_shards(
     nothing is refused (CROSSSLOT, NOSCRIPT) on the way."""
     namespace = _namespace()
     async with TwoTierCache(redis_url=cluster.url, namespace=namespace) as cache:
-        assert cache._link is not None and cache._link.clients.kind == "cluster"
+        assert cache._link is not None
+        assert cache._link.clients.kind == "cluster"
         for i in range(60):
             await cache.set(f"k{i}", i, tags=["all", f"k:{i}"])
         await cache.invalidate_tag("k:1")
@@ -93,7 +94,8 @@ async def test_a_node_url_runs_in_cluster_mode_spread_over_the_shards(
             finally:
                 await client.aclose()
             holders.append(len(keys))
-        assert sum(holders) == 60 and all(holders), holders  # every shard holds entries
+        assert sum(holders) == 60, holders
+        assert all(holders), holders  # every shard holds entries
         fresh = TwoTierCache(redis_url=cluster.url, namespace=namespace)
         async with fresh:
             assert await fresh.get("k2") == 2  # an L2 hit from another shard
@@ -114,12 +116,17 @@ async def test_a_change_in_one_process_reaches_the_others_on_a_cluster(
                 args = {"key": key, **op_args} if op in ("set", "delete") else op_args
                 await origin.call(op, **args)
                 for peer in others:
-
-                    async def applied(peer: object = peer, key: str = key) -> bool:
-                        return await peer.call("peek", key=key) != {"found": True, "value": "old"}  # type: ignore[attr-defined, no-any-return]
-
-                    await eventually(applied)
+                    await _evicted(peer, key)
                     assert await peer.call("get", key=key) == expected, (operation, peer.name)
+
+
+async def _evicted(peer: Peer, key: str) -> None:
+    """Until *peer*'s L1 no longer holds the old value of *key*."""
+
+    async def gone() -> bool:
+        return await peer.call("peek", key=key) != {"found": True, "value": "old"}
+
+    await eventually(gone)
 
 
 async def test_a_control_master_restored_from_an_older_snapshot_brings_nothing_back(
@@ -220,7 +227,10 @@ async def test_chaos_control_master_killed_or_failed_over_under_load(
             await asyncio.to_thread(_revive, cluster, victim)
     report = check(run.reads, run.writes, run.timeline, PROPAGATION_BOUND)
     report.stats = run.stats
-    title = f"cluster ({cluster.flavour}), {trouble} of the control slot's master: {READERS} readers, 1 writer"
+    title = (
+        f"cluster ({cluster.flavour}), {trouble} of the control slot's master: "
+        f"{READERS} readers, 1 writer"
+    )
     _publish(report, title, tmp_path / f"chaos-cluster-{trouble}-{cluster.flavour}.json")
     for phase in ("connected", "settled"):
         assert report.phases[phase].reads > 100, report.phases[phase]
