@@ -106,6 +106,12 @@ class _Script:
             return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
+class Unconfirmed(redis_errors.RedisError):
+    """Fewer replicas than `confirm_replicas` acknowledged a change (WAIT). A
+    Redis error, so that the guard names it (`last_error`, the log) like any
+    refusal, without counting it as an outage."""
+
+
 class Layout:
     """The Redis names of one namespace."""
 
@@ -186,7 +192,7 @@ class RedisTier:
         )
         # WAIT for this many replicas after each change (0: do not wait).
         self._confirm_replicas = confirm_replicas
-        self._confirm_ms = max(1, int(timeout * 800))  # within the reply budget
+        self._confirm_ms = max(1, int(timeout * 1000))
         #: Entries read (GETs, whether coalesced or through the pool): a stat.
         self.reads = 0
         # This instance's own invalidations and clears, as Redis confirms them:
@@ -250,25 +256,43 @@ class RedisTier:
         return await self._call(lambda: self._confirmed(self._scripts[script], keys, args))
 
     async def _confirmed(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        for attempt in (1, 2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", self._confirm_replicas, self._confirm_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError) and attempt == 1:
-                await self._execute("SCRIPT LOAD", script.source)
-                continue
-            if isinstance(reply, Exception):
-                raise reply
-            if isinstance(acked, Exception):
-                raise acked
-            if int(acked) < self._confirm_replicas:
-                raise BackendError(
-                    f"a change reached {acked} of {self._confirm_replicas} replica(s) within "
-                    f"{self._confirm_ms} ms and may be lost in a failover: it stays queued"
+        """The script and `WAIT` on one connection of the pool. The WAIT may
+        answer late by Redis's timer granularity (its blocked clients time out
+        on the server's clock tick, 100 ms at the default hz), so its reply
+        gets that much more time than the socket timeout."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
+        try:
+            for attempt in (1, 2):
+                await connection.send_packed_command(
+                    connection.pack_commands(
+                        [
+                            ("EVALSHA", script.sha, len(keys), *keys, *args),
+                            ("WAIT", self._confirm_replicas, self._confirm_ms),
+                        ]
+                    )
                 )
-            return reply
-        raise AssertionError("unreachable")
+                try:
+                    reply = await connection.read_response()
+                except NoScriptError:
+                    await connection.read_response()  # the WAIT's answer
+                    if attempt == 2:
+                        raise
+                    await self._execute("SCRIPT LOAD", script.source)
+                    continue
+                acked = await connection.read_response(timeout=self._confirm_ms / 1000 + 0.2)
+                break
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may still be on the way
+            raise
+        finally:
+            await pool.release(connection)
+        if int(acked) < self._confirm_replicas:
+            raise Unconfirmed(
+                f"a change reached {acked} of {self._confirm_replicas} replica(s) within "
+                f"{self._confirm_ms} ms and may be lost in a failover: it stays queued"
+            )
+        return reply
 
     # -- reads -------------------------------------------------------------------
 
