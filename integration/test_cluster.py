@@ -24,6 +24,7 @@ from twotier._redis import Layout
 from twotier.testing import LocalCluster, RedisServer
 
 from ._chaos_check import Timeline
+from ._confirm import unconfirmed_change_stays_queued
 from ._workers import CHAOS_SETTINGS
 from .conftest import FLAVOURS
 from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
@@ -181,6 +182,16 @@ async def test_a_control_master_restored_from_an_older_snapshot_brings_nothing_b
             await eventually(writer_sees_new, timeout=10)
     finally:
         await raw.aclose()
+
+
+async def test_a_change_no_replica_confirmed_stays_queued_until_one_does(
+    cluster: LocalCluster,
+) -> None:
+    """WAIT confirmation on a cluster: sent on the control slot master's own
+    connection, around the cluster client."""
+    namespace = _namespace()
+    replica = cluster.replica_of(cluster.owner_of(Layout(namespace).seq))
+    await unconfirmed_change_stays_queued(cluster.url, namespace, replica)
 
 
 @pytest.mark.parametrize("trouble", ["kill", "failover"])

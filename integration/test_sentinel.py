@@ -22,6 +22,7 @@ from twotier import TwoTierCache
 from twotier.testing import LocalSentinel
 
 from ._chaos_check import Timeline
+from ._confirm import unconfirmed_change_stays_queued
 from ._workers import CHAOS_SETTINGS
 from .conftest import FLAVOURS
 from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
@@ -112,31 +113,7 @@ async def test_the_split_brain_of_a_manual_failover_loses_no_invalidation(
 async def test_a_change_no_replica_confirmed_stays_queued_until_one_does(
     sentinel: LocalSentinel,
 ) -> None:
-    """With `confirm_replicas=1`, an invalidation the replica did not confirm
-    (it is stopped) is applied on the master but kept queued and sent again;
-    once the replica answers, the queue empties and the change is confirmed."""
-    namespace = _namespace()
-    async with (
-        TwoTierCache(
-            redis_url=sentinel.url, namespace=namespace, redis_timeout=0.2, confirm_replicas=1
-        ) as writer,
-        TwoTierCache(redis_url=sentinel.url, namespace=namespace) as other,
-    ):
-        await writer.invalidate_tag("warm-up")
-        assert writer.get_stats()["queued_ops_pending"] == 0
-        sentinel.replica.pause()
-        try:
-            await writer.invalidate_tag("row")
-            assert writer.get_stats()["queued_ops_pending"] >= 1  # unconfirmed: still queued
-            assert "replica" in (writer.get_stats()["last_error"] or ""), writer.get_stats()
-        finally:
-            sentinel.replica.resume()
-
-        async def delivered() -> bool:
-            return writer.get_stats()["queued_ops_pending"] == 0
-
-        await eventually(delivered, timeout=10)
-        assert other.get_stats()["invalidations_received"] >= 1
+    await unconfirmed_change_stays_queued(sentinel.url, _namespace(), sentinel.replica)
 
 
 @pytest.mark.parametrize("trouble", ["failover", "kill"])

@@ -258,10 +258,6 @@ class TwoTierCache:
 
     async def _start_redis(self, target: Target) -> None:
         target = await detect(target, self._connect_timeout)
-        if target.kind == "cluster" and self._confirm_replicas:
-            raise ConfigurationError(
-                "confirm_replicas is not supported on a Redis Cluster yet (docs/topologies.md)"
-            )
         self._link = RedisLink(
             target,
             self.namespace,

@@ -41,6 +41,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 import redis.exceptions as redis_errors
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -150,7 +151,7 @@ class RedisTier:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         guard: Guard,
         layout: Layout,
         origin: str,
@@ -260,8 +261,7 @@ class RedisTier:
         answer late by Redis's timer granularity (its blocked clients time out
         on the server's clock tick, 100 ms at the default hz), so its reply
         gets that much more time than the socket timeout."""
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
+        connection, release = await self._connection_to(keys[0])
         try:
             for attempt in (1, 2):
                 await connection.send_packed_command(
@@ -274,6 +274,13 @@ class RedisTier:
                 )
                 try:
                     reply = await connection.read_response()
+                except redis_errors.MovedError:
+                    await connection.read_response()
+                    # Sent around the cluster client, so it did not see the
+                    # move: refresh its slot map before the change is retried.
+                    if isinstance(self._client, RedisCluster):
+                        await self._client.nodes_manager.initialize()
+                    raise
                 except NoScriptError:
                     await connection.read_response()  # the WAIT's answer
                     if attempt == 2:
@@ -286,13 +293,30 @@ class RedisTier:
             await connection.disconnect(nowait=True)  # replies may still be on the way
             raise
         finally:
-            await pool.release(connection)
+            await release()
         if int(acked) < self._confirm_replicas:
             raise Unconfirmed(
                 f"a change reached {acked} of {self._confirm_replicas} replica(s) within "
                 f"{self._confirm_ms} ms and may be lost in a failover: it stays queued"
             )
         return reply
+
+    async def _connection_to(self, key: str) -> tuple[Any, Callable[[], Awaitable[None]]]:
+        """A connection of the pool, or in a cluster of the node holding *key*,
+        and how to give it back."""
+        if not isinstance(self._client, RedisCluster):
+            pool = self._client.connection_pool
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
+            return connection, lambda: pool.release(connection)
+        node = self._client.get_node_from_key(key)
+        if node is None:
+            raise redis_errors.ConnectionError(f"no node serves the slot of {key!r}")
+        connection = node.acquire_connection()
+
+        async def release() -> None:
+            node.release(connection)
+
+        return connection, release
 
     # -- reads -------------------------------------------------------------------
 
