@@ -3,6 +3,8 @@ L2-specific propagation under RESP3 and RESP2, and the O(1) cost of tag invalida
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -131,3 +133,53 @@ async def test_auth_and_acl_users_work_by_url(
             assert await b.get("k") == 1
             await a.invalidate_tag("t")
             await eventually(lambda: _equals(b.get("k"), None))
+
+
+def _documented_acl_rules() -> list[str]:
+    """The ACL SETUSER line of docs/configuration.md, as arguments."""
+    page = Path(__file__).parents[1] / "docs" / "configuration.md"
+    line = next(
+        line for line in page.read_text().splitlines() if line.startswith("ACL SETUSER app ")
+    )
+    return line.split()[2:]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_the_documented_acl_rules_are_enough(flavour: str) -> None:
+    """The least-privilege ACL rules docs/configuration.md gives for namespace
+    `erp` let two instances do everything, with nothing refused."""
+    with RedisServer.start(flavour) as server:
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            await admin.execute_command("ACL", "SETUSER", *_documented_acl_rules())
+        finally:
+            await admin.aclose()
+        url = f"redis://app:secret@127.0.0.1:{server.port}/0"
+        async with (
+            TwoTierCache(redis_url=url, namespace="erp", redis_timeout=1) as a,
+            TwoTierCache(redis_url=url, namespace="erp", redis_timeout=1) as b,
+        ):
+            calls = 0
+
+            async def load() -> int:
+                nonlocal calls
+                calls += 1
+                return calls
+
+            await a.set("k", 1, tags=["t"])
+            assert await b.get("k") == 1
+            assert await b.load("l", ("t",), 60, load, True) == 1
+            assert await a.load("l", ("t",), 60, load, True) == 1  # an L2 hit
+            await a.invalidate_tag("t")
+            await eventually(lambda: _equals(b.get("k"), None))
+            await b.delete("l")
+            await a.warmup(["w1", "w2"], lambda key: key.upper())
+            assert await b.get("w2") == "W2"
+            await b.clear()
+            await eventually(lambda: _equals(a.get("w1"), None))
+            assert await a.ping() > 0
+            for cache in (a, b):
+                stats = cache.get_stats()
+                assert stats["l2_errors"] == 0, stats["last_error"]
+                assert stats["last_error"] is None, stats["last_error"]
+                assert cache.redis_available
