@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import redis
 
-from ._server import RedisServer, free_port
+from ._server import PortTaken, RedisServer, free_port
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 1000
@@ -48,14 +48,10 @@ class LocalCluster:
     """`masters` masters with `replicas` replicas each, one process per node."""
 
     def __init__(self, flavour: str | None = None, masters: int = 3, replicas: int = 1) -> None:
-        # The cluster bus port is given, not derived (port + 10000 overflows
-        # for the high ports the OS hands out).
         count = masters * (1 + replicas)
+        self._flavour = flavour
         self._bus_ports = [free_port() for _ in range(count)]
-        self.servers = [
-            RedisServer(flavour, extra_args=(*_CLUSTER_ARGS, "--cluster-port", str(bus)))
-            for bus in self._bus_ports
-        ]
+        self.servers = [self._node(bus) for bus in self._bus_ports]
         self.flavour = self.servers[0].flavour
         self._masters = masters
 
@@ -76,8 +72,17 @@ class LocalCluster:
 
     def launch(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        for server in self.servers:
-            server.launch()
+        for index, server in enumerate(self.servers):
+            for attempt in range(5):
+                try:
+                    server.launch()
+                    break
+                except PortTaken:  # the bus port: taken since it was chosen
+                    if attempt == 4:
+                        raise
+                    server.stop()
+                    self._bus_ports[index] = free_port()
+                    server = self.servers[index] = self._node(self._bus_ports[index])
         masters, replicas = self.servers[: self._masters], self.servers[self._masters :]
         per_master = SLOTS // len(masters)
         for index, server in enumerate(masters):
@@ -169,6 +174,12 @@ class LocalCluster:
         return replica
 
     # -- internals ---------------------------------------------------------------
+
+    def _node(self, bus_port: int) -> RedisServer:
+        # The cluster bus port is given, not derived (port + 10000 overflows
+        # for the high ports the OS hands out).
+        args = (*_CLUSTER_ARGS, "--cluster-port", str(bus_port))
+        return RedisServer(self._flavour, extra_args=args)
 
     @staticmethod
     def _client(server: RedisServer) -> redis.Redis:

@@ -31,23 +31,11 @@ _REPLICATION_ARGS = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay"
 class LocalSentinel:
     def __init__(self, flavour: str | None = None, sentinels: int = 3) -> None:
         self.master = RedisServer(flavour, extra_args=_REPLICATION_ARGS)
-        self.replica = RedisServer(
-            self.master.flavour,
-            extra_args=(*_REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.master.port)),
-        )
         self.flavour = self.master.flavour
-        quorum = sentinels // 2 + 1
-        config = (
-            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} {quorum}\n"
-            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {SERVICE} 10000\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n"
-        )
-        self.sentinels = [
-            RedisServer(self.flavour, extra_args=("--sentinel",), config=config)
-            for _ in range(sentinels)
-        ]
+        self.replica = RedisServer(self.flavour)  # told whom to follow once the master is up
         self.servers = [self.master, self.replica]
+        self.sentinels: list[RedisServer] = []  # made once the master's port is final
+        self._count = sentinels
 
     @classmethod
     @contextmanager
@@ -67,8 +55,25 @@ class LocalSentinel:
     def launch(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         self.master.launch()
+        self.replica.extra_args = (
+            *_REPLICATION_ARGS,
+            "--replicaof",
+            "127.0.0.1",
+            str(self.master.port),
+        )
         self.replica.launch()
         _wait(deadline, lambda: _in_sync(self.replica), "the replica's first sync")
+        quorum = self._count // 2 + 1
+        config = (
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+        )
+        self.sentinels = [
+            RedisServer(self.flavour, extra_args=("--sentinel",), config=config)
+            for _ in range(self._count)
+        ]
         for sentinel in self.sentinels:
             sentinel.launch()
         _wait(deadline, self._sentinels_agree, "the sentinels to see master and replica")

@@ -66,6 +66,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind a port: another process took it first."""
+
+
 class RedisServer:
     """One server process on 127.0.0.1 that a test may kill, pause and restart."""
 
@@ -78,6 +82,9 @@ class RedisServer:
     ) -> None:
         self.flavour, self.binary = find_server(flavour)
         self.port = port or free_port()
+        # A port of our own choosing may be taken between choosing and binding
+        # (other tests start servers too): the first launch then picks another.
+        self._may_move = port is None
         self.extra_args = extra_args
         self.dir = tempfile.mkdtemp(prefix="twotier-redis-")
         # A config file's text, for servers that need one (a sentinel rewrites
@@ -103,6 +110,15 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def launch(self, timeout: float = 10.0) -> None:
+        for attempt in range(5):
+            try:
+                return self._launch(timeout)
+            except PortTaken:
+                if not self._may_move or attempt == 4:
+                    raise
+                self.port = free_port()
+
+    def _launch(self, timeout: float) -> None:
         args = [
             self.binary,
             *([str(self._config)] if self._config else []),  # must come first
@@ -126,13 +142,17 @@ class RedisServer:
         # and block the server), to explain a failed start.
         log = Path(self.dir) / "server.log"
         with log.open("ab") as out:
+            start = out.tell()
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = log.read_text(errors="replace")
-                raise RuntimeError(f"{self.binary} exited at start: {err.strip()}")
+                err = log.read_bytes()[start:].decode(errors="replace").strip()
+                if "Address already in use" in err:
+                    raise PortTaken(err)
+                raise RuntimeError(f"{self.binary} exited at start: {err}")
             if self._answers_ping():
+                self._may_move = False  # from now on a restart keeps the port
                 return
             time.sleep(0.01)
         self.stop()
