@@ -41,8 +41,8 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
@@ -186,7 +186,7 @@ class RedisTier:
         # entries live on every master, so there reads go through the client.
         self._reads = (
             ReadPipe(
-                make_connection, self._pool_get, timeout=timeout, connect_timeout=connect_timeout
+                make_connection, self._queued_get, timeout=timeout, connect_timeout=connect_timeout
             )
             if make_connection is not None
             else None
@@ -325,8 +325,16 @@ class RedisTier:
         self.reads += 1
         reads = self._reads
         if reads is None:
-            return await self._guard.call(lambda: self._pool_get(name))
+            return await self._guard.call(lambda: self._queued_get(name))
         return await self._guard.call(lambda: reads.get(name))
+
+    async def _queued_get(self, name: str) -> bytes | None:
+        """A GET through the pool (in a cluster, or while the read pipe
+        reconnects), queued for one of the tier's slots like every other call:
+        a burst of readers must not race for the pool's few connections and
+        time out waiting (issue 7's fairness, `_call`)."""
+        async with self._slots:
+            return await self._pool_get(name)
 
     async def _pool_get(self, name: str) -> bytes | None:
         """A GET through the pool (while the read pipe reconnects)."""
