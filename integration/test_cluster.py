@@ -103,6 +103,37 @@ async def test_a_node_url_runs_in_cluster_mode_spread_over_the_shards(
             assert await fresh.get("k1") is None
 
 
+async def test_reads_follow_an_entry_whose_slot_moved(cluster: LocalCluster) -> None:
+    """L2 reads are coalesced per master. After a manual failover of the
+    master holding an entry, that node answers MOVED: the read goes through the
+    cluster client, which follows it, and is still an L2 hit."""
+    namespace = _namespace()
+    layout = Layout(namespace)
+    control = cluster.owner_of(layout.seq)
+    # an entry on another master: a failover of the control slot's master
+    # would start a new generation, and every entry would be a miss anyway
+    moving = next(
+        key
+        for key in (f"k{i}" for i in range(100))
+        if cluster.owner_of(layout.entry(key)) != control
+    )
+    async with (
+        TwoTierCache(redis_url=cluster.url, namespace=namespace) as writer,
+        TwoTierCache(redis_url=cluster.url, namespace=namespace, l1_maxsize=1) as reader,
+    ):
+        await writer.set(moving, "v")
+        await writer.set("other", "o")  # keeps the reader's L1 (size 1) free of it
+        assert await reader.get(moving) == "v"
+        owner = cluster.owner_of(layout.entry(moving))
+        await asyncio.to_thread(cluster.failover, owner)
+        assert await reader.get("other") == "o"
+        hits = reader.get_stats()["l2_hits"]
+        assert await reader.get(moving) == "v"
+        stats = reader.get_stats()
+        assert stats["l2_hits"] == hits + 1
+        assert stats["l2_errors"] == 0, stats["last_error"]
+
+
 async def test_a_change_in_one_process_reaches_the_others_on_a_cluster(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

@@ -123,7 +123,8 @@ class Guard:
             self._failed(exc)
             ms = self.timeout * 1000
             raise BackendTimeout(f"Redis did not answer within {ms:.0f} ms") from exc
-        except (redis_errors.ConnectionError, OSError) as exc:
+        except (redis_errors.ConnectionError, OSError, redis_errors.RedisClusterException) as exc:
+            # (a cluster client's "slot not covered": no node serves it, now)
             # AuthenticationError and TLS failures arrive here too: Redis is not
             # usable, so they count for the breaker, but the log names the cause.
             self._failed(exc)

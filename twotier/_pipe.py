@@ -12,6 +12,10 @@ The auto-pipelining of rueidis and Lettuce, without a background task:
 So with 50 tasks reading, each round trip carries the reads of the whole last
 turn of the event loop, and a lone caller never waits for anyone.
 
+In a cluster there is one pipe per master, each on a connection of its own;
+a read its node answers with MOVED (the slot moved) goes through the cluster
+client instead, which follows the move.
+
 The connection is the pipe's own (redis-py's pool costs a lock, an event and
 its metrics per command), made by the pool's factory so that it meets the
 server like any other (`RedisTier.prepare`). Each batch has one deadline,
@@ -45,6 +49,7 @@ class ReadAbandoned(redis_errors.ConnectionError):
 
 
 WRONG_TYPE = b""  # the reply for a name holding foreign data (not a string)
+MOVED = b"MOVED"  # a marker (compared by identity): the key's slot moved to another node
 
 
 class ReadPipe:
@@ -150,11 +155,17 @@ class ReadPipe:
                 await connection.send_packed_command(
                     connection.pack_commands([("GET", name) for name in names]), check_health=False
                 )
-                return [await _read(connection) for _ in names]
+                replies = [await _read(connection) for _ in names]
         except BaseException:
             self._ready = False
             await connection.disconnect(nowait=True)  # replies may still be on the way
             raise
+        # A cluster node that no longer holds a key's slot answers MOVED: those
+        # reads go through the client, which follows the move.
+        return [
+            await self._fallback(name) if reply is MOVED else reply
+            for name, reply in zip(names, replies, strict=True)
+        ]
 
     async def close(self) -> None:
         if self._connecting is not None:
@@ -168,6 +179,8 @@ class ReadPipe:
 async def _read(connection: Any) -> bytes | None:
     try:
         reply: bytes | None = await connection.read_response(disconnect_on_error=False)
+    except redis_errors.AskError:  # MOVED or ASK: the slot is elsewhere now
+        return MOVED
     except redis_errors.ResponseError as exc:
         if str(exc).startswith("WRONGTYPE"):
             return WRONG_TYPE  # GET of a hash or list: not ours, a miss to clean up

@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
@@ -182,8 +184,10 @@ class RedisTier:
         self._sharded = sharded
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
         self._scripts = {name: _Script(_script_source(name, self._publish)) for name in _SCRIPTS}
-        # Coalesced reads need one connection to the server; a cluster's
-        # entries live on every master, so there reads go through the client.
+        # Coalesced reads: one pipe on its own connection to the server, or in
+        # a cluster one per master (made on first use, `_node_pipe`).
+        self._timeout, self._connect_timeout = timeout, connect_timeout
+        self._node_pipes: dict[str, ReadPipe] = {}
         self._reads = (
             ReadPipe(
                 make_connection, self._queued_get, timeout=timeout, connect_timeout=connect_timeout
@@ -325,8 +329,26 @@ class RedisTier:
         self.reads += 1
         reads = self._reads
         if reads is None:
-            return await self._guard.call(lambda: self._queued_get(name))
+            return await self._guard.call(lambda: self._node_pipe(name).get(name))
         return await self._guard.call(lambda: reads.get(name))
+
+    def _node_pipe(self, name: str) -> ReadPipe:
+        """In a cluster: the read pipe of the master holding *name*'s slot."""
+        cluster = self._client
+        assert isinstance(cluster, RedisCluster)
+        node = cluster.get_node_from_key(name)
+        if node is None:  # no slot map yet, or the slot is uncovered
+            raise redis_errors.ConnectionError(f"no node serves the slot of {name!r}")
+        pipe = self._node_pipes.get(node.name)
+        if pipe is None:
+            options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+            pipe = self._node_pipes[node.name] = ReadPipe(
+                lambda: node.connection_class(**options),
+                self._queued_get,
+                timeout=self._timeout,
+                connect_timeout=self._connect_timeout,
+            )
+        return pipe
 
     async def _queued_get(self, name: str) -> bytes | None:
         """A GET through the pool (in a cluster, or while the read pipe
@@ -492,8 +514,9 @@ class RedisTier:
         await self._call(lambda: self._client.delete(self.layout.entry(key)))
 
     async def close(self) -> None:
-        if self._reads is not None:
-            await self._reads.close()
+        for pipe in (self._reads, *self._node_pipes.values()):
+            if pipe is not None:
+                await pipe.close()
 
     async def reconnect_reads(self) -> None:
         """Drop the read pipe's connection (the master moved): it reconnects."""
