@@ -47,7 +47,9 @@ Url = Annotated[
         "--url",
         envvar="TWOTIER_REDIS_URL",
         show_default=False,
-        help="Redis URL (default: $TWOTIER_REDIS_URL), e.g. redis://:password@host:6379/0",
+        help="Redis URL (default: $TWOTIER_REDIS_URL): redis://[user:pw@]host:6379/0 (a "
+        "cluster node is detected), rediss://…, redis+cluster://…, "
+        "redis+sentinel://host:port,host:port/service",
     ),
 ]
 Namespace = Annotated[
@@ -144,11 +146,11 @@ def _stats_table(namespace: str, reports: list[dict[str, Any]], total: dict[str,
 
 
 async def _read_stats(target: Target, force: bool) -> dict[str, Any]:
-    client = await _ops.checked_client(target, force)
+    server = await _ops.checked_client(target, force)
     try:
-        reports = await _ops.heartbeats(client, target.namespace)
+        reports = await _ops.heartbeats(server, target.namespace)
     finally:
-        await client.aclose()
+        await server.aclose()
     return {
         "namespace": target.namespace,
         "instances": reports,
@@ -236,11 +238,11 @@ def _change(
     said: str,
 ) -> None:
     async def go() -> int:
-        client = await _ops.checked_client(target, force)
+        server = await _ops.checked_client(target, force)
         try:
-            live = len(await _ops.heartbeats(client, target.namespace))
+            live = len(await _ops.heartbeats(server, target.namespace))
         finally:
-            await client.aclose()
+            await server.aclose()
         await _ops.with_cache(target, action)
         if as_json:
             _emit_json({**summary, "namespace": target.namespace, "live_instances": live})
@@ -338,7 +340,7 @@ def doctor(
     async def go() -> int:
         _ops.check_namespace(namespace)
         try:
-            client = await _ops.connect(url, timeout)
+            server = await _ops.connect(url, timeout)
         except CliError as exc:
             if exc.code != _ops.EXIT_UNREACHABLE:
                 raise
@@ -360,14 +362,15 @@ def doctor(
             ) as progress:
                 task = progress.add_task("scan", total=None)
                 checks += await run_doctor(
-                    client,
+                    server,
                     namespace,
                     pings=pings,
+                    seconds=timeout,
                     on_check=(lambda c: None) if as_json else (lambda c: _print_check(console, c)),
                     on_scan=lambda n: progress.update(task, completed=n),
                 )
         finally:
-            await client.aclose()
+            await server.aclose()
         _show_checks(checks, as_json, printed=True)
         failed = any(c.status == "fail" for c in checks) or (
             strict and any(c.status == "warn" for c in checks)
@@ -418,8 +421,8 @@ def warmup(
     async def go() -> int:
         function = _ops.import_loader(loader)
         keys = _ops.read_keys(keys_file)
-        client = await _ops.checked_client(target, force)
-        await client.aclose()
+        server = await _ops.checked_client(target, force)
+        await server.aclose()
         began = time.perf_counter()
         with Progress(
             TextColumn("warming up"),
