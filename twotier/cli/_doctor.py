@@ -77,7 +77,8 @@ def _server(info: dict[str, Any]) -> Check:
 async def _topology(server: Server, info: dict[str, Any]) -> Check:
     if server.kind == "cluster":
         return await _cluster_topology(server)
-    mode = _text(info.get("redis_mode", "standalone"))
+    # Valkey says server_mode, Redis redis_mode
+    mode = _text(info.get("redis_mode", info.get("server_mode", "standalone")))
     client = server.client
     if mode == "sentinel":
         try:
@@ -111,20 +112,35 @@ async def _topology(server: Server, info: dict[str, Any]) -> Check:
 
 
 async def _cluster_topology(server: Server) -> Check:
-    """Masters and replicas of the slot map, and every master's own view of the
-    cluster's state."""
+    """Masters and replicas as the cluster itself lists them (CLUSTER NODES: the
+    slot map redis-py reads leaves out replicas not yet synced), and every
+    master's own view of the cluster's state."""
     cluster = server.client
-    masters, replicas = server.primaries(), cluster.get_replicas()
+    masters = server.primaries()
+    nodes = _text(await cluster.execute_command("CLUSTER", "NODES", target_nodes=masters[0]))
+    replicas, failing = 0, []
+    for line in nodes.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        flags = fields[2].split(",")
+        replicas += "slave" in flags or "replica" in flags
+        if "fail" in flags or "fail?" in flags:
+            failing.append(fields[1].split("@")[0])
     states: dict[str, str] = {}
     for node in masters:
         reply = await cluster.execute_command("CLUSTER", "INFO", target_nodes=node)
-        fields = dict(line.split(":", 1) for line in _text(reply).splitlines() if ":" in line)
-        states[node.name] = fields.get("cluster_state", "?").strip()
-    detail = f"cluster, {len(masters)} master(s) and {len(replicas)} replica(s)"
+        info = dict(line.split(":", 1) for line in _text(reply).splitlines() if ":" in line)
+        states[node.name] = info.get("cluster_state", "?").strip()
+    detail = f"cluster, {len(masters)} master(s) and {replicas} replica(s)"
     bad = {name: state for name, state in states.items() if state != "ok"}
     if bad:
         said = ", ".join(f"{name} says {state}" for name, state in sorted(bad.items()))
         return Check("topology", "fail", f"{detail}, state not ok: {said}")
+    if failing:
+        return Check(
+            "topology", "warn", f"{detail}, state ok; flagged failing: {', '.join(failing)}"
+        )
     return Check("topology", "ok", f"{detail}, state ok")
 
 
