@@ -455,6 +455,9 @@ def warmup(
             "filled": filled,
             "not_filled": len(keys) - filled,
             "load_errors": stats["load_errors"],
+            # Redis refused or missed a batch's reads, leases or fills: the cache
+            # then fills its own L1 alone, which ends with this process.
+            "l2_errors": stats["l2_errors"],
             "seconds": round(time.perf_counter() - began, 3),
         }
         if as_json:
@@ -465,7 +468,15 @@ def warmup(
                 f"({result['not_filled']} already cached or without a value, "
                 f"{result['load_errors']} loader error(s))"
             )
-        return _ops.EXIT_PROBLEM if stats["load_errors"] else _ops.EXIT_OK
+        if stats["l2_errors"]:
+            _err().print(
+                f"[bold red]error:[/] Redis failed {stats['l2_errors']} time(s) during the "
+                f"warmup ({stats.get('last_error') or 'no reason given'}): the keys of those "
+                "batches were not stored in Redis",
+                markup=True,
+            )
+        failed = stats["load_errors"] or stats["l2_errors"]
+        return _ops.EXIT_PROBLEM if failed else _ops.EXIT_OK
 
     _run(go(), as_json)
 
