@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -100,7 +101,7 @@ def _run(coroutine: Coroutine[Any, Any, int], as_json: bool) -> None:
     except CliError as exc:
         if as_json:
             _emit_json({"error": exc.message, "exit_code": exc.code})
-        _err().print(f"[bold red]error:[/] {exc.message}", markup=True)
+        _err().print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
         raise typer.Exit(exc.code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -247,7 +248,9 @@ def _change(
         if as_json:
             _emit_json({**summary, "namespace": target.namespace, "live_instances": live})
         else:
-            _out().print(f"{said} in namespace {target.namespace!r} ({live} live instance(s))")
+            _out().print(
+                f"{said} in namespace {target.namespace!r} ({live} live instance(s))", markup=False
+            )
         return _ops.EXIT_OK
 
     _run(go(), as_json)
@@ -382,7 +385,9 @@ def doctor(
 
 def _print_check(console: Console, check: Check) -> None:
     style = STATUS_STYLE[check.status]
-    console.print(f"[{style}]{check.status:>4}[/]  [bold]{check.name:<17}[/] {check.detail}")
+    console.print(
+        f"[{style}]{check.status:>4}[/]  [bold]{check.name:<17}[/] {escape(check.detail)}"
+    )
 
 
 def _show_checks(checks: list[Check], as_json: bool, printed: bool) -> None:
@@ -471,8 +476,8 @@ def warmup(
         if stats["l2_errors"]:
             _err().print(
                 f"[bold red]error:[/] Redis failed {stats['l2_errors']} time(s) during the "
-                f"warmup ({stats.get('last_error') or 'no reason given'}): the keys of those "
-                "batches were not stored in Redis",
+                f"warmup ({escape(str(stats.get('last_error') or 'no reason given'))}): "
+                "the keys of those batches were not stored in Redis",
                 markup=True,
             )
         failed = stats["load_errors"] or stats["l2_errors"]
