@@ -97,12 +97,14 @@ async def _topology(server: Server, info: dict[str, Any]) -> Check:
     role = _text(replication.get("role", "master"))
     if role in ("slave", "replica"):
         master = f"{_text(replication.get('master_host'))}:{_text(replication.get('master_port'))}"
-        kind = f"the master the sentinels name for {server.target.service!r}, {server.where}, is"
+        said = f"a read-only replica of {master}"
+        if server.kind == "sentinel":
+            service = server.target.service
+            said = f"the master the sentinels name for {service!r}, {server.where}, is {said}"
         return Check(
             "topology",
             "fail",
-            f"{kind if server.kind == 'sentinel' else ''} a read-only replica of {master}: "
-            "the cache's writes and scripts fail here; point --url at the master".lstrip(),
+            f"{said}: the cache's writes and scripts fail here; point --url at the master",
         )
     replicas = int(replication.get("connected_slaves", 0))
     if server.kind == "sentinel":
