@@ -91,11 +91,49 @@ def test_json_errors_are_json_on_stdout(closed_url: str) -> None:
     assert "cannot connect" in error["error"]
 
 
-@pytest.mark.parametrize("url", ["http://example.com", "redis://host:notaport/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com",
+        "redis://host:notaport/0",
+        "unix:///tmp/redis.sock",  # the cache itself takes no unix:// URL
+        "redis+sentinel://127.0.0.1/twotier",  # a sentinel without a port
+        "redis+sentinel://127.0.0.1:26379",  # no service
+        "redis+cluster://127.0.0.1:7000/3",  # a cluster has database 0 only
+    ],
+)
 def test_a_malformed_url_is_a_usage_error(closed_url: str, url: str) -> None:
     result = runner.invoke(app, ["stats", "--url", url])
     assert result.exit_code == 2, result.output
     assert "URL" in result.stderr
+
+
+def test_an_unreachable_cluster_or_sentinel_says_where_and_exits_3(closed_url: str) -> None:
+    port = closed_url.rsplit(":", 1)[1].split("/")[0]
+    result = runner.invoke(app, ["stats", "--url", f"redis+cluster://:pw@127.0.0.1:{port}"])
+    assert result.exit_code == 3, result.output
+    assert f"cannot connect to the cluster of 127.0.0.1:{port}" in result.stderr
+    assert "pw" not in result.stderr.replace("redis+cluster://:***@", "")
+
+    result = runner.invoke(app, ["doctor", "--url", f"redis+sentinel://127.0.0.1:{port}/erp"])
+    assert result.exit_code == 3, result.output
+    assert f"no master for service 'erp' at the sentinels 127.0.0.1:{port}" in result.stdout
+    assert "no sentinel answered" in result.stdout
+    assert "<redis.asyncio" not in result.output  # not redis-py's reprs of its clients
+
+
+def test_a_check_of_every_master_says_each_detail_once() -> None:
+    from twotier.cli._doctor import Check, _each_master
+
+    ok = Check("maxmemory-policy", "ok", "volatile-lru, maxmemory 1 bytes")
+    bad = Check("maxmemory-policy", "fail", "allkeys-lru can evict")
+    assert _each_master("m", [("a:1", ok)]) is ok
+    assert _each_master("m", [("a:1", ok), ("a:2", ok)]).detail == (
+        "volatile-lru, maxmemory 1 bytes (each of 2 masters)"
+    )
+    mixed = _each_master("m", [("a:1", ok), ("a:2", bad), ("a:3", bad)])
+    assert mixed.status == "fail"
+    assert mixed.detail == "a:2, a:3: allkeys-lru can evict (1 other master(s) ok)"
 
 
 def test_a_password_in_a_url_is_never_printed(closed_url: str) -> None:

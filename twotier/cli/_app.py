@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -47,7 +48,9 @@ Url = Annotated[
         "--url",
         envvar="TWOTIER_REDIS_URL",
         show_default=False,
-        help="Redis URL (default: $TWOTIER_REDIS_URL), e.g. redis://:password@host:6379/0",
+        help="Redis URL (default: $TWOTIER_REDIS_URL): redis://[user:pw@]host:6379/0 (a "
+        "cluster node is detected), rediss://…, redis+cluster://…, "
+        "redis+sentinel://host:port,host:port/service",
     ),
 ]
 Namespace = Annotated[
@@ -98,7 +101,7 @@ def _run(coroutine: Coroutine[Any, Any, int], as_json: bool) -> None:
     except CliError as exc:
         if as_json:
             _emit_json({"error": exc.message, "exit_code": exc.code})
-        _err().print(f"[bold red]error:[/] {exc.message}", markup=True)
+        _err().print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
         raise typer.Exit(exc.code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -144,11 +147,11 @@ def _stats_table(namespace: str, reports: list[dict[str, Any]], total: dict[str,
 
 
 async def _read_stats(target: Target, force: bool) -> dict[str, Any]:
-    client = await _ops.checked_client(target, force)
+    server = await _ops.checked_client(target, force)
     try:
-        reports = await _ops.heartbeats(client, target.namespace)
+        reports = await _ops.heartbeats(server, target.namespace)
     finally:
-        await client.aclose()
+        await server.aclose()
     return {
         "namespace": target.namespace,
         "instances": reports,
@@ -236,16 +239,18 @@ def _change(
     said: str,
 ) -> None:
     async def go() -> int:
-        client = await _ops.checked_client(target, force)
+        server = await _ops.checked_client(target, force)
         try:
-            live = len(await _ops.heartbeats(client, target.namespace))
+            live = len(await _ops.heartbeats(server, target.namespace))
         finally:
-            await client.aclose()
+            await server.aclose()
         await _ops.with_cache(target, action)
         if as_json:
             _emit_json({**summary, "namespace": target.namespace, "live_instances": live})
         else:
-            _out().print(f"{said} in namespace {target.namespace!r} ({live} live instance(s))")
+            _out().print(
+                f"{said} in namespace {target.namespace!r} ({live} live instance(s))", markup=False
+            )
         return _ops.EXIT_OK
 
     _run(go(), as_json)
@@ -338,7 +343,7 @@ def doctor(
     async def go() -> int:
         _ops.check_namespace(namespace)
         try:
-            client = await _ops.connect(url, timeout)
+            server = await _ops.connect(url, timeout)
         except CliError as exc:
             if exc.code != _ops.EXIT_UNREACHABLE:
                 raise
@@ -360,14 +365,15 @@ def doctor(
             ) as progress:
                 task = progress.add_task("scan", total=None)
                 checks += await run_doctor(
-                    client,
+                    server,
                     namespace,
                     pings=pings,
+                    seconds=timeout,
                     on_check=(lambda c: None) if as_json else (lambda c: _print_check(console, c)),
                     on_scan=lambda n: progress.update(task, completed=n),
                 )
         finally:
-            await client.aclose()
+            await server.aclose()
         _show_checks(checks, as_json, printed=True)
         failed = any(c.status == "fail" for c in checks) or (
             strict and any(c.status == "warn" for c in checks)
@@ -379,7 +385,9 @@ def doctor(
 
 def _print_check(console: Console, check: Check) -> None:
     style = STATUS_STYLE[check.status]
-    console.print(f"[{style}]{check.status:>4}[/]  [bold]{check.name:<17}[/] {check.detail}")
+    console.print(
+        f"[{style}]{check.status:>4}[/]  [bold]{check.name:<17}[/] {escape(check.detail)}"
+    )
 
 
 def _show_checks(checks: list[Check], as_json: bool, printed: bool) -> None:
@@ -418,8 +426,8 @@ def warmup(
     async def go() -> int:
         function = _ops.import_loader(loader)
         keys = _ops.read_keys(keys_file)
-        client = await _ops.checked_client(target, force)
-        await client.aclose()
+        server = await _ops.checked_client(target, force)
+        await server.aclose()
         began = time.perf_counter()
         with Progress(
             TextColumn("warming up"),
@@ -452,6 +460,9 @@ def warmup(
             "filled": filled,
             "not_filled": len(keys) - filled,
             "load_errors": stats["load_errors"],
+            # Redis refused or missed a batch's reads, leases or fills: the cache
+            # then fills its own L1 alone, which ends with this process.
+            "l2_errors": stats["l2_errors"],
             "seconds": round(time.perf_counter() - began, 3),
         }
         if as_json:
@@ -462,7 +473,15 @@ def warmup(
                 f"({result['not_filled']} already cached or without a value, "
                 f"{result['load_errors']} loader error(s))"
             )
-        return _ops.EXIT_PROBLEM if stats["load_errors"] else _ops.EXIT_OK
+        if stats["l2_errors"]:
+            _err().print(
+                f"[bold red]error:[/] Redis failed {stats['l2_errors']} time(s) during the "
+                f"warmup ({escape(str(stats.get('last_error') or 'no reason given'))}): "
+                "the keys of those batches were not stored in Redis",
+                markup=True,
+            )
+        failed = stats["load_errors"] or stats["l2_errors"]
+        return _ops.EXIT_PROBLEM if failed else _ops.EXIT_OK
 
     _run(go(), as_json)
 

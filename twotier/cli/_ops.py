@@ -15,20 +15,25 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from twotier import ConfigurationError, TwoTierCache, TwoTierError
 from twotier._redis import Layout
+from twotier._topology import Clients, Kind, detect
+from twotier._topology import Target as Topology
+from twotier._topology import parse as parse_target
 
 #: Exit codes, the same for every command (docs/operations.md).
 EXIT_OK = 0
@@ -78,51 +83,141 @@ def _where(client: aioredis.Redis) -> str:
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
 
-async def connect(url: str | None, seconds: float) -> aioredis.Redis:
-    """A client on *url* that has answered a PING, or a `CliError` saying why not."""
-    if not url:
-        raise CliError("no Redis URL: give --url or set TWOTIER_REDIS_URL", EXIT_USAGE)
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise CliError(
-            f"not a Redis URL the command line can use: {redact(url)} "
-            "(expected redis://, rediss:// or unix://)",
-            EXIT_USAGE,
-        )
-    try:
-        client = aioredis.Redis.from_url(
-            url,
+@dataclass
+class Server:
+    """A connected deployment, whatever its URL's form: `client` sends commands
+    (a `RedisCluster` for a cluster: it routes keyed commands to the slot's
+    master; for Sentinel, the master's client), `where` is the server asked
+    (the node of the URL, the master the sentinels name) for messages."""
+
+    kind: Kind
+    clients: Clients
+    where: str
+    target: Topology
+
+    @property
+    def client(self) -> Any:
+        return self.clients.data
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
+
+    def primaries(self) -> list[Any]:
+        """The cluster's masters as redis-py sees them (`target_nodes=`); [None]
+        (the one server) for any other topology."""
+        if self.kind != "cluster":
+            return [None]
+        primaries: list[Any] = self.client.get_primaries()
+        return sorted(primaries, key=lambda node: (node.host, node.port))
+
+    def node_client(self, node: Any, seconds: float) -> aioredis.Redis:
+        """A plain client on one cluster node, with the URL's credentials and TLS
+        (the caller closes it)."""
+        options: dict[str, Any] = dict(parse_url(self.target.url))
+        options.update(host=node.host, port=node.port)
+        return aioredis.Redis(
+            **options,
             socket_timeout=seconds,
             socket_connect_timeout=seconds,
             retry=Retry(NoBackoff(), 0),
         )
-    except ValueError as exc:
-        raise CliError(f"not a valid Redis URL: {redact(url)} ({exc})", EXIT_USAGE) from None
-    where = _where(client)
+
+
+async def _on_connect(connection: Any) -> None:
+    await connection.on_connect()
+
+
+def _target(url: str | None) -> Topology:
+    if not url:
+        raise CliError("no Redis URL: give --url or set TWOTIER_REDIS_URL", EXIT_USAGE)
     try:
-        await client.ping()
-    except AuthenticationError as exc:
-        await client.aclose()
-        text = str(exc)
+        target = parse_target(url)
+        parse_url(target.url)  # the port, the database, the query arguments
+    except (ConfigurationError, ValueError) as exc:
+        raise CliError(
+            f"not a Redis URL the command line can use: {redact(url)} ({exc})", EXIT_USAGE
+        ) from None
+    return target
+
+
+async def connect(url: str | None, seconds: float) -> Server:
+    """The deployment *url* names, connected (a PING answered; for a cluster the
+    slot map read; for Sentinel the master found), or a `CliError` saying why not.
+
+    The URL forms are the library's (`twotier._topology`): `redis://` (a cluster
+    node behind it is detected), `rediss://`, `redis+cluster://`,
+    `redis+sentinel://h:p,h:p/service`; the clients are the ones the cache
+    builds.
+    """
+    target = await detect(_target(url), seconds)
+    assert url is not None
+    kind: Kind = target.kind or "standalone"
+    try:
+        clients = Clients(
+            target, timeout=seconds, connect_timeout=seconds, max_connections=8,
+            prepare=_on_connect,
+        )
+    except (ConfigurationError, ValueError, TypeError) as exc:
+        raise CliError(f"not a valid Redis URL: {redact(url)} ({exc})", EXIT_USAGE) from None
+    where = target.described()
+    try:
+        if kind == "cluster":
+            where = f"the cluster of {_address(target.url)}"
+            await clients.data.initialize()
+        elif kind == "sentinel":
+            assert clients.sentinel is not None
+            sentinels = ",".join(f"{h}:{p}" for h, p in target.sentinels)
+            where = f"service {target.service!r} at the sentinels {sentinels}"
+            host, port = await clients.sentinel.discover_master(target.service)
+            where = f"{host}:{port} (master of {target.service!r})"
+        else:
+            where = _where(clients.data)
+        await clients.data.ping()
+    except BaseException as exc:
+        await clients.aclose()
+        raise _refusal(exc, url, where) from None
+    return Server(kind, clients, where, target)
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+#: What a cluster client's "cannot be connected" says when the node refused the credentials.
+_AUTH_REFUSALS = ("invalid username-password", "NOAUTH", "authenticated", "WRONGPASS")
+
+
+def _refusal(exc: BaseException, url: str, where: str) -> BaseException:
+    """*exc*, raised while connecting, as the `CliError` to report (anything
+    else is returned as it is)."""
+    text = str(exc) or type(exc).__name__
+    cluster_auth = isinstance(exc, RedisClusterException) and any(
+        refusal in text for refusal in _AUTH_REFUSALS
+    )
+    if isinstance(exc, AuthenticationError) or cluster_auth:
         if urlsplit(url).password is None:
             reason = "the server needs a password and the URL gives none"
         elif "without any password configured" in text:
             reason = "the URL gives a password but the server has none configured"
         else:
             reason = "wrong user name or password"
-        raise CliError(
-            f"authentication failed at {where}: {reason} (server: {text})", EXIT_UNREACHABLE
-        ) from None
-    except ResponseError as exc:  # e.g. an old server without ACL users
-        await client.aclose()
-        raise CliError(f"{where} refused the connection: {exc}", EXIT_UNREACHABLE) from None
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        await client.aclose()
-        raise CliError(
-            f"cannot connect to {where} ({redact(url)}): {exc or type(exc).__name__}",
-            EXIT_UNREACHABLE,
-        ) from None
-    return client
+        said = text.rpartition("reachable node: ")[2]
+        return CliError(
+            f"authentication failed at {where}: {reason} (server: {said})", EXIT_UNREACHABLE
+        )
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py appends the repr of each sentinel client it could not reach
+        if "Error" in text.partition(" : ")[2]:
+            why = "no sentinel answered, or none of those that did knows the service"
+        else:
+            why = "the sentinels know no master of that name"
+        return CliError(f"no master for {where}: {why}", EXIT_UNREACHABLE)
+    if isinstance(exc, ResponseError):  # e.g. an old server without ACL users
+        return CliError(f"{where} refused the connection: {text}", EXIT_UNREACHABLE)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | RedisClusterException):
+        return CliError(f"cannot connect to {where} ({redact(url)}): {text}", EXIT_UNREACHABLE)
+    return exc
 
 
 def glob_escape(text: str) -> str:
@@ -130,32 +225,52 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
+async def scan(server: Server, pattern: str, count: int = 1000) -> AsyncIterator[list[Any]]:
+    """The names matching the SCAN *pattern*, a batch at a time, on every master
+    of a cluster (entries spread over every slot), else on the one server."""
+    client = server.client
+    for node in server.primaries():
+        cursor: int = 0
+        while True:
+            if node is None:
+                cursor, names = await client.scan(cursor, match=pattern, count=count)
+            else:
+                cursors, names = await client.scan(
+                    cursor, match=pattern, count=count, target_nodes=node
+                )
+                cursor = cursors[node.name]
+            yield names
+            if cursor == 0:
+                break
+
+
 async def count_keys(
-    client: aioredis.Redis,
+    server: Server,
     pattern: str,
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """How many keys match the SCAN *pattern* (in batches; *progress* gets the running count)."""
+    """How many keys match the SCAN *pattern* on every master (in batches;
+    *progress* gets the running count)."""
     count = 0
-    cursor: int = 0
-    while True:
-        cursor, names = await client.scan(cursor, match=pattern, count=1000)
+    async for names in scan(server, pattern):
         count += len(names)
         progress(count)
-        if cursor == 0:
-            return count
+    return count
 
 
-async def heartbeats(client: aioredis.Redis, namespace: str) -> list[dict[str, Any]]:
+async def heartbeats(server: Server, namespace: str) -> list[dict[str, Any]]:
     """Every live instance's last report (a JSON of its `get_stats()` plus host, pid
     and reported_at), sorted by host, pid and instance id.
 
     The heartbeat keys are control keys: they share the namespace's control slot,
-    so they all live on one node, and one SCAN finds them.
+    so one MGET reads them, on a cluster too (through the slot's master). They
+    are looked for on every master all the same: during a slot migration some
+    may still be on the old owner.
     """
     prefix = Layout(namespace).heartbeat_prefix
-    names = [name async for name in client.scan_iter(match=glob_escape(prefix) + "*", count=1000)]
-    values = await client.mget(names) if names else []
+    names = [name async for batch in scan(server, glob_escape(prefix) + "*") for name in batch]
+    names = sorted(set(names))
+    values = await server.client.mget(names) if names else []
     now = time.time()
     reports: list[dict[str, Any]] = []
     for name, raw in zip(names, values, strict=True):
@@ -196,17 +311,19 @@ def totals(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def namespace_known(client: aioredis.Redis, namespace: str) -> bool:
+async def namespace_known(server: Server, namespace: str) -> bool:
     """Has any instance ever used *namespace* on this server? (Its change counter,
-    its generation's epoch or its tag versions exist, or an instance reports.)"""
+    its generation's epoch or its tag versions exist, or an instance reports.)
+    The three share the control slot: one EXISTS, on a cluster too."""
     layout = Layout(namespace)
-    if await client.exists(layout.seq, layout.epoch, layout.tags):
+    if await server.client.exists(layout.seq, layout.epoch, layout.tags):
         return True
-    return bool(await heartbeats(client, namespace))
+    return bool(await heartbeats(server, namespace))
 
 
-async def namespaces_in_use(client: aioredis.Redis, budget: float = 2.0) -> list[str]:
-    """The namespaces this server has change counters for (SCAN, at most *budget* s).
+async def namespaces_in_use(server: Server, budget: float = 2.0) -> list[str]:
+    """The namespaces this deployment has change counters for (SCAN of every
+    master, at most *budget* s).
 
     The pattern is derived from `Layout`, with a marker standing for the namespace.
     """
@@ -215,25 +332,24 @@ async def namespaces_in_use(client: aioredis.Redis, budget: float = 2.0) -> list
     pattern = glob_escape(before) + "*" + glob_escape(after)
     found: set[str] = set()
     deadline = time.monotonic() + budget
-    cursor: int = 0
-    while True:
-        cursor, names = await client.scan(cursor, match=pattern, count=1000)
+    async for names in scan(server, pattern):
         for name in names:
             text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
             if text.startswith(before) and text.endswith(after):
                 found.add(text[len(before) : len(text) - len(after)])
-        if cursor == 0 or time.monotonic() > deadline:
-            return sorted(found)
+        if time.monotonic() > deadline:
+            break
+    return sorted(found)
 
 
-async def require_namespace(client: aioredis.Redis, namespace: str, force: bool) -> None:
+async def require_namespace(server: Server, namespace: str, force: bool) -> None:
     """Refuse a namespace nothing ever used (a misspelling must not be a silent no-op)."""
-    if force or await namespace_known(client, namespace):
+    if force or await namespace_known(server, namespace):
         return
-    others = await namespaces_in_use(client)
+    others = await namespaces_in_use(server)
     seen = f"namespaces in use there: {', '.join(others)}" if others else "none is in use there"
     raise CliError(
-        f"namespace {namespace!r} has never been used on {_where(client)} "
+        f"namespace {namespace!r} has never been used on {server.where} "
         f"(no change counter, epoch or live instance; {seen}); "
         "check --namespace / TWOTIER_NAMESPACE, or pass --force",
         EXIT_UNKNOWN_NAMESPACE,
@@ -249,17 +365,17 @@ class Target:
     timeout: float
 
 
-async def checked_client(target: Target, force: bool | None) -> aioredis.Redis:
+async def checked_client(target: Target, force: bool | None) -> Server:
     """`connect`, then the namespace check (skipped when *force* is None: read-only use)."""
     check_namespace(target.namespace)
-    client = await connect(target.url, target.timeout)
+    server = await connect(target.url, target.timeout)
     if force is not None:
         try:
-            await require_namespace(client, target.namespace, force)
+            await require_namespace(server, target.namespace, force)
         except BaseException:
-            await client.aclose()
+            await server.aclose()
             raise
-    return client
+    return server
 
 
 async def with_cache(
