@@ -315,7 +315,6 @@ async def _entries_are(cache: TwoTierCache, count: int) -> bool:
 #: opens), so on a cluster where no cache has claimed a lease yet the batch
 #: fails with NOSCRIPT and the keys fill the command's own L1 alone. The
 #: command now exits 1 and says so ("Redis failed N time(s) during the warmup").
-WARMUP_ON_A_CLUSTER = "cache.warmup on a cluster: pipelined EVALSHA meets NOSCRIPT"
 
 
 async def test_warmup_fills_the_deployment_for_every_instance(
@@ -324,10 +323,7 @@ async def test_warmup_fills_the_deployment_for_every_instance(
     namespace: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if deployment.kind == "cluster":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=WARMUP_ON_A_CLUSTER))
     module = f"warm_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text("def load(key):\n    return {'key': key}\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -375,9 +375,13 @@ class RedisTier:
         return [WRONG_TYPE if isinstance(reply, ResponseError) else reply for reply in replies]
 
     async def open_reads(self) -> None:
-        """Open the read pipe's connection now, not on the first read."""
+        """Open the read pipe's connection now, not on the first read; on a
+        cluster (whose connections `prepare` does not meet), load the scripts
+        on every master before the first pipeline needs them."""
         if self._reads is not None:
             await self._guard.call(self._reads.connect)
+        else:
+            await self._call(self._load_scripts)
 
     async def versions(
         self, tags: tuple[str, ...], horizon: float = 0.0
@@ -445,14 +449,28 @@ class RedisTier:
     async def _pipeline(
         self, commands: list[tuple[Any, ...]], raise_on_error: bool = True
     ) -> list[Any]:
-        async def send() -> list[Any]:
+        async def send(raise_errors: bool) -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
-                replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+                replies: list[Any] = await pipe.execute(raise_on_error=raise_errors)
                 return replies
 
-        return await self._call(send)
+        async def send_with_scripts() -> list[Any]:
+            replies = await send(False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # A node without the scripts (a cluster master that was a
+                # replica, a flushed server): load them everywhere, once more.
+                await self._load_scripts()
+                return await send(raise_on_error)
+            return _raised(replies) if raise_on_error else replies
+
+        return await self._call(send_with_scripts)
+
+    async def _load_scripts(self) -> None:
+        """Every script, by a one-name SCRIPT LOAD: on a cluster, to every master."""
+        for script in self._scripts.values():
+            await self._execute("SCRIPT LOAD", script.source)
 
     # -- changes ---------------------------------------------------------------------
 
@@ -567,6 +585,14 @@ class RedisTier:
             except ValueError:
                 return None
         return messages
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """*replies*, unless one is an error: then that error, raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _claim(reply: Any) -> Claim:
