@@ -3,6 +3,7 @@
     twotier bench                       # embedded server, every scenario (~5 min)
     twotier bench --quick               # small sizes, a smoke test (< 1 min)
     twotier bench --redis-url redis://… --json out.json --plots docs/img
+    twotier bench --cluster             # the cluster rows, on a local 3+3 cluster
 
 Each scenario runs `--repeat` rounds with the subjects interleaved; the table
 shows the median, the spread (p10–p90, or p99 for latency tails) and the cost
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import growth, hits, proc
+from . import cluster, growth, hits, proc
 from .core import (
     Context,
     Growth,
@@ -88,6 +89,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="server to measure on (default: start an embedded server on a "
         "free loopback port); keys written are deleted at the end",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the cluster rows (L2 hit, 50 tasks, invalidation, warmup) on a local "
+        "Redis Cluster of 3 masters and 3 replicas, or on --redis-url's cluster",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write results as JSON")
     parser.add_argument(
         "--repeat", metavar="N", type=int, help="rounds per scenario (default 5, --quick 3)"
@@ -121,6 +128,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             elif name:
                 parser.error(f"unknown scenario {name!r}; choose from {', '.join(names)}")
     args.scenarios = list(dict.fromkeys(chosen)) or [*ROWS, *GROWTH]
+    if args.cluster:
+        args.scenarios = list(cluster.ROWS)
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.plots is not None and not available("matplotlib"):
@@ -139,8 +148,12 @@ def main(argv: list[str]) -> int:
     if args.redis_url:
         ctx = Context(url=args.redis_url, quick=args.quick, repeat=repeat)
         return asyncio.run(_run(ctx, args))
-    from twotier.testing import RedisServer
+    from twotier.testing import LocalCluster, RedisServer
 
+    if args.cluster:
+        with LocalCluster.start() as local:
+            ctx = Context(url=local.url, quick=args.quick, repeat=repeat, flavour=local.flavour)
+            return asyncio.run(_run(ctx, args))
     try:
         with RedisServer.start() as server:
             ctx = Context(url=server.url, quick=args.quick, repeat=repeat, flavour=server.flavour)
@@ -200,6 +213,8 @@ async def _run(ctx: Context, args: argparse.Namespace) -> int:
             try:
                 if name in ROWS:
                     series += await ROWS[name](ctx)
+                elif name in cluster.ROWS:
+                    series += await cluster.ROWS[name](ctx)
                 else:
                     growths += await GROWTH[name](ctx)
             except Exception as exc:  # one broken scenario must not lose the others' figures
@@ -211,7 +226,7 @@ async def _run(ctx: Context, args: argparse.Namespace) -> int:
         if ctx.flavour == "external":
             deleted = await cleanup(ctx)
             _log(f"deleted {deleted} bench key(s) from {ctx.url}")
-    print(render_table(series, TITLES))
+    print(render_table(series, {**TITLES, **cluster.TITLES}))
     for g in growths:
         print(render_growth(g))
     for name, why in failures.items():
