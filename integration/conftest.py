@@ -7,7 +7,9 @@ one is always present once the test extra is installed, so nothing skips.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -40,6 +42,19 @@ async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 
 CacheFactory = Callable[..., TwoTierCache]
+
+
+@contextlib.asynccontextmanager
+async def started_caches(url: str, count: int, **options: Any) -> AsyncIterator[list[TwoTierCache]]:
+    """*count* started caches on *url* with the same *options*, closed on exit."""
+    caches = [TwoTierCache(redis_url=url, **options) for _ in range(count)]
+    try:
+        for cache in caches:
+            await cache.start()
+        yield caches
+    finally:
+        for cache in caches:
+            await cache.close()
 
 
 @pytest.fixture

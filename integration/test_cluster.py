@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from twotier.testing import LocalCluster, RedisServer
 from ._chaos_check import Timeline
 from ._confirm import unconfirmed_change_stays_queued
 from ._workers import CHAOS_SETTINGS
-from .conftest import FLAVOURS
+from .conftest import FLAVOURS, started_caches
 from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
 from .test_multiprocess import CHANGES, Peer, _everyone_holds, three_instances
 
@@ -60,17 +60,10 @@ async def _config(server: RedisServer, name: str, value: str) -> None:
 
 class TestClusterMode(CacheContract):
     @pytest.fixture
-    async def trio(self, cluster: LocalCluster) -> list[TwoTierCache]:
-        namespace = _namespace()
-        caches = [
-            TwoTierCache(redis_url=cluster.url, namespace=namespace, redis_timeout=0.5)
-            for _ in range(3)
-        ]
-        for cache in caches:
-            await cache.start()
-        yield caches  # type: ignore[misc]
-        for cache in caches:
-            await cache.close()
+    async def trio(self, cluster: LocalCluster) -> AsyncIterator[list[TwoTierCache]]:
+        options = {"namespace": _namespace(), "redis_timeout": 0.5}
+        async with started_caches(cluster.url, 3, **options) as caches:
+            yield caches
 
 
 async def test_a_node_url_runs_in_cluster_mode_spread_over_the_shards(

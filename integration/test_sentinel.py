@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from twotier.testing import LocalSentinel
 from ._chaos_check import Timeline
 from ._confirm import unconfirmed_change_stays_queued
 from ._workers import CHAOS_SETTINGS
-from .conftest import FLAVOURS
+from .conftest import FLAVOURS, started_caches
 from .test_chaos import READERS, _chaos_workers, _publish, _run_workers, _stop_workers, check
 
 PROPAGATION_BOUND = 0.05
@@ -50,17 +50,10 @@ def _namespace() -> str:
 
 class TestSentinelMode(CacheContract):
     @pytest.fixture
-    async def trio(self, shared: LocalSentinel) -> list[TwoTierCache]:
-        namespace = _namespace()
-        caches = [
-            TwoTierCache(redis_url=shared.url, namespace=namespace, redis_timeout=0.5)
-            for _ in range(3)
-        ]
-        for cache in caches:
-            await cache.start()
-        yield caches  # type: ignore[misc]
-        for cache in caches:
-            await cache.close()
+    async def trio(self, shared: LocalSentinel) -> AsyncIterator[list[TwoTierCache]]:
+        options = {"namespace": _namespace(), "redis_timeout": 0.5}
+        async with started_caches(shared.url, 3, **options) as caches:
+            yield caches
 
 
 class Rows:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import redis
 
+from ._process import Launchable, wait_until
 from ._server import PortTaken, RedisServer, free_port
 
 SLOTS = 16384
@@ -44,7 +43,7 @@ _CLUSTER_ARGS = (
 )
 
 
-class LocalCluster:
+class LocalCluster(Launchable):
     """`masters` masters with `replicas` replicas each, one process per node."""
 
     def __init__(self, flavour: str | None = None, masters: int = 3, replicas: int = 1) -> None:
@@ -54,16 +53,6 @@ class LocalCluster:
         self.servers = [self._node(bus) for bus in self._bus_ports]
         self.flavour = self.servers[0].flavour
         self._masters = masters
-
-    @classmethod
-    @contextmanager
-    def start(cls, flavour: str | None = None, **kwargs: int) -> Iterator[LocalCluster]:
-        cluster = cls(flavour, **kwargs)
-        try:
-            cluster.launch()
-            yield cluster
-        finally:
-            cluster.stop()
 
     @property
     def url(self) -> str:
@@ -97,17 +86,17 @@ class LocalCluster:
                 client.execute_command(
                     "CLUSTER", "MEET", "127.0.0.1", self.servers[0].port, self._bus_ports[0]
                 )
-        self._wait(deadline, self._everyone_knows_everyone, "nodes meeting")
+        wait_until(deadline, self._everyone_knows_everyone, "nodes meeting")
         for index, server in enumerate(replicas):
             master_id = self.node_id(masters[index % len(masters)])
-            self._wait(deadline, functools.partial(self._knows, server, master_id), "replica setup")
+            wait_until(deadline, functools.partial(self._knows, server, master_id), "replica setup")
             with self._client(server) as client:
                 client.execute_command("CLUSTER", "REPLICATE", master_id)
         self.wait_healthy(deadline - time.monotonic())
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every live node says the cluster is ok and every replica is in sync."""
-        self._wait(time.monotonic() + timeout, self._healthy, "a healthy cluster")
+        wait_until(time.monotonic() + timeout, self._healthy, "a healthy cluster")
 
     def stop(self) -> None:
         for server in self.servers:
@@ -157,7 +146,7 @@ class LocalCluster:
         replica = self.replica_of(master)
         with self._client(replica) as client:
             client.execute_command("CLUSTER", "FAILOVER")
-        self._wait(
+        wait_until(
             time.monotonic() + timeout,
             lambda: self._role(replica) == "master" and self._role(master) == "slave",
             "failover",
@@ -169,7 +158,7 @@ class LocalCluster:
         """SIGKILL a master; returns its replica once that has taken over."""
         replica = self.replica_of(master)
         master.kill()
-        self._wait(time.monotonic() + timeout, lambda: self._role(replica) == "master", "takeover")
+        wait_until(time.monotonic() + timeout, lambda: self._role(replica) == "master", "takeover")
         self.wait_healthy(timeout)
         return replica
 
@@ -220,14 +209,3 @@ class LocalCluster:
             if info.get("role") == "slave" and info.get("master_link_status") != "up":
                 return False
         return True
-
-    @staticmethod
-    def _wait(deadline: float, condition: Callable[[], bool], what: str) -> None:
-        while time.monotonic() < deadline:
-            try:
-                if condition():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"local cluster: timed out waiting for {what}")

@@ -15,11 +15,10 @@ within about two seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import redis
 
+from ._process import Launchable, wait_until
 from ._server import RedisServer
 
 SERVICE = "twotier"
@@ -28,7 +27,7 @@ DOWN_AFTER_MS = 1000
 _REPLICATION_ARGS = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
 
 
-class LocalSentinel:
+class LocalSentinel(Launchable):
     def __init__(self, flavour: str | None = None, sentinels: int = 3) -> None:
         self.master = RedisServer(flavour, extra_args=_REPLICATION_ARGS)
         self.flavour = self.master.flavour
@@ -36,16 +35,6 @@ class LocalSentinel:
         self.servers = [self.master, self.replica]
         self.sentinels: list[RedisServer] = []  # made once the master's port is final
         self._count = sentinels
-
-    @classmethod
-    @contextmanager
-    def start(cls, flavour: str | None = None, **kwargs: int) -> Iterator[LocalSentinel]:
-        topology = cls(flavour, **kwargs)
-        try:
-            topology.launch()
-            yield topology
-        finally:
-            topology.stop()
 
     @property
     def url(self) -> str:
@@ -62,7 +51,7 @@ class LocalSentinel:
             str(self.master.port),
         )
         self.replica.launch()
-        _wait(deadline, lambda: _in_sync(self.replica), "the replica's first sync")
+        wait_until(deadline, lambda: _in_sync(self.replica), "the replica's first sync")
         quorum = self._count // 2 + 1
         config = (
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} {quorum}\n"
@@ -76,7 +65,7 @@ class LocalSentinel:
         ]
         for sentinel in self.sentinels:
             sentinel.launch()
-        _wait(deadline, self._sentinels_agree, "the sentinels to see master and replica")
+        wait_until(deadline, self._sentinels_agree, "the sentinels to see master and replica")
 
     def stop(self) -> None:
         for server in (*self.sentinels, *self.servers):
@@ -96,7 +85,7 @@ class LocalSentinel:
         new = next(s for s in self.servers if s is not old)
         with _client(self.sentinels[0]) as client:
             client.execute_command("SENTINEL", "FAILOVER", SERVICE)
-        _wait(
+        wait_until(
             time.monotonic() + timeout,
             lambda: _role(new) == "master" and self._named_by_all(new),
             "the failover",
@@ -108,7 +97,7 @@ class LocalSentinel:
         old = self.current_master()
         new = next(s for s in self.servers if s is not old)
         old.kill()
-        _wait(
+        wait_until(
             time.monotonic() + timeout,
             lambda: _role(new) == "master" and self._named_by_all(new),
             "the takeover",
@@ -117,7 +106,9 @@ class LocalSentinel:
 
     def wait_demoted(self, server: RedisServer, timeout: float = 30.0) -> None:
         """Until *server* (a former master) replicates from the current one."""
-        _wait(time.monotonic() + timeout, lambda: _in_sync(server), "the old master's demotion")
+        wait_until(
+            time.monotonic() + timeout, lambda: _in_sync(server), "the old master's demotion"
+        )
 
     def _named_by_all(self, server: RedisServer) -> bool:
         for sentinel in self.sentinels:
@@ -154,14 +145,3 @@ def _in_sync(server: RedisServer) -> bool:
     with _client(server) as client:
         info = client.info("replication")
     return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
-
-
-def _wait(deadline: float, condition: Callable[[], bool], what: str) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except redis.RedisError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"local sentinel set: timed out waiting for {what}")

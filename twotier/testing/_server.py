@@ -14,10 +14,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+
+from ._process import Launchable
 
 FLAVOURS = ("redis", "valkey")
 
@@ -70,7 +69,7 @@ class PortTaken(RuntimeError):
     """The server could not bind a port: another process took it first."""
 
 
-class RedisServer:
+class RedisServer(Launchable):
     """One server process on 127.0.0.1 that a test may kill, pause and restart."""
 
     def __init__(
@@ -94,16 +93,6 @@ class RedisServer:
             self._config = Path(self.dir) / "server.conf"
             self._config.write_text(config)
         self.process: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    @contextmanager
-    def start(cls, flavour: str | None = None, **kwargs: object) -> Iterator[RedisServer]:
-        server = cls(flavour, **kwargs)  # type: ignore[arg-type]
-        try:
-            server.launch()
-            yield server
-        finally:
-            server.stop()
 
     @property
     def url(self) -> str:
@@ -198,18 +187,6 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        self.launch()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class FakeClock:
