@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from . import _batch
+from ._batch import bulk, command_head
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
 from ._pipe import WRONG_TYPE, ReadPipe
@@ -284,13 +286,16 @@ class RedisTier:
         return _claim(reply)
 
     async def claim_many(self, keys: list[str], token: str, rejected: list[bytes]) -> list[Claim]:
-        sha = self._scripts["claim"].sha
+        """`claim` for each key (warmup): one script call per key, on the key's
+        own slot, all sent as one lean batch (`_batch.py`)."""
+        head = self._script_head("claim")
+        tail = bulk(token.encode()) + bulk(b"%d" % self._lease_ms)
         commands = [
-            ("EVALSHA", sha, 2, *self.layout.slot_names(key), token, self._lease_ms, header)
+            b"".join((head, *self._slot_bulks(key), tail, bulk(header)))
             for key, header in zip(keys, rejected, strict=True)
         ]
         try:
-            replies = await self._pipeline(commands)
+            replies = await self._batch("claim", commands)
         except BaseException:
             for key in keys:
                 self._orphaned(key, token)
@@ -306,16 +311,48 @@ class RedisTier:
         return code > 0
 
     async def fill_many(self, fills: list[tuple[str, bytes]], ttl: float, token: str) -> list[bool]:
-        sha = self._scripts["fill"].sha
+        """`fill` for each key (warmup): one script call per key, on the key's
+        own slot, all sent as one lean batch (`_batch.py`)."""
+        head = self._script_head("fill")
+        token_bulk, ttl_bulk = bulk(token.encode()), bulk(b"%d" % _ms(ttl))
         commands = [
-            ("EVALSHA", sha, 2, *self.layout.slot_names(key), token, entry, _ms(ttl))
+            b"".join((head, *self._slot_bulks(key), token_bulk, bulk(entry), ttl_bulk))
             for key, entry in fills
         ]
-        codes = [int(code) for code in await self._pipeline(commands)]
+        codes = [int(code) for code in await self._batch("fill", commands)]
         for (key, _), code in zip(fills, codes, strict=True):
             if code == 2:
                 await self._wake(key)
         return [code > 0 for code in codes]
+
+    def _script_head(self, script: str) -> bytes:
+        """The packed start of an EVALSHA of *script* with two keys and three arguments."""
+        return command_head(8, b"EVALSHA", self._scripts[script].sha.encode(), b"2")
+
+    def _slot_bulks(self, key: str) -> tuple[bytes, bytes]:
+        """*key*'s entry and lease names, packed."""
+        entry, lease = self.layout.slot_names(key)
+        return bulk(entry.encode()), bulk(lease.encode())
+
+    async def _batch(self, script: str, commands: list[bytes]) -> list[Any]:
+        """Run packed EVALSHAs of *script* as one batch; raise the first error
+        reply (after reading them all: the connection stays usable)."""
+        pool = self._client.connection_pool
+
+        async def send() -> list[Any]:
+            replies = await _batch.run(pool, b"".join(commands), len(commands))
+            missing = [i for i, r in enumerate(replies) if _noscript(r)]
+            if missing:  # a server whose scripts were flushed since we met it
+                await self._execute("SCRIPT", "LOAD", self._scripts[script].source)
+                again = await _batch.run(pool, b"".join(commands[i] for i in missing), len(missing))
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
+            return replies
+
+        return await self._call(send)
 
     async def release(self, key: str, token: str) -> None:
         if int(await self._run("release", [self.layout.lease(key)], [token])):
@@ -460,6 +497,10 @@ class RedisTier:
             except ValueError:
                 return None
         return messages
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
 
 def _claim(reply: Any) -> Claim:
