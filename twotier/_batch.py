@@ -96,7 +96,7 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
     raise redis_errors.InvalidResponse(f"unexpected reply type {chr(kind)!r}")
 
 
-async def _read_replies(reader: asyncio.StreamReader, count: int, wait: float | None) -> list[Any]:
+async def read_replies(reader: asyncio.StreamReader, count: int, wait: float | None) -> list[Any]:
     """*count* replies; each wait for more data is bounded by *wait* seconds."""
     replies: list[Any] = []
     buf, pos = b"", 0
@@ -134,7 +134,7 @@ async def run(pool: Any, packed: bytes, count: int) -> list[Any]:
             raise redis_errors.ConnectionError("the pool handed out an unconnected connection")
         await connection.send_packed_command(packed, check_health=False)
         try:
-            return await _read_replies(reader, count, connection.socket_timeout)
+            return await read_replies(reader, count, connection.socket_timeout)
         except TimeoutError as exc:
             raise redis_errors.TimeoutError("Timeout reading a batch's replies") from exc
     except BaseException:
