@@ -1,11 +1,14 @@
 """The local tier, including the direct views into cachetools it relies on."""
 
+import gc
+import tracemalloc
 import uuid
+from collections.abc import Callable
 
 import pytest
 
 from twotier import MISS, MsgpackSerializer, TwoTierCache
-from twotier._local import LocalTier, is_immutable
+from twotier._local import _SWEEP_AFTER, LocalTier, is_immutable
 from twotier.testing import FakeClock
 
 
@@ -57,14 +60,77 @@ def test_suspended_tier_neither_serves_nor_stores() -> None:
     assert tier.get("j") is MISS
 
 
-def test_tag_index_frees_evicted_and_invalidated_entries() -> None:
-    tier, _ = _tier(maxsize=2)
-    tier.store("a", 1, b"", 60, ("x", "y"))
-    tier.store("b", 1, b"", 60, ("y",))
-    tier.store("c", 1, b"", 60, ("z",))  # evicts "a", whose tag "x" has no entry left
-    assert tier.tags == 2
-    assert tier.evict_tags(["y", "z"]) == 2
-    assert (tier.entries, tier.tags) == (0, 0)
+def test_an_invalidated_tag_makes_its_entries_unusable_at_once() -> None:
+    tier, _ = _tier(maxsize=10)
+    tier.store("none", 0, b"", 60, ())
+    tier.store("one", 1, b"", 60, ("x",))
+    tier.store("two", 2, b"", 60, ("y", "x"))
+    tier.store("three", 3, b"", 60, ("a", "b", "x"))
+    tier.store("other", 4, b"", 60, ("y", "z"))
+    assert tier.tags == 5  # x, y, a, b, z
+    tier.evict_tags(["x"])
+    assert [k for k in ("one", "two", "three") if tier.get(k) is not MISS] == []
+    assert (tier.get("none"), tier.get("other")) == (0, 4)  # checked, and still current
+    assert len(tier._data) == 2  # the outdated ones were dropped when read
+    tier.store("one", 10, b"", 60, ("x",))  # stored after the invalidation: current
+    assert tier.get("one") == 10
+    tier.evict_tags(["z", "nobody-has-this"])
+    assert tier.get("other") is MISS
+    assert tier.get("one") == 10
+
+
+def test_a_tagged_entry_costs_no_index_and_no_tuple() -> None:
+    """Issue 8, item 6: with lazy tags an entry's tags are two slots of the entry
+    (the caller's tuple is not kept) and nothing is indexed per tag, so a tagged
+    entry costs a few slots more than an untagged one. With the tag → keys index
+    and the tuple it was 136 B more (354 B against 218 B in `twotier bench`)."""
+
+    n = 20_000
+    keys, own = [f"key-{i}" for i in range(n)], [f"user:{i}" for i in range(n)]
+
+    def per_entry(tags_of: Callable[[int], tuple[str, ...]]) -> float:
+        tier, _ = _tier(maxsize=n)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(n):
+                tier.store(keys[i], i, b"", 60, tags_of(i))
+            gc.collect()
+            return (tracemalloc.get_traced_memory()[0] - before) / n
+        finally:
+            tracemalloc.stop()
+
+    untagged = per_entry(lambda i: ())
+    tagged = per_entry(lambda i: (own[i], "users"))
+    assert tagged - untagged <= 32, (untagged, tagged)
+
+
+def test_counting_entries_drops_the_invalidated_ones() -> None:
+    tier, _ = _tier(maxsize=10)
+    for i in range(6):
+        tier.store(f"k{i}", i, b"", 60, ("odd",) if i % 2 else ("even",))
+    tier.evict_tags(["odd"])
+    assert len(tier._data) == 6  # unusable, not yet dropped
+    assert tier.entries == 3  # `get_stats()` counts only usable entries, and frees the rest
+    assert len(tier._data) == 3
+    assert tier._bumped == {}  # every entry left is newer than what was forgotten
+    assert [tier.get(f"k{i}") for i in range(6)] == [0, MISS, 2, MISS, 4, MISS]
+
+
+def test_remembered_invalidations_are_bounded_by_sweeps() -> None:
+    tier, _ = _tier(maxsize=100)
+    for i in range(100):
+        tier.store(f"k{i}", i, b"", 60, (f"t{i}", "all"))
+    for i in range(0, 100, 2):  # half of the entries outdated, never read again
+        tier.evict_tags([f"t{i}"])
+    for i in range(5000):  # many invalidations of tags no entry carries
+        tier.evict_tags([f"elsewhere:{i}"])
+    assert len(tier._bumped) <= 2 * _SWEEP_AFTER  # bounded, not 5,050
+    assert len(tier._data) == 50  # the sweep dropped the outdated entries
+    assert all(tier.get(f"k{i}") == i for i in range(1, 100, 2))
+    tier.evict_tags(["all"])
+    assert all(tier.get(f"k{i}") is MISS for i in range(100))
 
 
 def _msgpack_tier() -> LocalTier:

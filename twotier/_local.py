@@ -1,4 +1,4 @@
-"""The local tier: a bounded LRU (cachetools) with per-entry expiry and a tag index.
+"""The local tier: a bounded LRU (cachetools) with per-entry expiry and lazy tag invalidation.
 
 Concurrency: everything here is synchronous and runs on the event loop thread,
 so no lock is needed and every method is atomic with respect to other tasks.
@@ -48,49 +48,96 @@ def is_immutable(value: object) -> bool:
 
 
 class Entry:
-    """One L1 entry. `data` is the value itself when `shared`, else its encoded bytes."""
+    """One untagged L1 entry. `data` is the value itself when `shared`, else its encoded bytes.
 
-    __slots__ = ("data", "expires", "shared", "tags")
+    `stamp` is None: nothing but its key, a clear or its expiry can end it.
+    """
 
-    def __init__(self, data: Any, shared: bool, expires: float, tags: tuple[str, ...]) -> None:
+    __slots__ = ("data", "expires", "shared")
+
+    stamp: int | None = None
+
+    def __init__(self, data: Any, shared: bool, expires: float) -> None:
         self.data = data
         self.shared = shared
         self.expires = expires
-        self.tags = tags
+
+    def tags(self) -> tuple[str, ...]:
+        return ()
 
 
-class _LRU(LRUCache[str, Entry]):
-    """cachetools' LRU, telling the tier which entry it evicted for lack of room."""
+class TaggedEntry(Entry):
+    """An entry with tags, flat: one or two tags in slots of their own (no tuple),
+    more as one tuple in `tag`. `stamp` is the tier's stamp when the entry was
+    stored or last found current (see `LocalTier`)."""
 
-    def __init__(self, maxsize: int, on_evict: Callable[[str, Entry], None]) -> None:
-        super().__init__(maxsize)
-        self._on_evict = on_evict
+    __slots__ = ("stamp", "tag", "tag2")  # `stamp` shadows Entry.stamp = None
+
+    stamp: int
+
+    def __init__(
+        self, data: Any, shared: bool, expires: float, tags: tuple[str, ...], stamp: int
+    ) -> None:
+        self.data = data
+        self.shared = shared
+        self.expires = expires
+        self.stamp = stamp
+        if len(tags) <= 2:
+            self.tag: str | tuple[str, ...] = tags[0]
+            self.tag2: str | None = tags[1] if len(tags) == 2 else None
+        else:
+            self.tag = tags
+            self.tag2 = None
+
+    def tags(self) -> tuple[str, ...]:
+        tag = self.tag
+        if type(tag) is tuple:
+            return tag
+        tag2 = self.tag2
+        return (tag,) if tag2 is None else (tag, tag2)  # type: ignore[return-value]
+
+
+#: A sweep of L1 starts once this many tags' invalidations are remembered (or
+#: l1_maxsize // 8, if larger): it bounds that memory, and costs each later
+#: invalidated tag a few entry checks until it is done (`LocalTier._sweep_some`).
+_SWEEP_AFTER = 1024
+
+
+class LocalTier:
+    """L1. While `suspended` (a resync is under way) it neither serves nor stores.
+
+    Tags are invalidated lazily. There is no tag → keys index: an invalidation
+    takes the next *stamp* (a counter) and remembers it for each of its tags
+    (`_bumped`); a tagged entry keeps the stamp it was stored under. A hit on
+    an entry whose stamp is the current one — no tag was invalidated since it
+    was stored or last checked — costs one identity test. Otherwise the entry's
+    tags are looked up in `_bumped`: one bumped after its stamp makes it a miss
+    (and evicts it), else it takes the current stamp. An invalidation thus makes
+    every entry carrying the tag unusable at once, as the index did, in O(tags)
+    instead of O(entries dropped); the entries' memory is freed when they are
+    next read, pushed out by the LRU, or reached by a sweep. Sweeps bound the
+    remembered invalidations: the entries present when one starts are checked a
+    few per invalidated tag, after which every live entry is newer than what
+    was remembered before the sweep began, and that is forgotten.
+    """
+
+    def __init__(self, maxsize: int, clock: Clock, decode: Callable[[bytes], Any]) -> None:
+        self._data: LRUCache[str, Entry] = LRUCache(maxsize)
         # cachetools keeps the items in a dict and the recency in an OrderedDict.
         # The hit path reads them directly: two C calls instead of four Python
         # frames (`get` → `__contains__` → `__getitem__` → `Cache.__getitem__`),
         # which halves the cost of an L1 hit. tests/test_local.py pins that these
         # views stay in step with the public API, so a cachetools upgrade that
         # renames them fails loudly.
-        self.items_view: dict[str, Entry] = self._Cache__data  # type: ignore[attr-defined]
-        self.recency: OrderedDict[str, None] = self._LRUCache__order  # type: ignore[attr-defined]
-
-    def popitem(self) -> tuple[str, Entry]:
-        key, entry = super().popitem()
-        self._on_evict(key, entry)
-        return key, entry
-
-
-class LocalTier:
-    """L1. While `suspended` (a resync is under way) it neither serves nor stores."""
-
-    def __init__(self, maxsize: int, clock: Clock, decode: Callable[[bytes], Any]) -> None:
-        self._data = _LRU(maxsize, self._unindex)
-        self._items = self._data.items_view
-        self._recency = self._data.recency
-        # tag → the key carrying it, or a set of keys once there are several.
-        # Most tags name one entity ("item:42") and index a single entry; a bare
-        # str there saves the ~200 B of a one-element set per entry.
-        self._index: dict[str, str | set[str]] = {}
+        self._items: dict[str, Entry] = self._data._Cache__data  # type: ignore[attr-defined]
+        self._recency: OrderedDict[str, None] = self._data._LRUCache__order  # type: ignore[attr-defined]
+        self._stamp = 0
+        # tag → the stamp of its last invalidation, oldest first.
+        self._bumped: dict[str, int] = {}
+        self._sweep_after = max(_SWEEP_AFTER, maxsize // 8)
+        self._sweeping: list[str] | None = None  # the keys a sweep has yet to check
+        self._swept_to = 0  # the stamp when the running sweep began
+        self._sweep_rate = 1  # entries checked per invalidated tag while it runs
         self._clock = clock
         self._decode = decode
         self.suspended = False
@@ -105,6 +152,13 @@ class LocalTier:
         if entry.expires <= self._clock():
             self.evict(key)
             return MISS
+        # Identity, not equality: an entry holds the very int object of the
+        # stamp it took, and a new stamp is a new object (a miss of this test
+        # only costs the full check).
+        stamp = entry.stamp
+        if stamp is not self._stamp and stamp is not None and self._outdated(entry):
+            self.evict(key)
+            return MISS
         self._recency.move_to_end(key)
         return entry.data if entry.shared else self._decode(entry.data)
 
@@ -113,6 +167,18 @@ class LocalTier:
         entry = self._items.get(key)
         value = self.get(key)
         return value, (entry.expires if entry is not None else 0.0)
+
+    def _outdated(self, entry: Entry) -> bool:
+        """Whether one of *entry*'s tags was invalidated after its stamp; if not,
+        it takes the current stamp (checked against every invalidation so far)."""
+        assert isinstance(entry, TaggedEntry)  # only tagged entries have a stamp
+        bumped, stamp = self._bumped, entry.stamp
+        for tag in entry.tags():
+            last = bumped.get(tag)
+            if last is not None and last > stamp:
+                return True
+        entry.stamp = self._stamp
+        return False
 
     # -- writes ----------------------------------------------------------------
 
@@ -127,66 +193,85 @@ class LocalTier:
     ) -> None:
         if self.suspended:
             return
-        if key in self._items:  # a plain dict probe; cachetools' pop is far dearer
-            self.evict(key)
         shared = not copy_on_read or is_immutable(value)
-        entry = Entry(value if shared else encoded, shared, self._clock() + ttl, tags)
-        self._data[key] = entry
-        index = self._index
-        for tag in tags:
-            keys = index.get(tag)
-            if keys is None:
-                index[tag] = key
-            elif type(keys) is str:
-                if keys != key:
-                    index[tag] = {keys, key}
-            else:
-                keys.add(key)  # type: ignore[union-attr]  # narrowed by type() above
+        data = value if shared else encoded
+        expires = self._clock() + ttl
+        if tags:
+            self._data[key] = TaggedEntry(data, shared, expires, tags, self._stamp)
+        else:
+            self._data[key] = Entry(data, shared, expires)
 
     def evict(self, key: str) -> None:
-        entry = self._data.pop(key, None)
-        if entry is not None:
-            self._unindex(key, entry)
+        self._data.pop(key, None)
 
     def evict_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self.evict(key)
+            self._data.pop(key, None)
 
-    def evict_tags(self, tags: Iterable[str]) -> int:
-        """Drop every entry carrying one of *tags*; the index makes this O(entries dropped)."""
-        dropped = 0
+    def evict_tags(self, tags: Iterable[str]) -> None:
+        """Make every entry carrying one of *tags* unusable, now; O(len(tags))."""
+        self._stamp = stamp = self._stamp + 1
+        bumped = self._bumped
+        count = 0
         for tag in tags:
-            keys = self._index.pop(tag, ())
-            for key in (keys,) if type(keys) is str else keys:
-                entry = self._data.pop(key, None)
-                if entry is not None:
-                    self._unindex(key, entry)
-                    dropped += 1
-        return dropped
+            bumped.pop(tag, None)  # re-inserted: `_bumped` stays ordered by stamp
+            bumped[tag] = stamp
+            count += 1
+        self._sweep_some(count)
+
+    def _sweep_some(self, invalidated: int) -> None:
+        if self._sweeping is None:
+            if len(self._bumped) <= self._sweep_after:
+                return
+            self._sweeping = list(self._items)
+            self._swept_to = self._stamp
+            # Done before another `_sweep_after` tags are remembered.
+            self._sweep_rate = len(self._sweeping) // self._sweep_after + 1
+        keys = self._sweeping
+        items, current = self._items, self._stamp
+        for _ in range(min(len(keys), invalidated * self._sweep_rate)):
+            key = keys.pop()
+            entry = items.get(key)
+            if entry is None or entry.stamp is None or entry.stamp == current:
+                continue
+            if self._outdated(entry):
+                self._data.pop(key, None)
+        if not keys:
+            # Every entry is now stamped `_swept_to` or later (stored since, or
+            # checked): invalidations up to that stamp cannot outdate any of them.
+            self._sweeping = None
+            bumped = self._bumped
+            for tag in list(bumped):
+                if bumped[tag] > self._swept_to:
+                    break
+                del bumped[tag]
+
+    def purge(self) -> None:
+        """Drop every entry an invalidation made unusable, and forget the
+        invalidations: a complete sweep at once. O(entries), and nothing at all
+        unless a tag was invalidated since the last purge."""
+        if not self._bumped:
+            return
+        current, outdated = self._stamp, self._outdated
+        dead = [
+            key
+            for key, entry in self._items.items()
+            if entry.stamp is not current and entry.stamp is not None and outdated(entry)
+        ]
+        for key in dead:
+            self._data.pop(key, None)
+        self._bumped.clear()
+        self._sweeping = None
 
     def cap_expiry(self, deadline: float) -> None:
         """Let no entry live past *deadline* (bounded staleness while Redis is away)."""
-        for key in list(self._data):
-            entry = self._data[key]
+        for entry in self._items.values():
             entry.expires = min(entry.expires, deadline)
 
     def clear(self) -> None:
         self._data.clear()
-        self._index.clear()
-
-    def _unindex(self, key: str, entry: Entry) -> None:
-        index = self._index
-        for tag in entry.tags:
-            keys = index.get(tag)
-            if keys is None:
-                continue
-            if type(keys) is str:
-                if keys == key:
-                    del index[tag]
-            else:
-                keys.discard(key)  # type: ignore[union-attr]  # narrowed by type() above
-                if not keys:
-                    del index[tag]
+        self._bumped.clear()
+        self._sweeping = None
 
     # -- introspection -----------------------------------------------------------
 
@@ -196,8 +281,25 @@ class LocalTier:
 
     @property
     def entries(self) -> int:
+        """Entries in L1, after a `purge` (so invalidated ones are not counted)."""
+        self.purge()
         return len(self._data)
 
     @property
     def tags(self) -> int:
-        return len(self._index)
+        """Distinct tags carried by the entries in L1 (the seed's figure: its tag
+        index's size). There is no index to ask, so this walks L1: O(entries),
+        about 1 ms per 10,000 entries, paid by `get_stats()` only."""
+        seen: set[str | tuple[str, ...] | None] = set()
+        more: list[str] = []
+        for entry in self._items.values():
+            if entry.stamp is not None:
+                tag = entry.tag  # type: ignore[attr-defined]  # a TaggedEntry
+                if type(tag) is tuple:
+                    more.extend(tag)
+                else:
+                    seen.add(tag)
+                    seen.add(entry.tag2)  # type: ignore[attr-defined]
+        seen.update(more)
+        seen.discard(None)
+        return len(seen)

@@ -20,6 +20,10 @@ The connection is the pipe's own (redis-py's pool costs a lock, an event and
 its metrics per command), made by the pool's factory so that it meets the
 server like any other (`RedisTier.prepare`). Each batch has one deadline,
 `timeout`, for all its replies; the connection's socket timeout is off.
+The replies of a batch are parsed straight out of the bytes as they arrive
+(`_batch.read_replies`), not through one parser coroutine per reply: the
+connection is nobody else's, so nothing of the stream is lost to the
+parser's buffer, whichever parser (pure Python or hiredis) redis-py picked.
 A reply that times out drops the connection; until a new one is open
 (connected in the background, within the connect budget), reads go through
 the pool, so no read waits for a connect it did not need.
@@ -33,6 +37,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions as redis_errors
+
+from ._batch import read_replies
 
 
 class _Lead:
@@ -155,7 +161,7 @@ class ReadPipe:
                 await connection.send_packed_command(
                     connection.pack_commands([("GET", name) for name in names]), check_health=False
                 )
-                replies = [await _read(connection) for _ in names]
+                replies = _replies(await read_replies(connection._reader, len(names), None))
         except BaseException:
             self._ready = False
             await connection.disconnect(nowait=True)  # replies may still be on the way
@@ -176,13 +182,17 @@ class ReadPipe:
             await self._connection.disconnect()
 
 
-async def _read(connection: Any) -> bytes | None:
-    try:
-        reply: bytes | None = await connection.read_response(disconnect_on_error=False)
-    except redis_errors.AskError:  # MOVED or ASK: the slot is elsewhere now
-        return MOVED
-    except redis_errors.ResponseError as exc:
-        if str(exc).startswith("WRONGTYPE"):
-            return WRONG_TYPE  # GET of a hash or list: not ours, a miss to clean up
-        raise
-    return reply
+def _replies(replies: list[Any]) -> list[bytes | None]:
+    """GET replies as the tier takes them: WRONGTYPE reads as garbage, MOVED or
+    ASK (a cluster node that no longer holds the slot) as `MOVED`, other errors
+    raise."""
+    for i, reply in enumerate(replies):
+        if isinstance(reply, redis_errors.ResponseError):
+            text = str(reply)
+            if text.startswith(("MOVED ", "ASK ")):
+                replies[i] = MOVED
+            elif text.startswith("WRONGTYPE"):
+                replies[i] = WRONG_TYPE  # GET of a hash or list: not ours, a miss to clean up
+            else:
+                raise reply
+    return replies

@@ -47,6 +47,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
+from . import _batch
+from ._batch import bulk, command_head
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
 from ._pipe import WRONG_TYPE, ReadPipe
@@ -403,13 +405,16 @@ class RedisTier:
         return _claim(reply)
 
     async def claim_many(self, keys: list[str], token: str, rejected: list[bytes]) -> list[Claim]:
-        sha = self._scripts["claim"].sha
+        """`claim` for each key (warmup): one script call per key, on the key's
+        own slot, all sent as one lean batch (`_batch.py`)."""
+        head = self._script_head("claim")
+        tail = bulk(token.encode()) + bulk(b"%d" % self._lease_ms)
         commands = [
-            ("EVALSHA", sha, 2, *self.layout.slot_names(key), token, self._lease_ms, header)
+            b"".join((head, *self._slot_bulks(key), tail, bulk(header)))
             for key, header in zip(keys, rejected, strict=True)
         ]
         try:
-            replies = await self._pipeline(commands)
+            replies = await self._batch("claim", keys, commands)
         except BaseException:
             for key in keys:
                 self._orphaned(key, token)
@@ -425,16 +430,73 @@ class RedisTier:
         return code > 0
 
     async def fill_many(self, fills: list[tuple[str, bytes]], ttl: float, token: str) -> list[bool]:
-        sha = self._scripts["fill"].sha
+        """`fill` for each key (warmup): one script call per key, on the key's
+        own slot, all sent as one lean batch (`_batch.py`)."""
+        head = self._script_head("fill")
+        token_bulk, ttl_bulk = bulk(token.encode()), bulk(b"%d" % _ms(ttl))
         commands = [
-            ("EVALSHA", sha, 2, *self.layout.slot_names(key), token, entry, _ms(ttl))
+            b"".join((head, *self._slot_bulks(key), token_bulk, bulk(entry), ttl_bulk))
             for key, entry in fills
         ]
-        codes = [int(code) for code in await self._pipeline(commands)]
+        codes = [int(code) for code in await self._batch("fill", [k for k, _ in fills], commands)]
         for (key, _), code in zip(fills, codes, strict=True):
             if code == 2:
                 await self._wake(key)
         return [code > 0 for code in codes]
+
+    def _script_head(self, script: str) -> bytes:
+        """The packed start of an EVALSHA of *script* with two keys and three arguments."""
+        return command_head(8, b"EVALSHA", self._scripts[script].sha.encode(), b"2")
+
+    def _slot_bulks(self, key: str) -> tuple[bytes, bytes]:
+        """*key*'s entry and lease names, packed."""
+        entry, lease = self.layout.slot_names(key)
+        return bulk(entry.encode()), bulk(lease.encode())
+
+    async def _batch(self, script: str, keys: list[str], commands: list[bytes]) -> list[Any]:
+        """Run packed EVALSHAs of *script* (one per key of *keys*) as one batch,
+        or in a cluster as one batch per master, all at once; raise the first
+        error reply (after reading them all: the connections stay usable)."""
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(self._node_name(key), []).append(i)
+        replies: list[Any] = [None] * len(commands)
+
+        async def send(indexes: list[int]) -> None:
+            got = await self._packed(keys[indexes[0]], [commands[i] for i in indexes])
+            missing = [j for j, reply in enumerate(got) if _noscript(reply)]
+            if missing:  # a server whose scripts were flushed, or a promoted replica
+                await self._execute("SCRIPT LOAD", self._scripts[script].source)
+                again = await self._packed(
+                    keys[indexes[0]], [commands[indexes[j]] for j in missing]
+                )
+                for j, reply in zip(missing, again, strict=True):
+                    got[j] = reply
+            for i, reply in zip(indexes, got, strict=True):
+                replies[i] = reply
+
+        async def send_all() -> list[Any]:
+            await asyncio.gather(*(send(indexes) for indexes in groups.values()))
+            if any(_moved(reply) for reply in replies) and isinstance(self._client, RedisCluster):
+                await self._client.nodes_manager.initialize()  # sent around the client
+            return _raised(replies)
+
+        return await self._call(send_all)
+
+    async def _packed(self, key: str, commands: list[bytes]) -> list[Any]:
+        """Packed commands on a connection to *key*'s server (its node, in a cluster)."""
+        connection, release = await self._connection_to(self.layout.entry(key))
+        try:
+            return await _batch.run_on(connection, b"".join(commands), len(commands))
+        finally:
+            await release()
+
+    def _node_name(self, key: str) -> str:
+        """The cluster node of *key*'s slot ("" on a single server)."""
+        if not isinstance(self._client, RedisCluster):
+            return ""
+        node = self._client.get_node_from_key(self.layout.entry(key))
+        return node.name if node is not None else ""
 
     async def release(self, key: str, token: str) -> None:
         if int(await self._run("release", [self.layout.lease(key)], [token])):
@@ -593,6 +655,14 @@ def _raised(replies: list[Any]) -> list[Any]:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+
+
+def _moved(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith(("MOVED ", "ASK "))
 
 
 def _claim(reply: Any) -> Claim:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -24,7 +24,7 @@ from ._logging import Log
 from ._serialization import Serializer
 from ._shared import SharedTier, Snapshot
 from ._stats import Counters
-from ._tier import GRANTED
+from ._tier import GRANTED, STORED
 from ._types import MISS
 
 BATCH = 1000
@@ -32,6 +32,31 @@ _FAILED = object()  # the loader raised for this key
 
 StoreLocal = Callable[[str, Any, bytes, float, tuple[str, ...], bool], None]
 Lookup = Callable[[str], Any]
+
+
+class _Batch:
+    """Up to BATCH keys on their way through warmup."""
+
+    __slots__ = ("claims", "done", "flights")
+
+    def __init__(
+        self,
+        flights: list[Flight],
+        claims: asyncio.Task[tuple[list[Flight], str | None]] | None,
+    ) -> None:
+        self.flights = flights
+        self.claims = claims  # (the flights leased, their token); None: nothing to claim
+        self.done = False  # its leases were filled or released
+
+
+class _Prepared(NamedTuple):
+    """A batch loaded and serialized, to be filled."""
+
+    tags: tuple[str, ...]
+    token: str | None
+    snapshot: Snapshot | None
+    ready: list[tuple[Flight, Any, bytes]]  # (flight, value, payload) of each result to cache
+    fills: list[tuple[str, bytes]]  # (key, payload) of those small enough for Redis
 
 
 class Warmup:
@@ -65,90 +90,150 @@ class Warmup:
         tags: tuple[str, ...],
         copy_on_read: bool,
     ) -> int:
+        """Batches overlap: the next batch's claims are sent before this batch
+        loads, and this batch's fills are sent as a task while the next batch
+        loads, so Redis runs one batch's scripts while the client works on
+        another. Loaders of two batches never run at once."""
+        starts = range(0, len(keys), BATCH)
+        batches: list[_Batch] = []  # begun and not yet finished
         filled = 0
-        for start in range(0, len(keys), BATCH):
-            batch = [
-                key
-                for key in dict.fromkeys(keys[start : start + BATCH])
-                if self._lookup(key) is MISS and self._flights.join(key) is None
-            ]
-            flights = [self._flights.begin(key, tags) for key in batch]
-            try:
-                filled += await self._batch(flights, loader, concurrency, ttl, copy_on_read)
-            finally:
-                for flight in flights:
-                    self._flights.end(flight)
+        filling: asyncio.Task[int] | None = None
+        try:
+            if starts:
+                batches.append(self._begin(keys[0:BATCH], tags))
+            for n, _ in enumerate(starts):
+                current = batches[-1]
+                if n + 1 < len(starts):
+                    ahead = keys[starts[n + 1] : starts[n + 1] + BATCH]
+                    batches.append(self._begin(ahead, tags))
+                prepared = await self._prepare(current, loader, concurrency, ttl)
+                if filling is not None:
+                    filled += await filling
+                filling = asyncio.get_running_loop().create_task(
+                    self._finish(current, prepared, ttl, copy_on_read)
+                )
+            if filling is not None:
+                filled += await filling
+                filling = None
+        except asyncio.CancelledError:
+            if filling is not None:
+                filling.cancel()  # its leases go back (`_finish`)
+            raise
+        finally:
+            if filling is not None:
+                # The previous batch's fill, when this one failed: let it end.
+                await asyncio.gather(filling, return_exceptions=True)
+            for batch in batches:
+                await self._abandon(batch)
         return filled
 
-    async def _batch(
-        self,
-        flights: list[Flight],
-        loader: Callable[[str], Any],
-        concurrency: int,
-        ttl: float,
-        copy_on_read: bool,
+    def _begin(self, keys: Sequence[str], tags: tuple[str, ...]) -> _Batch:
+        """Start a batch: its flights, and its claims on their way to Redis."""
+        wanted = [
+            key
+            for key in dict.fromkeys(keys)
+            if self._lookup(key) is MISS and self._flights.join(key) is None
+        ]
+        flights = [self._flights.begin(key, tags) for key in wanted]
+        claims = (
+            asyncio.get_running_loop().create_task(self._claim_misses(flights)) if flights else None
+        )
+        return _Batch(flights, claims)
+
+    async def _abandon(self, batch: _Batch) -> None:
+        """End a batch's flights; if it did not finish, give its leases back now,
+        not after `lease_ttl` (issue 7, item 1). A release is keyed by the
+        token: for a key already filled or released it does nothing."""
+        if not batch.done:
+            batch.done = True
+            claims = batch.claims
+            if claims is not None:
+                if not claims.done():
+                    claims.cancel()  # `claim_many` hands the leases it may hold back
+                await asyncio.gather(claims, return_exceptions=True)
+                if not claims.cancelled() and claims.exception() is None:
+                    leased, token = claims.result()
+                    if token is not None:
+                        for flight in leased:
+                            self._shared.release_later(flight.key, token)
+        for flight in batch.flights:
+            self._flights.end(flight)
+        batch.flights = []
+
+    async def _prepare(
+        self, batch: _Batch, loader: Callable[[str], Any], concurrency: int, ttl: float
+    ) -> _Prepared | None:
+        """The batch's claims, snapshot and loads: what `_finish` stores."""
+        if batch.claims is None:
+            return None
+        leased, token = await batch.claims
+        snapshot = await self._shared.snapshot(batch.flights[0].tags, ttl) if token else None
+        return await self._load(leased, token, snapshot, loader, concurrency)
+
+    async def _finish(
+        self, batch: _Batch, prepared: _Prepared | None, ttl: float, copy_on_read: bool
     ) -> int:
-        if not flights:
-            return 0
-        leased, token = await self._claim_misses(flights)
-        snapshot = await self._shared.snapshot(flights[0].tags, ttl) if token else None
         try:
-            return await self._load_and_fill(
-                leased, token, snapshot, loader, concurrency, ttl, copy_on_read
-            )
+            filled = await self._store(prepared, ttl, copy_on_read) if prepared else 0
         except BaseException:
-            # Cancelled, or the data was bad: every lease this batch may still
-            # hold goes back now, not after `lease_ttl` (issue 7, item 1). A
-            # release is keyed by the token: for a key already filled or
-            # released it does nothing.
-            if token is not None:
-                for flight in leased:
-                    self._shared.release_later(flight.key, token)
+            await self._abandon(batch)  # not done: its leases go back
             raise
+        batch.done = True  # every lease was filled, or released by `_load`/`_fill_all`
+        await self._abandon(batch)
+        return filled
 
     async def _claim_misses(self, flights: list[Flight]) -> tuple[list[Flight], str | None]:
-        """The flights to load (their leases taken under one token, if Redis is there)."""
-        shared, keys = self._shared, [f.key for f in flights]
+        """The flights to load (their leases taken under one token, if Redis is there).
+
+        The read is the claim: a claim that finds an entry returns it instead of
+        taking the lease, so one script call per key both reads and claims. An
+        entry found is judged like any read; an outdated or unreadable one is
+        claimed again, now naming the entry it passes over.
+        """
+        shared = self._shared
         try:
-            found = [
-                await shared.judged(key, data)
-                for key, data in zip(keys, await shared.remote.get_many(keys), strict=True)
-            ]
+            generation, _ = await shared.mirror.current(())
         except BackendError:
             self._counters.l2_errors += 1
             return flights, None  # Redis away: L1 alone
-        misses = [
-            (f, hit.rejected) for f, hit in zip(flights, found, strict=True) if hit.entry is None
-        ]
-        if not misses:
-            return [], None  # every key is cached for every instance already
-        try:
-            generation, _ = await shared.mirror.current(())
-            token = shared.new_token(generation)
-            claims = await shared.remote.claim_many(
-                [f.key for f, _ in misses], token, [rejected or b"" for _, rejected in misses]
-            )
-        except BackendError:
-            self._counters.l2_errors += 1
-            return [f for f, _ in misses], None
-        # Not granted: another caller is loading the key, or it was stored meanwhile.
-        return [
-            f for (f, _), claim in zip(misses, claims, strict=True) if claim.status == GRANTED
-        ], token
+        token = shared.new_token(generation)
+        leased: list[Flight] = []
+        todo, rejected = flights, [b""] * len(flights)
+        for round_ in range(2):
+            try:
+                claims = await shared.remote.claim_many([f.key for f in todo], token, rejected)
+            except BackendError:
+                # Claims that may have run are released as orphaned (`claim_many`).
+                self._counters.l2_errors += 1
+                if round_ == 0:
+                    return flights, None  # Redis away: L1 alone
+                break  # the keys claimed again are left out; the leased ones load
+            again: list[Flight] = []
+            rejected = []
+            for flight, claim in zip(todo, claims, strict=True):
+                if claim.status == GRANTED:
+                    leased.append(flight)
+                elif claim.status == STORED:
+                    found = await shared.judged(flight.key, claim.entry)
+                    if found.entry is None and found.rejected is not None:
+                        again.append(flight)
+                        rejected.append(found.rejected)
+                # HELD: another caller is loading the key; it is theirs.
+            if not again:
+                break
+            todo = again
+        return leased, (token if leased else None)
 
-    async def _load_and_fill(
+    async def _load(
         self,
         todo: list[Flight],
         token: str | None,
         snapshot: Snapshot | None,
         loader: Callable[[str], Any],
         concurrency: int,
-        ttl: float,
-        copy_on_read: bool,
-    ) -> int:
+    ) -> _Prepared | None:
         if not todo:
-            return 0
-        tags = todo[0].tags
+            return None
         values = await _load_all(
             [f.key for f in todo], loader, concurrency, self._counters, self._log
         )
@@ -166,7 +251,11 @@ class Warmup:
             for flight in todo:
                 if flight.key not in filled_keys or snapshot is None:
                     self._shared.release_later(flight.key, token)
-        stored = await self._fill_all(token, snapshot, ttl, tags, fills)
+        return _Prepared(todo[0].tags, token, snapshot, ready, fills)
+
+    async def _store(self, prepared: _Prepared, ttl: float, copy_on_read: bool) -> int:
+        tags, ready = prepared.tags, prepared.ready
+        stored = await self._fill_all(prepared.token, prepared.snapshot, ttl, tags, prepared.fills)
         filled = 0
         store = self._store_local
         for flight, value, payload in ready:
@@ -244,13 +333,17 @@ async def _load_all(
                     results[i] = failed(key, exc)
         return results
 
-    limiter = asyncio.Semaphore(concurrency)
+    # *concurrency* workers taking the keys in turn: a task per worker, not per
+    # key (a thousand tasks and a semaphore cost more than most loaders).
+    results = [None] * len(keys)
+    todo = iter(enumerate(keys))
 
-    async def one(key: str) -> Any:
-        async with limiter:
+    async def worker() -> None:
+        for i, key in todo:
             try:
-                return await loader(key)
+                results[i] = await loader(key)
             except Exception as exc:
-                return failed(key, exc)
+                results[i] = failed(key, exc)
 
-    return list(await asyncio.gather(*(one(key) for key in keys)))
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(keys)))))
+    return results

@@ -295,7 +295,7 @@ def render_growth(g: Growth) -> str:
 
 
 def render_targets(targets: list[Target]) -> str:
-    out = ["", "== targets (issue #4), this run"]
+    out = ["", "== targets (issue 8), this run"]
     for t in targets:
         verdict = "not run" if t.holds is None else ("HOLDS" if t.holds else "MISSED")
         out.append(f"[{verdict:>7}] {t.scenario}: {t.text}")

@@ -60,12 +60,11 @@ async def _receiver(url: str, namespace: str) -> None:
             local = cache.local
             apply = local.evict_tags
 
-            def stamped(tags: Any) -> int:
+            def stamped(tags: Any) -> None:
                 # The moment the invalidation has been applied to this process's L1.
-                dropped = apply(tags)
+                apply(tags)
                 now = time.monotonic_ns()
                 _say(f"got {next(iter(tags))} {now}")
-                return dropped
 
             local.evict_tags = stamped  # type: ignore[method-assign]  # instrument this instance
             _say("ready")

@@ -1,0 +1,67 @@
+"""The read pipe and warmup's lean batches work with every reply parser redis-py
+may pick: its pure-Python RESP2 and RESP3 parsers, and hiredis when installed
+(redis-py takes hiredis automatically then; the `hiredis` extra installs it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
+
+from twotier import _batch
+from twotier._batch import bulk, command_head
+from twotier._pipe import WRONG_TYPE, ReadPipe
+
+from .conftest import RedisServer
+
+
+def _parser(kind: str, protocol: int) -> type:
+    if kind == "hiredis":
+        pytest.importorskip("hiredis")
+        return _AsyncHiredisParser
+    return _AsyncRESP3Parser if protocol == 3 else _AsyncRESP2Parser
+
+
+@pytest.mark.parametrize("kind", ["python", "hiredis"])
+async def test_read_pipe_and_batches_with_each_parser(
+    server: RedisServer, protocol: int, kind: str
+) -> None:
+    parser = _parser(kind, protocol)
+    pool = aioredis.ConnectionPool.from_url(
+        server.url, protocol=protocol, parser_class=parser, socket_timeout=2
+    )
+    client = aioredis.Redis(connection_pool=pool)
+
+    async def through_pool(name: str) -> bytes | None:
+        return await client.get(name)  # type: ignore[no-any-return]
+
+    pipe = ReadPipe(pool.make_connection, through_pool, timeout=2, connect_timeout=2)
+    try:
+        await client.set("a", b"x" * 100_000)  # a reply longer than one read
+        await client.set("b", b"\r\n")
+        await client.rpush("l", b"1")
+        await pipe.connect()
+        assert type(pipe._connection._parser) is parser
+        got = await asyncio.gather(*(pipe.get(n) for n in ("a", "missing", "b", "l", "a")))
+        assert got == [b"x" * 100_000, None, b"\r\n", WRONG_TYPE, b"x" * 100_000]
+
+        script = "return {tonumber(ARGV[1]), ARGV[2]}"
+        sha = await client.script_load(script)
+        commands = [
+            command_head(5, b"EVALSHA", sha.encode(), b"0") + bulk(b"%d" % i) + bulk(b"v" * i)
+            for i in range(0, 3000, 3)
+        ]
+        commands.append(command_head(2, b"GET") + bulk(b"missing"))
+        commands.append(command_head(2, b"GET") + bulk(b"l"))  # an error reply, returned
+        replies = await _batch.run(pool, b"".join(commands), len(commands))
+        assert replies[:-2] == [[i, b"v" * i] for i in range(0, 3000, 3)]
+        assert replies[-2] is None
+        assert str(replies[-1]).startswith("WRONGTYPE")
+        assert await client.get("b") == b"\r\n"  # the pool's connection is clean afterwards
+        await pipe.get("a")
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await pool.disconnect()

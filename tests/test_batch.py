@@ -1,0 +1,52 @@
+"""The lean batch parser (`twotier/_batch.py`): the reply shapes twotier's scripts send."""
+
+import pytest
+import redis.exceptions as redis_errors
+
+from twotier._batch import _PUSH, _Incomplete, bulk, command_head, parse
+
+
+def _all(buf: bytes) -> list[object]:
+    out, pos = [], 0
+    while pos < len(buf):
+        reply, pos = parse(buf, pos)
+        out.append(reply)
+    return out
+
+
+def test_packing_is_resp() -> None:
+    assert bulk(b"ab\r\nc") == b"$5\r\nab\r\nc\r\n"
+    assert command_head(3, b"GET") + bulk(b"k") == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+
+
+def test_resp2_and_resp3_replies() -> None:
+    replies = _all(
+        b":1\r\n"  # integer
+        b"$5\r\na\r\nbc\r\n"  # a bulk string holding CRLF
+        b"$0\r\n\r\n"  # empty
+        b"$-1\r\n"  # RESP2 nil
+        b"_\r\n"  # RESP3 null
+        b"*2\r\n:2\r\n$1\r\nx\r\n"  # claim's {2, entry}
+        b"*-1\r\n"  # nil array
+        b"#t\r\n"  # RESP3 true
+        b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"  # push: not a reply
+    )
+    assert replies[:8] == [1, b"a\r\nbc", b"", None, None, [2, b"x"], None, 1]
+    assert replies[8] is _PUSH
+
+
+def test_errors_are_returned_not_raised() -> None:
+    (error,) = _all(b"-NOSCRIPT No matching script.\r\n")
+    assert isinstance(error, redis_errors.ResponseError)
+    assert str(error).startswith("NOSCRIPT")
+
+
+@pytest.mark.parametrize("cut", [b":1", b"$5\r\nab", b"*2\r\n:2\r\n", b"*2\r\n:2\r\n$1\r\n"])
+def test_a_reply_cut_short_asks_for_more(cut: bytes) -> None:
+    with pytest.raises(_Incomplete):
+        parse(cut, 0)
+
+
+def test_an_unknown_reply_type_is_refused() -> None:
+    with pytest.raises(redis_errors.InvalidResponse):
+        parse(b"%1\r\n:1\r\n:2\r\n", 0)
