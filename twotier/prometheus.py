@@ -132,7 +132,7 @@ class _StatsCollector:
             families[key] = counter(name, help_)
         families.update(
             entries=gauge("twotier_l1_entries", "Entries in L1."),
-            tags=gauge("twotier_l1_tags", "Tags indexed in L1."),
+            tags=gauge("twotier_l1_tags", "Distinct tags of the usable L1 entries."),
             outbox=gauge(
                 "twotier_outbox_pending", "Changes queued for Redis, not yet delivered."
             ),
