@@ -14,16 +14,13 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from ._changes import Changes, Invalidation
 from ._decorator import CachedFunction, make_cached
-from ._envelope import pack
 from ._events import Events, Observer
 from ._exceptions import (
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
     CacheClosedError,
     ConfigurationError,
     EventLoopError,
@@ -65,51 +62,6 @@ def validate_entry_tags(tags: Iterable[object]) -> tuple[str, ...]:
             "tag the group, not each member"
         )
     return tags_t
-
-
-class Invalidation:
-    """Returned by `invalidate_tag(s)`: already applied locally; await it to wait for Redis.
-
-    Awaited at once (the usual case), it sends the change from the awaiting
-    coroutine: no task, no extra turn of the event loop. Code written for the
-    seed's synchronous manager calls `invalidate_tag` without `await`; the
-    invalidation must take effect anyway, so unless it is awaited within the
-    current turn of the loop, it is delivered by a tracked background task.
-    """
-
-    __slots__ = ("_cache", "_delivered", "_started", "_tags")
-
-    def __init__(self, cache: TwoTierCache | None, tags: tuple[str, ...]) -> None:
-        self._cache = cache
-        self._tags = tags
-        self._started = cache is None  # None: delivered already (from sync code)
-        self._delivered: asyncio.Future[None] | None = None
-        if cache is not None:
-            loop = asyncio.get_running_loop()
-            self._delivered = loop.create_future()
-            cache._unsettle(tags, self._delivered)
-            loop.call_soon(self._deliver_in_background)
-
-    def _deliver_in_background(self) -> None:
-        if not self._started and self._cache is not None:
-            self._started = True
-            self._cache.spawn(self._deliver())
-
-    async def _deliver(self) -> None:
-        assert self._cache is not None
-        assert self._delivered is not None
-        try:
-            await self._cache._invalidate_remote(self._tags)
-        finally:
-            if not self._delivered.done():
-                self._delivered.set_result(None)
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if not self._started:
-            self._started = True
-            yield from self._deliver().__await__()
-        elif self._delivered is not None:
-            yield from asyncio.shield(self._delivered).__await__()
 
 
 class TwoTierCache:
@@ -205,10 +157,10 @@ class TwoTierCache:
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
-        self._remote: RemoteTier = MemoryTier(hub_for(namespace), self.instance_id)
+        remote = MemoryTier(hub_for(namespace), self.instance_id)
         self._shared = SharedTier(
-            self._remote,
-            VersionMirror(self._remote.versions),
+            remote,
+            VersionMirror(remote.versions),
             self._serializer,
             self.counters,
             self._log,
@@ -220,11 +172,23 @@ class TwoTierCache:
             blocked=self._outbox.__bool__,
             events=self.events,
         )
+        self._changes = Changes(
+            self._shared,
+            self._outbox,
+            self.counters,
+            self._log,
+            apply_local=self._apply_local,
+            store_local=self._store_local,
+            spawn=self.spawn,
+            ensure_started=self._ensure_started,
+            closed=lambda: self._closed,
+            lease_ttl=self._lease_ttl,
+            max_value_size=self.max_value_size,
+            health_interval=self._health_interval,
+        )
         self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
-        self._retry: asyncio.Task[None] | None = None
-        self._unsettled: dict[str, set[asyncio.Future[None]]] = {}
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -254,7 +218,7 @@ class TwoTierCache:
             else:
                 await self._start_redis(self._target)
             self._started = True
-            self._request_flush()
+            self._changes.request_flush()
 
     async def _start_redis(self, target: Target) -> None:
         target = await detect(target, self._connect_timeout)
@@ -277,7 +241,7 @@ class TwoTierCache:
             suspend_local=self._suspend_local,
             bound_local=self._bound_local,
             wake_lease_waiters=self._wake_lease_waiters,
-            flush_outbox=self._request_flush,
+            flush_outbox=self._changes.request_flush,
             release_later=self._release_later,
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
@@ -288,8 +252,13 @@ class TwoTierCache:
         await self._link.start()
 
     def _use_remote(self, remote: RemoteTier, mirror: VersionMirror) -> None:
-        self._remote = self._shared.remote = remote
+        self._shared.remote = remote
         self._shared.mirror = mirror
+
+    @property
+    def _remote(self) -> RemoteTier:
+        """The L2 in use: Redis's, or the in-process hub's in memory mode."""
+        return self._shared.remote
 
     async def close(self) -> None:
         """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
@@ -304,15 +273,9 @@ class TwoTierCache:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
             for task in self._deliveries:
                 task.cancel()  # e.g. a lease release still retrying: the lease expires anyway
-        if self._retry is not None:
-            self._retry.cancel()
+        self._changes.stop_retrying()
         if self._link is not None:
-            await self._flush_outbox()  # a last try; each call is bounded by the timeout
-            if len(self._outbox):
-                self.counters.dropped_ops += len(self._outbox)
-                self._log.warning(
-                    "closing with %d queued change(s) Redis never received", len(self._outbox)
-                )
+            await self._changes.deliver_before_close()
             await self._link.close()
         if self.redis_url is None:
             hub_for(self.namespace).unsubscribe(self.instance_id)
@@ -362,8 +325,7 @@ class TwoTierCache:
         self._use_remote(memory, VersionMirror(memory.versions))
         self._deliveries = set()
         self._lease_waiters.clear()
-        self._retry = None
-        self._unsettled.clear()
+        self._changes.forget_loop()
 
     async def ping(self) -> float:
         """One round trip to Redis, in seconds (0.0 in memory mode); raises `BackendError`."""
@@ -399,13 +361,9 @@ class TwoTierCache:
             return value
         await self._ensure_started()
         found = await self._shared.lookup(key)
-        unsettled = self._unsettled
-        if (
-            found.entry is not None
-            and unsettled
-            and not unsettled.keys().isdisjoint(found.entry.tags)
-        ):
-            await self._settle(found.entry.tags)  # it may be one we just invalidated
+        unsettled = self._changes.unsettled
+        if found.entry is not None and unsettled and unsettled.touches(found.entry.tags):
+            await unsettled.settle(found.entry.tags)  # it may be one we just invalidated
             found = await self._shared.lookup(key)
         if found.entry is None:
             self.counters.misses += 1
@@ -508,8 +466,8 @@ class TwoTierCache:
     ) -> Any:
         """L2 (one GET), else the fill lease, the loader and the conditional fill."""
         key, tags, shared = flight.key, flight.tags, self._shared
-        if self._unsettled:
-            await self._settle(tags)
+        if self._changes.unsettled:
+            await self._changes.unsettled.settle(tags)
         found = await shared.lookup(key, min_ttl)
         token: str | None = None
         if found.entry is None and found.rejected is not None:
@@ -624,38 +582,17 @@ class TwoTierCache:
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         payload = self._serializer.dumps(value)  # raises before anything changed
         await self._ensure_started()
-        self._apply_local("k", (key,))
-        snapshot = await self._shared.snapshot(tags_t)
-        if snapshot is None or len(payload) > self.max_value_size:
-            # Too big for Redis (it would stall the link for everyone), or Redis
-            # cannot say under which versions to store it: kept in this L1 only,
-            # and announced as a delete so no instance keeps, or reads from L2,
-            # the key's old value (issue 7, item 9).
-            if snapshot is not None:
-                self.counters.oversized_values += 1
-            await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
-        else:
-            entry = pack(seconds, snapshot.generation, tags_t, snapshot.versions, payload)
-            horizon = seconds + self._lease_ttl
-            await self._change(
-                lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
-            )
-        self._store_local(key, value, payload, seconds, tags_t, self.copy_on_read)
-        self.counters.sets += 1
+        await self._changes.set(key, value, payload, seconds, tags_t, self.copy_on_read)
 
     async def delete(self, key: str) -> None:
         keys = (validate_key(key),)
         await self._ensure_started()
-        self._apply_local("k", keys)
-        await self._change(lambda r: r.delete(keys), lambda o: o.add_keys(keys))
-        self.counters.deletes += 1
+        await self._changes.delete(keys)
 
     async def clear(self) -> None:
         """Invalidate every entry of the namespace on every instance (O(1) in Redis)."""
         await self._ensure_started()
-        self._apply_local("c", ())
-        await self._change(lambda r: r.clear(), lambda o: o.add_clear())
-        self.counters.clears += 1
+        await self._changes.clear()
 
     def invalidate_tag(self, tag: str) -> Invalidation:
         return self.invalidate_tags((tag,))
@@ -675,61 +612,10 @@ class TwoTierCache:
             self.sync.run(lambda: self._invalidate_awaited(tags_t))
             return Invalidation(None, tags_t)
         self._own_loop()
-        self._apply_local("t", tags_t)
-        self.counters.tag_invalidations += len(tags_t)
-        return Invalidation(self, tags_t)
+        return self._changes.invalidate_tags(tags_t)
 
     async def _invalidate_awaited(self, tags: tuple[str, ...]) -> None:
         await self.invalidate_tags(tags)
-
-    def _unsettle(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
-        """Until Redis has this invalidation, this instance must not read the old
-        entries back from L2 (read-your-writes holds for an un-awaited call
-        too): reads of these tags wait for the delivery first; see `_settle`."""
-        for tag in tags:
-            self._unsettled.setdefault(tag, set()).add(delivered)
-        delivered.add_done_callback(lambda done: self._settled(tags, done))
-
-    def _settled(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
-        for tag in tags:
-            pending = self._unsettled.get(tag)
-            if pending is not None:
-                pending.discard(delivered)
-                if not pending:
-                    del self._unsettled[tag]
-
-    async def _settle(self, tags: Iterable[str]) -> None:
-        """Wait for this instance's in-flight invalidations of *tags* to reach Redis."""
-        pending = {future for tag in tags for future in self._unsettled.get(tag, ())}
-        if pending:
-            await asyncio.wait(pending)  # each is bounded by the Redis timeout
-
-    async def _invalidate_remote(self, tags: tuple[str, ...]) -> None:
-        await self._ensure_started()
-        try:
-            await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
-        except asyncio.CancelledError:
-            # The awaiting caller was cancelled mid-send: Redis may or may not
-            # have it. Queued, it is sent again (a repeated bump is harmless).
-            self._outbox.add_tags(tags)
-            self._retry_soon()
-            raise
-
-    async def _change(
-        self, send: Callable[[RemoteTier], Awaitable[object]], queue: Callable[[Outbox], None]
-    ) -> None:
-        """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
-        try:
-            await send(self._remote)
-        except BackendError as exc:
-            self.counters.l2_errors += 1
-            self.counters.queued_ops += 1
-            queue(self._outbox)
-            if not isinstance(exc, (BackendUnavailable, BackendTimeout)):
-                # Refused, not away (a write under maxmemory): the queue holds it
-                # as an invalidation, which Redis takes even when full. Try now.
-                self._request_flush()
-            self._retry_soon()
 
     # -- applying changes to L1 (ours at once, others' from the bus) ---------------
 
@@ -774,35 +660,6 @@ class TwoTierCache:
 
     def _bound_local(self, seconds: float) -> None:
         self.local.cap_expiry(self.clock() + seconds)
-
-    # -- queued changes ------------------------------------------------------------
-
-    def _request_flush(self) -> None:
-        """Deliver the changes queued while Redis was away, in the background."""
-        if len(self._outbox):
-            self.spawn(self._flush_outbox())
-
-    def _retry_soon(self) -> None:
-        """Retry queued changes every health interval until Redis has them.
-
-        A recovery flushes the queue too, but a one-off timeout never opens the
-        breaker, so no recovery would ever come for it.
-        """
-        if self._retry is None or self._retry.done():
-            self._retry = asyncio.get_running_loop().create_task(self._retry_queued())
-
-    async def _retry_queued(self) -> None:
-        while len(self._outbox) and not self._closed:
-            await asyncio.sleep(self._health_interval)
-            await self._flush_outbox()
-
-    async def _flush_outbox(self) -> None:
-        try:
-            delivered = await self._outbox.flush(self._remote)
-        except BackendError:
-            return  # still away; the next recovery tries again
-        if delivered:
-            self._log.info("delivered %d queued change(s)", delivered)
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run *coro* as a background task that `close()` waits for (briefly)."""
