@@ -8,7 +8,6 @@ touch L1 do so synchronously, so each local step is atomic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import time
@@ -17,7 +16,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from ._changes import Changes, Invalidation
+from ._changes import Changes, Invalidation, Unsettled
 from ._decorator import CachedFunction, make_cached
 from ._events import Events, Observer
 from ._exceptions import (
@@ -26,17 +25,18 @@ from ._exceptions import (
     EventLoopError,
     InvalidKeyError,
 )
-from ._flights import Flight, Flights, LeaderCancelled
+from ._flights import Flights
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
-from ._local import LocalTier, is_immutable
+from ._local import LocalTier
 from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._mirror import VersionMirror
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
+from ._reads import Reads
 from ._serialization import MsgpackSerializer, Serializer
-from ._shared import GAVE_WAY, Found, SharedTier
+from ._shared import SharedTier
 from ._stats import Counters
 from ._sync import SyncCache
 from ._tier import Kind, Message, RemoteTier
@@ -172,13 +172,32 @@ class TwoTierCache:
             blocked=self._outbox.__bool__,
             events=self.events,
         )
+        unsettled = Unsettled()
+        self._reads = Reads(
+            self.local,
+            self._shared,
+            self._flights,
+            unsettled,
+            self._serializer,
+            self.counters,
+            self.events,
+            self._log,
+            spawn=self.spawn,
+            listening=lambda: self._link is not None and self._link.listening,
+            degraded=lambda: self._link is not None and self._link.degraded,
+            clock=self.clock,
+            lease_ttl=self._lease_ttl,
+            max_stale=self._max_stale,
+            max_value_size=self.max_value_size,
+        )
         self._changes = Changes(
             self._shared,
             self._outbox,
+            unsettled,
             self.counters,
             self._log,
             apply_local=self._apply_local,
-            store_local=self._store_local,
+            store_local=self._reads.store,
             spawn=self.spawn,
             ensure_started=self._ensure_started,
             closed=lambda: self._closed,
@@ -188,7 +207,6 @@ class TwoTierCache:
         )
         self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
-        self._lease_waiters: dict[str, asyncio.Future[None]] = {}
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -240,9 +258,9 @@ class TwoTierCache:
             clear_local=self._clear_local,
             suspend_local=self._suspend_local,
             bound_local=self._bound_local,
-            wake_lease_waiters=self._wake_lease_waiters,
+            wake_lease_waiters=self._reads.wake_lease_waiters,
             flush_outbox=self._changes.request_flush,
-            release_later=self._release_later,
+            release_later=self._shared.release_later,
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
             events=self.events,
@@ -324,7 +342,7 @@ class TwoTierCache:
         memory = MemoryTier(hub_for(self.namespace), self.instance_id)
         self._use_remote(memory, VersionMirror(memory.versions))
         self._deliveries = set()
-        self._lease_waiters.clear()
+        self._reads.forget_loop()
         self._changes.forget_loop()
 
     async def ping(self) -> float:
@@ -360,16 +378,7 @@ class TwoTierCache:
             self.counters.l1_hits += 1
             return value
         await self._ensure_started()
-        found = await self._shared.lookup(key)
-        unsettled = self._changes.unsettled
-        if found.entry is not None and unsettled and unsettled.touches(found.entry.tags):
-            await unsettled.settle(found.entry.tags)  # it may be one we just invalidated
-            found = await self._shared.lookup(key)
-        if found.entry is None:
-            self.counters.misses += 1
-            return default
-        self._store_found(key, found, self.copy_on_read)
-        return found.value
+        return await self._reads.get(key, default, self.copy_on_read)
 
     async def load(
         self,
@@ -379,36 +388,10 @@ class TwoTierCache:
         loader: Callable[[], Awaitable[Any]],
         copy_on_read: bool,
     ) -> Any:
-        """The miss path: one flight per key, L2, the loader, a conditional write.
-
-        Callers have validated *key*, *tags* and *ttl* and already missed L1.
-        """
+        """The miss path (`_reads.py`); callers have validated *key*, *tags* and
+        *ttl* and already missed L1."""
         await self._ensure_started()
-        flight = self._flights.join(key)
-        if flight is not None:
-            self.counters.joined_loads += 1
-            try:
-                value = await flight.wait()
-            except LeaderCancelled:
-                pass  # the leader gave up or gave way; load for ourselves
-            else:
-                # Callers joining one load must not share one mutable object.
-                if copy_on_read and not is_immutable(value):
-                    value = self._serializer.loads(self._serializer.dumps(value))
-                return value
-        flight = self._flights.begin(key, tags)
-        try:
-            value = await self._read_through(flight, ttl, loader, copy_on_read)
-        except asyncio.CancelledError:
-            flight.fail(LeaderCancelled())
-            raise
-        except BaseException as exc:
-            flight.fail(exc)
-            raise
-        finally:
-            self._flights.end(flight)
-        flight.resolve(value)
-        return value
+        return await self._reads.load(key, tags, ttl, loader, copy_on_read)
 
     async def refresh(
         self,
@@ -419,159 +402,9 @@ class TwoTierCache:
         copy_on_read: bool,
         replaces_until: float,
     ) -> None:
-        """Reload *key* ahead of its expiry (XFetch), while callers keep hitting L1.
-
-        An L2 entry that outlives ours (*replaces_until*, clock time) was already
-        refreshed by another instance and is simply taken; if another instance
-        is loading the key right now, this refresh gives way to it. Failures are
-        counted and logged: the current value stays served until it expires.
-        """
-        if self._closed or self._flights.join(key) is not None:
-            return
-        self.counters.early_refreshes += 1
-        flight = self._flights.begin(key, tags)
-        # An L2 entry counts as already refreshed if it lives at least halfway
-        # between ours and a fresh one: a margin clear of clock skew and of
-        # Redis's millisecond rounding, which a 1 ms margin was not.
-        remaining = max(0.0, replaces_until - self.clock())
-        min_ttl = remaining + max(0.0, ttl - remaining) / 2
-        try:
-            value = await self._read_through(
-                flight, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
-            )
-        except BaseException as exc:
-            # Callers whose L1 copy expired meanwhile joined this flight: they
-            # load for themselves rather than share a background failure.
-            flight.fail(LeaderCancelled())
-            if not isinstance(exc, Exception):
-                raise
-            self._log.warning("early refresh of %r failed: %r", key, exc)
-        else:
-            if value is MISS:  # gave way to a load elsewhere
-                flight.fail(LeaderCancelled())
-            else:
-                flight.resolve(value)
-        finally:
-            self._flights.end(flight)
-
-    async def _read_through(
-        self,
-        flight: Flight,
-        ttl: float,
-        loader: Callable[[], Awaitable[Any]],
-        copy_on_read: bool,
-        *,
-        min_ttl: float = 0.0,
-        refreshing: bool = False,
-    ) -> Any:
-        """L2 (one GET), else the fill lease, the loader and the conditional fill."""
-        key, tags, shared = flight.key, flight.tags, self._shared
-        if self._changes.unsettled:
-            await self._changes.unsettled.settle(tags)
-        found = await shared.lookup(key, min_ttl)
-        token: str | None = None
-        if found.entry is None and found.rejected is not None:
-            found, token = await self._claim(key, found.rejected, refreshing)
-            if found is GAVE_WAY:
-                return MISS  # an early refresh gives way to the load already running
-        if found.entry is not None:
-            if not flight.invalidated:
-                self._store_found(key, found, copy_on_read)
-            return found.value
-        if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
-            self.counters.misses += 1
-        snapshot = await shared.snapshot(tags, ttl) if token is not None else None
-        self.counters.loads += 1
-        try:
-            value = await self.events.load(loader)
-            payload = self._serializer.dumps(value)  # SerializationError reaches the caller
-        except BaseException as exc:  # cancellation too (a hard timeout): free the lease now
-            if isinstance(exc, Exception):
-                self.counters.load_errors += 1
-            if token is not None:
-                self.spawn(shared.release(key, token))
-            raise
-        if token is not None:
-            if len(payload) > self.max_value_size:
-                self.counters.oversized_values += 1  # kept in L1 only; others load their own
-                shared.release_later(key, token)
-            elif snapshot is None:
-                shared.release_later(key, token)  # versions unknown: L1 only
-            elif not await shared.fill(key, tags, snapshot, payload, ttl, token):
-                # The key or one of its tags changed while the loader ran: its
-                # result is already outdated and must not be cached anywhere.
-                self.counters.stale_sets_refused += 1
-                return value
-        if flight.invalidated:
-            self.counters.stale_sets_refused += 1
-        else:
-            self._store_local(key, value, payload, ttl, tags, copy_on_read)
-            self.counters.sets += 1  # the seed counted every value it cached as a set
-        return value
-
-    async def _claim(self, key: str, rejected: bytes, refreshing: bool) -> tuple[Found, str | None]:
-        """Take the fill lease, or wait for the caller that holds it.
-
-        Waiting is woken by the end of that lease (an 'f' message) or a change
-        of the key, never by polling Redis, and bounded by the lease's own
-        lifetime, so a crashed loader delays others by at most `lease_ttl`.
-        Then one read, and a claim only if that read misses too: three
-        commands per waiting instance. The waiter is registered before the
-        claim is sent, so a lease that ends before its reply is read still
-        wakes it.
-        """
-        woken = self._lease_waiters.get(key)
-        if woken is None:
-            woken = self._lease_waiters[key] = asyncio.get_running_loop().create_future()
-        try:
-            found, token, held = await self._shared.claim(key, rejected)
-            if not held:
-                return found, token
-            if refreshing:
-                return GAVE_WAY, None
-            self.counters.lease_waits += 1
-            if self._link is not None and self._link.listening:  # else no message could wake us
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._lease_ttl):
-                        await self.events.lease_wait(asyncio.shield(woken))
-        finally:
-            if self._lease_waiters.get(key) is woken:
-                del self._lease_waiters[key]
-        found = await self._shared.lookup(key)
-        if found.entry is not None or found.rejected is None:
-            return found, None
-        found, token, _ = await self._shared.claim(key, found.rejected)
-        return found, token
-
-    def _wake_lease_waiters(self, keys: Iterable[str] | None) -> None:
-        """Wake the waiters on these keys' leases (all of them for None)."""
-        for key in list(self._lease_waiters) if keys is None else keys:
-            woken = self._lease_waiters.pop(key, None)
-            if woken is not None and not woken.done():
-                woken.set_result(None)
-
-    def _release_later(self, key: str, token: str) -> None:
-        self._shared.release_later(key, token)
-
-    def _store_found(self, key: str, found: Found, copy_on_read: bool) -> None:
-        entry = found.entry
-        assert entry is not None  # a hit
-        ttl = entry.remaining()
-        if ttl > 0:
-            self._store_local(key, found.value, entry.payload, ttl, entry.tags, copy_on_read)
-
-    def _store_local(
-        self,
-        key: str,
-        value: Any,
-        payload: bytes,
-        ttl: float,
-        tags: tuple[str, ...],
-        copy_on_read: bool,
-    ) -> None:
-        if self._link is not None and self._link.degraded:
-            ttl = min(ttl, self._max_stale)  # nobody can tell us about changes now
-        self.local.store(key, value, payload, ttl, tags, copy_on_read)
+        """Reload *key* ahead of its expiry (XFetch); callers keep hitting L1 (`_reads.py`)."""
+        if not self._closed:
+            await self._reads.refresh(key, tags, ttl, loader, copy_on_read, replaces_until)
 
     # -- changes -------------------------------------------------------------------
 
@@ -623,7 +456,7 @@ class TwoTierCache:
         if kind == "k":
             self.local.evict_keys(names)
             self._flights.invalidate_keys(names)
-            self._wake_lease_waiters(names)
+            self._reads.wake_lease_waiters(names)
         elif kind == "t":
             self.local.evict_tags(names)
             self._flights.invalidate_tags(names)
@@ -698,7 +531,7 @@ class TwoTierCache:
             self._serializer,
             self.counters,
             lookup=self.local.get,
-            store_local=self._store_local,
+            store_local=self._reads.store,
             max_value_size=self.max_value_size,
             log=tier_log(self.instance_id, "loader"),
         )

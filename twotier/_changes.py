@@ -116,6 +116,7 @@ class Changes:
         self,
         shared: SharedTier,
         outbox: Outbox,
+        unsettled: Unsettled,
         counters: Counters,
         log: Log,
         *,
@@ -141,7 +142,7 @@ class Changes:
         self._max_value_size = max_value_size
         self._health_interval = health_interval
         self._retry: asyncio.Task[None] | None = None
-        self.unsettled = Unsettled()
+        self.unsettled = unsettled
 
     async def set(
         self,
