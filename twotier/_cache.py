@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from ._applier import Applier
 from ._changes import Changes, Invalidation, Unsettled
 from ._decorator import CachedFunction, make_cached
 from ._events import Events, Observer
@@ -39,7 +40,7 @@ from ._serialization import MsgpackSerializer, Serializer
 from ._shared import SharedTier
 from ._stats import Counters
 from ._sync import SyncCache
-from ._tier import Kind, Message, RemoteTier
+from ._tier import RemoteTier
 from ._topology import Target, detect
 from ._topology import parse as parse_url
 from ._types import MISS, Clock
@@ -190,13 +191,21 @@ class TwoTierCache:
             max_stale=self._max_stale,
             max_value_size=self.max_value_size,
         )
+        self._applier = Applier(
+            self.local,
+            self._flights,
+            self._shared,
+            self.events,
+            wake_lease_waiters=self._reads.wake_lease_waiters,
+            clock=self.clock,
+        )
         self._changes = Changes(
             self._shared,
             self._outbox,
             unsettled,
             self.counters,
             self._log,
-            apply_local=self._apply_local,
+            apply_local=self._applier.apply_local,
             store_local=self._reads.store,
             spawn=self.spawn,
             ensure_started=self._ensure_started,
@@ -232,7 +241,7 @@ class TwoTierCache:
             if self._started:
                 return
             if self._target is None:
-                hub_for(self.namespace).subscribe(self.instance_id, self._apply_message)
+                hub_for(self.namespace).subscribe(self.instance_id, self._applier.apply_message)
             else:
                 await self._start_redis(self._target)
             self._started = True
@@ -253,11 +262,11 @@ class TwoTierCache:
             max_stale=self._max_stale,
             lease_ttl=self._lease_ttl,
             log_maxlen=self._log_maxlen,
-            apply_message=self._apply_message,
-            mirror_message=self._mirror_message,
-            clear_local=self._clear_local,
-            suspend_local=self._suspend_local,
-            bound_local=self._bound_local,
+            apply_message=self._applier.apply_message,
+            mirror_message=self._applier.mirror_message,
+            clear_local=self._applier.clear_local,
+            suspend_local=self._applier.suspend_local,
+            bound_local=self._applier.bound_local,
             wake_lease_waiters=self._reads.wake_lease_waiters,
             flush_outbox=self._changes.request_flush,
             release_later=self._shared.release_later,
@@ -334,7 +343,7 @@ class TwoTierCache:
 
     def _abandon_closed_loop(self) -> None:
         self._log.info("the cache's event loop closed; restarting on the new one")
-        self._clear_local()
+        self._applier.clear_local()
         self.local.suspended = False  # suspended when the old loop cancelled the listener
         self._started = False
         self._start_lock = None
@@ -449,50 +458,6 @@ class TwoTierCache:
 
     async def _invalidate_awaited(self, tags: tuple[str, ...]) -> None:
         await self.invalidate_tags(tags)
-
-    # -- applying changes to L1 (ours at once, others' from the bus) ---------------
-
-    def _apply_local(self, kind: Kind, names: tuple[str, ...]) -> None:
-        if kind == "k":
-            self.local.evict_keys(names)
-            self._flights.invalidate_keys(names)
-            self._reads.wake_lease_waiters(names)
-        elif kind == "t":
-            self.local.evict_tags(names)
-            self._flights.invalidate_tags(names)
-        elif kind == "c":
-            self._clear_local()
-        # "x": versions compacted away concern only the mirror
-
-    def _apply_message(self, message: Message) -> None:
-        """Another instance's change (or the server's): the mirror, then L1."""
-        self._mirror_message(message)
-        self._apply_local(message.kind, message.names)
-        self.events.invalidation_received(message)
-
-    def _mirror_message(self, message: Message) -> None:
-        """A change's new versions into the mirror (also for our own changes,
-        which L1 has applied already: cheap, and idempotent)."""
-        mirror = self._shared.mirror
-        if message.kind == "t":
-            mirror.bumped(zip(message.names, message.versions, strict=False))
-        elif message.kind == "c":
-            if message.versions:
-                mirror.cleared(message.versions[0])
-            else:
-                mirror.reset()
-        elif message.kind == "x":
-            mirror.dropped(message.names)
-
-    def _clear_local(self) -> None:
-        self.local.clear()
-        self._flights.invalidate_all()
-
-    def _suspend_local(self, suspended: bool) -> None:
-        self.local.suspended = suspended
-
-    def _bound_local(self, seconds: float) -> None:
-        self.local.cap_expiry(self.clock() + seconds)
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run *coro* as a background task that `close()` waits for (briefly)."""
