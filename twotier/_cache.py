@@ -22,7 +22,6 @@ from ._decorator import CachedFunction, make_cached
 from ._events import Events, Observer
 from ._exceptions import (
     CacheClosedError,
-    ConfigurationError,
     EventLoopError,
     InvalidKeyError,
 )
@@ -33,6 +32,7 @@ from ._local import LocalTier
 from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._mirror import VersionMirror
+from ._options import check_count, check_namespace, check_seconds
 from ._outbox import Outbox
 from ._policies import LoaderPolicy, PolicyRunner
 from ._reads import Reads
@@ -92,34 +92,16 @@ class TwoTierCache:
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
-        if (
-            not isinstance(namespace, str)
-            or not namespace
-            or not namespace.isprintable()
-            or any(c in namespace for c in " {}:")
-        ):
-            raise ConfigurationError(
-                f"namespace must be a non-empty printable str without spaces, ':' or braces, "
-                f"got {namespace!r}"
-            )
-        if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 1:
-            raise ConfigurationError(f"l1_maxsize must be a positive int, got {l1_maxsize!r}")
+        check_namespace(namespace)
         for name, count in (
+            ("l1_maxsize", l1_maxsize),
             ("outbox_limit", outbox_limit),
             ("log_maxlen", log_maxlen),
             ("max_connections", max_connections),
             ("max_value_size", max_value_size),
         ):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigurationError(f"{name} must be a positive int, got {count!r}")
-        if (
-            isinstance(confirm_replicas, bool)
-            or not isinstance(confirm_replicas, int)
-            or confirm_replicas < 0
-        ):
-            raise ConfigurationError(
-                f"confirm_replicas must be an int >= 0, got {confirm_replicas!r}"
-            )
+            check_count(name, count)
+        check_count("confirm_replicas", confirm_replicas, minimum=0)
         # The URL's form is checked now, not at the first call (`_topology.py`).
         self._target = parse_url(redis_url) if redis_url is not None else None
         for name, value in (
@@ -131,8 +113,7 @@ class TwoTierCache:
             ("lease_ttl", lease_ttl),
             ("health_interval", health_interval),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+            check_seconds(name, value)
         self.namespace = namespace
         self.redis_url = redis_url
         self.default_ttl = validate_ttl(default_ttl)
@@ -484,8 +465,7 @@ class TwoTierCache:
         skipped. Redis is read and written in pipelined batches; sync loaders
         run in a worker thread, async ones with at most *concurrency* at once.
         """
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be a positive int, got {concurrency!r}")
+        check_count("concurrency", concurrency)
         key_list = [validate_key(k) for k in keys]
         tags_t = validate_entry_tags(tags)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
