@@ -133,7 +133,6 @@ class TwoTierCache:
         self._health_interval = float(health_interval)
         self._log_maxlen = log_maxlen
         self._log = tier_log(self.instance_id, "cache")
-        self._l2_log = tier_log(self.instance_id, "l2")
         self.counters = Counters()
         self.events = Events(observers, self._log)  # metrics and tracing (twotier/_events.py)
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
