@@ -1,8 +1,18 @@
-"""`TwoTierCache`: L1 → L2 → loader → conditional write → broadcast.
+"""`TwoTierCache`: the public face, its lifecycle, and the wiring of its parts.
 
-This module is the algorithm; the tiers, the guard, the listener and the outbox
-own their details. Concurrency: all state lives on one event loop; methods that
-touch L1 do so synchronously, so each local step is atomic.
+The cache checks its input, starts (lazily) on one event loop, and hands each
+call to the part that owns the algorithm:
+
+- `_reads.py`: an L1 miss → L2 → the fill lease → the loader → a conditional write;
+- `_changes.py`: set, delete, clear, invalidate → applied here → sent to Redis,
+  or queued in the outbox and retried while Redis is away;
+- `_applier.py`: a change (ours, or another instance's from the bus) applied to
+  L1, the loads in flight, the lease waiters and the version mirror;
+- `_link.py`: the Redis connection, the listener and resyncs; `_decorator.py`:
+  `@cached`; `_sync.py`: the blocking view `cache.sync`.
+
+Concurrency: all state lives on one event loop; methods that touch L1 do so
+synchronously, so each local step is atomic.
 """
 
 from __future__ import annotations
