@@ -44,7 +44,7 @@ from ._memory import MemoryTier, hub_for
 from ._mirror import VersionMirror
 from ._options import check_count, check_namespace, check_seconds
 from ._outbox import Outbox
-from ._policies import LoaderPolicy, PolicyRunner
+from ._policies import Loader, LoaderPolicy, PolicyRunner
 from ._reads import Reads
 from ._serialization import MsgpackSerializer, Serializer
 from ._shared import SharedTier
@@ -380,12 +380,7 @@ class TwoTierCache:
         return await self._reads.get(key, default, self.copy_on_read)
 
     async def load(
-        self,
-        key: str,
-        tags: tuple[str, ...],
-        ttl: float,
-        loader: Callable[[], Awaitable[Any]],
-        copy_on_read: bool,
+        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
     ) -> Any:
         """The miss path (`_reads.py`); callers have validated *key*, *tags* and
         *ttl* and already missed L1."""
@@ -397,7 +392,7 @@ class TwoTierCache:
         key: str,
         tags: tuple[str, ...],
         ttl: float,
-        loader: Callable[[], Awaitable[Any]],
+        loader: Loader,
         copy_on_read: bool,
         replaces_until: float,
     ) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ._changes import Unsettled
@@ -20,6 +20,7 @@ from ._events import Events
 from ._flights import Flight, Flights, LeaderCancelled
 from ._local import LocalTier, is_immutable
 from ._logging import Log
+from ._policies import Loader
 from ._serialization import Serializer
 from ._shared import GAVE_WAY, Found, SharedTier
 from ._stats import Counters
@@ -79,12 +80,7 @@ class Reads:
         return found.value
 
     async def load(
-        self,
-        key: str,
-        tags: tuple[str, ...],
-        ttl: float,
-        loader: Callable[[], Awaitable[Any]],
-        copy_on_read: bool,
+        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
     ) -> Any:
         """The miss path: one flight per key, L2, the loader, a conditional write.
 
@@ -122,7 +118,7 @@ class Reads:
         key: str,
         tags: tuple[str, ...],
         ttl: float,
-        loader: Callable[[], Awaitable[Any]],
+        loader: Loader,
         copy_on_read: bool,
         replaces_until: float,
     ) -> None:
@@ -165,7 +161,7 @@ class Reads:
         self,
         flight: Flight,
         ttl: float,
-        loader: Callable[[], Awaitable[Any]],
+        loader: Loader,
         copy_on_read: bool,
         *,
         min_ttl: float = 0.0,
