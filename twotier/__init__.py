@@ -2,7 +2,8 @@
 
 import os as _os
 
-from ._cache import Invalidation, TwoTierCache
+from ._cache import TwoTierCache
+from ._changes import Invalidation
 from ._decorator import CachedFunction
 from ._default import cache_from_env
 from ._exceptions import (

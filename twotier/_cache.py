@@ -1,48 +1,56 @@
-"""`TwoTierCache`: L1 → L2 → loader → conditional write → broadcast.
+"""`TwoTierCache`: the public face, its lifecycle, and the wiring of its parts.
 
-This module is the algorithm; the tiers, the guard, the listener and the outbox
-own their details. Concurrency: all state lives on one event loop; methods that
-touch L1 do so synchronously, so each local step is atomic.
+The cache checks its input, starts (lazily) on one event loop, and hands each
+call to the part that owns the algorithm:
+
+- `_reads.py`: an L1 miss → L2 → the fill lease → the loader → a conditional write;
+- `_changes.py`: set, delete, clear, invalidate → applied here → sent to Redis,
+  or queued in the outbox and retried while Redis is away;
+- `_applier.py`: a change (ours, or another instance's from the bus) applied to
+  L1, the loads in flight, the lease waiters and the version mirror;
+- `_link.py`: the Redis connection, the listener and resyncs; `_decorator.py`:
+  `@cached`; `_sync.py`: the blocking view `cache.sync`.
+
+Concurrency: all state lives on one event loop; methods that touch L1 do so
+synchronously, so each local step is atomic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from ._applier import Applier
+from ._changes import Changes, Invalidation, Unsettled
 from ._decorator import CachedFunction, make_cached
-from ._envelope import pack
 from ._events import Events, Observer
 from ._exceptions import (
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
     CacheClosedError,
-    ConfigurationError,
     EventLoopError,
     InvalidKeyError,
 )
-from ._flights import Flight, Flights, LeaderCancelled
+from ._flights import Flights
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
-from ._local import LocalTier, is_immutable
+from ._local import LocalTier
 from ._logging import tier_log
 from ._memory import MemoryTier, hub_for
 from ._mirror import VersionMirror
+from ._options import check_count, check_namespace, check_seconds
 from ._outbox import Outbox
-from ._policies import LoaderPolicy, PolicyRunner
+from ._policies import Loader, LoaderPolicy, PolicyRunner
+from ._reads import Reads
 from ._serialization import MsgpackSerializer, Serializer
-from ._shared import GAVE_WAY, Found, SharedTier
+from ._shared import SharedTier
 from ._stats import Counters
 from ._sync import SyncCache
-from ._tier import Kind, Message, RemoteTier
+from ._tier import RemoteTier
 from ._topology import Target, detect
 from ._topology import parse as parse_url
 from ._types import MISS, Clock
@@ -65,51 +73,6 @@ def validate_entry_tags(tags: Iterable[object]) -> tuple[str, ...]:
             "tag the group, not each member"
         )
     return tags_t
-
-
-class Invalidation:
-    """Returned by `invalidate_tag(s)`: already applied locally; await it to wait for Redis.
-
-    Awaited at once (the usual case), it sends the change from the awaiting
-    coroutine: no task, no extra turn of the event loop. Code written for the
-    seed's synchronous manager calls `invalidate_tag` without `await`; the
-    invalidation must take effect anyway, so unless it is awaited within the
-    current turn of the loop, it is delivered by a tracked background task.
-    """
-
-    __slots__ = ("_cache", "_delivered", "_started", "_tags")
-
-    def __init__(self, cache: TwoTierCache | None, tags: tuple[str, ...]) -> None:
-        self._cache = cache
-        self._tags = tags
-        self._started = cache is None  # None: delivered already (from sync code)
-        self._delivered: asyncio.Future[None] | None = None
-        if cache is not None:
-            loop = asyncio.get_running_loop()
-            self._delivered = loop.create_future()
-            cache._unsettle(tags, self._delivered)
-            loop.call_soon(self._deliver_in_background)
-
-    def _deliver_in_background(self) -> None:
-        if not self._started and self._cache is not None:
-            self._started = True
-            self._cache.spawn(self._deliver())
-
-    async def _deliver(self) -> None:
-        assert self._cache is not None
-        assert self._delivered is not None
-        try:
-            await self._cache._invalidate_remote(self._tags)
-        finally:
-            if not self._delivered.done():
-                self._delivered.set_result(None)
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if not self._started:
-            self._started = True
-            yield from self._deliver().__await__()
-        elif self._delivered is not None:
-            yield from asyncio.shield(self._delivered).__await__()
 
 
 class TwoTierCache:
@@ -139,34 +102,16 @@ class TwoTierCache:
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
-        if (
-            not isinstance(namespace, str)
-            or not namespace
-            or not namespace.isprintable()
-            or any(c in namespace for c in " {}:")
-        ):
-            raise ConfigurationError(
-                f"namespace must be a non-empty printable str without spaces, ':' or braces, "
-                f"got {namespace!r}"
-            )
-        if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 1:
-            raise ConfigurationError(f"l1_maxsize must be a positive int, got {l1_maxsize!r}")
+        check_namespace(namespace)
         for name, count in (
+            ("l1_maxsize", l1_maxsize),
             ("outbox_limit", outbox_limit),
             ("log_maxlen", log_maxlen),
             ("max_connections", max_connections),
             ("max_value_size", max_value_size),
         ):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigurationError(f"{name} must be a positive int, got {count!r}")
-        if (
-            isinstance(confirm_replicas, bool)
-            or not isinstance(confirm_replicas, int)
-            or confirm_replicas < 0
-        ):
-            raise ConfigurationError(
-                f"confirm_replicas must be an int >= 0, got {confirm_replicas!r}"
-            )
+            check_count(name, count)
+        check_count("confirm_replicas", confirm_replicas, minimum=0)
         # The URL's form is checked now, not at the first call (`_topology.py`).
         self._target = parse_url(redis_url) if redis_url is not None else None
         for name, value in (
@@ -178,8 +123,7 @@ class TwoTierCache:
             ("lease_ttl", lease_ttl),
             ("health_interval", health_interval),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+            check_seconds(name, value)
         self.namespace = namespace
         self.redis_url = redis_url
         self.default_ttl = validate_ttl(default_ttl)
@@ -199,16 +143,15 @@ class TwoTierCache:
         self._health_interval = float(health_interval)
         self._log_maxlen = log_maxlen
         self._log = tier_log(self.instance_id, "cache")
-        self._l2_log = tier_log(self.instance_id, "l2")
         self.counters = Counters()
         self.events = Events(observers, self._log)  # metrics and tracing (twotier/_events.py)
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
-        self._remote: RemoteTier = MemoryTier(hub_for(namespace), self.instance_id)
+        remote = MemoryTier(hub_for(namespace), self.instance_id)
         self._shared = SharedTier(
-            self._remote,
-            VersionMirror(self._remote.versions),
+            remote,
+            VersionMirror(remote.versions),
             self._serializer,
             self.counters,
             self._log,
@@ -220,11 +163,49 @@ class TwoTierCache:
             blocked=self._outbox.__bool__,
             events=self.events,
         )
+        unsettled = Unsettled()
+        self._reads = Reads(
+            self.local,
+            self._shared,
+            self._flights,
+            unsettled,
+            self._serializer,
+            self.counters,
+            self.events,
+            self._log,
+            spawn=self.spawn,
+            listening=lambda: self._link is not None and self._link.listening,
+            degraded=lambda: self._link is not None and self._link.degraded,
+            clock=self.clock,
+            lease_ttl=self._lease_ttl,
+            max_stale=self._max_stale,
+            max_value_size=self.max_value_size,
+        )
+        self._applier = Applier(
+            self.local,
+            self._flights,
+            self._shared,
+            self.events,
+            wake_lease_waiters=self._reads.wake_lease_waiters,
+            clock=self.clock,
+        )
+        self._changes = Changes(
+            self._shared,
+            self._outbox,
+            unsettled,
+            self.counters,
+            self._log,
+            apply_local=self._applier.apply_local,
+            store_local=self._reads.store,
+            spawn=self.spawn,
+            ensure_started=self._ensure_started,
+            closed=lambda: self._closed,
+            lease_ttl=self._lease_ttl,
+            max_value_size=self.max_value_size,
+            health_interval=self._health_interval,
+        )
         self._link: RedisLink | None = None
         self._deliveries: set[asyncio.Task[Any]] = set()
-        self._lease_waiters: dict[str, asyncio.Future[None]] = {}
-        self._retry: asyncio.Task[None] | None = None
-        self._unsettled: dict[str, set[asyncio.Future[None]]] = {}
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -250,11 +231,11 @@ class TwoTierCache:
             if self._started:
                 return
             if self._target is None:
-                hub_for(self.namespace).subscribe(self.instance_id, self._apply_message)
+                hub_for(self.namespace).subscribe(self.instance_id, self._applier.apply_message)
             else:
                 await self._start_redis(self._target)
             self._started = True
-            self._request_flush()
+            self._changes.request_flush()
 
     async def _start_redis(self, target: Target) -> None:
         target = await detect(target, self._connect_timeout)
@@ -271,14 +252,14 @@ class TwoTierCache:
             max_stale=self._max_stale,
             lease_ttl=self._lease_ttl,
             log_maxlen=self._log_maxlen,
-            apply_message=self._apply_message,
-            mirror_message=self._mirror_message,
-            clear_local=self._clear_local,
-            suspend_local=self._suspend_local,
-            bound_local=self._bound_local,
-            wake_lease_waiters=self._wake_lease_waiters,
-            flush_outbox=self._request_flush,
-            release_later=self._release_later,
+            apply_message=self._applier.apply_message,
+            mirror_message=self._applier.mirror_message,
+            clear_local=self._applier.clear_local,
+            suspend_local=self._applier.suspend_local,
+            bound_local=self._applier.bound_local,
+            wake_lease_waiters=self._reads.wake_lease_waiters,
+            flush_outbox=self._changes.request_flush,
+            release_later=self._shared.release_later,
             report=self.get_stats,
             heartbeat_interval=self._heartbeat_interval,
             events=self.events,
@@ -288,8 +269,13 @@ class TwoTierCache:
         await self._link.start()
 
     def _use_remote(self, remote: RemoteTier, mirror: VersionMirror) -> None:
-        self._remote = self._shared.remote = remote
+        self._shared.remote = remote
         self._shared.mirror = mirror
+
+    @property
+    def _remote(self) -> RemoteTier:
+        """The L2 in use: Redis's, or the in-process hub's in memory mode."""
+        return self._shared.remote
 
     async def close(self) -> None:
         """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
@@ -304,15 +290,9 @@ class TwoTierCache:
             await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
             for task in self._deliveries:
                 task.cancel()  # e.g. a lease release still retrying: the lease expires anyway
-        if self._retry is not None:
-            self._retry.cancel()
+        self._changes.stop_retrying()
         if self._link is not None:
-            await self._flush_outbox()  # a last try; each call is bounded by the timeout
-            if len(self._outbox):
-                self.counters.dropped_ops += len(self._outbox)
-                self._log.warning(
-                    "closing with %d queued change(s) Redis never received", len(self._outbox)
-                )
+            await self._changes.deliver_before_close()
             await self._link.close()
         if self.redis_url is None:
             hub_for(self.namespace).unsubscribe(self.instance_id)
@@ -353,7 +333,7 @@ class TwoTierCache:
 
     def _abandon_closed_loop(self) -> None:
         self._log.info("the cache's event loop closed; restarting on the new one")
-        self._clear_local()
+        self._applier.clear_local()
         self.local.suspended = False  # suspended when the old loop cancelled the listener
         self._started = False
         self._start_lock = None
@@ -361,9 +341,8 @@ class TwoTierCache:
         memory = MemoryTier(hub_for(self.namespace), self.instance_id)
         self._use_remote(memory, VersionMirror(memory.versions))
         self._deliveries = set()
-        self._lease_waiters.clear()
-        self._retry = None
-        self._unsettled.clear()
+        self._reads.forget_loop()
+        self._changes.forget_loop()
 
     async def ping(self) -> float:
         """One round trip to Redis, in seconds (0.0 in memory mode); raises `BackendError`."""
@@ -398,222 +377,28 @@ class TwoTierCache:
             self.counters.l1_hits += 1
             return value
         await self._ensure_started()
-        found = await self._shared.lookup(key)
-        unsettled = self._unsettled
-        if (
-            found.entry is not None
-            and unsettled
-            and not unsettled.keys().isdisjoint(found.entry.tags)
-        ):
-            await self._settle(found.entry.tags)  # it may be one we just invalidated
-            found = await self._shared.lookup(key)
-        if found.entry is None:
-            self.counters.misses += 1
-            return default
-        self._store_found(key, found, self.copy_on_read)
-        return found.value
+        return await self._reads.get(key, default, self.copy_on_read)
 
     async def load(
-        self,
-        key: str,
-        tags: tuple[str, ...],
-        ttl: float,
-        loader: Callable[[], Awaitable[Any]],
-        copy_on_read: bool,
+        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
     ) -> Any:
-        """The miss path: one flight per key, L2, the loader, a conditional write.
-
-        Callers have validated *key*, *tags* and *ttl* and already missed L1.
-        """
+        """The miss path (`_reads.py`); callers have validated *key*, *tags* and
+        *ttl* and already missed L1."""
         await self._ensure_started()
-        flight = self._flights.join(key)
-        if flight is not None:
-            self.counters.joined_loads += 1
-            try:
-                value = await flight.wait()
-            except LeaderCancelled:
-                pass  # the leader gave up or gave way; load for ourselves
-            else:
-                # Callers joining one load must not share one mutable object.
-                if copy_on_read and not is_immutable(value):
-                    value = self._serializer.loads(self._serializer.dumps(value))
-                return value
-        flight = self._flights.begin(key, tags)
-        try:
-            value = await self._read_through(flight, ttl, loader, copy_on_read)
-        except asyncio.CancelledError:
-            flight.fail(LeaderCancelled())
-            raise
-        except BaseException as exc:
-            flight.fail(exc)
-            raise
-        finally:
-            self._flights.end(flight)
-        flight.resolve(value)
-        return value
+        return await self._reads.load(key, tags, ttl, loader, copy_on_read)
 
     async def refresh(
         self,
         key: str,
         tags: tuple[str, ...],
         ttl: float,
-        loader: Callable[[], Awaitable[Any]],
+        loader: Loader,
         copy_on_read: bool,
         replaces_until: float,
     ) -> None:
-        """Reload *key* ahead of its expiry (XFetch), while callers keep hitting L1.
-
-        An L2 entry that outlives ours (*replaces_until*, clock time) was already
-        refreshed by another instance and is simply taken; if another instance
-        is loading the key right now, this refresh gives way to it. Failures are
-        counted and logged: the current value stays served until it expires.
-        """
-        if self._closed or self._flights.join(key) is not None:
-            return
-        self.counters.early_refreshes += 1
-        flight = self._flights.begin(key, tags)
-        # An L2 entry counts as already refreshed if it lives at least halfway
-        # between ours and a fresh one: a margin clear of clock skew and of
-        # Redis's millisecond rounding, which a 1 ms margin was not.
-        remaining = max(0.0, replaces_until - self.clock())
-        min_ttl = remaining + max(0.0, ttl - remaining) / 2
-        try:
-            value = await self._read_through(
-                flight, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
-            )
-        except BaseException as exc:
-            # Callers whose L1 copy expired meanwhile joined this flight: they
-            # load for themselves rather than share a background failure.
-            flight.fail(LeaderCancelled())
-            if not isinstance(exc, Exception):
-                raise
-            self._log.warning("early refresh of %r failed: %r", key, exc)
-        else:
-            if value is MISS:  # gave way to a load elsewhere
-                flight.fail(LeaderCancelled())
-            else:
-                flight.resolve(value)
-        finally:
-            self._flights.end(flight)
-
-    async def _read_through(
-        self,
-        flight: Flight,
-        ttl: float,
-        loader: Callable[[], Awaitable[Any]],
-        copy_on_read: bool,
-        *,
-        min_ttl: float = 0.0,
-        refreshing: bool = False,
-    ) -> Any:
-        """L2 (one GET), else the fill lease, the loader and the conditional fill."""
-        key, tags, shared = flight.key, flight.tags, self._shared
-        if self._unsettled:
-            await self._settle(tags)
-        found = await shared.lookup(key, min_ttl)
-        token: str | None = None
-        if found.entry is None and found.rejected is not None:
-            found, token = await self._claim(key, found.rejected, refreshing)
-            if found is GAVE_WAY:
-                return MISS  # an early refresh gives way to the load already running
-        if found.entry is not None:
-            if not flight.invalidated:
-                self._store_found(key, found, copy_on_read)
-            return found.value
-        if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
-            self.counters.misses += 1
-        snapshot = await shared.snapshot(tags, ttl) if token is not None else None
-        self.counters.loads += 1
-        try:
-            value = await self.events.load(loader)
-            payload = self._serializer.dumps(value)  # SerializationError reaches the caller
-        except BaseException as exc:  # cancellation too (a hard timeout): free the lease now
-            if isinstance(exc, Exception):
-                self.counters.load_errors += 1
-            if token is not None:
-                self.spawn(shared.release(key, token))
-            raise
-        if token is not None:
-            if len(payload) > self.max_value_size:
-                self.counters.oversized_values += 1  # kept in L1 only; others load their own
-                shared.release_later(key, token)
-            elif snapshot is None:
-                shared.release_later(key, token)  # versions unknown: L1 only
-            elif not await shared.fill(key, tags, snapshot, payload, ttl, token):
-                # The key or one of its tags changed while the loader ran: its
-                # result is already outdated and must not be cached anywhere.
-                self.counters.stale_sets_refused += 1
-                return value
-        if flight.invalidated:
-            self.counters.stale_sets_refused += 1
-        else:
-            self._store_local(key, value, payload, ttl, tags, copy_on_read)
-            self.counters.sets += 1  # the seed counted every value it cached as a set
-        return value
-
-    async def _claim(self, key: str, rejected: bytes, refreshing: bool) -> tuple[Found, str | None]:
-        """Take the fill lease, or wait for the caller that holds it.
-
-        Waiting is woken by the end of that lease (an 'f' message) or a change
-        of the key, never by polling Redis, and bounded by the lease's own
-        lifetime, so a crashed loader delays others by at most `lease_ttl`.
-        Then one read, and a claim only if that read misses too: three
-        commands per waiting instance. The waiter is registered before the
-        claim is sent, so a lease that ends before its reply is read still
-        wakes it.
-        """
-        woken = self._lease_waiters.get(key)
-        if woken is None:
-            woken = self._lease_waiters[key] = asyncio.get_running_loop().create_future()
-        try:
-            found, token, held = await self._shared.claim(key, rejected)
-            if not held:
-                return found, token
-            if refreshing:
-                return GAVE_WAY, None
-            self.counters.lease_waits += 1
-            if self._link is not None and self._link.listening:  # else no message could wake us
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._lease_ttl):
-                        await self.events.lease_wait(asyncio.shield(woken))
-        finally:
-            if self._lease_waiters.get(key) is woken:
-                del self._lease_waiters[key]
-        found = await self._shared.lookup(key)
-        if found.entry is not None or found.rejected is None:
-            return found, None
-        found, token, _ = await self._shared.claim(key, found.rejected)
-        return found, token
-
-    def _wake_lease_waiters(self, keys: Iterable[str] | None) -> None:
-        """Wake the waiters on these keys' leases (all of them for None)."""
-        for key in list(self._lease_waiters) if keys is None else keys:
-            woken = self._lease_waiters.pop(key, None)
-            if woken is not None and not woken.done():
-                woken.set_result(None)
-
-    def _release_later(self, key: str, token: str) -> None:
-        self._shared.release_later(key, token)
-
-    def _store_found(self, key: str, found: Found, copy_on_read: bool) -> None:
-        entry = found.entry
-        assert entry is not None  # a hit
-        ttl = entry.remaining()
-        if ttl > 0:
-            self._store_local(key, found.value, entry.payload, ttl, entry.tags, copy_on_read)
-
-    def _store_local(
-        self,
-        key: str,
-        value: Any,
-        payload: bytes,
-        ttl: float,
-        tags: tuple[str, ...],
-        copy_on_read: bool,
-    ) -> None:
-        if self._link is not None and self._link.degraded:
-            ttl = min(ttl, self._max_stale)  # nobody can tell us about changes now
-        self.local.store(key, value, payload, ttl, tags, copy_on_read)
+        """Reload *key* ahead of its expiry (XFetch); callers keep hitting L1 (`_reads.py`)."""
+        if not self._closed:
+            await self._reads.refresh(key, tags, ttl, loader, copy_on_read, replaces_until)
 
     # -- changes -------------------------------------------------------------------
 
@@ -624,38 +409,17 @@ class TwoTierCache:
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         payload = self._serializer.dumps(value)  # raises before anything changed
         await self._ensure_started()
-        self._apply_local("k", (key,))
-        snapshot = await self._shared.snapshot(tags_t)
-        if snapshot is None or len(payload) > self.max_value_size:
-            # Too big for Redis (it would stall the link for everyone), or Redis
-            # cannot say under which versions to store it: kept in this L1 only,
-            # and announced as a delete so no instance keeps, or reads from L2,
-            # the key's old value (issue 7, item 9).
-            if snapshot is not None:
-                self.counters.oversized_values += 1
-            await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
-        else:
-            entry = pack(seconds, snapshot.generation, tags_t, snapshot.versions, payload)
-            horizon = seconds + self._lease_ttl
-            await self._change(
-                lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
-            )
-        self._store_local(key, value, payload, seconds, tags_t, self.copy_on_read)
-        self.counters.sets += 1
+        await self._changes.set(key, value, payload, seconds, tags_t, self.copy_on_read)
 
     async def delete(self, key: str) -> None:
         keys = (validate_key(key),)
         await self._ensure_started()
-        self._apply_local("k", keys)
-        await self._change(lambda r: r.delete(keys), lambda o: o.add_keys(keys))
-        self.counters.deletes += 1
+        await self._changes.delete(keys)
 
     async def clear(self) -> None:
         """Invalidate every entry of the namespace on every instance (O(1) in Redis)."""
         await self._ensure_started()
-        self._apply_local("c", ())
-        await self._change(lambda r: r.clear(), lambda o: o.add_clear())
-        self.counters.clears += 1
+        await self._changes.clear()
 
     def invalidate_tag(self, tag: str) -> Invalidation:
         return self.invalidate_tags((tag,))
@@ -675,134 +439,10 @@ class TwoTierCache:
             self.sync.run(lambda: self._invalidate_awaited(tags_t))
             return Invalidation(None, tags_t)
         self._own_loop()
-        self._apply_local("t", tags_t)
-        self.counters.tag_invalidations += len(tags_t)
-        return Invalidation(self, tags_t)
+        return self._changes.invalidate_tags(tags_t)
 
     async def _invalidate_awaited(self, tags: tuple[str, ...]) -> None:
         await self.invalidate_tags(tags)
-
-    def _unsettle(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
-        """Until Redis has this invalidation, this instance must not read the old
-        entries back from L2 (read-your-writes holds for an un-awaited call
-        too): reads of these tags wait for the delivery first; see `_settle`."""
-        for tag in tags:
-            self._unsettled.setdefault(tag, set()).add(delivered)
-        delivered.add_done_callback(lambda done: self._settled(tags, done))
-
-    def _settled(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
-        for tag in tags:
-            pending = self._unsettled.get(tag)
-            if pending is not None:
-                pending.discard(delivered)
-                if not pending:
-                    del self._unsettled[tag]
-
-    async def _settle(self, tags: Iterable[str]) -> None:
-        """Wait for this instance's in-flight invalidations of *tags* to reach Redis."""
-        pending = {future for tag in tags for future in self._unsettled.get(tag, ())}
-        if pending:
-            await asyncio.wait(pending)  # each is bounded by the Redis timeout
-
-    async def _invalidate_remote(self, tags: tuple[str, ...]) -> None:
-        await self._ensure_started()
-        try:
-            await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
-        except asyncio.CancelledError:
-            # The awaiting caller was cancelled mid-send: Redis may or may not
-            # have it. Queued, it is sent again (a repeated bump is harmless).
-            self._outbox.add_tags(tags)
-            self._retry_soon()
-            raise
-
-    async def _change(
-        self, send: Callable[[RemoteTier], Awaitable[object]], queue: Callable[[Outbox], None]
-    ) -> None:
-        """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
-        try:
-            await send(self._remote)
-        except BackendError as exc:
-            self.counters.l2_errors += 1
-            self.counters.queued_ops += 1
-            queue(self._outbox)
-            if not isinstance(exc, (BackendUnavailable, BackendTimeout)):
-                # Refused, not away (a write under maxmemory): the queue holds it
-                # as an invalidation, which Redis takes even when full. Try now.
-                self._request_flush()
-            self._retry_soon()
-
-    # -- applying changes to L1 (ours at once, others' from the bus) ---------------
-
-    def _apply_local(self, kind: Kind, names: tuple[str, ...]) -> None:
-        if kind == "k":
-            self.local.evict_keys(names)
-            self._flights.invalidate_keys(names)
-            self._wake_lease_waiters(names)
-        elif kind == "t":
-            self.local.evict_tags(names)
-            self._flights.invalidate_tags(names)
-        elif kind == "c":
-            self._clear_local()
-        # "x": versions compacted away concern only the mirror
-
-    def _apply_message(self, message: Message) -> None:
-        """Another instance's change (or the server's): the mirror, then L1."""
-        self._mirror_message(message)
-        self._apply_local(message.kind, message.names)
-        self.events.invalidation_received(message)
-
-    def _mirror_message(self, message: Message) -> None:
-        """A change's new versions into the mirror (also for our own changes,
-        which L1 has applied already: cheap, and idempotent)."""
-        mirror = self._shared.mirror
-        if message.kind == "t":
-            mirror.bumped(zip(message.names, message.versions, strict=False))
-        elif message.kind == "c":
-            if message.versions:
-                mirror.cleared(message.versions[0])
-            else:
-                mirror.reset()
-        elif message.kind == "x":
-            mirror.dropped(message.names)
-
-    def _clear_local(self) -> None:
-        self.local.clear()
-        self._flights.invalidate_all()
-
-    def _suspend_local(self, suspended: bool) -> None:
-        self.local.suspended = suspended
-
-    def _bound_local(self, seconds: float) -> None:
-        self.local.cap_expiry(self.clock() + seconds)
-
-    # -- queued changes ------------------------------------------------------------
-
-    def _request_flush(self) -> None:
-        """Deliver the changes queued while Redis was away, in the background."""
-        if len(self._outbox):
-            self.spawn(self._flush_outbox())
-
-    def _retry_soon(self) -> None:
-        """Retry queued changes every health interval until Redis has them.
-
-        A recovery flushes the queue too, but a one-off timeout never opens the
-        breaker, so no recovery would ever come for it.
-        """
-        if self._retry is None or self._retry.done():
-            self._retry = asyncio.get_running_loop().create_task(self._retry_queued())
-
-    async def _retry_queued(self) -> None:
-        while len(self._outbox) and not self._closed:
-            await asyncio.sleep(self._health_interval)
-            await self._flush_outbox()
-
-    async def _flush_outbox(self) -> None:
-        try:
-            delivered = await self._outbox.flush(self._remote)
-        except BackendError:
-            return  # still away; the next recovery tries again
-        if delivered:
-            self._log.info("delivered %d queued change(s)", delivered)
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run *coro* as a background task that `close()` waits for (briefly)."""
@@ -829,8 +469,7 @@ class TwoTierCache:
         skipped. Redis is read and written in pipelined batches; sync loaders
         run in a worker thread, async ones with at most *concurrency* at once.
         """
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be a positive int, got {concurrency!r}")
+        check_count("concurrency", concurrency)
         key_list = [validate_key(k) for k in keys]
         tags_t = validate_entry_tags(tags)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
@@ -841,7 +480,7 @@ class TwoTierCache:
             self._serializer,
             self.counters,
             lookup=self.local.get,
-            store_local=self._store_local,
+            store_local=self._reads.store,
             max_value_size=self.max_value_size,
             log=tier_log(self.instance_id, "loader"),
         )

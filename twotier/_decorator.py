@@ -12,16 +12,15 @@ import functools
 import inspect
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
+from ._events import Events
 from ._exceptions import ConfigurationError
 from ._keys import KeyPlan
-from ._policies import Loader, LoaderPolicy
-from ._types import MISS, Missing
-
-if TYPE_CHECKING:
-    from ._cache import TwoTierCache
+from ._policies import Loader, LoaderPolicy, PolicyRunner
+from ._stats import Counters
+from ._types import MISS, Clock, Missing
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,6 +29,56 @@ R = TypeVar("R")
 Tier = Literal["L1", "L2"]
 #: `unless=`: a predicate on a result; true means "return it, but do not cache it".
 Unless = Callable[[Any], object]
+
+
+class Peek(Protocol):
+    """The L1 reads of the hit path: never Redis, never a loader."""
+
+    def get(self, key: str) -> Any: ...
+
+    def get_with_expiry(self, key: str) -> tuple[Any, float]: ...
+
+
+class LoadingCache(Protocol):
+    """What a decorated function needs from its cache (`TwoTierCache` is one).
+
+    The decorator is typed against this, not the cache class, so that it never
+    imports `_cache` (DESIGN §3: no import circle).
+    """
+
+    @property
+    def local(self) -> Peek: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def events(self) -> Events: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def policy_runner(self, policy: LoaderPolicy) -> PolicyRunner | None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> object: ...
+
+    async def get(self, key: str, default: Any = None) -> Any: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def load(
+        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
+    ) -> Any: ...
+
+    async def refresh(
+        self,
+        key: str,
+        tags: tuple[str, ...],
+        ttl: float,
+        loader: Loader,
+        copy_on_read: bool,
+        replaces_until: float,
+    ) -> None: ...
 
 
 class _Uncacheable(BaseException):
@@ -85,7 +134,7 @@ class _Cached(Generic[P, R]):
 
     def __init__(
         self,
-        cache: TwoTierCache,
+        cache: LoadingCache,
         func: Callable[P, Awaitable[R]],
         plan: KeyPlan,
         ttl: float,
@@ -260,7 +309,7 @@ class _EarlyRefreshing(_Cached[P, R]):
 
 
 def make_cached(
-    cache: TwoTierCache,
+    cache: LoadingCache,
     ttl: float,
     tags: list[str] | str,
     key: str | Callable[..., str] | None,

@@ -22,19 +22,66 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ._exceptions import CacheClosedError, ConfigurationError, EventLoopError
 from ._portal import LoopThread
 
 if TYPE_CHECKING:
-    from ._cache import TwoTierCache
     from ._decorator import CachedFunction
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+class AsyncCache(Protocol):
+    """The async cache a `SyncCache` is the blocking view of (`TwoTierCache`).
+
+    Typed against this, not the cache class, so that `_sync` never imports
+    `_cache`, which builds the view (DESIGN §3: no import circle).
+    """
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    @property
+    def sync(self) -> SyncCache: ...
+
+    #: `TwoTierCache.cached`: the view passes its options through.
+    @property
+    def cached(
+        self,
+    ) -> Callable[..., Callable[[Callable[..., Awaitable[Any]]], CachedFunction[..., Any]]]: ...
+
+    async def get(self, key: str, default: Any = None) -> Any: ...
+
+    async def set(
+        self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def invalidate_tags(self, tags: Iterable[str]) -> Awaitable[None]: ...
+
+    async def clear(self) -> None: ...
+
+    async def warmup(
+        self, keys: Iterable[str], loader: Callable[[str], Any], concurrency: int = 16
+    ) -> int: ...
+
+    def get_stats(self) -> dict[str, Any]: ...
+
+    async def ping(self) -> float: ...
+
+    async def close(self) -> None: ...
 
 
 class _Handoff:
@@ -56,7 +103,7 @@ _HANDOFF: contextvars.ContextVar[_Handoff | None] = contextvars.ContextVar(
 class SyncCache:
     """The blocking API of one `TwoTierCache` (see DESIGN §2b)."""
 
-    def __init__(self, cache: TwoTierCache) -> None:
+    def __init__(self, cache: AsyncCache) -> None:
         self._cache = cache
         self._loop_thread: LoopThread | None = None  # when no loop runs the cache
 
@@ -189,7 +236,7 @@ class SyncCachedFunction(Generic[P, R]):
     """What `@cache.sync.cached` returns: the function, plus `.key()` and `.invalidate()`."""
 
     def __init__(
-        self, cache: TwoTierCache, func: Callable[P, R], async_cached: CachedFunction[..., Any]
+        self, cache: AsyncCache, func: Callable[P, R], async_cached: CachedFunction[..., Any]
     ) -> None:
         self._cache = cache
         self._func = func

@@ -1,10 +1,10 @@
-"""Small shared types: the miss sentinel and the injectable clock."""
+"""Small shared types: the miss sentinel, the injectable clock, an L1 store."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 
 class _Missing(enum.Enum):
@@ -24,3 +24,6 @@ Missing = Literal[_Missing.MISS]
 
 #: Seconds from an arbitrary origin, like `time.monotonic` (cachetools' `timer=`).
 Clock = Callable[[], float]
+
+#: Stores a value in L1: key, value, payload, ttl, tags, copy_on_read.
+StoreLocal = Callable[[str, Any, bytes, float, tuple[str, ...], bool], None]

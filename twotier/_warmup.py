@@ -25,12 +25,11 @@ from ._serialization import Serializer
 from ._shared import SharedTier, Snapshot
 from ._stats import Counters
 from ._tier import GRANTED, STORED
-from ._types import MISS
+from ._types import MISS, StoreLocal
 
 BATCH = 1000
 _FAILED = object()  # the loader raised for this key
 
-StoreLocal = Callable[[str, Any, bytes, float, tuple[str, ...], bool], None]
 Lookup = Callable[[str], Any]
 
 
