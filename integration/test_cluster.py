@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from tests.contract import CacheContract, eventually
 from twotier import TwoTierCache
 from twotier._redis import Layout
-from twotier.testing import LocalCluster, RedisServer
+from twotier.testing import LocalCluster, RedisServer, free_port
 
 from ._chaos_check import Timeline
 from ._confirm import unconfirmed_change_stays_queued
@@ -270,3 +270,34 @@ async def test_chaos_control_master_killed_or_failed_over_under_load(
     for phase in ("connected", "settled"):
         assert report.phases[phase].reads > 100, report.phases[phase]
     assert report.failures() == [], report.format(title)
+
+
+async def test_a_single_server_client_meeting_a_cluster_node_says_so() -> None:
+    """Nothing answered when the cache started, so it could not tell a cluster
+    node from a single server and started as a single-server client. When the
+    server turns out to be a cluster node, the cache does not run on it
+    half-working: every connection fails, and the cause names the fix."""
+    port = free_port()
+    node = RedisServer(
+        FLAVOURS[0],
+        port=port,
+        extra_args=("--cluster-enabled", "yes", "--cluster-port", str(free_port())),
+    )
+    cache = TwoTierCache(
+        redis_url=f"redis://127.0.0.1:{port}", namespace=_namespace(), health_interval=0.2
+    )
+    try:
+        await cache.start()  # nothing listens yet: starts degraded
+        assert cache._link is not None
+        assert cache._link.clients.kind == "standalone"
+        await asyncio.to_thread(node.launch)
+
+        async def named() -> bool:
+            return "Redis Cluster node" in (cache.get_stats()["last_error"] or "")
+
+        await eventually(named, timeout=10)
+        assert not cache.redis_available
+        assert "redis+cluster://" in cache.get_stats()["last_error"]
+    finally:
+        await cache.close()
+        node.stop()
