@@ -109,6 +109,36 @@ async def test_a_change_no_replica_confirmed_stays_queued_until_one_does(
     await unconfirmed_change_stays_queued(sentinel.url, _namespace(), sentinel.replica)
 
 
+async def test_passwords_for_the_sentinels_and_the_master_go_in_the_url() -> None:
+    """`redis+sentinel://:pw@…?sentinel_password=…`: the master's password in
+    the URL's user part, the sentinels' as a query argument; the cache works,
+    and follows a failover, with both required."""
+    with LocalSentinel.start(FLAVOURS[0], password="s3cret") as protected:
+        assert "sentinel_password=s3cret" in protected.url
+        namespace = _namespace()
+        async with started_caches(protected.url, 2, namespace=namespace) as (a, b):
+            await a.set("k", 1, tags=["t"])
+            assert await b.get("k") == 1
+            await asyncio.to_thread(protected.failover)
+            await a.invalidate_tag("t")
+
+            async def gone() -> bool:
+                return await b.get("k") is None
+
+            await eventually(gone, timeout=5)
+            await a.set("k", 2)
+            assert await b.get("k") == 2
+
+            async def both_available() -> bool:
+                return a.redis_available and b.redis_available
+
+            await eventually(both_available, timeout=5)
+        without = protected.url.split("?")[0].replace(":s3cret@", "")
+        async with TwoTierCache(redis_url=without, namespace=namespace) as refused:
+            assert not refused.redis_available
+            assert refused.get_stats()["last_error"]
+
+
 @pytest.mark.parametrize("trouble", ["failover", "kill"])
 async def test_chaos_sentinel_failover_or_master_killed_under_load(
     sentinel: LocalSentinel, tmp_path: Path, trouble: str

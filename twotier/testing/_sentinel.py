@@ -28,8 +28,14 @@ _REPLICATION_ARGS = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay"
 
 
 class LocalSentinel(Launchable):
-    def __init__(self, flavour: str | None = None, sentinels: int = 3) -> None:
-        self.master = RedisServer(flavour, extra_args=_REPLICATION_ARGS)
+    def __init__(
+        self, flavour: str | None = None, sentinels: int = 3, password: str | None = None
+    ) -> None:
+        # One password, if any, for master, replica and sentinels alike.
+        self.password = password
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
+        self._data_args = (*_REPLICATION_ARGS, *auth)
+        self.master = RedisServer(flavour, extra_args=self._data_args)
         self.flavour = self.master.flavour
         self.replica = RedisServer(self.flavour)  # told whom to follow once the master is up
         self.servers = [self.master, self.replica]
@@ -39,19 +45,24 @@ class LocalSentinel(Launchable):
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}"
+        if self.password is None:
+            return f"redis+sentinel://{hosts}/{SERVICE}"
+        secret = self.password
+        return f"redis+sentinel://:{secret}@{hosts}/{SERVICE}?sentinel_password={secret}"
 
     def launch(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         self.master.launch()
         self.replica.extra_args = (
-            *_REPLICATION_ARGS,
+            *self._data_args,
             "--replicaof",
             "127.0.0.1",
             str(self.master.port),
         )
         self.replica.launch()
-        wait_until(deadline, lambda: _in_sync(self.replica), "the replica's first sync")
+        wait_until(
+            deadline, lambda: _in_sync(self.replica, self.password), "the replica's first sync"
+        )
         quorum = self._count // 2 + 1
         config = (
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} {quorum}\n"
@@ -59,6 +70,8 @@ class LocalSentinel(Launchable):
             f"sentinel failover-timeout {SERVICE} 10000\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
         )
+        if self.password:  # to the data servers, and the sentinels' own
+            config += f"sentinel auth-pass {SERVICE} {self.password}\nrequirepass {self.password}\n"
         self.sentinels = [
             RedisServer(self.flavour, extra_args=("--sentinel",), config=config)
             for _ in range(self._count)
@@ -73,7 +86,7 @@ class LocalSentinel(Launchable):
 
     def current_master(self) -> RedisServer:
         """The master the sentinels name now."""
-        with _client(self.sentinels[0]) as client:
+        with _client(self.sentinels[0], self.password) as client:
             _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return next(s for s in self.servers if s.port == int(port))
 
@@ -83,11 +96,11 @@ class LocalSentinel(Launchable):
         its next INFO poll (about 10 s): the split brain. Returns the new master."""
         old = self.current_master()
         new = next(s for s in self.servers if s is not old)
-        with _client(self.sentinels[0]) as client:
+        with _client(self.sentinels[0], self.password) as client:
             client.execute_command("SENTINEL", "FAILOVER", SERVICE)
         wait_until(
             time.monotonic() + timeout,
-            lambda: _role(new) == "master" and self._named_by_all(new),
+            lambda: _role(new, self.password) == "master" and self._named_by_all(new),
             "the failover",
         )
         return new
@@ -99,7 +112,7 @@ class LocalSentinel(Launchable):
         old.kill()
         wait_until(
             time.monotonic() + timeout,
-            lambda: _role(new) == "master" and self._named_by_all(new),
+            lambda: _role(new, self.password) == "master" and self._named_by_all(new),
             "the takeover",
         )
         return new
@@ -107,12 +120,14 @@ class LocalSentinel(Launchable):
     def wait_demoted(self, server: RedisServer, timeout: float = 30.0) -> None:
         """Until *server* (a former master) replicates from the current one."""
         wait_until(
-            time.monotonic() + timeout, lambda: _in_sync(server), "the old master's demotion"
+            time.monotonic() + timeout,
+            lambda: _in_sync(server, self.password),
+            "the old master's demotion",
         )
 
     def _named_by_all(self, server: RedisServer) -> bool:
         for sentinel in self.sentinels:
-            with _client(sentinel) as client:
+            with _client(sentinel, self.password) as client:
                 _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
             if int(port) != server.port:
                 return False
@@ -120,7 +135,7 @@ class LocalSentinel(Launchable):
 
     def _sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:
-            with _client(sentinel) as client:
+            with _client(sentinel, self.password) as client:
                 fields = client.sentinel_master(SERVICE)  # parsed: num_slaves, ...
                 if int(fields.get("num-slaves", 0)) < 1:
                     return False
@@ -129,19 +144,19 @@ class LocalSentinel(Launchable):
         return True
 
 
-def _client(server: RedisServer) -> redis.Redis:
-    return redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
+def _client(server: RedisServer, password: str | None) -> redis.Redis:
+    return redis.Redis(port=server.port, password=password, socket_timeout=2, decode_responses=True)
 
 
-def _role(server: RedisServer) -> str:
+def _role(server: RedisServer, password: str | None) -> str:
     try:
-        with _client(server) as client:
+        with _client(server, password) as client:
             return str(client.info("replication").get("role", ""))
     except redis.RedisError:
         return ""
 
 
-def _in_sync(server: RedisServer) -> bool:
-    with _client(server) as client:
+def _in_sync(server: RedisServer, password: str | None) -> bool:
+    with _client(server, password) as client:
         info = client.info("replication")
     return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
