@@ -301,3 +301,35 @@ async def test_a_single_server_client_meeting_a_cluster_node_says_so() -> None:
     finally:
         await cache.close()
         node.stop()
+
+
+async def test_the_whole_cluster_down_and_back() -> None:
+    """Every node dies (a power cut), then comes back from its own state. The
+    cache serves degraded meanwhile and reconnects after: its listener keeps
+    trying however the cluster client fails (no node answers: redis-py's
+    cluster errors are not Redis errors)."""
+    with LocalCluster.start(FLAVOURS[0], masters=3, replicas=0) as small:
+        namespace = _namespace()
+        async with TwoTierCache(
+            redis_url=small.url, namespace=namespace, health_interval=0.2
+        ) as cache:
+            await cache.set("k", 1)
+            for server in small.servers:
+                server.kill()
+
+            async def down() -> bool:
+                return not cache.redis_available
+
+            await eventually(down, timeout=5)
+            await asyncio.sleep(1.0)  # the listener meets a cluster with no node at all
+            for server in small.servers:
+                await asyncio.to_thread(server.launch)
+            await asyncio.to_thread(small.wait_healthy)
+
+            async def back() -> bool:
+                return cache.redis_available
+
+            await eventually(back, timeout=15)
+            await cache.set("k", 2)
+            async with TwoTierCache(redis_url=small.url, namespace=namespace) as fresh:
+                assert await fresh.get("k") == 2

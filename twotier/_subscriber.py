@@ -104,7 +104,13 @@ class RedisListener:
         while not self._stopping:
             try:
                 await self._listen_once()
-            except (redis_errors.RedisError, OSError, BackendError, TimeoutError) as exc:
+            except (
+                redis_errors.RedisError,
+                redis_errors.RedisClusterException,  # e.g. no cluster node answers at all
+                OSError,
+                BackendError,
+                TimeoutError,
+            ) as exc:
                 cause = self._describe(exc)
                 if self.connected.is_set() or cause != self.last_error:
                     self._log.warning("invalidation link lost or refused (%s)", cause)
