@@ -26,8 +26,16 @@ from twotier._events import BaseObserver
 from twotier._redis import Layout
 
 from . import peers
-from .core import AsyncCall, Context, Series, per_call_latencies, throughput
-from .hits import PAYLOAD
+from .core import Context, Series
+from .hits import (
+    PAYLOAD,
+    Subjects,
+    filled_twotier,
+    latency_rounds,
+    rows,
+    seeded,
+    throughput_rounds,
+)
 
 TITLES = {
     "cluster-l2": "Cluster: L2 hit, one caller — target ≤ 1.15× raw RedisCluster GET",
@@ -41,27 +49,16 @@ def _client(ctx: Context) -> RedisCluster:
     return RedisCluster.from_url(ctx.url)
 
 
-async def _filled(ctx: Context, namespace: str, keys: list[int]) -> None:
-    async with TwoTierCache(redis_url=ctx.url, namespace=namespace) as writer:
-        fn = peers.user_function(writer)
-        for i in keys:
-            await fn(i)
-
-
 async def l2_hit(ctx: Context) -> list[Series]:
     keys = list(range(200))
-    n = ctx.size(300, 1000)
     ns = ctx.ns("cl2")
-    await _filled(ctx, ns, keys)
+    await filled_twotier(ctx, ns, keys)
     raw = _client(ctx)
-    raw_keys = {i: f"{ctx.ns('cr')}:user:{i}" for i in keys}
-    for i in keys:
-        await raw.set(raw_keys[i], PAYLOAD.dumps(i * 2))
-    reader = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
-    getter = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
     try:
+        raw_keys = await seeded(raw, ctx.ns("cr"), keys)
+        reader = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
+        getter = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
         async with reader, getter:
-            fn = peers.user_function(reader)
             key_of = {i: peers.user_function(getter).key(i) for i in keys}
 
             async def raw_get(i: int) -> object:
@@ -70,27 +67,16 @@ async def l2_hit(ctx: Context) -> list[Series]:
             async def by_get(i: int) -> object:
                 return await getter.get(key_of[i])
 
-            subjects: dict[str, tuple[str, AsyncCall]] = {
+            subjects: Subjects = {
                 "redis-py RedisCluster GET": ("floor", raw_get),
-                "twotier @cached, L1 miss → Redis hit": ("twotier", fn),
+                "twotier @cached, L1 miss → Redis hit": ("twotier", peers.user_function(reader)),
                 "twotier cache.get, L1 miss → Redis hit": ("twotier", by_get),
             }
-            for _role, call in subjects.values():
-                for i in keys:
-                    await call(i)
-            samples: dict[str, list[float]] = {name: [] for name in subjects}
-            order = [keys[j % len(keys)] for j in range(n)]
-            for _ in range(ctx.repeat):
-                for name, (_role, call) in subjects.items():
-                    gc.collect()
-                    samples[name] += await per_call_latencies(call, order)
+            samples = await latency_rounds(subjects, keys, ctx.size(300, 1000), ctx.repeat)
             stats = reader.get_stats()
     finally:
         await raw.aclose()
-    out = [
-        Series("cluster-l2", name, role, "s", samples[name])
-        for name, (role, _c) in subjects.items()
-    ]
+    out = rows("cluster-l2", subjects, samples, "s")
     out[1].note = f"L2 hits {stats['l2_hits']:,}, loads {stats['loads']}"
     return out
 
@@ -98,38 +84,26 @@ async def l2_hit(ctx: Context) -> list[Series]:
 async def l2_concurrent(ctx: Context) -> list[Series]:
     tasks, per_key = 50, 4
     keys = list(range(tasks * per_key))
-    per_task = ctx.size(40, 200)
     ns = ctx.ns("cl2c")
-    await _filled(ctx, ns, keys)
+    await filled_twotier(ctx, ns, keys)
     raw = _client(ctx)
-    raw_keys = {i: f"{ctx.ns('crc')}:user:{i}" for i in keys}
-    for i in keys:
-        await raw.set(raw_keys[i], PAYLOAD.dumps(i * 2))
-    reader = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
     try:
-        async with reader:
-            fn = peers.user_function(reader)
+        raw_keys = await seeded(raw, ctx.ns("crc"), keys)
+        async with TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1) as reader:
 
             async def raw_get(i: int) -> object:
                 return await raw.get(raw_keys[i])
 
-            subjects: dict[str, tuple[str, AsyncCall]] = {
+            subjects: Subjects = {
                 "redis-py RedisCluster GET, 50 tasks": ("floor", raw_get),
-                "twotier @cached, 50 tasks": ("twotier", fn),
+                "twotier @cached, 50 tasks": ("twotier", peers.user_function(reader)),
             }
-            samples: dict[str, list[float]] = {name: [] for name in subjects}
-            for _role, call in subjects.values():
-                await throughput(call, tasks, per_key, per_key)
-            for _ in range(ctx.repeat):
-                for name, (_role, call) in subjects.items():
-                    samples[name].append(await throughput(call, tasks, per_task, per_key))
+            per_task = ctx.size(40, 200)
+            samples = await throughput_rounds(subjects, tasks, per_task, per_key, ctx.repeat)
             stats = reader.get_stats()
     finally:
         await raw.aclose()
-    out = [
-        Series("cluster-l2c", name, role, "ops/s", samples[name], better="higher")
-        for name, (role, _c) in subjects.items()
-    ]
+    out = rows("cluster-l2c", subjects, samples, "ops/s")
     out[1].note = f"L2 hits {stats['l2_hits']:,}, loads {stats['loads']}"
     return out
 
@@ -179,22 +153,16 @@ async def invalidation(ctx: Context) -> list[Series]:
                 await sender.invalidate_tag(f"t{i % 10}")
                 return await asyncio.wait_for(arrivals.arrived.wait(), timeout=2.0)
 
-            subjects: dict[str, tuple[str, AsyncCall]] = {
+            subjects: Subjects = {
                 "SPUBLISH → SSUBSCRIBE (same shard channel)": ("floor", raw_publish),
                 "twotier invalidate_tag → other instance": ("twotier", invalidate),
             }
-            samples: dict[str, list[float]] = {name: [] for name in subjects}
-            for _ in range(ctx.repeat):
-                for name, (_role, call) in subjects.items():
-                    samples[name] += await per_call_latencies(call, range(n))
+            samples = await latency_rounds(subjects, list(range(10)), n, ctx.repeat)
             await listener.aclose()  # type: ignore[no-untyped-call]  # unannotated
             await subscriber.aclose()
     finally:
         await raw.aclose()
-    return [
-        Series("cluster-inv", name, role, "s", samples[name])
-        for name, (role, _c) in subjects.items()
-    ]
+    return rows("cluster-inv", subjects, samples, "s")
 
 
 async def _drain(listener: Any) -> None:

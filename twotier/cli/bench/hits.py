@@ -7,6 +7,7 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from twotier import MsgpackSerializer, TwoTierCache
 from twotier._redis import Layout
@@ -85,12 +86,64 @@ async def l1_hit(ctx: Context) -> list[Series]:
 # --- L2 hit, one caller -------------------------------------------------------------------
 
 
-async def _filled_twotier(ctx: Context, namespace: str, keys: list[int]) -> None:
+async def filled_twotier(ctx: Context, namespace: str, keys: list[int]) -> None:
     """Write every key through a writer instance, so readers find them in Redis."""
     async with TwoTierCache(redis_url=ctx.url, namespace=namespace) as writer:
         fn = peers.user_function(writer)
         for i in keys:
             await fn(i)
+
+
+async def seeded(raw: Any, prefix: str, keys: list[int]) -> dict[int, str]:
+    """The raw floor's names for *keys*, each set to the payload twotier stores."""
+    names = {i: f"{prefix}:user:{i}" for i in keys}
+    for i in keys:
+        await raw.set(names[i], PAYLOAD.dumps(i * 2))
+    return names
+
+
+Subjects = dict[str, tuple[str, AsyncCall]]  # name → (role, call)
+
+
+async def latency_rounds(
+    subjects: Subjects, keys: list[int], n: int, repeat: int
+) -> dict[str, list[float]]:
+    """Each call timed: every subject warmed over *keys* (fills peers, opens
+    connections), then *repeat* rounds of *n* calls, subjects interleaved."""
+    for _role, call in subjects.values():
+        for i in keys:
+            await call(i)
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    order = [keys[j % len(keys)] for j in range(n)]
+    for _ in range(repeat):
+        for name, (_role, call) in subjects.items():
+            gc.collect()
+            samples[name] += await per_call_latencies(call, order)
+    return samples
+
+
+async def throughput_rounds(
+    subjects: Subjects, tasks: int, per_task: int, per_key: int, repeat: int
+) -> dict[str, list[float]]:
+    """Operations per second of *tasks* concurrent tasks: every subject warmed
+    (its connections opened), then *repeat* rounds, subjects interleaved."""
+    for _role, call in subjects.values():
+        await measure_throughput(call, tasks, per_key, per_key)
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    for _ in range(repeat):
+        for name, (_role, call) in subjects.items():
+            samples[name].append(await measure_throughput(call, tasks, per_task, per_key))
+    return samples
+
+
+def rows(
+    scenario: str, subjects: Subjects, samples: dict[str, list[float]], unit: str
+) -> list[Series]:
+    better = "higher" if unit.endswith("/s") else "lower"
+    return [
+        Series(scenario, name, role, unit, samples[name], better=better)
+        for name, (role, _call) in subjects.items()
+    ]
 
 
 async def l2_hit(ctx: Context) -> list[Series]:
@@ -99,13 +152,10 @@ async def l2_hit(ctx: Context) -> list[Series]:
     keys = list(range(200))
     n = ctx.size(300, 1000)
     ns = ctx.ns("l2")
-    await _filled_twotier(ctx, ns, keys)
+    await filled_twotier(ctx, ns, keys)
     raw = ctx.client()
     raw_timeout = ctx.client(socket_timeout=0.05)
-    payloads = {i: PAYLOAD.dumps(i * 2) for i in keys}
-    raw_keys = {i: f"{ctx.ns('r')}:user:{i}" for i in keys}
-    for i in keys:
-        await raw.set(raw_keys[i], payloads[i])
+    raw_keys = await seeded(raw, ctx.ns("r"), keys)
     reader = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
     getter = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
     to_close: list[peers.Subject] = []
@@ -122,7 +172,7 @@ async def l2_hit(ctx: Context) -> list[Series]:
         async def by_get(i: int) -> object:
             return await getter.get(key_of[i])
 
-        subjects: dict[str, tuple[str, AsyncCall]] = {
+        subjects: Subjects = {
             "redis-py GET": ("floor", raw_get),
             "redis-py GET, socket_timeout=0.05": ("diag", raw_get_timeout),
             "twotier @cached, L1 miss → Redis hit": ("twotier", fn),
@@ -136,21 +186,13 @@ async def l2_hit(ctx: Context) -> list[Series]:
                 subjects[name] = ("peer", peer.call)
                 to_close.append(peer)
         try:
-            for _role, call in subjects.values():  # fill peers, warm connections
-                for i in keys:
-                    await call(i)
-            samples: dict[str, list[float]] = {name: [] for name in subjects}
-            order = [keys[j % len(keys)] for j in range(n)]
-            for _ in range(ctx.repeat):
-                for name, (_role, call) in subjects.items():
-                    gc.collect()
-                    samples[name] += await per_call_latencies(call, order)
+            samples = await latency_rounds(subjects, keys, n, ctx.repeat)
             stats, gstats = reader.get_stats(), getter.get_stats()
         finally:
             await _closing(to_close)
             await raw.aclose()
             await raw_timeout.aclose()
-    out = [Series("l2", name, role, "s", samples[name]) for name, (role, _c) in subjects.items()]
+    out = rows("l2", subjects, samples, "s")
     out[
         3
     ].note = (
@@ -166,11 +208,9 @@ async def l2_concurrent(ctx: Context) -> list[Series]:
     keys = list(range(tasks * per_key))
     per_task = ctx.size(40, 200)
     ns = ctx.ns("l2c")
-    await _filled_twotier(ctx, ns, keys)
+    await filled_twotier(ctx, ns, keys)
     raw = ctx.client()
-    raw_keys = {i: f"{ctx.ns('rc')}:user:{i}" for i in keys}
-    for i in keys:
-        await raw.set(raw_keys[i], PAYLOAD.dumps(i * 2))
+    raw_keys = await seeded(raw, ctx.ns("rc"), keys)
     reader = TwoTierCache(redis_url=ctx.url, namespace=ns, l1_maxsize=1)
     to_close: list[peers.Subject] = []
     async with reader:
@@ -179,7 +219,7 @@ async def l2_concurrent(ctx: Context) -> list[Series]:
         async def raw_get(i: int) -> object:
             return await raw.get(raw_keys[i])
 
-        subjects: dict[str, tuple[str, AsyncCall]] = {
+        subjects: Subjects = {
             "redis-py GET, 50 tasks": ("floor", raw_get),
             "twotier @cached, 50 tasks": ("twotier", fn),
         }
@@ -191,20 +231,12 @@ async def l2_concurrent(ctx: Context) -> list[Series]:
                 subjects[name] = ("peer", peer.call)
                 to_close.append(peer)
         try:
-            samples: dict[str, list[float]] = {name: [] for name in subjects}
-            for _role, call in subjects.values():  # fill, open the 50 connections
-                await measure_throughput(call, tasks, per_key, per_key)
-            for _ in range(ctx.repeat):
-                for name, (_role, call) in subjects.items():
-                    samples[name].append(await measure_throughput(call, tasks, per_task, per_key))
+            samples = await throughput_rounds(subjects, tasks, per_task, per_key, ctx.repeat)
             stats = reader.get_stats()
         finally:
             await _closing(to_close)
             await raw.aclose()
-    out = [
-        Series("l2c", name, role, "ops/s", samples[name], better="higher")
-        for name, (role, _c) in subjects.items()
-    ]
+    out = rows("l2c", subjects, samples, "ops/s")
     out[1].note = (
         f"L1 hits {stats['l1_hits']:,}, L2 hits {stats['l2_hits']:,}, "
         f"joined {stats['joined_loads']}, loads {stats['loads']}"
