@@ -170,31 +170,38 @@ async def test_invalidate_makes_other_running_instances_drop_their_entries(
     assert await b.get("article:2") is None
 
 
+async def deletes_and_clears(url: str, namespace: str, a: TwoTierCache, b: TwoTierCache) -> None:
+    """`delete` (two keys, JSON) and `clear` (refused without --yes) reach *b*,
+    an instance holding the keys in L1, whatever the deployment behind *url*."""
+    for key in ("k1", "k2", "k3"):
+        await a.set(key, key)
+        assert await b.get(key) == key  # now in b's L1
+    before = b.get_stats()["entries"]
+
+    result = await cli("delete", "k1", "k2", "--url", url, "--namespace", namespace, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == ["k1", "k2"]
+    await eventually(lambda: _entries_are(b, before - 2))
+    assert await b.get("k1") is None
+    assert await b.get("k3") == "k3"
+
+    result = await cli("clear", "--url", url, "--namespace", namespace)
+    assert result.exit_code == 2  # no --yes: refused
+    assert await b.get("k3") == "k3"
+
+    result = await cli("clear", "--yes", "--url", url, "--namespace", namespace)
+    assert result.exit_code == 0, result.output
+    await eventually(lambda: _entries_are(b, 0))
+    assert await b.get("k3") is None
+    assert await a.get("k3") is None
+
+
 async def test_delete_and_clear_reach_the_other_instances(
     server: RedisServer, make_cache: CacheFactory
 ) -> None:
     a = await make_cache(namespace="erp")
     b = await make_cache(namespace="erp")
-    for key in ("k1", "k2", "k3"):
-        await a.set(key, key)
-        assert await b.get(key) == key
-
-    result = await cli("delete", "k1", "k2", "--url", server.url, "--namespace", "erp", "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["deleted"] == ["k1", "k2"]
-    await eventually(lambda: _entries_are(b, 1))
-    assert await b.get("k1") is None
-    assert await b.get("k3") == "k3"
-
-    result = await cli("clear", "--url", server.url, "--namespace", "erp")
-    assert result.exit_code == 2  # no --yes: refused
-    assert await b.get("k3") == "k3"
-
-    result = await cli("clear", "--yes", "--url", server.url, "--namespace", "erp")
-    assert result.exit_code == 0, result.output
-    await eventually(lambda: _entries_are(b, 0))
-    assert await b.get("k3") is None
-    assert await a.get("k3") is None
+    await deletes_and_clears(server.url, "erp", a, b)
 
 
 async def _entries_are(cache: TwoTierCache, count: int) -> bool:
