@@ -256,14 +256,31 @@ def _change(
     _run(go(), as_json)
 
 
+Tags = Annotated[
+    list[str], typer.Argument(metavar="TAG...", help="the tags to invalidate", show_default=False)
+]
+Keys = Annotated[
+    list[str], typer.Argument(metavar="KEY...", help="the keys to delete", show_default=False)
+]
+
+
+def _change_names(
+    target: Target,
+    force: bool,
+    as_json: bool,
+    action: Callable[[TwoTierCache], Coroutine[Any, Any, object]],
+    done: str,
+    names: list[str],
+    noun: str,
+) -> None:
+    """`_change` for a command on a list of names: "<done> N <noun>(s): a, b"."""
+    said = f"{done} {len(names)} {noun}(s): {', '.join(names)}"
+    _change(target, force, as_json, action, {done: names}, said)
+
+
 @app.command()
 def invalidate(
-    tags: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="TAG...", help="the tags to invalidate", show_default=False
-        ),
-    ],
+    tags: Tags,
     url: Url = None,
     namespace: Namespace = "twotier",
     as_json: Json = False,
@@ -275,18 +292,13 @@ def invalidate(
     async def action(cache: TwoTierCache) -> None:
         await cache.invalidate_tags(tags)
 
-    said = f"invalidated {len(tags)} tag(s): {', '.join(tags)}"
-    _change(Target(url, namespace, timeout), force, as_json, action, {"invalidated": tags}, said)
+    target = Target(url, namespace, timeout)
+    _change_names(target, force, as_json, action, "invalidated", tags, "tag")
 
 
 @app.command()
 def delete(
-    keys: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="KEY...", help="the keys to delete", show_default=False
-        ),
-    ],
+    keys: Keys,
     url: Url = None,
     namespace: Namespace = "twotier",
     as_json: Json = False,
@@ -299,8 +311,7 @@ def delete(
         for key in keys:
             await cache.delete(key)
 
-    said = f"deleted {len(keys)} key(s): {', '.join(keys)}"
-    _change(Target(url, namespace, timeout), force, as_json, action, {"deleted": keys}, said)
+    _change_names(Target(url, namespace, timeout), force, as_json, action, "deleted", keys, "key")
 
 
 @app.command()
