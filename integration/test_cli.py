@@ -66,27 +66,33 @@ def _checks(result: Result) -> dict[str, dict[str, str]]:
 # -- stats and top -------------------------------------------------------------------
 
 
-async def test_stats_lists_every_live_instance_and_the_totals(
-    server: RedisServer, make_cache: CacheFactory
-) -> None:
-    a = await make_cache(namespace="erp", heartbeat_interval=0.1)
-    b = await make_cache(namespace="erp", heartbeat_interval=0.1)
-    other = await make_cache(namespace="other", heartbeat_interval=0.1)
+async def stats_of_two(url: str, namespace: str, a: TwoTierCache, b: TwoTierCache) -> Any:
+    """Two hits and a miss on *a* and *b* (which report often), then `twotier
+    stats --json` until both have reported them: its answer."""
     await a.set("k", 1)
     assert await a.get("k") == 1  # an L1 hit on a
     assert await b.get("k") == 1  # an L2 hit on b
     assert await b.get("missing") is None
-
     data: dict[str, Any] = {}
 
     async def both_reported() -> bool:
-        result = await cli("stats", "--url", server.url, "--namespace", "erp", "--json")
+        result = await cli("stats", "--url", url, "--namespace", namespace, "--json")
         assert result.exit_code == 0, result.output
         data.update(json.loads(result.stdout))
         by_id = {r["instance"]: r for r in data["instances"]}
         return set(by_id) == {a.instance_id, b.instance_id} and by_id[b.instance_id]["misses"] == 1
 
     await eventually(both_reported, timeout=5)
+    return data
+
+
+async def test_stats_lists_every_live_instance_and_the_totals(
+    server: RedisServer, make_cache: CacheFactory
+) -> None:
+    a = await make_cache(namespace="erp", heartbeat_interval=0.1)
+    b = await make_cache(namespace="erp", heartbeat_interval=0.1)
+    other = await make_cache(namespace="other", heartbeat_interval=0.1)
+    data = await stats_of_two(server.url, "erp", a, b)
     assert other.instance_id not in {r["instance"] for r in data["instances"]}
     totals = data["totals"]
     assert totals["instances"] == 2

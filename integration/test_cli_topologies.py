@@ -27,7 +27,14 @@ from twotier._redis import Layout
 from twotier.testing import LocalCluster, LocalSentinel, RedisServer
 
 from .conftest import FLAVOURS
-from .test_cli import _checks, _entries_are, cli, deletes_and_clears, shell
+from .test_cli import (
+    _checks,
+    _entries_are,
+    cli,
+    deletes_and_clears,
+    shell,
+    stats_of_two,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -120,22 +127,8 @@ async def test_stats_lists_the_instances_running_on_the_deployment(
 ) -> None:
     a = await make_cache(heartbeat_interval=0.1)
     b = await make_cache(heartbeat_interval=0.1)
-    await a.set("k", 1)
-    assert await a.get("k") == 1  # an L1 hit on a
-    assert await b.get("k") == 1  # an L2 hit on b
-    assert await b.get("missing") is None
-    data: dict[str, object] = {}
-
-    async def both_reported() -> bool:
-        result = await cli("stats", "--url", deployment.url, "-n", namespace, "--json")
-        assert result.exit_code == 0, result.output
-        data.update(json.loads(result.stdout))
-        by_id = {r["instance"]: r for r in data["instances"]}  # type: ignore[attr-defined]
-        return set(by_id) == {a.instance_id, b.instance_id} and by_id[b.instance_id]["misses"] == 1
-
-    await eventually(both_reported, timeout=5)
+    data = await stats_of_two(deployment.url, namespace, a, b)
     totals = data["totals"]
-    assert isinstance(totals, dict)
     assert (totals["instances"], totals["instances_connected"]) == (2, 2)
     assert (totals["hits"], totals["misses"]) == (2, 1)
 
