@@ -179,8 +179,15 @@ async def test_invalidate_makes_other_running_instances_drop_their_entries(
 async def deletes_and_clears(url: str, namespace: str, a: TwoTierCache, b: TwoTierCache) -> None:
     """`delete` (two keys, JSON) and `clear` (refused without --yes) reach *b*,
     an instance holding the keys in L1, whatever the deployment behind *url*."""
+    received = b.get_stats()["invalidations_received"]
     for key in ("k1", "k2", "k3"):
         await a.set(key, key)
+
+    async def sets_arrived() -> bool:  # else a late one evicts a key b has just read
+        return bool(b.get_stats()["invalidations_received"] >= received + 3)
+
+    await eventually(sets_arrived)
+    for key in ("k1", "k2", "k3"):
         assert await b.get(key) == key  # now in b's L1
     before = b.get_stats()["entries"]
 
