@@ -47,7 +47,7 @@ class RedisListener:
         suspend_local: Callable[[bool], None],
         on_link_lost: Callable[[], None],
         on_synced: Callable[[], None],
-        on_lease_end: Callable[[tuple[str, ...]], None],
+        on_lease_end: Callable[[tuple[str, ...] | None], None],
         counters: Counters,
         health_interval: float,
         log: Log,
@@ -234,6 +234,10 @@ class RedisListener:
     async def _resync(self, reason: str) -> None:
         self._suspend_local(True)
         self._mirror.trusted = False
+        # The end of a fill lease ('f') is not numbered and not logged: one
+        # published while this listener was away or behind is gone. Waiters
+        # look again (one read) instead of waiting out the lease.
+        self._on_lease_end(None)
         server_id = await self._tier.server_id()
         current = await self._tier.current_seq()
         last = self._last_seq
