@@ -35,10 +35,16 @@ def test_resp2_and_resp3_replies() -> None:
     assert replies[8] is _PUSH
 
 
-def test_errors_are_returned_not_raised() -> None:
-    (error,) = _all(b"-NOSCRIPT No matching script.\r\n")
-    assert isinstance(error, redis_errors.ResponseError)
-    assert str(error).startswith("NOSCRIPT")
+def test_errors_are_returned_not_raised_and_typed_as_redis_py_types_them() -> None:
+    noscript, oom, moved, other = _all(
+        b"-NOSCRIPT No matching script.\r\n-OOM command not allowed\r\n"
+        b"-MOVED 3999 127.0.0.1:6381\r\n-WRONGTYPE Operation against a key\r\n"
+    )
+    assert isinstance(noscript, redis_errors.NoScriptError)
+    assert isinstance(oom, redis_errors.OutOfMemoryError)  # the guard names the cause by type
+    assert isinstance(moved, redis_errors.MovedError)
+    assert type(other) is redis_errors.ResponseError
+    assert str(other).startswith("WRONGTYPE")
 
 
 @pytest.mark.parametrize("cut", [b":1", b"$5\r\nab", b"*2\r\n:2\r\n", b"*2\r\n:2\r\n$1\r\n"])

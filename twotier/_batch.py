@@ -1,14 +1,19 @@
-"""Lean pipelines for warmup's batches: commands packed by hand, replies parsed in bulk.
+"""Lean commands: packed by hand, written straight to the socket, replies parsed in bulk.
 
-A batch of warmup is a thousand script calls of one kind (`claim`, `fill`),
-each on one key's slot. Through redis-py's pipeline most of their cost was the
-client's: packing each command argument by argument, then one parser coroutine
-(and, on pool connections, one socket-timeout context) per reply. Here a
-batch is one buffer built from bytes joined once per command, sent on a pool
-connection, and its replies are parsed straight out of the bytes as they
-arrive — one coroutine per chunk of 64 KiB, not per reply. The replies of
-twotier's scripts are few shapes: integers, bulk strings, nil, arrays of
-those, errors (RESP2 and RESP3 alike; RESP3 push frames are skipped).
+Used for every script call (one command) and for warmup's batches (a thousand
+script calls of one kind, each on one key's slot). Through redis-py most of
+their cost was the client's: packing each command argument by argument, one
+parser coroutine per reply, and — on connections with a socket timeout —
+an `asyncio.wait_for` around each write, which in Python 3.11 is a new task
+and a whole extra turn of the event loop before the command leaves: 60 µs of
+an invalidation's 120 µs before its first byte was sent. Here a command or a
+batch is one buffer written to the connection's transport; only a write the
+kernel does not take at once waits (bounded), and the replies are parsed
+straight out of the bytes as they arrive — one coroutine per chunk of 64 KiB,
+not per reply. The replies of twotier's scripts are few shapes: integers,
+bulk strings, nil, arrays of those, errors (RESP2 and RESP3 alike; RESP3
+push frames are skipped). Errors come back typed as redis-py types them
+(`NoScriptError`, `OutOfMemoryError`, `MovedError`...), not raised.
 
 The connection is borrowed from redis-py's pool and returned with nothing
 pending; on any failure (a timeout, a reset, a malformed reply) it is
@@ -26,6 +31,7 @@ import asyncio
 from typing import Any
 
 import redis.exceptions as redis_errors
+from redis._parsers.base import BaseParser
 
 _CRLF = b"\r\n"
 _READ = 1 << 16
@@ -39,6 +45,18 @@ def bulk(data: bytes) -> bytes:
 def command_head(count: int, *fixed: bytes) -> bytes:
     """The start of a command of *count* arguments whose first ones are *fixed*."""
     return b"*%d\r\n" % count + b"".join(bulk(part) for part in fixed)
+
+
+def command(*parts: bytes | str | int) -> bytes:
+    """One command, packed (strings as UTF-8, integers in decimal)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        if isinstance(part, str):
+            part = part.encode()
+        elif isinstance(part, int):
+            part = b"%d" % part
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
 
 
 class _Incomplete(Exception):
@@ -58,7 +76,7 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
     """The reply starting at *pos*, and where the next one starts.
 
     Integers come back as int, bulk strings as bytes, nil as None, arrays as
-    lists, errors as `redis.exceptions.ResponseError` (not raised). Raises
+    lists, errors as redis-py's `ResponseError` subclasses (not raised). Raises
     `_Incomplete` when *buf* ends first, and `InvalidResponse` for any kind of
     reply twotier's scripts never send.
     """
@@ -90,7 +108,8 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
             items.append(item)
         return (items if kind == 42 else _PUSH), at
     if kind == 45:  # '-' error
-        return redis_errors.ResponseError(buf[pos + 1 : end].decode(errors="replace")), end + 2
+        error = BaseParser.parse_error(buf[pos + 1 : end].decode(errors="replace"))  # type: ignore[no-untyped-call]  # redis-py: unannotated
+        return error, end + 2
     if kind == 35:  # '#' RESP3 boolean (a Lua true, in RESP3)
         return int(buf[pos + 1 : end] == b"t"), end + 2
     raise redis_errors.InvalidResponse(f"unexpected reply type {chr(kind)!r}")
@@ -117,8 +136,11 @@ async def read_replies(reader: asyncio.StreamReader, count: int, wait: float | N
                 if extra is not _PUSH:
                     raise redis_errors.InvalidResponse("more replies than commands")
             return replies
-        async with asyncio.timeout(wait):
+        if wait is None:  # bounded by the caller (the read pipe's batch deadline)
             chunk = await reader.read(_READ)
+        else:
+            async with asyncio.timeout(wait):
+                chunk = await reader.read(_READ)
         if not chunk:
             raise redis_errors.ConnectionError("Connection closed by server.")
         buf = buf[pos:] + chunk if pos < len(buf) else chunk
@@ -140,14 +162,26 @@ async def run_on(connection: Any, packed: bytes, count: int) -> list[Any]:
     try:
         if not connection.is_connected:
             await connection.connect()
-        reader = connection._reader  # redis-py's parsers read this very stream
-        if reader is None:
+        reader, writer = connection._reader, connection._writer  # redis-py's own streams
+        if reader is None or writer is None:
             raise redis_errors.ConnectionError("an unconnected connection")
-        await connection.send_packed_command(packed, check_health=False)
+        wait = connection.socket_timeout
         try:
-            return await read_replies(reader, count, connection.socket_timeout)
+            await write(writer, packed, wait)
+            return await read_replies(reader, count, wait)
         except TimeoutError as exc:
-            raise redis_errors.TimeoutError("Timeout reading a batch's replies") from exc
+            raise redis_errors.TimeoutError("Timeout sending or reading a batch") from exc
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
+
+
+async def write(writer: asyncio.StreamWriter, packed: bytes, wait: float | None) -> None:
+    """Hand *packed* to the socket; wait (bounded) only if the kernel's buffer is full."""
+    try:
+        writer.write(packed)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: the transport is closed
+        raise redis_errors.ConnectionError(f"Error while writing to socket: {exc}") from exc
+    if writer.transport.get_write_buffer_size():
+        async with asyncio.timeout(wait):
+            await writer.drain()

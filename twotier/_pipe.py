@@ -38,7 +38,7 @@ from typing import Any
 
 import redis.exceptions as redis_errors
 
-from ._batch import read_replies
+from ._batch import read_replies, write
 
 
 class _Lead:
@@ -156,16 +156,19 @@ class ReadPipe:
             self._reconnect()
             return [await self._fallback(name) for name in names]
         self.batches += 1
+        reader = connection._reader
+        # The batch's deadline: a timer that fails the read, cheaper than an
+        # `asyncio.timeout` context (a quarter of its cost, on every L2 hit).
+        expiry = asyncio.get_running_loop().call_later(self._timeout, _expire, reader)
         try:
-            async with asyncio.timeout(self._timeout):
-                await connection.send_packed_command(
-                    connection.pack_commands([("GET", name) for name in names]), check_health=False
-                )
-                replies = _replies(await read_replies(connection._reader, len(names), None))
+            await write(connection._writer, b"".join(map(_get, names)), self._timeout)
+            replies = _replies(await read_replies(reader, len(names), None))
         except BaseException:
             self._ready = False
             await connection.disconnect(nowait=True)  # replies may still be on the way
             raise
+        finally:
+            expiry.cancel()
         # A cluster node that no longer holds a key's slot answers MOVED: those
         # reads go through the client, which follows the move.
         return [
@@ -182,16 +185,27 @@ class ReadPipe:
             await self._connection.disconnect()
 
 
+def _get(name: str) -> bytes:
+    """`GET name`, packed."""
+    data = name.encode()
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _expire(reader: asyncio.StreamReader) -> None:
+    """A batch's deadline passed: its pending read raises `TimeoutError` (the
+    connection is then dropped, and a new one gets a new reader)."""
+    reader.set_exception(TimeoutError())
+
+
 def _replies(replies: list[Any]) -> list[bytes | None]:
     """GET replies as the tier takes them: WRONGTYPE reads as garbage, MOVED or
     ASK (a cluster node that no longer holds the slot) as `MOVED`, other errors
     raise."""
     for i, reply in enumerate(replies):
         if isinstance(reply, redis_errors.ResponseError):
-            text = str(reply)
-            if text.startswith(("MOVED ", "ASK ")):
+            if isinstance(reply, (redis_errors.MovedError, redis_errors.AskError)):
                 replies[i] = MOVED
-            elif text.startswith("WRONGTYPE"):
+            elif str(reply).startswith("WRONGTYPE"):
                 replies[i] = WRONG_TYPE  # GET of a hash or list: not ours, a miss to clean up
             else:
                 raise reply

@@ -103,7 +103,13 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
+    def pack(self, keys: list[str], args: list[Any]) -> bytes:
+        """The EVALSHA, packed (`_batch.command`)."""
+        return _batch.command("EVALSHA", self.sha, len(keys), *keys, *args)
+
     async def __call__(self, execute: Execute, keys: list[str], args: list[Any]) -> Any:
+        """Through redis-py's client: loads the script on NOSCRIPT, and in a
+        cluster follows a moved slot."""
         try:
             return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -247,8 +253,31 @@ class RedisTier:
             return await self._guard.call(operation)
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        run, execute = self._scripts[script], self._execute
-        return await self._call(lambda: run(execute, keys, args))
+        run = self._scripts[script]
+        return await self._call(lambda: self._lean(run, keys, args))
+
+    async def _lean(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """*script* on a pool connection (of the node holding *keys[0]*, in a
+        cluster), sent and read by `_batch`, not by redis-py's command path:
+        this is what every change, claim and fill costs the client. What the
+        lean path does not handle — a server without the script, a slot that
+        moved — goes once more through redis-py's client, which does."""
+        connection, release = await self._connection_to(keys[0])
+        try:
+            (reply,) = await _batch.run_on(connection, script.pack(keys, args), 1)
+            if isinstance(reply, redis_errors.ReadOnlyError):
+                await connection.disconnect(nowait=True)
+        finally:
+            await release()
+        if not isinstance(reply, ResponseError):
+            return reply
+        if isinstance(reply, (NoScriptError, redis_errors.AskError)):  # ASK and MOVED
+            return await script(self._execute, keys, args)
+        if isinstance(reply, redis_errors.ReadOnlyError):
+            # A replica answered: the master moved (a failover, REPLICAOF).
+            # Unavailable, not refused; redis-py's Sentinel connections say the same.
+            raise redis_errors.ConnectionError(f"the server is a replica now: {reply}") from reply
+        raise reply
 
     def _announce_args(self) -> list[Any]:
         return [self._origin, self.layout.channel, self._log_maxlen, _now_ms()]
@@ -658,11 +687,11 @@ def _raised(replies: list[Any]) -> list[Any]:
 
 
 def _noscript(reply: Any) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, NoScriptError)
 
 
 def _moved(reply: Any) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith(("MOVED ", "ASK "))
+    return isinstance(reply, redis_errors.AskError)  # MovedError is one too
 
 
 def _claim(reply: Any) -> Claim:
