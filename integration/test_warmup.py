@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 
 from .conftest import CacheFactory
@@ -61,9 +63,12 @@ async def test_warmup_survives_a_failing_loader(make_cache: CacheFactory) -> Non
     assert await cache.get("bad") is None
 
 
-async def test_warmup_sends_one_claim_and_one_fill_per_key(make_cache: CacheFactory) -> None:
-    """Issue 8: the claim is the read (a claim that finds an entry returns it),
-    so a fresh key costs two script calls and no GET; a batch is sent whole."""
+async def test_a_fresh_key_costs_a_get_a_set_nx_and_one_fill_script(
+    make_cache: CacheFactory,
+) -> None:
+    """Issue 8: before the loader runs, warmup sends plain commands only (one
+    GET, one SET NX per key), and one script call per key stores the results:
+    the claim script it replaced was half of a fresh key's server time."""
     cache = await make_cache(health_interval=60)  # no idle health check in the window
     raw = aioredis.Redis.from_url(cache.redis_url or "")
     try:
@@ -74,10 +79,65 @@ async def test_warmup_sends_one_claim_and_one_fill_per_key(make_cache: CacheFact
         stats = await raw.info("commandstats")
     finally:
         await raw.aclose()
-    assert stats["cmdstat_evalsha"]["calls"] == 2 * 2500
-    # Inside the scripts: claim reads the entry and the lease, fill the lease.
-    # No GET of its own (there was one per key before).
-    assert stats["cmdstat_get"]["calls"] == 3 * 2500
+    assert stats["cmdstat_evalsha"]["calls"] == 2500  # fill.lua, nothing else
+    # Plain: a GET and a SET NX per key; inside fill.lua: a GET of the lease,
+    # the SET of the entry (and a DEL of the lease).
+    assert stats["cmdstat_get"]["calls"] == 2 * 2500
+    assert stats["cmdstat_set"]["calls"] == 2 * 2500
+    assert stats["cmdstat_del"]["calls"] == 2500
+
+
+async def test_a_key_deleted_while_warmup_loads_it_is_not_stored(
+    make_cache: CacheFactory,
+) -> None:
+    """The key-level half of the no-stale-set guard holds for warmup's plain
+    leases: `delete()` removes the lease, so the fill of a value loaded before
+    the delete is refused, here and in Redis."""
+    a, b = await make_cache(), await make_cache()
+    source = {"k1": "old", "k2": "old"}
+
+    async def loader(key: str) -> str:
+        value = source[key]
+        if key == "k2":  # the row changes, and the app deletes the key, mid-batch
+            source["k1"] = "new"
+            await b.delete("k1")
+        return value
+
+    assert await a.warmup(list(source), loader) == 1  # k2 only
+    assert a.get_stats()["stale_sets_refused"] == 1
+    assert await b.get("k1") is None  # not in Redis
+    assert await a.get("k1") is None  # nor in a's L1
+    assert await b.get("k2") == "old"
+
+
+async def test_warmup_leaves_a_key_another_instance_is_loading(
+    make_cache: CacheFactory,
+) -> None:
+    """A key whose fill lease is held is being loaded elsewhere: warmup does
+    not load it too (no second loader run), and the holder's value is what
+    lands in Redis."""
+    a, b = await make_cache(), await make_cache()
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    @b.cached(ttl=60, key="k")
+    async def load() -> str:
+        started.set()
+        await finish.wait()
+        return "b's value"
+
+    loading = asyncio.create_task(load())
+    await started.wait()
+    calls: list[str] = []
+
+    def loader(key: str) -> str:
+        calls.append(key)
+        return key
+
+    assert await a.warmup(["k", "other"], loader) == 1
+    assert calls == ["other"]
+    finish.set()
+    assert await loading == "b's value"
+    assert await a.get("k") == "b's value"
 
 
 async def test_warmup_reloads_scripts_a_flushed_server_forgot(make_cache: CacheFactory) -> None:

@@ -75,7 +75,7 @@ _PUSH = _Push()
 def parse(buf: bytes, pos: int) -> tuple[Any, int]:
     """The reply starting at *pos*, and where the next one starts.
 
-    Integers come back as int, bulk strings as bytes, nil as None, arrays as
+    Integers come back as int, bulk and simple strings as bytes, nil as None, arrays as
     lists, errors as redis-py's `ResponseError` subclasses (not raised). Raises
     `_Incomplete` when *buf* ends first, and `InvalidResponse` for any kind of
     reply twotier's scripts never send.
@@ -95,6 +95,8 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
         if len(buf) < stop + 2:
             raise _Incomplete
         return buf[start:stop], stop + 2
+    if kind == 43:  # '+' simple string (OK)
+        return buf[pos + 1 : end], end + 2
     if kind == 95:  # '_' RESP3 null
         return None, end + 2
     if kind == 42 or kind == 62:  # '*' array, '>' RESP3 push

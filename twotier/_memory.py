@@ -69,8 +69,8 @@ class MemoryTier:
     async def claim(self, key: str, token: str, rejected: bytes) -> Claim:
         return Claim(GRANTED)
 
-    async def claim_many(self, keys: list[str], token: str, rejected: list[bytes]) -> list[Claim]:
-        return [Claim(GRANTED)] * len(keys)
+    async def lease_many(self, keys: list[str], token: str) -> list[bool]:
+        return [True] * len(keys)
 
     async def fill(self, key: str, entry: bytes, ttl: float, token: str) -> bool:
         return True

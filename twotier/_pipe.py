@@ -161,7 +161,7 @@ class ReadPipe:
         # `asyncio.timeout` context (a quarter of its cost, on every L2 hit).
         expiry = asyncio.get_running_loop().call_later(self._timeout, _expire, reader)
         try:
-            await write(connection._writer, b"".join(map(_get, names)), self._timeout)
+            await write(connection._writer, b"".join(map(get_command, names)), self._timeout)
             replies = _replies(await read_replies(reader, len(names), None))
         except BaseException:
             self._ready = False
@@ -185,7 +185,7 @@ class ReadPipe:
             await self._connection.disconnect()
 
 
-def _get(name: str) -> bytes:
+def get_command(name: str) -> bytes:
     """`GET name`, packed."""
     data = name.encode()
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(data), data)

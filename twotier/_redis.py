@@ -38,7 +38,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
@@ -51,7 +51,7 @@ from . import _batch
 from ._batch import bulk, command_head
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._pipe import WRONG_TYPE, ReadPipe
+from ._pipe import WRONG_TYPE, ReadPipe, get_command
 from ._tier import Claim, Message
 
 FORMAT = "v2"
@@ -178,6 +178,8 @@ class RedisTier:
         confirm_replicas: int = 0,
     ) -> None:
         self._client = client
+        # (isinstance with RedisCluster is slow: its bases include ABCs)
+        self._cluster = isinstance(client, RedisCluster)
         self._execute: Execute = client.execute_command
         self._guard = guard
         self._slots = asyncio.Semaphore(max_connections)
@@ -339,11 +341,11 @@ class RedisTier:
     async def _connection_to(self, key: str) -> tuple[Any, Callable[[], Awaitable[None]]]:
         """A connection of the pool, or in a cluster of the node holding *key*,
         and how to give it back."""
-        if not isinstance(self._client, RedisCluster):
-            pool = self._client.connection_pool
+        if not self._cluster:
+            pool = cast(aioredis.Redis, self._client).connection_pool
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
             return connection, lambda: pool.release(connection)
-        node = self._client.get_node_from_key(key)
+        node = cast(RedisCluster, self._client).get_node_from_key(key)
         if node is None:
             raise redis_errors.ConnectionError(f"no node serves the slot of {key!r}")
         connection = node.acquire_connection()
@@ -400,10 +402,10 @@ class RedisTier:
         return reply
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """One pipelined round trip (warmup); WRONGTYPE replies read as garbage."""
+        """Plain GETs, as one lean batch (warmup); WRONGTYPE replies read as garbage."""
         self.reads += len(keys)
-        replies = await self._pipeline([("GET", self.layout.entry(key)) for key in keys], False)
-        return [WRONG_TYPE if isinstance(reply, ResponseError) else reply for reply in replies]
+        replies = await self._batch(keys, [get_command(self.layout.entry(key)) for key in keys])
+        return [_wrong_type(reply) for reply in replies]
 
     async def open_reads(self) -> None:
         """Open the read pipe's connection now, not on the first read; on a
@@ -433,22 +435,24 @@ class RedisTier:
             raise
         return _claim(reply)
 
-    async def claim_many(self, keys: list[str], token: str, rejected: list[bytes]) -> list[Claim]:
-        """`claim` for each key (warmup): one script call per key, on the key's
-        own slot, all sent as one lean batch (`_batch.py`)."""
-        head = self._script_head("claim")
-        tail = bulk(token.encode()) + bulk(b"%d" % self._lease_ms)
-        commands = [
-            b"".join((head, *self._slot_bulks(key), tail, bulk(header)))
-            for key, header in zip(keys, rejected, strict=True)
-        ]
+    async def lease_many(self, keys: list[str], token: str) -> list[bool]:
+        """Take the fill lease of each key nobody holds one for (warmup): a
+        plain `SET NX PX` per key, as one lean batch. Not `claim.lua`: warmup
+        has read the entries already, waits for nobody (a held lease means the
+        key is being loaded elsewhere, so warmup leaves it), and so needs
+        neither the script's entry check nor its contention mark — a third of
+        the server time per key. A lease left by an older generation (before
+        a clear, or restored with a snapshot) is not taken over here either:
+        that key is left to its first read, whose claim does."""
+        lease, ms = self.layout.lease, self._lease_ms
+        commands = [_batch.command("SET", lease(key), token, "NX", "PX", ms) for key in keys]
         try:
-            replies = await self._batch("claim", keys, commands)
+            replies = await self._batch(keys, commands)
         except BaseException:
             for key in keys:
                 self._orphaned(key, token)
             raise
-        return [_claim(reply) for reply in replies]
+        return [reply is not None for reply in replies]  # OK, or nil: held
 
     async def fill(self, key: str, entry: bytes, ttl: float, token: str) -> bool:
         code = int(
@@ -467,7 +471,8 @@ class RedisTier:
             b"".join((head, *self._slot_bulks(key), token_bulk, bulk(entry), ttl_bulk))
             for key, entry in fills
         ]
-        codes = [int(code) for code in await self._batch("fill", [k for k, _ in fills], commands)]
+        keys = [key for key, _ in fills]
+        codes = [int(code) for code in await self._batch(keys, commands, script="fill")]
         for (key, _), code in zip(fills, codes, strict=True):
             if code == 2:
                 await self._wake(key)
@@ -482,19 +487,25 @@ class RedisTier:
         entry, lease = self.layout.slot_names(key)
         return bulk(entry.encode()), bulk(lease.encode())
 
-    async def _batch(self, script: str, keys: list[str], commands: list[bytes]) -> list[Any]:
-        """Run packed EVALSHAs of *script* (one per key of *keys*) as one batch,
-        or in a cluster as one batch per master, all at once; raise the first
-        error reply (after reading them all: the connections stay usable)."""
+    async def _batch(
+        self, keys: list[str], commands: list[bytes], script: str | None = None
+    ) -> list[Any]:
+        """Run packed commands (one per key of *keys*, on its slot; EVALSHAs of
+        *script*, if named) as one batch, or in a cluster as one batch per
+        master, all at once; raise the first error reply but WRONGTYPE (after
+        reading them all: the connections stay usable)."""
         groups: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(self._node_name(key), []).append(i)
+        if self._cluster:
+            for i, key in enumerate(keys):
+                groups.setdefault(self._node_name(key), []).append(i)
+        else:
+            groups[""] = list(range(len(keys)))
         replies: list[Any] = [None] * len(commands)
 
         async def send(indexes: list[int]) -> None:
             got = await self._packed(keys[indexes[0]], [commands[i] for i in indexes])
             missing = [j for j, reply in enumerate(got) if _noscript(reply)]
-            if missing:  # a server whose scripts were flushed, or a promoted replica
+            if missing and script is not None:  # a flushed server, or a promoted replica
                 await self._execute("SCRIPT LOAD", self._scripts[script].source)
                 again = await self._packed(
                     keys[indexes[0]], [commands[indexes[j]] for j in missing]
@@ -506,8 +517,9 @@ class RedisTier:
 
         async def send_all() -> list[Any]:
             await asyncio.gather(*(send(indexes) for indexes in groups.values()))
-            if any(_moved(reply) for reply in replies) and isinstance(self._client, RedisCluster):
-                await self._client.nodes_manager.initialize()  # sent around the client
+            if self._cluster and any(_moved(reply) for reply in replies):
+                # Sent around the client: refresh its slot map.
+                await cast(RedisCluster, self._client).nodes_manager.initialize()
             return _raised(replies)
 
         return await self._call(send_all)
@@ -521,10 +533,8 @@ class RedisTier:
             await release()
 
     def _node_name(self, key: str) -> str:
-        """The cluster node of *key*'s slot ("" on a single server)."""
-        if not isinstance(self._client, RedisCluster):
-            return ""
-        node = self._client.get_node_from_key(self.layout.entry(key))
+        """The cluster node of *key*'s slot."""
+        node = cast(RedisCluster, self._client).get_node_from_key(self.layout.entry(key))
         return node.name if node is not None else ""
 
     async def release(self, key: str, token: str) -> None:
@@ -679,11 +689,19 @@ class RedisTier:
 
 
 def _raised(replies: list[Any]) -> list[Any]:
-    """*replies*, unless one is an error: then that error, raised."""
+    """*replies*, unless one is an error: then that error, raised. But WRONGTYPE:
+    the answer to a GET of foreign data, which the caller reads as garbage."""
     for reply in replies:
-        if isinstance(reply, Exception):
+        if isinstance(reply, Exception) and _wrong_type(reply) is not WRONG_TYPE:
             raise reply
     return replies
+
+
+def _wrong_type(reply: Any) -> Any:
+    """A GET's reply, with WRONGTYPE (foreign data, a miss to clean up) as `WRONG_TYPE`."""
+    if isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE"):
+        return WRONG_TYPE
+    return reply
 
 
 def _noscript(reply: Any) -> bool:

@@ -90,7 +90,9 @@ class RemoteTier(Protocol):
         """The entry stored under *key* (one GET; concurrent ones are coalesced)."""
         ...
 
-    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The entries of *keys*, in one round trip (warmup)."""
+        ...
 
     async def versions(
         self, tags: tuple[str, ...], horizon: float = 0.0
@@ -103,9 +105,9 @@ class RemoteTier(Protocol):
         an entry other than the *rejected* one (its header; b"" for none) is there."""
         ...
 
-    async def claim_many(
-        self, keys: list[str], token: str, rejected: list[bytes]
-    ) -> list[Claim]: ...
+    async def lease_many(self, keys: list[str], token: str) -> list[bool]:
+        """Take the fill lease of each of *keys* that nobody holds one for (warmup)."""
+        ...
 
     async def fill(self, key: str, entry: bytes, ttl: float, token: str) -> bool:
         """Store a loaded value only if *token* still holds the lease."""

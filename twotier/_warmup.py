@@ -1,12 +1,13 @@
 """`cache.warmup`: fill both tiers for many keys, in batches.
 
 Per batch of keys: one pipelined round trip reads them all (judged against the
-version mirror like any read), one more claims the fill lease of each miss
-(under one shared token), the loader runs for the keys whose lease this
-batch holds, and one more round trip stores the results with the same
-conditional fill as a single load, under the version snapshot taken before
-the loader ran — so warmup honours the no-stale-set guarantee too. Keys
-already valid in Redis are left there; their first read brings them into L1.
+version mirror like any read), one more takes the fill lease of each miss
+(plain `SET NX`, under one shared token), the loader runs for the keys whose
+lease this batch holds, and one more round trip stores the results with the
+same conditional fill as a single load, under the version snapshot taken
+before the loader ran — so warmup honours the no-stale-set guarantee too.
+Keys already valid in Redis are left there; their first read brings them
+into L1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from ._logging import Log
 from ._serialization import Serializer
 from ._shared import SharedTier, Snapshot
 from ._stats import Counters
-from ._tier import GRANTED, STORED
 from ._types import MISS, StoreLocal
 
 BATCH = 1000
@@ -148,7 +148,7 @@ class Warmup:
             claims = batch.claims
             if claims is not None:
                 if not claims.done():
-                    claims.cancel()  # `claim_many` hands the leases it may hold back
+                    claims.cancel()  # `lease_many` hands the leases it may hold back
                 await asyncio.gather(claims, return_exceptions=True)
                 if not claims.cancelled() and claims.exception() is None:
                     leased, token = claims.result()
@@ -184,43 +184,35 @@ class Warmup:
     async def _claim_misses(self, flights: list[Flight]) -> tuple[list[Flight], str | None]:
         """The flights to load (their leases taken under one token, if Redis is there).
 
-        The read is the claim: a claim that finds an entry returns it instead of
-        taking the lease, so one script call per key both reads and claims. An
-        entry found is judged like any read; an outdated or unreadable one is
-        claimed again, now naming the entry it passes over.
+        Two round trips of plain commands: the entries are read (and judged
+        like any read; a valid one is left in Redis, not reloaded), then the
+        lease of each key without one is taken by `SET NX` (`lease_many`). A
+        key whose lease another caller holds is being loaded there: it is
+        theirs. No script runs before the loader: of a fresh key's server
+        time, the claim script was half.
         """
         shared = self._shared
         try:
             generation, _ = await shared.mirror.current(())
+            entries = await shared.remote.get_many([f.key for f in flights])
         except BackendError:
             self._counters.l2_errors += 1
             return flights, None  # Redis away: L1 alone
+        todo = [
+            flight
+            for flight, data in zip(flights, entries, strict=True)
+            if data is None or (await shared.judged(flight.key, data)).entry is None
+        ]
+        if not todo:
+            return [], None
         token = shared.new_token(generation)
-        leased: list[Flight] = []
-        todo, rejected = flights, [b""] * len(flights)
-        for round_ in range(2):
-            try:
-                claims = await shared.remote.claim_many([f.key for f in todo], token, rejected)
-            except BackendError:
-                # Claims that may have run are released as orphaned (`claim_many`).
-                self._counters.l2_errors += 1
-                if round_ == 0:
-                    return flights, None  # Redis away: L1 alone
-                break  # the keys claimed again are left out; the leased ones load
-            again: list[Flight] = []
-            rejected = []
-            for flight, claim in zip(todo, claims, strict=True):
-                if claim.status == GRANTED:
-                    leased.append(flight)
-                elif claim.status == STORED:
-                    found = await shared.judged(flight.key, claim.entry)
-                    if found.entry is None and found.rejected is not None:
-                        again.append(flight)
-                        rejected.append(found.rejected)
-                # HELD: another caller is loading the key; it is theirs.
-            if not again:
-                break
-            todo = again
+        try:
+            granted = await shared.remote.lease_many([f.key for f in todo], token)
+        except BackendError:
+            # Leases that may have been taken are released as orphaned (`lease_many`).
+            self._counters.l2_errors += 1
+            return flights, None  # Redis away: L1 alone
+        leased = [flight for flight, ok in zip(todo, granted, strict=True) if ok]
         return leased, (token if leased else None)
 
     async def _load(
