@@ -47,11 +47,17 @@ def now_wall_ms() -> int:
 def pack(
     ttl: float, generation: str, tags: tuple[str, ...], versions: tuple[str, ...], payload: bytes
 ) -> bytes:
+    return header(ttl, generation, tags, versions) + payload
+
+
+def header(ttl: float, generation: str, tags: tuple[str, ...], versions: tuple[str, ...]) -> bytes:
+    """An entry's header, RS included: entries stored together (a warmup batch)
+    share one, and differ only by their payloads."""
     fields = [_MAGIC, str(now_wall_ms() + max(1, int(ttl * 1000))), generation]
     for tag, version in zip(tags, versions, strict=True):
         fields.append(tag)
         fields.append(version)
-    return SEP.join(fields).encode() + RS + payload
+    return SEP.join(fields).encode() + RS
 
 
 def unpack(data: bytes) -> Envelope | None:

@@ -444,8 +444,10 @@ class RedisTier:
         the server time per key. A lease left by an older generation (before
         a clear, or restored with a snapshot) is not taken over here either:
         that key is left to its first read, whose claim does."""
-        lease, ms = self.layout.lease, self._lease_ms
-        commands = [_batch.command("SET", lease(key), token, "NX", "PX", ms) for key in keys]
+        lease, head = self.layout.lease, command_head(6, b"SET")
+        options = (token.encode(), b"NX", b"PX", b"%d" % self._lease_ms)
+        tail = b"".join(bulk(part) for part in options)
+        commands = [b"".join((head, bulk(lease(key).encode()), tail)) for key in keys]
         try:
             replies = await self._batch(keys, commands)
         except BaseException:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import anyio
 
-from ._envelope import pack
+from ._envelope import header
 from ._exceptions import BackendError
 from ._flights import Flight, Flights
 from ._logging import Log
@@ -273,10 +273,8 @@ class Warmup:
                 for key, _ in fills:  # a tag moved while the batch loaded
                     shared.release_later(key, token)
                 return dict.fromkeys((key for key, _ in fills), False)
-            entries = [
-                (key, pack(ttl, snapshot.generation, tags, snapshot.versions, payload))
-                for key, payload in fills
-            ]
+            head = header(ttl, snapshot.generation, tags, snapshot.versions)
+            entries = [(key, head + payload) for key, payload in fills]
             results = await shared.remote.fill_many(entries, ttl, token)
         except BackendError:
             self._counters.l2_errors += 1
