@@ -175,7 +175,7 @@ async def test_a_control_master_restored_from_an_older_snapshot_brings_nothing_b
         async with TwoTierCache(
             redis_url=cluster.url, namespace=namespace, redis_timeout=0.5
         ) as writer:
-            assert await writer.load("row", ("row",), 300, load, True) == "old"  # in L2
+            assert await writer.load("row", lambda: ("row",), 300, load, True) == "old"  # in L2
             await raw.save()
             snapshot = Path(master.dir) / "dump.rdb"
             old = snapshot.read_bytes()
@@ -198,10 +198,10 @@ async def test_a_control_master_restored_from_an_older_snapshot_brings_nothing_b
             assert restored != bumped, (restored, bumped)
 
             async with TwoTierCache(redis_url=cluster.url, namespace=namespace) as fresh:
-                assert await fresh.load("row", ("row",), 300, load, True) == "new"
+                assert await fresh.load("row", lambda: ("row",), 300, load, True) == "new"
 
             async def writer_sees_new() -> bool:
-                return await writer.load("row", ("row",), 300, load, True) == "new"
+                return await writer.load("row", lambda: ("row",), 300, load, True) == "new"
 
             await eventually(writer_sees_new, timeout=10)
     finally:

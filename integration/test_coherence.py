@@ -3,6 +3,7 @@ L2-specific propagation under RESP3 and RESP2, and the O(1) cost of tag invalida
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,62 @@ async def test_changes_reach_every_instance(make_cache: CacheFactory, protocol: 
     await a.delete("plain")
     await eventually(lambda: _equals(c.get("plain"), None))
     assert c.get_stats()["invalidations_received"] >= 3
+
+
+@pytest.mark.parametrize("change", ["invalidate_tag", "delete", "clear"])
+async def test_a_change_landing_while_an_l2_read_is_in_flight_is_honoured(
+    make_cache: CacheFactory, change: str
+) -> None:
+    """A decorated function's L2 hit renders no tags (issue 8: no tag work
+    before the read). A change that reaches the reader while its GET is on
+    the way — the entry is read, not yet judged — must still win: the read
+    is judged against the mirror that took the change (tags, clear), or its
+    flight is revoked (the key). The call returns the value it was entitled
+    to, and nothing stale stays in L1: the next call loads the new value."""
+    reader, writer = await make_cache(), await make_cache()
+    source = {"v": "old"}
+
+    def define(cache: TwoTierCache):
+        @cache.cached(ttl=60, tags=["articles", "category:{category}"])
+        async def articles(category: str) -> str:
+            return source["v"]
+
+        return articles
+
+    read, write = define(reader), define(writer)
+    assert await write("news") == "old"  # in Redis
+    remote = reader._shared.remote
+    got_entry, go_on = asyncio.Event(), asyncio.Event()
+    real_get = remote.get
+
+    async def held_get(key: str) -> bytes | None:
+        data = await real_get(key)  # the old entry, read
+        got_entry.set()
+        await go_on.wait()  # ...and held before it is judged
+        return data
+
+    remote.get = held_get  # type: ignore[method-assign]
+    reading = asyncio.create_task(read("news"))
+    await got_entry.wait()
+    received = reader.get_stats()["invalidations_received"]
+    source["v"] = "new"
+    if change == "invalidate_tag":
+        await writer.invalidate_tag("category:news")
+    elif change == "delete":
+        await writer.delete(write.key("news"))
+    else:
+        await writer.clear()
+    await eventually(lambda: _at_least(reader, received + 1))  # the reader has the change
+    remote.get = real_get  # type: ignore[method-assign]
+    go_on.set()
+    first = await reading
+    assert first in ("old", "new")  # asked before the change was acknowledged
+    assert await read("news") == "new"  # but nothing stale was kept
+    assert reader.local.entries == 1
+
+
+async def _at_least(cache: TwoTierCache, received: int) -> bool:
+    return cache.get_stats()["invalidations_received"] >= received
 
 
 async def _equals(awaitable: object, expected: object) -> bool:
@@ -168,8 +225,8 @@ async def test_the_documented_acl_rules_are_enough(flavour: str) -> None:
 
             await a.set("k", 1, tags=["t"])
             assert await b.get("k") == 1
-            assert await b.load("l", ("t",), 60, load, True) == 1
-            assert await a.load("l", ("t",), 60, load, True) == 1  # an L2 hit
+            assert await b.load("l", lambda: ("t",), 60, load, True) == 1
+            assert await a.load("l", lambda: ("t",), 60, load, True) == 1  # an L2 hit
             await a.invalidate_tag("t")
             await eventually(lambda: _equals(b.get("k"), None))
             await b.delete("l")

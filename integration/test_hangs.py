@@ -163,7 +163,7 @@ async def test_cancelled_warmup_leaves_no_lease(
         loads.append("b")
         return "w:7"
 
-    took = await _took(b.load("w:7", (), 60, load_w7, True))
+    took = await _took(b.load("w:7", tuple, 60, load_w7, True))
     assert took < BOUND
     assert loads == ["b"]
 

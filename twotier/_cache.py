@@ -53,7 +53,7 @@ from ._sync import SyncCache
 from ._tier import RemoteTier
 from ._topology import Target, detect
 from ._topology import parse as parse_url
-from ._types import MISS, Clock
+from ._types import MISS, Clock, RenderTags
 from ._warmup import Warmup
 
 #: Tags one entry may carry: an L2 read checks all of them in one script call,
@@ -380,10 +380,10 @@ class TwoTierCache:
         return await self._reads.get(key, default, self.copy_on_read)
 
     async def load(
-        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
+        self, key: str, tags: RenderTags, ttl: float, loader: Loader, copy_on_read: bool
     ) -> Any:
-        """The miss path (`_reads.py`); callers have validated *key*, *tags* and
-        *ttl* and already missed L1."""
+        """The miss path (`_reads.py`); callers have validated *key* and *ttl*
+        and already missed L1; *tags* renders valid tags, if L2 misses too."""
         await self._ensure_started()
         return await self._reads.load(key, tags, ttl, loader, copy_on_read)
 

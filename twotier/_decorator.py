@@ -20,7 +20,7 @@ from ._exceptions import ConfigurationError
 from ._keys import KeyPlan
 from ._policies import Loader, LoaderPolicy, PolicyRunner
 from ._stats import Counters
-from ._types import MISS, Clock, Missing
+from ._types import MISS, Clock, Missing, RenderTags
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,7 +67,7 @@ class LoadingCache(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def load(
-        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
+        self, key: str, tags: RenderTags, ttl: float, loader: Loader, copy_on_read: bool
     ) -> Any: ...
 
     async def refresh(
@@ -180,7 +180,11 @@ class _Cached(Generic[P, R]):
 
     async def _miss(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         self._events.l1_missed()
-        tags = self._plan.tags(args, kwargs)
+        plan = self._plan
+
+        def tags() -> tuple[str, ...]:  # only if L2 misses too
+            return plan.tags(args, kwargs)
+
         cache, copy = self._cache, self._copy
         loader = self._loader(args, kwargs)
         try:

@@ -24,7 +24,7 @@ from ._policies import Loader
 from ._serialization import Serializer
 from ._shared import GAVE_WAY, Found, SharedTier
 from ._stats import Counters
-from ._types import MISS, Clock
+from ._types import MISS, Clock, RenderTags
 
 
 class Reads:
@@ -80,12 +80,13 @@ class Reads:
         return found.value
 
     async def load(
-        self, key: str, tags: tuple[str, ...], ttl: float, loader: Loader, copy_on_read: bool
+        self, key: str, tags: RenderTags, ttl: float, loader: Loader, copy_on_read: bool
     ) -> Any:
         """The miss path: one flight per key, L2, the loader, a conditional write.
 
-        Callers have validated *key*, *tags* and *ttl*, started the cache and
-        already missed L1.
+        Callers have validated *key* and *ttl*, started the cache and already
+        missed L1; *tags* renders the entry's (valid) tags, and is called only
+        if L2 misses too or this instance has invalidations on their way.
         """
         flight = self._flights.join(key)
         if flight is not None:
@@ -99,9 +100,9 @@ class Reads:
                 if copy_on_read and not is_immutable(value):
                     value = self._serializer.loads(self._serializer.dumps(value))
                 return value
-        flight = self._flights.begin(key, tags)
+        flight = self._flights.begin(key, ())  # its tags once rendered (`_read_through`)
         try:
-            value = await self._read_through(flight, ttl, loader, copy_on_read)
+            value = await self._read_through(flight, tags, ttl, loader, copy_on_read)
         except asyncio.CancelledError:
             flight.fail(LeaderCancelled())
             raise
@@ -140,7 +141,7 @@ class Reads:
         min_ttl = remaining + max(0.0, ttl - remaining) / 2
         try:
             value = await self._read_through(
-                flight, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
+                flight, lambda: tags, ttl, loader, copy_on_read, min_ttl=min_ttl, refreshing=True
             )
         except BaseException as exc:
             # Callers whose L1 copy expired meanwhile joined this flight: they
@@ -160,6 +161,7 @@ class Reads:
     async def _read_through(
         self,
         flight: Flight,
+        render_tags: RenderTags,
         ttl: float,
         loader: Loader,
         copy_on_read: bool,
@@ -167,10 +169,18 @@ class Reads:
         min_ttl: float = 0.0,
         refreshing: bool = False,
     ) -> Any:
-        """L2 (one GET), else the fill lease, the loader and the conditional fill."""
-        key, tags, shared = flight.key, flight.tags, self._shared
-        if self._unsettled:
-            await self._unsettled.settle(tags)
+        """L2 (one GET), else the fill lease, the loader and the conditional fill.
+
+        The tags are rendered after an L2 miss, not before the read: a hit is
+        judged by the tags its entry carries, and an invalidation during the
+        read reaches the mirror it is judged against (a key's own change
+        reaches the flight). The flight takes them before the versions are
+        snapshotted, so from then on a tag's invalidation revokes the load.
+        """
+        key, shared = flight.key, self._shared
+        if self._unsettled:  # read-your-writes: our own invalidations first
+            flight.tags = render_tags()
+            await self._unsettled.settle(flight.tags)
         found = await shared.lookup(key, min_ttl)
         token: str | None = None
         if found.entry is None and found.rejected is not None:
@@ -183,6 +193,7 @@ class Reads:
             return found.value
         if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
             self._counters.misses += 1
+        tags = flight.tags = flight.tags or render_tags()
         snapshot = await shared.snapshot(tags, ttl) if token is not None else None
         self._counters.loads += 1
         try:

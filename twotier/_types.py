@@ -25,5 +25,9 @@ Missing = Literal[_Missing.MISS]
 #: Seconds from an arbitrary origin, like `time.monotonic` (cachetools' `timer=`).
 Clock = Callable[[], float]
 
+#: Renders an entry's tags, called only when they are needed: a decorated
+#: function's L2 hit never renders them (the entry carries its own).
+RenderTags = Callable[[], tuple[str, ...]]
+
 #: Stores a value in L1: key, value, payload, ttl, tags, copy_on_read.
 StoreLocal = Callable[[str, Any, bytes, float, tuple[str, ...], bool], None]
