@@ -93,8 +93,9 @@ class SharedTier:
         """The entry for *key* if it is current (and lives *min_ttl* more)."""
         if self._blocked():
             return NOT_USABLE
+        read = self.remote.get(key)
         try:
-            data = await self._events.l2_read(self.remote.get(key))
+            data = await (self._events.l2_read(read) if self._events else read)
         except BackendError:
             self._counters.l2_errors += 1
             return NOT_USABLE
@@ -107,11 +108,13 @@ class SharedTier:
         if entry is None:
             await self._garbage(key, "not a twotier entry")
             return Found(MISS, None, b"")
-        try:
-            current = await self.judge(entry)
-        except BackendError:
-            self._counters.l2_errors += 1
-            return NOT_USABLE
+        current = self.mirror.judge(entry)  # the hit path: no await
+        if current is None:
+            try:
+                current = await self.judge(entry)
+            except BackendError:
+                self._counters.l2_errors += 1
+                return NOT_USABLE
         if not current:
             self._spawn(self._drop(key, entry.header))
         if not current or entry.remaining() <= min_ttl:
