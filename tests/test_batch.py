@@ -3,7 +3,7 @@
 import pytest
 import redis.exceptions as redis_errors
 
-from twotier._batch import _PUSH, _Incomplete, bulk, command_head, parse
+from twotier._batch import Incomplete, Push, bulk, command_head, parse
 
 
 def _all(buf: bytes) -> list[object]:
@@ -32,7 +32,8 @@ def test_resp2_and_resp3_replies() -> None:
         b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"  # push: not a reply
     )
     assert replies[:8] == [1, b"a\r\nbc", b"", None, None, [2, b"x"], None, 1]
-    assert replies[8] is _PUSH
+    assert type(replies[8]) is Push
+    assert replies[8] == [b"message", b"c", b"m"]
 
 
 def test_errors_are_returned_not_raised_and_typed_as_redis_py_types_them() -> None:
@@ -49,7 +50,7 @@ def test_errors_are_returned_not_raised_and_typed_as_redis_py_types_them() -> No
 
 @pytest.mark.parametrize("cut", [b":1", b"$5\r\nab", b"*2\r\n:2\r\n", b"*2\r\n:2\r\n$1\r\n"])
 def test_a_reply_cut_short_asks_for_more(cut: bytes) -> None:
-    with pytest.raises(_Incomplete):
+    with pytest.raises(Incomplete):
         parse(cut, 0)
 
 

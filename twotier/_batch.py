@@ -59,17 +59,12 @@ def command(*parts: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
-class _Incomplete(Exception):
+class Incomplete(Exception):
     """The buffer ends inside a reply: read more."""
 
 
-class _Push:
+class Push(list[Any]):
     """A RESP3 push frame (an out-of-band message): not the reply to a command."""
-
-    __slots__ = ()
-
-
-_PUSH = _Push()
 
 
 def parse(buf: bytes, pos: int) -> tuple[Any, int]:
@@ -77,12 +72,12 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
 
     Integers come back as int, bulk and simple strings as bytes, nil as None, arrays as
     lists, errors as redis-py's `ResponseError` subclasses (not raised). Raises
-    `_Incomplete` when *buf* ends first, and `InvalidResponse` for any kind of
+    `Incomplete` when *buf* ends first, and `InvalidResponse` for any kind of
     reply twotier's scripts never send.
     """
     end = buf.find(_CRLF, pos)
     if end < 0:
-        raise _Incomplete
+        raise Incomplete
     kind = buf[pos]
     if kind == 58:  # ':' integer
         return int(buf[pos + 1 : end]), end + 2
@@ -93,7 +88,7 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
         start = end + 2
         stop = start + size
         if len(buf) < stop + 2:
-            raise _Incomplete
+            raise Incomplete
         return buf[start:stop], stop + 2
     if kind == 43:  # '+' simple string (OK)
         return buf[pos + 1 : end], end + 2
@@ -108,7 +103,7 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
         for _ in range(count):
             item, at = parse(buf, at)
             items.append(item)
-        return (items if kind == 42 else _PUSH), at
+        return (items if kind == 42 else Push(items)), at
     if kind == 45:  # '-' error
         error = BaseParser.parse_error(buf[pos + 1 : end].decode(errors="replace"))  # type: ignore[no-untyped-call]  # redis-py: unannotated
         return error, end + 2
@@ -125,17 +120,17 @@ async def read_replies(reader: asyncio.StreamReader, count: int, wait: float | N
         try:
             while len(replies) < count:
                 reply, pos = parse(buf, pos)
-                if reply is not _PUSH:
+                if type(reply) is not Push:
                     replies.append(reply)
-        except _Incomplete:
+        except Incomplete:
             pass
         if len(replies) == count:
             while pos < len(buf):  # nothing may follow but push frames
                 try:
                     extra, pos = parse(buf, pos)
-                except _Incomplete:
+                except Incomplete:
                     extra = None
-                if extra is not _PUSH:
+                if type(extra) is not Push:
                     raise redis_errors.InvalidResponse("more replies than commands")
             return replies
         if wait is None:  # bounded by the caller (the read pipe's batch deadline)

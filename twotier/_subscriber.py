@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import redis.exceptions as redis_errors
 
+from ._channel import Subscription
 from ._exceptions import BackendError
 from ._logging import Log
 from ._mirror import VersionMirror
@@ -55,7 +55,7 @@ class RedisListener:
         on_resync: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._bus = bus
-        self._pubsub: Any = None  # the current subscription
+        self._subscription: Subscription | None = None
         self._tier = tier
         self._origin = origin
         # Trusted only while this listener is subscribed and in sync: the
@@ -131,9 +131,8 @@ class RedisListener:
     async def reconnect(self) -> None:
         """Drop the subscription (the server it is on is no longer the master):
         the loop subscribes again where the channel is now, and resyncs."""
-        pubsub = self._pubsub
-        if pubsub is not None and pubsub.connection is not None:
-            await pubsub.connection.disconnect(nowait=True)
+        if self._subscription is not None:
+            await self._subscription.close()
 
     async def _listen_once(self) -> None:
         channel = self._tier.layout.channel
@@ -141,15 +140,11 @@ class RedisListener:
         # so the resync below reads the counter after it. Bounded, because a
         # hung server (SIGSTOP) still accepts TCP connections and never answers.
         async with asyncio.timeout(2 * self._health_interval):
-            pubsub = self._pubsub = await self._bus.pubsub(channel)
+            subscription = await self._bus.subscription(channel, self._health_interval)
+        self._subscription = subscription
         try:
             async with asyncio.timeout(2 * self._health_interval):
-                if self._bus.sharded:
-                    await pubsub.ssubscribe(channel)
-                else:
-                    await pubsub.subscribe(channel)
-                while (await self._next(pubsub)) != "subscribed":
-                    pass
+                await subscription.open()
             await self._resync("connected")
             self.last_error = None
             self.connected.set()
@@ -157,48 +152,30 @@ class RedisListener:
             self._backoff = _FIRST_BACKOFF  # a later loss reconnects quickly again
             pending_ping = False
             while not self._stopping:
-                message = await self._next(pubsub)
-                if message is None:
+                frame = await subscription.next(self._health_interval)
+                if frame is None:
                     # Idle for a whole interval: prove the link is alive, and
                     # catch a lost last message (no later number reveals it).
                     if pending_ping:
                         raise TimeoutError("no answer to the health ping")
-                    await pubsub.ping()
+                    await subscription.ping()
                     pending_ping = True
                     if await self._tier.current_seq() != self._last_seq:
                         await self._resync("counter moved while idle")
-                elif message == "pong":
-                    pending_ping = False
-                else:
-                    pending_ping = False
-                    await self._handle(message)
+                    continue
+                pending_ping = False
+                kind, data = frame
+                if kind == "message":
+                    await self._handle(data)
+                elif kind == "unsubscribed":
+                    # The server dropped the shard channel: its slot moved to another
+                    # node (a failover or a resharding). Subscribe where it is now.
+                    raise redis_errors.ConnectionError("the channel's slot moved to another node")
         finally:
-            self._pubsub = None
-            await pubsub.aclose()
+            self._subscription = None
+            await subscription.close()
 
-    async def _next(self, pubsub: Any) -> bytes | str | None:
-        """The next payload, "pong", or None after an idle health interval."""
-        raw = await pubsub.get_message(timeout=self._health_interval)
-        if raw is None:
-            return None
-        kind = raw["type"]
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        if kind in ("message", "smessage"):
-            data: bytes = raw["data"]
-            return data
-        if kind == "pong":
-            return "pong"
-        if kind in ("subscribe", "ssubscribe"):
-            return "subscribed"
-        if kind == "sunsubscribe":
-            # The server dropped the shard channel: its slot moved to another
-            # node (a failover or a resharding). Subscribe where it is now.
-            raise redis_errors.ConnectionError("the channel's slot moved to another node")
-        return None
-
-    async def _handle(self, data: bytes | str) -> None:
-        if data == "subscribed":
-            return
+    async def _handle(self, data: bytes) -> None:
         try:
             message = Message.decode(data)
         except (ValueError, UnicodeDecodeError):

@@ -38,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from ._channel import Subscription
 from ._exceptions import ConfigurationError
 
 Kind = Literal["standalone", "cluster", "sentinel"]
@@ -237,15 +238,21 @@ class Bus:
         self._client: aioredis.Redis | None = None
         self._node: str | None = None
 
-    async def pubsub(self, channel: str) -> Any:
-        """A new pub/sub object on the node that carries *channel* now."""
+    async def subscription(self, channel: str, write_timeout: float) -> Subscription:
+        """A new subscription to *channel* on the node that carries it now (not
+        yet open: `Subscription.open`)."""
+        client = await self._client_for(channel)
+        connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        return Subscription(connection, channel, sharded=self.sharded, timeout=write_timeout)
+
+    async def _client_for(self, channel: str) -> aioredis.Redis:
         clients = self._clients
         if clients.kind != "cluster":
             if self._client is None:
                 # Its own client: a pub/sub connection must not share the socket
                 # timeout of data calls (it waits for messages by design).
                 self._client = _follower(clients, self._connect_timeout)
-            return self._client.pubsub()
+            return self._client
         cluster: RedisCluster = clients.data
         # A fresh slot map each time: the last subscription ended because the
         # node died, failed over or gave the slot away.
@@ -263,7 +270,7 @@ class Bus:
                 retry=Retry(NoBackoff(), 0),
             )
             self._node = node.name
-        return self._client.pubsub()
+        return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:

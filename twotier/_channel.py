@@ -1,0 +1,113 @@
+"""The invalidation channel: one subscription, its frames read straight off the stream.
+
+redis-py's `PubSub` hands each message through a read with its own timeout
+context, a retry wrapper, a dict, and a metrics hook; on the receiving side
+of an invalidation that was 20 µs of the 50 µs from the bytes' arrival to
+L1. Here the connection (redis-py's: it connects, authenticates, speaks
+HELLO 3 or RESP2, finds the Sentinel master) is only borrowed for its
+streams: the SUBSCRIBE (or, on a cluster's shard channel, SSUBSCRIBE) is
+packed by hand, and every frame, the confirmation included, is parsed by
+`_batch.parse`, several per read when they arrive together. redis-py's
+parser never reads this stream, so no frame can be left in its buffer.
+
+Frames are returned as (kind, data): "message" (with the payload),
+"subscribed", "unsubscribed" (the server dropped a shard channel: its slot
+moved) and "pong".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.exceptions as redis_errors
+
+from ._batch import Incomplete, command, parse, write
+
+_READ = 1 << 16
+_KINDS = {
+    b"message": "message",
+    b"smessage": "message",
+    b"subscribe": "subscribed",
+    b"ssubscribe": "subscribed",
+    b"unsubscribe": "unsubscribed",
+    b"sunsubscribe": "unsubscribed",
+    b"pong": "pong",
+}
+Frame = tuple[str, bytes]
+
+
+class Subscription:
+    def __init__(self, connection: Any, channel: str, *, sharded: bool, timeout: float) -> None:
+        self._connection = connection
+        self._channel = channel
+        self._timeout = timeout  # for a write the kernel does not take at once
+        self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self._buf = b""
+        self._pos = 0
+
+    async def open(self) -> None:
+        """Connect and subscribe; returns once the server confirmed it (from
+        then on no message of the channel is missed). Unbounded: the caller
+        bounds it (a paused server accepts connections and never answers)."""
+        await self._connection.connect()
+        await self._send(command(self._verb, self._channel))
+        while (await self.next(None)) != ("subscribed", b""):
+            pass
+
+    async def next(self, wait: float | None) -> Frame | None:
+        """The next frame, or None when *wait* seconds passed without one."""
+        while True:
+            try:
+                reply, self._pos = parse(self._buf, self._pos)
+            except Incomplete:
+                if not await self._read(wait):
+                    return None
+                continue
+            frame = _frame(reply)
+            if frame is not None:
+                return frame
+
+    async def _read(self, wait: float | None) -> bool:
+        reader = self._connection._reader
+        if reader is None:
+            raise redis_errors.ConnectionError("the subscription's connection is closed")
+        try:
+            async with asyncio.timeout(wait):
+                chunk = await reader.read(_READ)
+        except TimeoutError:
+            return False
+        if not chunk:
+            raise redis_errors.ConnectionError("Connection closed by server.")
+        self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
+        self._pos = 0
+        return True
+
+    async def ping(self) -> None:
+        """Ask for a "pong" frame (proof that the link is alive)."""
+        await self._send(command("PING"))
+
+    async def _send(self, packed: bytes) -> None:
+        writer = self._connection._writer
+        if writer is None:
+            raise redis_errors.ConnectionError("the subscription's connection is closed")
+        await write(writer, packed, self._timeout)
+
+    async def close(self) -> None:
+        await self._connection.disconnect(nowait=True)
+
+
+def _frame(reply: Any) -> Frame | None:
+    """A frame of the subscription as (kind, data); None for one it ignores."""
+    if isinstance(reply, redis_errors.ResponseError):
+        raise reply  # e.g. NOPERM: the ACL forbids the channel
+    if reply == b"PONG":  # RESP3 answers PING with a simple string, even here
+        return ("pong", b"")
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):
+        return None
+    kind = _KINDS.get(reply[0].lower())
+    if kind == "message" and len(reply) >= 3 and isinstance(reply[2], bytes):
+        return (kind, reply[2])
+    if kind is None or kind == "message":
+        return None
+    return (kind, b"")
