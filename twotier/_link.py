@@ -170,7 +170,7 @@ class RedisLink:
         """
         self._log.warning("Sentinel moved the master; reconnecting")
         await self._client.connection_pool.disconnect()
-        await self.tier.reconnect_reads()
+        await self.tier.reconnect()
         await self.listener.reconnect()
 
     async def _prepare_connection(self, connection: Any) -> None:
