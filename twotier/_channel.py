@@ -17,7 +17,6 @@ moved) and "pong".
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import redis.exceptions as redis_errors
@@ -45,6 +44,7 @@ class Subscription:
         self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._buf = b""
         self._pos = 0
+        self.frames = 0  # received so far (the listener tells an idle link by it)
 
     async def open(self) -> None:
         """Connect and subscribe; returns once the server confirmed it (from
@@ -52,36 +52,33 @@ class Subscription:
         bounds it (a paused server accepts connections and never answers)."""
         await self._connection.connect()
         await self._send(command(self._verb, self._channel))
-        while (await self.next(None)) != ("subscribed", b""):
+        while (await self.next()) != ("subscribed", b""):
             pass
 
-    async def next(self, wait: float | None) -> Frame | None:
-        """The next frame, or None when *wait* seconds passed without one."""
+    async def next(self) -> Frame:
+        """The next frame. Unbounded: the caller keeps the idle deadline (one
+        timer for many frames, not a timeout context per read). Cancelling
+        it loses nothing: what was read stays buffered for the next call."""
         while True:
             try:
                 reply, self._pos = parse(self._buf, self._pos)
             except Incomplete:
-                if not await self._read(wait):
-                    return None
+                await self._read()
                 continue
             frame = _frame(reply)
             if frame is not None:
+                self.frames += 1
                 return frame
 
-    async def _read(self, wait: float | None) -> bool:
+    async def _read(self) -> None:
         reader = self._connection._reader
         if reader is None:
             raise redis_errors.ConnectionError("the subscription's connection is closed")
-        try:
-            async with asyncio.timeout(wait):
-                chunk = await reader.read(_READ)
-        except TimeoutError:
-            return False
+        chunk = await reader.read(_READ)
         if not chunk:
             raise redis_errors.ConnectionError("Connection closed by server.")
         self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
-        return True
 
     async def ping(self) -> None:
         """Ask for a "pong" frame (proof that the link is alive)."""

@@ -150,42 +150,66 @@ class RedisListener:
             self.connected.set()
             self._on_synced()
             self._backoff = _FIRST_BACKOFF  # a later loss reconnects quickly again
-            pending_ping = False
-            while not self._stopping:
-                frame = await subscription.next(self._health_interval)
-                if frame is None:
-                    # Idle for a whole interval: prove the link is alive, and
-                    # catch a lost last message (no later number reveals it).
-                    if pending_ping:
-                        raise TimeoutError("no answer to the health ping")
-                    await subscription.ping()
-                    pending_ping = True
-                    if await self._tier.current_seq() != self._last_seq:
-                        await self._resync("counter moved while idle")
-                    continue
-                pending_ping = False
-                kind, data = frame
-                if kind == "message":
-                    await self._handle(data)
-                elif kind == "unsubscribed":
-                    # The server dropped the shard channel: its slot moved to another
-                    # node (a failover or a resharding). Subscribe where it is now.
-                    raise redis_errors.ConnectionError("the channel's slot moved to another node")
+            await self._listen(subscription)
         finally:
             self._subscription = None
             await subscription.close()
 
-    async def _handle(self, data: bytes) -> None:
+    async def _listen(self, subscription: Subscription) -> None:
+        """Apply the channel's messages as they come; on a whole health interval
+        without a frame, ping, and see whether the counter moved.
+
+        One idle timer per interval, not a timeout per read: it fires every
+        interval, and only an interval in which no frame came counts as idle.
+        It is off while a resync runs (a resync is never cut short by it)."""
+        loop = asyncio.get_running_loop()
+        pending_ping = False
+        while not self._stopping:
+            frames = subscription.frames
+            idle = asyncio.timeout(self._health_interval)
+            try:
+                async with idle:
+                    while not self._stopping:
+                        kind, data = await subscription.next()
+                        if kind == "message":
+                            resync = self._handle(data)
+                            if resync is not None:
+                                idle.reschedule(None)
+                                await self._resync(resync)
+                                idle.reschedule(loop.time() + self._health_interval)
+                        elif kind == "unsubscribed":
+                            # The server dropped the shard channel: its slot moved to another
+                            # node (a failover or a resharding). Subscribe where it is now.
+                            raise redis_errors.ConnectionError(
+                                "the channel's slot moved to another node"
+                            )
+            except TimeoutError:
+                if not idle.expired():
+                    raise  # a Redis call of the resync timed out
+            if subscription.frames > frames:
+                pending_ping = False  # not idle: the link answered in this interval
+                continue
+            # Idle for a whole interval: prove the link is alive, and catch a
+            # lost last message (no later number reveals it).
+            if pending_ping:
+                raise TimeoutError("no answer to the health ping")
+            await subscription.ping()
+            pending_ping = True
+            if await self._tier.current_seq() != self._last_seq:
+                await self._resync("counter moved while idle")
+
+    def _handle(self, data: bytes) -> str | None:
+        """Apply one message; the reason to resync instead, if it calls for one."""
         try:
             message = Message.decode(data)
         except (ValueError, UnicodeDecodeError):
             self._counters.bad_messages += 1
             self._log.warning("unreadable invalidation message %r; clearing L1", data[:80])
             self._clear_local()
-            return
+            return None
         if message.kind == "f":
             self._on_lease_end(message.names)
-            return
+            return None
         last = self._last_seq or 0
         if message.seq == last + 1:
             self._deliver(message)
@@ -193,12 +217,13 @@ class RedisListener:
             # of a replayed change can follow it.
             self._replay_floor = message.seq
         elif message.seq > last + 1:
-            await self._resync(f"gap {last}→{message.seq}")
+            return f"gap {last}→{message.seq}"
         elif message.seq <= self._replay_floor:
             # Not a late copy of something the last replay applied: the counter
             # went back (Redis flushed or restarted under our feet).
-            await self._resync(f"sequence went back {last}→{message.seq}")
+            return f"sequence went back {last}→{message.seq}"
         # else: a change the last replay already applied, arriving late over pub/sub
+        return None
 
     def _deliver(self, message: Message) -> None:
         self._last_seq = message.seq
