@@ -19,6 +19,7 @@ from redis.exceptions import OutOfMemoryError
 
 from tests.contract import eventually
 from twotier import TwoTierCache
+from twotier._topology import Bus
 from twotier.testing import RedisServer
 
 from ._proxy import ChaosProxy
@@ -66,6 +67,42 @@ async def test_a_restore_from_an_older_snapshot_brings_nothing_back(server: Redi
         async with TwoTierCache(redis_url=server.url, namespace="r", **FAST) as fresh:
             assert await _api(fresh, source)(1) == 1
     await raw.aclose()
+
+
+async def test_a_connection_meets_a_restored_server_before_its_first_control_call(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guarantee 9 where the listener cannot help: an instance whose
+    subscription never comes up (so no resync meets the server) reads an entry
+    the restore brought back. Its version read goes over a connection that met
+    the restored server when it opened, so the entry is judged under a new
+    generation, not under the versions the snapshot brought back. (Control
+    scripts skip the run-id check on a single server and Sentinel: each
+    connection made it when it opened.)"""
+    source = {1: 0, 2: 0}
+    raw = aioredis.Redis.from_url(server.url)
+    async with TwoTierCache(redis_url=server.url, namespace="r", **FAST) as cache:
+        row = _api(cache, source)
+        assert (await row(1), await row(2)) == (0, 0)
+        await raw.save()
+        snapshot = Path(server.dir) / "dump.rdb"
+        saved = snapshot.with_name("old.rdb")
+        shutil.copy(snapshot, saved)
+        source[1] = 1
+        await cache.invalidate_tag("row:1")
+    await raw.aclose()
+    server.kill()
+    shutil.copy(saved, snapshot)
+    server.launch()
+
+    async def never(*args: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Bus, "subscription", never)  # no listener, no resync
+    quick = {"redis_timeout": 0.1, "connect_timeout": 0.2, "health_interval": 0.2}
+    async with TwoTierCache(redis_url=server.url, namespace="r", **quick) as blind:
+        assert not blind.redis_available  # running without its invalidation link
+        assert await blind.get(_api(blind, source).key(1)) is None  # not the restored entry
 
 
 # -- item 5: maxmemory with noeviction ---------------------------------------------

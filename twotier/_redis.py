@@ -79,11 +79,15 @@ _SCRIPTS = (
 CHUNK = 1000
 
 
-def _script_source(name: str, publish: str) -> str:
+def _script_source(name: str, *, sharded: bool) -> str:
+    """A script's source: prelude and body, for a cluster (*sharded*: shard
+    channels, and every control script meets the server) or not (connections
+    meet the server when they open, `RedisTier.prepare`)."""
     lua = resources.files("twotier") / "lua"
     shebang = "#!lua flags=allow-oom" if name in _ALLOW_OOM else "#!lua"
     body = (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-    return f"{shebang}\nlocal PUBLISH = '{publish}'\n{body}"
+    publish, meet = ("SPUBLISH", "true") if sharded else ("PUBLISH", "false")
+    return f"{shebang}\nlocal PUBLISH = '{publish}'\nlocal MEET = {meet}\n{body}"
 
 
 #: redis-py's `execute_command`, which it leaves unannotated.
@@ -193,7 +197,7 @@ class RedisTier:
         self._orphaned = orphaned
         self._sharded = sharded
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
-        self._scripts = {name: _Script(_script_source(name, self._publish)) for name in _SCRIPTS}
+        self._scripts = {name: _Script(_script_source(name, sharded=sharded)) for name in _SCRIPTS}
         # Coalesced reads: one pipe on its own connection to the server, or in
         # a cluster one per master (made on first use, `_node_pipe`).
         self._timeout, self._connect_timeout = timeout, connect_timeout
@@ -227,24 +231,37 @@ class RedisTier:
 
         Loading here keeps NOSCRIPT off the request path: a cold call used to
         need NOSCRIPT, SCRIPT LOAD and EVALSHA within one timeout (issue 7,
-        item 2). (A new, restored or promoted server is met by the control
-        scripts themselves: lua/prelude.lua, `meet_server`.) A single-server
-        client also makes sure the server is not a cluster node, which it would
-        use half-working (every entry in another slot refused).
+        item 2). Then the connection meets its server (server.lua,
+        `meet_server`): a new, restored or promoted one starts a new
+        generation before any change or version read goes over this
+        connection, so control scripts need not check it each time (in a
+        cluster, whose client has no such hook, they do: lua/prelude.lua). A
+        single-server client also makes sure the server is not a cluster
+        node, which it would use half-working (every entry in another slot
+        refused).
         """
         await connection.on_connect()
         commands: list[tuple[Any, ...]] = [
             ("SCRIPT", "LOAD", script.source) for script in self._scripts.values()
         ]
         commands.append(("INFO", "cluster"))
+        if not self._sharded:
+            server = self._scripts["server"]
+            keys, args = self.layout.control, self._announce_args()
+            commands.append(("EVALSHA", server.sha, len(keys), *keys, *args))
         await connection.send_packed_command(connection.pack_commands(commands))
-        replies = [await connection.read_response() for _ in commands]
-        if not self._sharded and "cluster_enabled:1" in _text(replies[-1]):
+        for _ in self._scripts:
+            await connection.read_response()
+        cluster_info = _text(await connection.read_response())
+        if self._sharded:
+            return
+        if "cluster_enabled:1" in cluster_info:  # (the meeting's reply is a MOVED, unread)
             raise redis_errors.ConnectionError(
                 "the server is a Redis Cluster node, but the cache runs a single-server "
                 "client (no node answered when it started): restart it, or name the "
                 "cluster with a redis+cluster:// URL"
             )
+        await connection.read_response()  # met: the server's run id
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Every command of the tier but the reads: one of `max_connections`
@@ -550,7 +567,7 @@ class RedisTier:
         node = cast(RedisCluster, self._client).get_node_from_key(self.layout.entry(key))
         return node.name if node is not None else ""
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, *, uncertain: bool = False) -> None:
         if int(await self._run("release", [self.layout.lease(key)], [token])):
             await self._wake(key)
 

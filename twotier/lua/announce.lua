@@ -1,7 +1,7 @@
 -- Announce changed keys (a set or delete, done by entry-slot calls before
 -- this), and note how long the written entry may live (compaction's horizon).
 -- KEYS, ARGV: the control-script convention (prelude); then horizon ms (0 = none), keys...
-meet_server()
+meet()
 local seq = next_seq(KEYS[2], KEYS[3])
 local horizon = tonumber(ARGV[5])
 if horizon > 0 and versions_of(KEYS[1], {}) then note_horizon(KEYS[1], horizon) end

@@ -10,7 +10,7 @@
 -- The drop is announced ('x'), so that mirrors forget those versions too.
 -- KEYS, ARGV: the control-script convention (prelude); then the most fields
 -- to drop, margin ms
-meet_server()
+meet()
 local horizon = tonumber(redis.call('HGET', KEYS[1], '\31horizon') or '')
 if not horizon or redis.call('TYPE', KEYS[4])['ok'] ~= 'zset' then return 0 end
 local now = redis.call('TIME')

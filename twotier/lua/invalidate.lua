@@ -8,7 +8,7 @@
 -- The client sends at most a thousand tags per call (Lua's unpack limit).
 -- KEYS, ARGV: the control-script convention (prelude); then kind ('t' or 'c'), tags...
 -- Returns {generation, version...}
-meet_server()
+meet()
 local seq = next_seq(KEYS[2], KEYS[3])
 local tags = {}
 for i = 6, #ARGV do tags[#tags + 1] = ARGV[i] end

@@ -1,5 +1,6 @@
--- Shared by every twotier script (prepended by _redis.py, after a line that
--- sets PUBLISH: 'PUBLISH', or 'SPUBLISH' on a cluster's shard channel). Two
+-- Shared by every twotier script (prepended by _redis.py, after lines that
+-- set PUBLISH: 'PUBLISH', or 'SPUBLISH' on a cluster's shard channel, and
+-- MEET: whether control scripts meet the server themselves, see meet()). Two
 -- families, each touching one hash slot only (guarantee 8):
 --   control scripts: the namespace's {ns:v2} keys, always
 --                    KEYS = tag-version hash, seq, log, bump times, epoch
@@ -122,6 +123,17 @@ local function meet_server()
   local generation = new_namespace_generation(KEYS[1], KEYS[4], seq)
   redis.call('SET', KEYS[5], id)
   announce(seq, KEYS[3], 'server', ARGV[2], ARGV[3], ARGV[4], 'c', generation)
+end
+
+-- Every control script but server.lua starts here. On a single server or
+-- Sentinel, every connection met its server when it opened (RedisTier.prepare
+-- runs server.lua first): a TCP connection cannot outlive its server process,
+-- so the check would find the same run each time, at a quarter of an
+-- invalidation's server time (INFO). A cluster client offers no hook on
+-- connect: there each control script meets the server itself (MEET, set
+-- like PUBLISH by _redis.py).
+local function meet()
+  if MEET then meet_server() end
 end
 
 -- ---------------------------------------------------------------- entry slot

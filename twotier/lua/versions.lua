@@ -5,7 +5,7 @@
 -- may live (compaction's horizon).
 -- KEYS, ARGV: the control-script convention (prelude); then horizon ms (0 = none), tags...
 -- Returns {generation, version...}
-meet_server()
+meet()
 local tags = {}
 for i = 6, #ARGV do tags[#tags + 1] = ARGV[i] end
 local versions = versions_of(KEYS[1], tags)
