@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from tests.contract import eventually
 from twotier import LoaderTimeoutError, TwoTierCache
 from twotier._redis import Layout
 from twotier.testing import RedisServer
@@ -100,6 +101,54 @@ async def test_a_read_that_timed_out_after_redis_ran_it_leaves_no_lease(
         print(f"\n  late reply: another instance waited {took * 1000:.0f} ms for the key")
         assert took < BOUND, f"b waited {took:.1f} s on an orphaned lease"
         assert await _wait_for_leases(server) == []
+
+
+async def test_a_fill_whose_reply_was_lost_still_wakes_the_waiters(
+    server: RedisServer, proxy: ChaosProxy
+) -> None:
+    """The loader's fill reaches Redis after its caller gave up on the reply:
+    Redis stores the entry and ends the lease, and nobody said so (found by
+    the chaos test: one read waited the whole 10 s lease). The release that
+    follows finds the lease gone; it wakes the waiters anyway."""
+    raw = aioredis.Redis.from_url(server.url)
+    started, finish = asyncio.Event(), asyncio.Event()
+    async with (
+        TwoTierCache(redis_url=proxy.url, namespace="h", redis_timeout=0.05) as a,
+        TwoTierCache(redis_url=server.url, namespace="h", redis_timeout=0.5) as b,
+    ):
+
+        @a.cached(ttl=60, key="k")
+        async def slow() -> str:
+            started.set()
+            await finish.wait()
+            return "a's value"
+
+        @b.cached(ttl=60, key="k")
+        async def other() -> str:
+            return "b's own"
+
+        holding = asyncio.create_task(slow())
+        await started.wait()
+        waiting = asyncio.create_task(other())
+
+        async def waits() -> bool:
+            return b.get_stats()["lease_waits"] == 1
+
+        await eventually(waits)
+        proxy.latency = 0.15  # the fill arrives after a has given up on it
+        finish.set()
+        assert await holding == "a's value"  # from its loader, kept in a's L1 only
+
+        async def filled() -> bool:  # Redis ran the fill: entry stored, lease ended
+            return await raw.get(Layout("h").entry("k")) is not None
+
+        await eventually(filled)
+        proxy.latency = 0  # a's release gets through now
+        took = await _took(waiting)
+        print(f"\n  lost fill reply: the waiter was woken after {took * 1000:.0f} ms")
+        assert took < BOUND, f"b waited {took:.1f} s: nobody told it the lease ended"
+        assert waiting.result() == "a's value"  # read from Redis, not loaded again
+    await raw.aclose()
 
 
 async def test_a_cancelled_read_leaves_no_lease(server: RedisServer, proxy: ChaosProxy) -> None:

@@ -78,7 +78,7 @@ class MemoryTier:
     async def fill_many(self, fills: list[tuple[str, bytes]], ttl: float, token: str) -> list[bool]:
         return [True] * len(fills)
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, *, uncertain: bool = False) -> None:
         return None
 
     async def write(self, key: str, entry: bytes, ttl: float, horizon: float) -> None:

@@ -568,7 +568,7 @@ class RedisTier:
         return node.name if node is not None else ""
 
     async def release(self, key: str, token: str, *, uncertain: bool = False) -> None:
-        if int(await self._run("release", [self.layout.lease(key)], [token])):
+        if int(await self._run("release", [self.layout.lease(key)], [token])) or uncertain:
             await self._wake(key)
 
     async def _wake(self, key: str) -> None:

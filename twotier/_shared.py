@@ -208,12 +208,13 @@ class SharedTier:
         except BackendError:
             # Redis is away, or refused the write (maxmemory): L1 alone decides,
             # under the flight's guard. The fill may not have run, so its lease
-            # is released, else every reader elsewhere would wait out its TTL.
+            # is released, else every reader elsewhere would wait out its TTL;
+            # or it ran and its reply was lost, so the waiters are woken anyway.
             self._counters.l2_errors += 1
-            self.release_later(key, token)
+            self.release_later(key, token, uncertain=True)
             return True
         except BaseException:
-            self.release_later(key, token)  # cancelled mid-write
+            self.release_later(key, token, uncertain=True)  # cancelled mid-write
             raise
         return stored
 
@@ -233,27 +234,31 @@ class SharedTier:
         await self.remote.versions((), horizon=seconds)
         self._horizon = (self.mirror.generation, seconds)
 
-    def release_later(self, key: str, token: str) -> None:
+    def release_later(self, key: str, token: str, *, uncertain: bool = False) -> None:
         """Release a fill lease in the background: for a caller that timed out,
-        was cancelled, or failed, and cannot wait for Redis itself."""
-        self._spawn(self.release(key, token))
+        was cancelled, or failed, and cannot wait for Redis itself (*uncertain*:
+        see `RemoteTier.release`)."""
+        self._spawn(self.release(key, token, uncertain=uncertain))
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, *, uncertain: bool = False) -> None:
         """Give a lease back, retrying while Redis stalls; the release is keyed by
         the token, so running it twice, or after the lease ended, does nothing.
 
         A lease nobody releases stalls that key on every instance for
         `lease_ttl` (issue 7, item 1): a claim that timed out after Redis ran
         it, during a 250 ms fork stall, must give its lease back once Redis
-        answers again, not 10 s later.
+        answers again, not 10 s later. Likewise its waiters: an attempt whose
+        reply was lost may have ended the lease unseen, so the next one wakes
+        them whatever it finds.
         """
         deadline = self._clock() + self._lease_ttl
         delay = self._retry_delay
         while True:
             try:
-                await self.remote.release(key, token)
+                await self.remote.release(key, token, uncertain=uncertain)
                 return
             except BackendError:
+                uncertain = True
                 self._counters.l2_errors += 1
                 if self._clock() + delay > deadline:
                     return  # by then the lease has expired by itself

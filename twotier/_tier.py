@@ -117,8 +117,13 @@ class RemoteTier(Protocol):
         self, fills: list[tuple[str, bytes]], ttl: float, token: str
     ) -> list[bool]: ...
 
-    async def release(self, key: str, token: str) -> None:
-        """Give up a fill lease after the loader failed, waking any waiters."""
+    async def release(self, key: str, token: str, *, uncertain: bool = False) -> None:
+        """Give up a fill lease after the loader failed, waking any waiters.
+
+        *uncertain*: an earlier fill or release of this lease lost its reply,
+        so it may have ended the lease with waiters that nobody told: wake
+        them even if the lease is gone (a needless wake costs them one read).
+        """
         ...
 
     async def write(self, key: str, entry: bytes, ttl: float, horizon: float) -> None:

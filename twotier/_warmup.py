@@ -279,7 +279,7 @@ class Warmup:
         except BackendError:
             self._counters.l2_errors += 1
             for key, _ in fills:  # the fill may not have run: give the leases back
-                shared.release_later(key, token)
+                shared.release_later(key, token, uncertain=True)  # or it did, unseen
             return {}
         return {key: ok for (key, _), ok in zip(fills, results, strict=True)}
 
