@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.contract import SlowSource, eventually
@@ -28,9 +29,14 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.parametrize("entry", ["none", "invalidated"])
 async def test_hundred_misses_on_four_instances_run_the_loader_once(
-    server: RedisServer, make_cache: CacheFactory
+    server: RedisServer, make_cache: CacheFactory, entry: str
 ) -> None:
+    """A cold key, and the ERP's usual stampede: a hot key whose tag was just
+    invalidated, so Redis still holds its outdated entry. Each instance reads
+    that entry and passes it over; none deletes it (the fill replaces it), so
+    a waiting instance still sends three commands."""
     # no idle health check (GET of the counter) may fall into the counted commands
     caches = [await make_cache(lease_ttl=30, health_interval=60) for _ in range(4)]
     runs = 0
@@ -54,6 +60,16 @@ async def test_hundred_misses_on_four_instances_run_the_loader_once(
     # lease below might note it then: one script more, whichever wins.
     for year, cache in enumerate(caches, 1995):
         await define(cache)(year)
+    if entry == "invalidated":
+        assert await reports[0](2026) == {"year": 2026, "total": 42}  # in Redis
+        received = [c.get_stats()["invalidations_received"] for c in caches[1:]]
+        await caches[0].invalidate_tag("report")
+
+        async def everyone_heard() -> bool:
+            now = [c.get_stats()["invalidations_received"] for c in caches[1:]]
+            return all(n > m for n, m in zip(now, received, strict=True))
+
+        await eventually(everyone_heard)
     runs = 0
     done.clear()
     raw = aioredis.Redis.from_url(server.url)

@@ -181,7 +181,7 @@ class Reads:
         if self._unsettled:  # read-your-writes: our own invalidations first
             flight.tags = render_tags()
             await self._unsettled.settle(flight.tags)
-        found = await shared.lookup(key, min_ttl)
+        found = await shared.lookup(key, min_ttl, drop=False)  # a fill replaces it
         token: str | None = None
         if found.entry is None and found.rejected is not None:
             found, token = await self._claim(key, found.rejected, refreshing)
@@ -251,7 +251,7 @@ class Reads:
         finally:
             if self._lease_waiters.get(key) is woken:
                 del self._lease_waiters[key]
-        found = await self._shared.lookup(key)
+        found = await self._shared.lookup(key, drop=False)
         if found.entry is not None or found.rejected is None:
             return found, None
         found, token, _ = await self._shared.claim(key, found.rejected)

@@ -89,8 +89,12 @@ class SharedTier:
 
     # -- reads -----------------------------------------------------------------------
 
-    async def lookup(self, key: str, min_ttl: float = 0.0) -> Found:
-        """The entry for *key* if it is current (and lives *min_ttl* more)."""
+    async def lookup(self, key: str, min_ttl: float = 0.0, *, drop: bool = True) -> Found:
+        """The entry for *key* if it is current (and lives *min_ttl* more).
+
+        An outdated entry is deleted in the background (*drop*), unless the
+        caller is about to replace it (a miss with a loader: its fill
+        overwrites it, and a stampede's every instance would delete it)."""
         if self._blocked():
             return NOT_USABLE
         read = self.remote.get(key)
@@ -99,9 +103,11 @@ class SharedTier:
         except BackendError:
             self._counters.l2_errors += 1
             return NOT_USABLE
-        return await self.judged(key, data, min_ttl)
+        return await self.judged(key, data, min_ttl, drop=drop)
 
-    async def judged(self, key: str, data: bytes | None, min_ttl: float = 0.0) -> Found:
+    async def judged(
+        self, key: str, data: bytes | None, min_ttl: float = 0.0, *, drop: bool = True
+    ) -> Found:
         if data is None:
             return Found(MISS, None, b"")
         entry = unpack(data)
@@ -115,7 +121,7 @@ class SharedTier:
             except BackendError:
                 self._counters.l2_errors += 1
                 return NOT_USABLE
-        if not current:
+        if not current and drop:
             self._spawn(self._drop(key, entry.header))
         if not current or entry.remaining() <= min_ttl:
             return Found(MISS, None, entry.header)
@@ -168,7 +174,7 @@ class SharedTier:
         if claim.status == GRANTED:
             return Found(MISS, None, rejected), token, False
         if claim.status == STORED:
-            return await self.judged(key, claim.entry, 0.0), None, False
+            return await self.judged(key, claim.entry, 0.0, drop=False), None, False
         return Found(MISS, None, rejected), None, claim.status == HELD
 
     async def snapshot(self, tags: tuple[str, ...], ttl: float | None = None) -> Snapshot | None:

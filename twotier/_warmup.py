@@ -201,7 +201,7 @@ class Warmup:
         todo = [
             flight
             for flight, data in zip(flights, entries, strict=True)
-            if data is None or (await shared.judged(flight.key, data)).entry is None
+            if data is None or (await shared.judged(flight.key, data, drop=False)).entry is None
         ]
         if not todo:
             return [], None
