@@ -14,7 +14,7 @@ import contextlib
 import secrets
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -102,6 +102,10 @@ async def _stampede_child(
     try:
         while True:
             line = (await asyncio.to_thread(sys.stdin.readline)).split()
+            if line and line[0] == "inv" and cache is not None:
+                await cache.invalidate_tag(f"user:{int(line[1])}")
+                _say("invalidated")
+                continue
             if not line or line[0] != "go":
                 break
             key = int(line[1])
@@ -166,8 +170,8 @@ class Children:
             raise RuntimeError(f"bench child {proc.pid} exited (code {await proc.wait()})")
         return raw.decode().strip()
 
-    def send(self, line: str) -> None:
-        for proc in self.procs:
+    def send(self, line: str, procs: list[asyncio.subprocess.Process] | None = None) -> None:
+        for proc in self.procs if procs is None else procs:
             assert proc.stdin is not None
             proc.stdin.write(line.encode() + b"\n")
 
@@ -303,6 +307,15 @@ async def _client_names(client: aioredis.Redis) -> dict[str, str]:
     return {str(c["addr"]): str(c.get("name") or "") for c in listing}
 
 
+class Stampedes(NamedTuple):
+    """What the stampede rounds measured, per round."""
+
+    loads: list[float]  # loader runs, all instances
+    waiting: list[float]  # commands of each instance that waited (ran no loader)
+    loading: list[float]  # commands of the instance that ran the loader
+    detail: str  # the commands per stampede, by verb
+
+
 async def stampede(
     ctx: Context,
     lib: str,
@@ -310,8 +323,14 @@ async def stampede(
     instances: int = 4,
     callers: int = 100,
     loader_ms: float = 100.0,
-) -> tuple[list[float], list[list[float]], str]:
-    """Loader runs per stampede, and per-instance client commands (MONITOR, by client name)."""
+) -> Stampedes:
+    """Loader runs per stampede, and per-instance client commands (MONITOR, by client name).
+
+    twotier: a hot key, stampeded again after each invalidation of its tag (the
+    ERP's case: an update, then every instance's callers miss at once). Round 0
+    warms the instances (connections, the tag's version in each mirror) and is
+    not counted. cashews has no tag versions to warm: a new key each round.
+    """
     name = ctx.ns(f"s{lib[0]}{secrets.token_hex(2)}")
     per_instance = callers // instances
     children = Children()
@@ -332,12 +351,17 @@ async def stampede(
         for j in range(instances)
     ]
     watcher = ctx.client()
-    loads: list[float] = []
-    commands: list[list[float]] = []
+    out = Stampedes([], [], [], "")
     breakdown: dict[str, int] = {}
     try:
         await children.start(argvs)
-        for r in range(rounds):
+        for r in range(rounds + 1):
+            key = 1000 if lib == "twotier" else 1000 + r
+            if lib == "twotier" and r > 0:
+                first = children.procs[:1]
+                children.send(f"inv {key}", first)  # the others hear it on the bus
+                await children.readline(first[0])
+                await asyncio.sleep(0.1)
             marker = f"{name}-end-{r}"
             seen: list[dict[str, Any]] = []
             started = asyncio.Event()
@@ -347,16 +371,15 @@ async def stampede(
             )
             await started.wait()
             await asyncio.sleep(0.05)
-            children.send(f"go {1000 + r}")
-            runs = 0
-            for proc in children.procs:
-                _done, n, _ms = (await children.readline(proc)).split()
-                runs += int(n)
+            children.send(f"go {key}")
+            ran = [int((await children.readline(proc)).split()[1]) for proc in children.procs]
             names = await _client_names(watcher)
             await watcher.echo(marker)
             async with asyncio.timeout(LINE_TIMEOUT):
                 await task
             await monitor_client.aclose()
+            if r == 0:
+                continue
             counts = dict.fromkeys(range(instances), 0)
             for info in seen:
                 who = names.get(f"{info.get('client_address')}:{info.get('client_port')}", "")
@@ -364,15 +387,16 @@ async def stampede(
                     counts[int(who[len(name) + 1 :])] += 1
                     verb = str(info.get("command", "")).split(" ", 1)[0].upper()
                     breakdown[verb] = breakdown.get(verb, 0) + 1
-            loads.append(float(runs))
-            commands.append([float(c) for c in counts.values()])
+            out.loads.append(float(sum(ran)))
+            for i, count in counts.items():
+                (out.loading if ran[i] else out.waiting).append(float(count))
     finally:
         await children.stop()
         await watcher.aclose()
     detail = ", ".join(
         f"{verb} {n / rounds:.0f}" for verb, n in sorted(breakdown.items(), key=lambda kv: -kv[1])
     )
-    return loads, commands, f"per stampede (all instances): {detail or 'none'}"
+    return out._replace(detail=f"per stampede (all instances): {detail or 'none'}")
 
 
 async def stampede_rows(ctx: Context) -> list[Series]:
@@ -382,21 +406,25 @@ async def stampede_rows(ctx: Context) -> list[Series]:
     out: list[Series] = []
     libs = ["twotier"] + (["cashews"] if available("cashews") else [])
     for lib in libs:
-        loads, commands, detail = await stampede(ctx, lib, rounds)
+        measured = await stampede(ctx, lib, rounds)
         role = "twotier" if lib == "twotier" else "peer"
         label = "twotier @cached" if lib == "twotier" else "cashews @cache(lock=True)"
-        flat = [c for per_round in commands for c in per_round]
         out += [
-            Series("stampede", f"{label}: loader runs per stampede", role, "runs", loads),
+            Series("stampede", f"{label}: loader runs per stampede", role, "runs", measured.loads),
             Series(
-                "stampede", f"{label}: commands per instance", role, "cmds/inst", flat, note=detail
+                "stampede",
+                f"{label}: commands per waiting instance",
+                role,
+                "cmds/inst",
+                measured.waiting,
+                note=measured.detail,
             ),
             Series(
                 "stampede",
-                f"{label}: commands, busiest instance",
+                f"{label}: commands of the loading instance",
                 "diag",
                 "cmds/inst",
-                [max(r) for r in commands],
+                measured.loading,
             ),
         ]
     return out

@@ -364,15 +364,18 @@ def evaluate(series: list[Series]) -> list[Target]:
             )
         )
     runs = _find(series, "stampede", "twotier", unit="runs")
-    cmds = _find(series, "stampede", "diag", unit="cmds/inst", contains="twotier")
+    cmds = _find(series, "stampede", "twotier", unit="cmds/inst")
+    loader = _find(series, "stampede", "diag", unit="cmds/inst", contains="twotier")
     if runs is not None and cmds is not None:
+        busiest = max(cmds.samples)
+        extra = f"; the loading instance {loader.median:.0f}" if loader else ""
         out.append(
             Target(
                 "stampede",
                 "1 loader run; ≤ 3 Redis commands per waiting instance",
-                f"{runs.median:.0f} loader runs per stampede; busiest instance "
-                f"{cmds.median:.0f} commands (median of rounds)",
-                runs.median <= 1 and cmds.median <= 3,
+                f"{max(runs.samples):.0f} loader run(s) per stampede at most; waiting "
+                f"instances {cmds.median:.0f} commands (median), {busiest:.0f} at most{extra}",
+                max(runs.samples) <= 1 and busiest <= 3,
             )
         )
     tt = _find(series, "memory", "twotier")
