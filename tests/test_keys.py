@@ -43,6 +43,33 @@ def test_fast_path_and_bound_path_agree() -> None:
     assert plan.key((1, "x"), {}) == plan.key((), {"b": "x", "a": 1})
 
 
+@pytest.mark.parametrize(
+    "arg", [7, -1, 0.5, True, None, "news", "it's \"quoted\"", "ü" * 10, "x" * (MAX_KEY_LENGTH + 1)]
+)
+def test_the_hit_path_builds_the_key_the_plan_builds(arg: object) -> None:
+    """The decorator inlines the one-scalar-argument key on its hit path: the
+    entry it stores must be the one `fn.key`, `fn.invalidate` and other
+    instances' plans name (a long string's key is hashed the same way)."""
+
+    async def main() -> None:
+        cache = TwoTierCache()
+        loads: list[object] = []
+
+        @cache.cached(ttl=60)
+        async def fn(x: object) -> str:
+            loads.append(x)
+            return f"v{len(loads)}"
+
+        assert await fn(arg) == "v1"
+        assert cache.local.get(fn.key(arg)) == "v1"  # stored under the plan's key
+        assert cache.local.get(KeyPlan(fn.__wrapped__, None, ()).key((arg,), {})) == "v1"
+        await fn.invalidate(arg)
+        assert await fn(arg) == "v2"  # the invalidation named the same entry
+        await cache.close()
+
+    asyncio.run(main())
+
+
 def test_unhashable_arguments_give_stable_keys() -> None:
     async def f(filters: dict[str, object], ids: list[int]) -> None: ...
 

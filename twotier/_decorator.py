@@ -17,7 +17,7 @@ from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from ._events import Events
 from ._exceptions import ConfigurationError
-from ._keys import KeyPlan
+from ._keys import MAX_KEY_LENGTH, SCALARS, KeyPlan, hash_long_key
 from ._policies import Loader, LoaderPolicy, PolicyRunner
 from ._stats import Counters
 from ._types import MISS, Clock, Missing, RenderTags
@@ -126,6 +126,7 @@ class _Cached(Generic[P, R]):
         "_counters",
         "_events",
         "_get",
+        "_one",
         "_plan",
         "_runner",
         "_ttl",
@@ -146,6 +147,7 @@ class _Cached(Generic[P, R]):
         self._unless = unless
         self._cache = cache
         self._plan = plan
+        self._one = plan.one_argument_prefix
         self._ttl = ttl
         self._copy = copy_on_read
         self._get = cache.local.get  # bound once: the hit path's only lookup
@@ -155,7 +157,13 @@ class _Cached(Generic[P, R]):
         functools.update_wrapper(self, func)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        key = self._plan.key(args, kwargs)
+        one = self._one
+        if one is not None and len(args) == 1 and not kwargs and type(args[0]) in SCALARS:
+            key = one + repr(args[0]) + ")"  # `KeyPlan.key`'s commonest shape, inlined
+            if len(key) > MAX_KEY_LENGTH:
+                key = hash_long_key(key)
+        else:
+            key = self._plan.key(args, kwargs)
         if self._events.tracing:  # the hit path's only cost of being observable
             return await self._traced(key, args, kwargs)
         value = self._get(key)

@@ -30,7 +30,7 @@ MAX_TTL_SECONDS = 365 * 24 * 3600
 MAX_ARGUMENT_DEPTH = 100
 
 # Plain scalars whose repr is stable across processes and Python runs.
-_SCALARS: frozenset[type] = frozenset({int, str, float, bool, type(None)})
+SCALARS: frozenset[type] = frozenset({int, str, float, bool, type(None)})
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -133,7 +133,7 @@ def encode_argument(value: object) -> str:
 def _encode(value: object, path: list[int]) -> str:
     """Encode *value*; *path* holds the ids of the containers it is inside of."""
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in SCALARS:
         return repr(value)
     if kind is tuple or kind is list:
         _enter(value, path)
@@ -340,6 +340,14 @@ class KeyPlan:
         return tuple(t.text for t in self._tags)
 
     @property
+    def one_argument_prefix(self) -> str | None:
+        """The key's prefix when a call with one scalar argument makes the key
+        `prefix + repr(arg) + ")"` (the decorator inlines that shape), else None."""
+        if self._fast and self._n_positional == 1 and not self._ignored:
+            return self._open
+        return None
+
+    @property
     def has_tag_templates(self) -> bool:
         return any(t.fields for t in self._tags)
 
@@ -349,11 +357,11 @@ class KeyPlan:
                 args = tuple([args[i] for i in self._keep])
             # The hit path. The repr of a plain scalar is printable (str's repr
             # escapes control characters), so such keys need only a length check.
-            if len(args) == 1 and type(args[0]) in _SCALARS:  # the commonest shape: one id
+            if len(args) == 1 and type(args[0]) in SCALARS:  # the commonest shape: one id
                 key = self._open + repr(args[0]) + ")"
                 return key if len(key) <= MAX_KEY_LENGTH else hash_long_key(key)
             for arg in args:
-                if type(arg) not in _SCALARS:
+                if type(arg) not in SCALARS:
                     return validate_key(f"{self._open}{','.join(map(encode_argument, args))})")
             key = self._open + ",".join([repr(arg) for arg in args]) + ")"
             return key if len(key) <= MAX_KEY_LENGTH else hash_long_key(key)
