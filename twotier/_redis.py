@@ -281,11 +281,12 @@ class RedisTier:
         return await self._call(lambda: self._lean(run, keys, args))
 
     async def _lean(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        """*script* on a pool connection (of the node holding *keys[0]*, in a
-        cluster), sent and read by `_batch`, not by redis-py's command path:
-        this is what every change, claim and fill costs the client. What the
-        lean path does not handle — a server without the script, a slot that
-        moved — goes once more through redis-py's client, which does."""
+        """*script* on the tier's own connection when it is free, else on one
+        of the pool (in a cluster: of the node holding *keys[0]*), sent and
+        read by `_batch`, not by redis-py's command path: this is what every
+        change, claim and fill costs the client. What the lean path does not
+        handle — a server without the script, a slot that moved — goes once
+        more through redis-py's client, which does."""
         packed = script.pack(keys, args)
         if self._own is not None and not self._own_busy:
             self._own_busy = True
