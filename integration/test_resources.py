@@ -443,9 +443,23 @@ async def test_tls_certificate_failure_is_named(
     assert _logged(caplog, "certificate verify failed"), caplog.text
     # the same server with its CA given: the failure was the certificate, nothing else
     url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
-    async with TwoTierCache(redis_url=url, namespace="m", **_supported(**QUICK)) as cache:
+    async with (
+        TwoTierCache(redis_url=url, namespace="m", **_supported(**QUICK)) as cache,
+        TwoTierCache(redis_url=url, namespace="m", **_supported(**QUICK)) as other,
+    ):
         assert cache.redis_available
         assert cache.get_stats()["last_error"] is None
+        # Over TLS too, script calls, reads and the channel work: the lean
+        # paths write to and read from the TLS transport's streams.
+        await cache.set("k", 1, tags=["t"])
+        assert await other.get("k") == 1
+        await cache.invalidate_tag("t")
+
+        async def gone() -> bool:
+            return await other.get("k") is None
+
+        await eventually(gone)
+        assert other.get_stats()["invalidations_received"] >= 2
 
 
 @pytest.mark.parametrize("mismatch", ["tls-client-plain-port", "plain-client-tls-port"])
