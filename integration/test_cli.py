@@ -256,7 +256,13 @@ async def test_doctor_passes_on_a_sound_server_and_fails_on_allkeys_eviction(
     assert result.exit_code == 0, result.output
     checks = _checks(result)
     assert set(checks) == {
-        "connection", "server", "topology", "maxmemory-policy", "latency", "pub/sub", "acl",
+        "connection",
+        "server",
+        "topology",
+        "maxmemory-policy",
+        "latency",
+        "pub/sub",
+        "acl",
         "namespace",
     }
     assert {c["status"] for c in checks.values()} == {"ok"}, checks
@@ -276,10 +282,12 @@ async def test_doctor_flags_a_user_who_may_not_publish(
     server: RedisServer, raw: aioredis.Redis
 ) -> None:
     # One user may run ACL DRYRUN, the other may not: the rights are then found by trying.
-    await raw.execute_command("ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all",
-                              "-publish")
-    await raw.execute_command("ACL", "SETUSER", "noacl", "on", ">pw", "~*", "&*", "+@all",
-                              "-publish", "-acl")
+    await raw.execute_command(
+        "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish"
+    )
+    await raw.execute_command(
+        "ACL", "SETUSER", "noacl", "on", ">pw", "~*", "&*", "+@all", "-publish", "-acl"
+    )
     for user, how in (("nopub", "ACL DRYRUN"), ("noacl", "trying")):
         result = await cli("doctor", "--url", _auth_url(server, user, "pw"), "--json")
         assert result.exit_code == 1, result.output
@@ -308,8 +316,12 @@ async def test_a_wrong_password_says_so_and_exits_3(
     await raw.config_set("requirepass", "right")
     try:
         wrong = _auth_url(server, "default", "wrong")
-        for command in (["stats"], ["invalidate", "t"], ["clear", "--yes"], ["warmup",
-                        "--loader", "json:dumps", "--keys", "-"]):
+        for command in (
+            ["stats"],
+            ["invalidate", "t"],
+            ["clear", "--yes"],
+            ["warmup", "--loader", "json:dumps", "--keys", "-"],
+        ):
             result = await cli(*command, "--url", wrong)
             assert result.exit_code == 3, (command, result.output)
             assert "authentication failed" in result.stderr
@@ -350,8 +362,18 @@ async def test_warmup_loads_the_keys_of_a_file_for_every_instance(
     keys.write_text("\n".join(f"item:{i}" for i in range(1200)) + "\n\n")
 
     result = await cli(
-        "warmup", "--loader", f"{module}:load", "--keys", str(keys), "--url", server.url,
-        "--namespace", "erp", "--tag", "items", "--json",
+        "warmup",
+        "--loader",
+        f"{module}:load",
+        "--keys",
+        str(keys),
+        "--url",
+        server.url,
+        "--namespace",
+        "erp",
+        "--tag",
+        "items",
+        "--json",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -367,8 +389,15 @@ async def test_warmup_loads_the_keys_of_a_file_for_every_instance(
 
     keys.write_text("item:1\nbad\n")
     result = await cli(
-        "warmup", "--loader", f"{module}:load", "--keys", str(keys), "--url", server.url,
-        "--namespace", "erp",
+        "warmup",
+        "--loader",
+        f"{module}:load",
+        "--keys",
+        str(keys),
+        "--url",
+        server.url,
+        "--namespace",
+        "erp",
     )
     assert result.exit_code == 1, result.output
     assert "1 loader error(s)" in result.stdout
@@ -380,8 +409,17 @@ async def test_top_in_a_shell_stops_on_ctrl_c_with_exit_0(
     a = await make_cache(namespace="erp")
     await a.set("k", 1)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "twotier.cli", "top", "--url", server.url, "-n", "erp", "--json",
-        "--interval", "0.1",
+        sys.executable,
+        "-m",
+        "twotier.cli",
+        "top",
+        "--url",
+        server.url,
+        "-n",
+        "erp",
+        "--json",
+        "--interval",
+        "0.1",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -137,8 +137,18 @@ async def test_stats_lists_the_instances_running_on_the_deployment(
     assert "2 live instance(s)" in result.stdout
     assert "2/2 up" in result.stdout
 
-    result = await cli("top", "--url", deployment.url, "-n", namespace, "--json",
-                       "--iterations", "2", "--interval", "0.1")
+    result = await cli(
+        "top",
+        "--url",
+        deployment.url,
+        "-n",
+        namespace,
+        "--json",
+        "--iterations",
+        "2",
+        "--interval",
+        "0.1",
+    )
     assert result.exit_code == 0, result.output
     last = json.loads(result.stdout.splitlines()[-1])
     assert {r["instance"] for r in last["instances"]} == {a.instance_id, b.instance_id}
@@ -176,7 +186,13 @@ async def test_doctor_passes_on_a_sound_deployment_and_reports_its_topology(
     assert result.exit_code == 0, result.output
     checks = _checks(result)
     assert set(checks) == {
-        "connection", "server", "topology", "maxmemory-policy", "latency", "pub/sub", "acl",
+        "connection",
+        "server",
+        "topology",
+        "maxmemory-policy",
+        "latency",
+        "pub/sub",
+        "acl",
         "namespace",
     }
     assert {c["status"] for c in checks.values()} == {"ok"}, checks
@@ -305,8 +321,18 @@ async def test_warmup_fills_the_deployment_for_every_instance(
     keys.write_text("\n".join(f"item:{i}" for i in range(300)) + "\n")
 
     result = await cli(
-        "warmup", "--loader", f"{module}:load", "--keys", str(keys), "--url", deployment.url,
-        "-n", namespace, "--tag", "items", "--json",
+        "warmup",
+        "--loader",
+        f"{module}:load",
+        "--keys",
+        str(keys),
+        "--url",
+        deployment.url,
+        "-n",
+        namespace,
+        "--tag",
+        "items",
+        "--json",
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["filled"] == 300

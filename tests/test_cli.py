@@ -167,9 +167,7 @@ def test_warmup_with_a_bad_loader_is_a_usage_error(closed_url: str, tmp_path: Pa
         assert says in result.stderr, (loader, result.stderr)
 
 
-def test_warmup_with_a_missing_keys_file_is_a_usage_error(
-    closed_url: str, tmp_path: Path
-) -> None:
+def test_warmup_with_a_missing_keys_file_is_a_usage_error(closed_url: str, tmp_path: Path) -> None:
     result = runner.invoke(
         app,
         ["warmup", "--url", closed_url, "--loader", "json:dumps", "--keys", str(tmp_path / "x")],
@@ -195,10 +193,27 @@ def test_help_lists_every_command() -> None:
 
 def test_totals_add_counters_and_recompute_the_hit_rate() -> None:
     reports = [
-        {"instance": "a", "hits": 3, "misses": 1, "hit_rate": 75.0, "pid": 10,
-         "redis_available": True, "entries": 5, "breaker_state": "closed"},
-        {"instance": "b", "hits": 1, "misses": 3, "hit_rate": 25.0, "pid": 11,
-         "redis_available": False, "entries": 2, "reported_at": 1.0, "age": 3.0},
+        {
+            "instance": "a",
+            "hits": 3,
+            "misses": 1,
+            "hit_rate": 75.0,
+            "pid": 10,
+            "redis_available": True,
+            "entries": 5,
+            "breaker_state": "closed",
+        },
+        {
+            "instance": "b",
+            "hits": 1,
+            "misses": 3,
+            "hit_rate": 25.0,
+            "pid": 11,
+            "redis_available": False,
+            "entries": 2,
+            "reported_at": 1.0,
+            "age": 3.0,
+        },
     ]
     total = _ops.totals(reports)
     assert total["hits"] == 4

@@ -102,9 +102,7 @@ async def test_an_observer_that_raises_never_breaks_a_call(
 
     recorder = Recorder()
     caplog.set_level(logging.WARNING, logger="twotier")
-    async with TwoTierCache(
-        namespace=ns(), observers=[Broken(), Swallowing(), recorder]
-    ) as cache:
+    async with TwoTierCache(namespace=ns(), observers=[Broken(), Swallowing(), recorder]) as cache:
 
         @cache.cached(ttl=60)
         async def value(x: int) -> int:

@@ -44,7 +44,7 @@ def test_fast_path_and_bound_path_agree() -> None:
 
 
 @pytest.mark.parametrize(
-    "arg", [7, -1, 0.5, True, None, "news", "it's \"quoted\"", "ü" * 10, "x" * (MAX_KEY_LENGTH + 1)]
+    "arg", [7, -1, 0.5, True, None, "news", 'it\'s "quoted"', "ü" * 10, "x" * (MAX_KEY_LENGTH + 1)]
 )
 def test_the_hit_path_builds_the_key_the_plan_builds(arg: object) -> None:
     """The decorator inlines the one-scalar-argument key on its hit path: the

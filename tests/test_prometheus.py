@@ -106,9 +106,7 @@ async def test_caches_share_a_registry_and_instrument_is_idempotent() -> None:
         assert twotier.prometheus.instrument(a, registry) is first
         twotier.prometheus.instrument(b, registry)
         await a.set("k", 1)
-        ids = {
-            dict(ls)["instance_id"] for (n, ls) in samples(registry) if n == "twotier_info"
-        }
+        ids = {dict(ls)["instance_id"] for (n, ls) in samples(registry) if n == "twotier_info"}
         assert ids == {a.instance_id, b.instance_id}
         twotier.prometheus.uninstrument(b, registry)
         left = {dict(ls).get("instance_id") for (n, ls) in samples(registry)}
@@ -159,15 +157,9 @@ async def test_the_asgi_app_serves_the_registry() -> None:
 
 def test_the_dashboard_reads_only_metrics_the_exporter_exports() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [
-        target["expr"]
-        for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
-    ]
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     exprs += [
-        var["definition"]
-        for var in dashboard["templating"]["list"]
-        if var["type"] == "query"
+        var["definition"] for var in dashboard["templating"]["list"] if var["type"] == "query"
     ]
     assert len(exprs) > 15
     exported = exported_metric_names() | {"up"}

@@ -83,9 +83,7 @@ class _Instruments:
             ("twotier.l1.entries", "entries", "Entries in L1."),
             ("twotier.outbox.pending", "queued_ops_pending", "Changes queued for Redis."),
         ):
-            meter.create_observable_gauge(
-                name, callbacks=[self._counter(key)], description=help_
-            )
+            meter.create_observable_gauge(name, callbacks=[self._counter(key)], description=help_)
         meter.create_observable_gauge(
             "twotier.breaker.open",
             callbacks=[self._breaker],

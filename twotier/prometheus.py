@@ -133,18 +133,12 @@ class _StatsCollector:
         families.update(
             entries=gauge("twotier_l1_entries", "Entries in L1."),
             tags=gauge("twotier_l1_tags", "Distinct tags of the usable L1 entries."),
-            outbox=gauge(
-                "twotier_outbox_pending", "Changes queued for Redis, not yet delivered."
-            ),
-            available=gauge(
-                "twotier_redis_available", "1 while Redis answers and the link is up."
-            ),
+            outbox=gauge("twotier_outbox_pending", "Changes queued for Redis, not yet delivered."),
+            available=gauge("twotier_redis_available", "1 while Redis answers and the link is up."),
             breaker=gauge(
                 "twotier_breaker_open", "1 while the circuit breaker around Redis is open."
             ),
-            info=gauge(
-                "twotier_info", "Always 1; the cache's mode (redis, memory).", ("mode",)
-            ),
+            info=gauge("twotier_info", "Always 1; the cache's mode (redis, memory).", ("mode",)),
         )
         return families
 
@@ -264,4 +258,3 @@ def make_asgi_app(registry: CollectorRegistry | None = None) -> Any:
 def make_wsgi_app(registry: CollectorRegistry | None = None) -> Any:
     """A WSGI app serving `/metrics` (prometheus_client's, on the same registry)."""
     return _make_wsgi_app(REGISTRY if registry is None else registry)
-

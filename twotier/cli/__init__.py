@@ -31,11 +31,14 @@ def _parser() -> argparse.ArgumentParser:
         "and three processes with a cache each; show timings, a tag invalidation "
         "reaching every instance, and the stats.",
     )
-    demo.add_argument("--server", choices=["redis", "valkey"], default=None,
-                      help="which server to start (default: redis if installed, else valkey)")
+    demo.add_argument(
+        "--server",
+        choices=["redis", "valkey"],
+        default=None,
+        help="which server to start (default: redis if installed, else valkey)",
+    )
     # The benchmark parses its own options (and its own --help): hand it the rest.
-    commands.add_parser("bench", help="benchmarks (see `twotier bench --help`)",
-                        add_help=False)
+    commands.add_parser("bench", help="benchmarks (see `twotier bench --help`)", add_help=False)
     return parser
 
 
@@ -44,11 +47,17 @@ def _run_bench(argv: list[str]) -> int:
         bench = importlib.import_module("twotier.cli.bench.run")
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("twotier.cli.bench"):
-            print("twotier bench is not available in this installation "
-                  f"(the module {exc.name} is missing)", file=sys.stderr)
+            print(
+                "twotier bench is not available in this installation "
+                f"(the module {exc.name} is missing)",
+                file=sys.stderr,
+            )
         else:
-            print(f"twotier bench needs a package that is not installed: {exc}\n"
-                  "install the extra with: pip install 'twotier[bench]'", file=sys.stderr)
+            print(
+                f"twotier bench needs a package that is not installed: {exc}\n"
+                "install the extra with: pip install 'twotier[bench]'",
+                file=sys.stderr,
+            )
         return 2
     result = bench.main(argv)
     return result if isinstance(result, int) else 0

@@ -334,9 +334,7 @@ def clear(
     async def action(cache: TwoTierCache) -> None:
         await cache.clear()
 
-    _change(
-        Target(url, namespace, timeout), force, as_json, action, {"cleared": True}, "cleared"
-    )
+    _change(Target(url, namespace, timeout), force, as_json, action, {"cleared": True}, "cleared")
 
 
 @app.command()
@@ -415,9 +413,7 @@ def _show_checks(checks: list[Check], as_json: bool, printed: bool) -> None:
 
 @app.command()
 def warmup(
-    loader: Annotated[
-        str, typer.Option("--loader", help="module:function, called with each key")
-    ],
+    loader: Annotated[str, typer.Option("--loader", help="module:function, called with each key")],
     keys_file: Annotated[
         str, typer.Option("--keys", help="file with one key a line ('-': standard input)")
     ],

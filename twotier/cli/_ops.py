@@ -154,7 +154,10 @@ async def connect(url: str | None, seconds: float) -> Server:
     kind: Kind = target.kind or "standalone"
     try:
         clients = Clients(
-            target, timeout=seconds, connect_timeout=seconds, max_connections=8,
+            target,
+            timeout=seconds,
+            connect_timeout=seconds,
+            max_connections=8,
             prepare=_on_connect,
         )
     except (ConfigurationError, ValueError, TypeError) as exc:

@@ -163,6 +163,7 @@ async def l2_hit(ctx: Context) -> list[Series]:
         fn = peers.user_function(reader)
         get_fn = peers.user_function(getter)
         key_of = {i: get_fn.key(i) for i in keys}
+
         async def raw_get(i: int) -> object:
             return await raw.get(raw_keys[i])
 
