@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -149,6 +150,28 @@ async def test_a_fill_whose_reply_was_lost_still_wakes_the_waiters(
         assert took < BOUND, f"b waited {took:.1f} s: nobody told it the lease ended"
         assert waiting.result() == "a's value"  # read from Redis, not loaded again
     await raw.aclose()
+
+
+async def test_a_tag_that_cannot_render_leaves_no_lease(server: RedisServer) -> None:
+    """Tags are rendered after an L2 miss; a template that fails for the
+    arguments given raises to the caller before any lease is taken (found by
+    review: rendered after the claim, it left the lease to expire, and every
+    later call of the key waited it out)."""
+    async with TwoTierCache(redis_url=server.url, namespace="h", lease_ttl=LEASE_TTL) as cache:
+
+        @cache.cached(ttl=60, tags=["user:{user.id}"])
+        async def profile(user: object) -> int:
+            return 1
+
+        for _ in range(2):
+            took = await _took(_raises(profile(None)))
+            assert took < BOUND, f"the call waited {took:.1f} s on a leaked lease"
+        assert await _leases(server) == []
+
+
+async def _raises(call: Any) -> None:
+    with pytest.raises(Exception, match="id"):
+        await call
 
 
 async def test_a_cancelled_read_leaves_no_lease(server: RedisServer, proxy: ChaosProxy) -> None:

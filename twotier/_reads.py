@@ -182,18 +182,37 @@ class Reads:
             flight.tags = render_tags()
             await self._unsettled.settle(flight.tags)
         found = await shared.lookup(key, min_ttl, drop=False)  # a fill replaces it
+        if found.entry is None:
+            # A miss: the tags are needed from here on. Rendered before a lease
+            # is taken, so a template that cannot render leaves no lease held.
+            flight.tags = flight.tags or render_tags()
         token: str | None = None
         if found.entry is None and found.rejected is not None:
             found, token = await self._claim(key, found.rejected, refreshing)
             if found is GAVE_WAY:
                 return MISS  # an early refresh gives way to the load already running
         if found.entry is not None:
+            unsettled = self._unsettled
+            if unsettled and unsettled.touches(found.entry.tags):
+                # One of this instance's invalidations of the entry's tags set
+                # out during the read, and the mirror takes it only once Redis
+                # has it: then read again (read-your-writes).
+                await unsettled.settle(found.entry.tags)
+                return await self._read_through(
+                    flight,
+                    render_tags,
+                    ttl,
+                    loader,
+                    copy_on_read,
+                    min_ttl=min_ttl,
+                    refreshing=refreshing,
+                )
             if not flight.invalidated:
                 self._store_found(key, found, copy_on_read)
             return found.value
         if not refreshing:  # a refresh is nobody's miss: its callers all hit L1
             self._counters.misses += 1
-        tags = flight.tags = flight.tags or render_tags()
+        tags = flight.tags
         snapshot = await shared.snapshot(tags, ttl) if token is not None else None
         self._counters.loads += 1
         try:
