@@ -5,6 +5,7 @@ may pick: its pure-Python RESP2 and RESP3 parsers, and hiredis when installed
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -61,6 +62,41 @@ async def test_read_pipe_and_batches_with_each_parser(
         assert str(replies[-1]).startswith("WRONGTYPE")
         assert await client.get("b") == b"\r\n"  # the pool's connection is clean afterwards
         await pipe.get("a")
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await pool.disconnect()
+
+
+async def test_a_deadline_that_passes_as_the_replies_arrive_spoils_no_later_read(
+    server: RedisServer,
+) -> None:
+    """The loop is blocked (a CPU-bound handler, a long GC) past a batch's
+    deadline while its reply arrives: the batch's timer and its reply fall in
+    one turn of the loop. The reply is served, and the next read, a second
+    later, is served too (found by review: the timer's error stayed in the
+    connection's reader and failed that later read at once)."""
+    pool = aioredis.ConnectionPool.from_url(server.url)
+    client = aioredis.Redis(connection_pool=pool)
+    fallbacks: list[str] = []
+
+    async def through_pool(name: str) -> bytes | None:
+        fallbacks.append(name)
+        return await client.get(name)  # type: ignore[no-any-return]
+
+    async def block_the_loop() -> None:
+        time.sleep(0.2)  # the reply arrives meanwhile; no callback runs
+
+    pipe = ReadPipe(pool.make_connection, through_pool, timeout=0.05, connect_timeout=2)
+    try:
+        await client.set("k", b"v")
+        await pipe.connect()
+        got, _ = await asyncio.gather(pipe.get("k"), block_the_loop())
+        assert got == b"v"
+        await asyncio.sleep(0.5)
+        assert await pipe.get("k") == b"v"  # not a TimeoutError from the old timer
+        await asyncio.sleep(0.5)
+        assert await pipe.get("k") == b"v"
     finally:
         await pipe.close()
         await client.aclose()

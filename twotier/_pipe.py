@@ -159,7 +159,8 @@ class ReadPipe:
         reader = connection._reader
         # The batch's deadline: a timer that fails the read, cheaper than an
         # `asyncio.timeout` context (a quarter of its cost, on every L2 hit).
-        expiry = asyncio.get_running_loop().call_later(self._timeout, _expire, reader)
+        deadline = _Deadline(reader)
+        expiry = asyncio.get_running_loop().call_later(self._timeout, deadline.expire)
         try:
             await write(connection._writer, b"".join(map(get_command, names)), self._timeout)
             replies = _replies(await read_replies(reader, len(names), None))
@@ -169,6 +170,12 @@ class ReadPipe:
             raise
         finally:
             expiry.cancel()
+        if deadline.expired:
+            # It fired in the same turn of the loop as the replies came in (the
+            # loop was blocked past it): the reader keeps the error for the next
+            # read, so this connection is done; the next batch opens a new one.
+            self._ready = False
+            await connection.disconnect(nowait=True)
         # A cluster node that no longer holds a key's slot answers MOVED: those
         # reads go through the client, which follows the move.
         return [
@@ -191,10 +198,19 @@ def get_command(name: str) -> bytes:
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _expire(reader: asyncio.StreamReader) -> None:
-    """A batch's deadline passed: its pending read raises `TimeoutError` (the
-    connection is then dropped, and a new one gets a new reader)."""
-    reader.set_exception(TimeoutError())
+class _Deadline:
+    """A batch's deadline: when it passes, the pending read raises `TimeoutError`
+    (the connection is then dropped, and a new one gets a new reader)."""
+
+    __slots__ = ("expired", "reader")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.reader.set_exception(TimeoutError())
 
 
 def _replies(replies: list[Any]) -> list[bytes | None]:
