@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
-from twotier._redis import Layout
+from twotier._exceptions import BackendUnavailable
+from twotier._redis import Layout, _Script
 from twotier.testing import RedisServer
 
 from ._proxy import ChaosProxy
@@ -298,3 +299,21 @@ async def test_flushall_under_a_live_link_is_noticed(
     await eventually(lambda: _equals(row_b(1), 1), timeout=3)
     # b may answer from L2 while its resync is under way (L1 suspended)
     await eventually(lambda: _true(b.get_stats()["l1_clears"] >= 1), timeout=3)
+
+
+async def test_an_error_reply_typed_as_a_connection_error_is_raised_not_returned(
+    server: RedisServer,
+) -> None:
+    """redis-py types some error replies as connection errors (LOADING while a
+    restarted server loads its data, NOAUTH, "max number of clients"). The lean
+    script path must raise them through the guard (an outage), not hand them
+    to the caller as a reply (found by review: a change then failed with a
+    TypeError outside the guard and was not queued)."""
+    async with TwoTierCache(redis_url=server.url, namespace="f", **FAST) as cache:
+        assert cache._link is not None
+        tier = cache._link.tier
+        loading = _Script("return redis.error_reply('LOADING Redis is loading the dataset')")
+        tier._scripts["loading"] = loading
+        await tier._execute("SCRIPT LOAD", loading.source)  # the lean path gets the reply
+        with pytest.raises(BackendUnavailable, match="loading"):
+            await tier._run("loading", [tier.layout.entry("k")], [])

@@ -4,6 +4,8 @@ import pytest
 import redis.exceptions as redis_errors
 
 from twotier._batch import Incomplete, Push, bulk, command_head, parse
+from twotier._channel import _frame
+from twotier._pipe import _replies
 
 
 def _all(buf: bytes) -> list[object]:
@@ -57,3 +59,15 @@ def test_a_reply_cut_short_asks_for_more(cut: bytes) -> None:
 def test_an_unknown_reply_type_is_refused() -> None:
     with pytest.raises(redis_errors.InvalidResponse):
         parse(b"%1\r\n:1\r\n:2\r\n", 0)
+
+
+def test_error_replies_typed_as_connection_errors_are_raised_by_the_pipe_and_the_channel() -> None:
+    """LOADING parses to redis-py's BusyLoadingError, a ConnectionError, not a
+    ResponseError: the read pipe and the channel raise it like any error reply
+    (an outage for the guard and the listener), never pass it on as data."""
+    (loading,) = _all(b"-LOADING Redis is loading the dataset in memory\r\n")
+    assert isinstance(loading, redis_errors.BusyLoadingError)
+    with pytest.raises(redis_errors.BusyLoadingError):
+        _replies([b"entry", loading])
+    with pytest.raises(redis_errors.BusyLoadingError):
+        _frame(loading)

@@ -96,8 +96,8 @@ class Subscription:
 
 def _frame(reply: Any) -> Frame | None:
     """A frame of the subscription as (kind, data); None for one it ignores."""
-    if isinstance(reply, redis_errors.ResponseError):
-        raise reply  # e.g. NOPERM: the ACL forbids the channel
+    if isinstance(reply, redis_errors.RedisError):
+        raise reply  # e.g. NOPERM: the ACL forbids the channel; LOADING
     if reply == b"PONG":  # RESP3 answers PING with a simple string, even here
         return ("pong", b"")
     if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):

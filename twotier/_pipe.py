@@ -218,7 +218,7 @@ def _replies(replies: list[Any]) -> list[bytes | None]:
     ASK (a cluster node that no longer holds the slot) as `MOVED`, other errors
     raise."""
     for i, reply in enumerate(replies):
-        if isinstance(reply, redis_errors.ResponseError):
+        if isinstance(reply, redis_errors.RedisError):  # LOADING is a ConnectionError
             if isinstance(reply, (redis_errors.MovedError, redis_errors.AskError)):
                 replies[i] = MOVED
             elif str(reply).startswith("WRONGTYPE"):

@@ -300,8 +300,10 @@ class RedisTier:
                 reply = await _run_script(connection, packed)
             finally:
                 await release()
-        if not isinstance(reply, ResponseError):
+        if not isinstance(reply, redis_errors.RedisError):
             return reply
+        # (redis-py types some error replies as connection errors: LOADING,
+        # NOAUTH, "max number of clients". Raised, the guard counts them so.)
         if isinstance(reply, (NoScriptError, redis_errors.AskError)):  # ASK and MOVED
             return await script(self._execute, keys, args)
         if isinstance(reply, redis_errors.ReadOnlyError):
