@@ -4,6 +4,7 @@ lost messages, and a slow / blackholed / reset network."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -214,6 +215,32 @@ async def test_lost_last_message_is_found_while_idle(
     row_b = await _b_misses_a_change(caches)  # and no later message will come
     took = await eventually(lambda: _equals(row_b(1), 1), timeout=3)
     assert took < 3  # within about one health interval
+
+
+async def test_an_idle_link_checks_the_counter_every_health_interval(
+    server: RedisServer,
+) -> None:
+    """On a quiet channel the listener pings and compares the change counter
+    once per health interval: that bounds how long a lost last message goes
+    unnoticed. The answer to its own ping is not traffic (found by review: a
+    pong counted as traffic, so the check ran every other interval only)."""
+    interval = 0.2
+    async with TwoTierCache(redis_url=server.url, namespace="f", health_interval=interval) as cache:
+        assert cache._link is not None
+        tier = cache._link.tier
+        checks: list[float] = []
+        real = tier.current_seq
+
+        async def counted() -> int:
+            checks.append(time.monotonic())
+            return await real()
+
+        tier.current_seq = counted  # type: ignore[method-assign]
+        await asyncio.sleep(12 * interval)
+    gaps = sorted(b - a for a, b in itertools.pairwise(checks))
+    assert len(gaps) >= 4, checks
+    median = gaps[len(gaps) // 2]
+    assert median < 1.5 * interval, f"the counter was checked every {median:.2f} s"
 
 
 async def test_log_that_no_longer_reaches_back_clears_l1(server: RedisServer) -> None:

@@ -44,7 +44,7 @@ class Subscription:
         self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._buf = b""
         self._pos = 0
-        self.frames = 0  # received so far (the listener tells an idle link by it)
+        self.frames = 0  # received so far, pongs aside (the listener tells an idle link by it)
 
     async def open(self) -> None:
         """Connect and subscribe; returns once the server confirmed it (from
@@ -67,7 +67,8 @@ class Subscription:
                 continue
             frame = _frame(reply)
             if frame is not None:
-                self.frames += 1
+                if frame[0] != "pong":  # the answer to our own ping is not traffic
+                    self.frames += 1
                 return frame
 
     async def _read(self) -> None:

@@ -177,6 +177,8 @@ class RedisListener:
                                 idle.reschedule(None)
                                 await self._resync(resync)
                                 idle.reschedule(loop.time() + self._health_interval)
+                        elif kind == "pong":
+                            pending_ping = False
                         elif kind == "unsubscribed":
                             # The server dropped the shard channel: its slot moved to another
                             # node (a failover or a resharding). Subscribe where it is now.
@@ -187,7 +189,7 @@ class RedisListener:
                 if not idle.expired():
                     raise  # a Redis call of the resync timed out
             if subscription.frames > frames:
-                pending_ping = False  # not idle: the link answered in this interval
+                pending_ping = False  # not idle: traffic came in this interval
                 continue
             # Idle for a whole interval: prove the link is alive, and catch a
             # lost last message (no later number reveals it).
