@@ -344,3 +344,28 @@ async def test_an_error_reply_typed_as_a_connection_error_is_raised_not_returned
         await tier._execute("SCRIPT LOAD", loading.source)  # the lean path gets the reply
         with pytest.raises(BackendUnavailable, match="loading"):
             await tier._run("loading", [tier.layout.entry("k")], [])
+
+
+async def test_a_wait_that_never_answers_keeps_the_change_queued(server: RedisServer) -> None:
+    """`confirm_replicas`: the server stalls (SIGSTOP) while `WAIT` blocks, so
+    no reply comes within the read's own timeout. redis-py then returns None
+    rather than raising; the change must count as timed out and stay queued,
+    not fail in the caller (found by review: `int(None)` raised a TypeError
+    outside the guard)."""
+    async with TwoTierCache(
+        redis_url=server.url, namespace="f", redis_timeout=0.3, confirm_replicas=1
+    ) as cache:
+        sending = asyncio.ensure_future(_invalidate(cache, "row:1"))
+        await asyncio.sleep(0.1)  # the script has run; WAIT blocks (no replica)
+        server.pause()
+        try:
+            await asyncio.wait_for(sending, timeout=5)  # raises nothing
+        finally:
+            server.resume()
+        stats = cache.get_stats()
+        assert stats["queued_ops"] >= 1, stats
+        assert "did not answer" in (stats["last_error"] or ""), stats
+
+
+async def _invalidate(cache: TwoTierCache, tag: str) -> None:
+    await cache.invalidate_tag(tag)

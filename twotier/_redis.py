@@ -356,6 +356,8 @@ class RedisTier:
                     await self._execute("SCRIPT LOAD", script.source)
                     continue
                 acked = await connection.read_response(timeout=self._confirm_ms / 1000 + 0.2)
+                if acked is None:  # redis-py's answer when a read's own timeout passes
+                    raise redis_errors.TimeoutError("WAIT did not answer in time")
                 break
         except BaseException:
             await connection.disconnect(nowait=True)  # replies may still be on the way
