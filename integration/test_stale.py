@@ -19,6 +19,7 @@ from redis.exceptions import OutOfMemoryError
 
 from tests.contract import eventually
 from twotier import TwoTierCache
+from twotier._redis import Layout
 from twotier._topology import Bus
 from twotier.testing import RedisServer
 
@@ -103,6 +104,36 @@ async def test_a_connection_meets_a_restored_server_before_its_first_control_cal
     async with TwoTierCache(redis_url=server.url, namespace="r", **quick) as blind:
         assert not blind.redis_available  # running without its invalidation link
         assert await blind.get(_api(blind, source).key(1)) is None  # not the restored entry
+
+
+async def test_a_version_read_meets_the_server_even_on_a_connection_that_met_it(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection can outlive the dataset behind it: a proxy that keeps client
+    connections across a failover (Azure's Enterprise clustering policy, Redis
+    Enterprise, Envoy), a live REPLICAOF. The scripts that only change versions
+    skip the run-id check on such a connection; the version read, which judges
+    entries, never does. Here the server's recorded run is replaced under open
+    connections, as a promoted replica behind a proxy would present it."""
+    source = {1: 0}
+    async with TwoTierCache(redis_url=server.url, namespace="r", **FAST) as cache:
+        row = _api(cache, source)
+        assert await row(1) == 0  # in Redis
+        key = row.key(1)
+
+    async def never(*args: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Bus, "subscription", never)  # no listener: entries judged by reads
+    quick = {"redis_timeout": 0.1, "connect_timeout": 0.2, "health_interval": 0.2}
+    async with TwoTierCache(redis_url=server.url, namespace="r", **quick) as blind:
+        assert await blind.get(key) == 0  # its connections are open and met the server
+        raw = aioredis.Redis.from_url(server.url)
+        try:
+            await raw.set(Layout("r").epoch, "another server run")
+        finally:
+            await raw.aclose()
+        assert await blind.get(key) is None  # a new generation: the entry is no more
 
 
 # -- item 5: maxmemory with noeviction ---------------------------------------------

@@ -3,9 +3,15 @@
 -- generation, announced as a clear to every instance (guarantee 9).
 -- With a horizon, it also notes how long entries the caller stores from now on
 -- may live (compaction's horizon).
+-- It always meets the server, even on a connection that met it when it opened:
+-- versions read here judge entries, and a connection can outlive the dataset
+-- behind it (a proxy that keeps client connections across a failover, a live
+-- REPLICAOF). The scripts that only change versions skip it (meet()); what
+-- they change on such a server is caught by the listener, whose next message
+-- or idle check finds the counter gone back, and resyncs (which meets).
 -- KEYS, ARGV: the control-script convention (prelude); then horizon ms (0 = none), tags...
 -- Returns {generation, version...}
-meet()
+meet_server()
 local tags = {}
 for i = 6, #ARGV do tags[#tags + 1] = ARGV[i] end
 local versions = versions_of(KEYS[1], tags)
