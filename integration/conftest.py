@@ -43,6 +43,20 @@ async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 CacheFactory = Callable[..., TwoTierCache]
 
+#: What `twotier doctor` checks, on every deployment.
+DOCTOR_CHECKS = frozenset(
+    {
+        "connection",
+        "server",
+        "topology",
+        "maxmemory-policy",
+        "latency",
+        "pub/sub",
+        "acl",
+        "namespace",
+    }
+)
+
 
 @contextlib.asynccontextmanager
 async def started_caches(url: str, count: int, **options: Any) -> AsyncIterator[list[TwoTierCache]]:

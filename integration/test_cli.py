@@ -26,7 +26,7 @@ from twotier import TwoTierCache
 from twotier.cli._app import app
 from twotier.testing import RedisServer
 
-from .conftest import CacheFactory
+from .conftest import DOCTOR_CHECKS, CacheFactory
 
 
 @pytest.fixture(autouse=True)
@@ -255,16 +255,7 @@ async def test_doctor_passes_on_a_sound_server_and_fails_on_allkeys_eviction(
     result = await cli("doctor", "--url", server.url, "--namespace", "erp", "--json")
     assert result.exit_code == 0, result.output
     checks = _checks(result)
-    assert set(checks) == {
-        "connection",
-        "server",
-        "topology",
-        "maxmemory-policy",
-        "latency",
-        "pub/sub",
-        "acl",
-        "namespace",
-    }
+    assert set(checks) == DOCTOR_CHECKS
     assert {c["status"] for c in checks.values()} == {"ok"}, checks
     assert checks["topology"]["detail"] == "standalone"
     assert "1 entries" in checks["namespace"]["detail"]
@@ -361,20 +352,9 @@ async def test_warmup_loads_the_keys_of_a_file_for_every_instance(
     keys = tmp_path / "keys.txt"
     keys.write_text("\n".join(f"item:{i}" for i in range(1200)) + "\n\n")
 
-    result = await cli(
-        "warmup",
-        "--loader",
-        f"{module}:load",
-        "--keys",
-        str(keys),
-        "--url",
-        server.url,
-        "--namespace",
-        "erp",
-        "--tag",
-        "items",
-        "--json",
-    )
+    warmup = ("warmup", "--loader", f"{module}:load", "--keys", str(keys))
+    where = ("--url", server.url, "--namespace", "erp")
+    result = await cli(*warmup, *where, "--tag", "items", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["keys"] == 1200
@@ -388,17 +368,7 @@ async def test_warmup_loads_the_keys_of_a_file_for_every_instance(
     assert await b.get("item:8") is None
 
     keys.write_text("item:1\nbad\n")
-    result = await cli(
-        "warmup",
-        "--loader",
-        f"{module}:load",
-        "--keys",
-        str(keys),
-        "--url",
-        server.url,
-        "--namespace",
-        "erp",
-    )
+    result = await cli(*warmup, *where)
     assert result.exit_code == 1, result.output
     assert "1 loader error(s)" in result.stdout
 

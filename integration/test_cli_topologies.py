@@ -26,7 +26,7 @@ from twotier import TwoTierCache
 from twotier._redis import Layout
 from twotier.testing import LocalCluster, LocalSentinel, RedisServer
 
-from .conftest import FLAVOURS
+from .conftest import DOCTOR_CHECKS, FLAVOURS
 from .test_cli import (
     _checks,
     _entries_are,
@@ -185,16 +185,7 @@ async def test_doctor_passes_on_a_sound_deployment_and_reports_its_topology(
     result = await cli("doctor", "--url", deployment.url, "-n", namespace, "--json")
     assert result.exit_code == 0, result.output
     checks = _checks(result)
-    assert set(checks) == {
-        "connection",
-        "server",
-        "topology",
-        "maxmemory-policy",
-        "latency",
-        "pub/sub",
-        "acl",
-        "namespace",
-    }
+    assert set(checks) == DOCTOR_CHECKS
     assert {c["status"] for c in checks.values()} == {"ok"}, checks
     topology = checks["topology"]["detail"]
     masters = deployment.masters()
