@@ -369,3 +369,28 @@ async def test_a_wait_that_never_answers_keeps_the_change_queued(server: RedisSe
 
 async def _invalidate(cache: TwoTierCache, tag: str) -> None:
     await cache.invalidate_tag(tag)
+
+
+def test_a_server_fixture_never_takes_a_stranger_on_its_port_for_itself() -> None:
+    """`RedisServer` picks a free port, and another server may take it before
+    ours binds it: ours then fails, while the stranger answers the start-up
+    ping. The fixture must notice and move (a CI run once built a Sentinel set
+    on such a stranger and waited 30 s for a replica that never synced)."""
+    with RedisServer.start() as stranger:
+        ours = RedisServer()
+        ours.port = stranger.port  # as if chosen free and taken meanwhile
+        try:
+            ours.launch()
+            assert ours.port != stranger.port
+            assert ours.process is not None
+            info = _server_info(ours.port)
+            assert int(info["process_id"]) == ours.process.pid
+        finally:
+            ours.stop()
+
+
+def _server_info(port: int) -> dict[str, object]:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        return client.info("server")  # type: ignore[no-any-return]

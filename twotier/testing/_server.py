@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 from ._process import Launchable
 
 FLAVOURS = ("redis", "valkey")
@@ -140,7 +142,7 @@ class RedisServer(Launchable):
                 if "Address already in use" in err:
                     raise PortTaken(err)
                 raise RuntimeError(f"{self.binary} exited at start: {err}")
-            if self._answers_ping():
+            if self._answers_ping() and self._is_ours():
                 self._may_move = False  # from now on a restart keeps the port
                 return
             time.sleep(0.01)
@@ -156,6 +158,28 @@ class RedisServer(Launchable):
                 return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
+
+    def _is_ours(self) -> bool:
+        """Whether the server answering on our port is the process we started.
+
+        Another server may hold the port already (chosen free, taken before we
+        bound it): ours then exits with "Address already in use" a moment
+        later, but the other one answers meanwhile, and a topology would be
+        built on a stranger (a CI run waited 30 s for a "replica" that was
+        some other server). A server that asks for a password cannot be asked
+        and counts as ours, as before.
+        """
+        assert self.process is not None
+        try:
+            with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0) as client:
+                info = client.info("server")
+        except redis.AuthenticationError:
+            return True
+        except redis.ResponseError as exc:  # NOAUTH, NOPERM: we cannot ask
+            return "NOAUTH" in str(exc) or "NOPERM" in str(exc)
+        except redis.RedisError:
+            return False
+        return int(info.get("process_id", -1)) == self.process.pid
 
     def kill(self) -> None:
         """SIGKILL: the server dies without a word, as in a crash."""
