@@ -15,6 +15,7 @@ within about two seconds.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import redis
 
@@ -60,9 +61,12 @@ class LocalSentinel(Launchable):
             str(self.master.port),
         )
         self.replica.launch()
-        wait_until(
-            deadline, lambda: _in_sync(self.replica, self.password), "the replica's first sync"
-        )
+        try:
+            wait_until(
+                deadline, lambda: _in_sync(self.replica, self.password), "the replica's first sync"
+            )
+        except RuntimeError as exc:  # say why: the replica's view and both logs
+            raise RuntimeError(f"{exc}: {self._replication_report()}") from None
         quorum = self._count // 2 + 1
         config = (
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} {quorum}\n"
@@ -83,6 +87,18 @@ class LocalSentinel(Launchable):
     def stop(self) -> None:
         for server in (*self.sentinels, *self.servers):
             server.stop()
+
+    def _replication_report(self) -> str:
+        try:
+            with _client(self.replica, self.password) as client:
+                info = client.info("replication")
+        except redis.RedisError as exc:
+            info = {"error": repr(exc)}
+        logs = {
+            name: _tail(server)
+            for name, server in (("master", self.master), ("replica", self.replica))
+        }
+        return f"replica {self.replica.port} INFO replication {info}; logs {logs}"
 
     def current_master(self) -> RedisServer:
         """The master the sentinels name now."""
@@ -160,3 +176,11 @@ def _in_sync(server: RedisServer, password: str | None) -> bool:
     with _client(server, password) as client:
         info = client.info("replication")
     return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
+
+
+def _tail(server: RedisServer, lines: int = 8) -> str:
+    log = Path(server.dir) / "server.log"
+    try:
+        return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return repr(exc)
