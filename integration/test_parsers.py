@@ -9,6 +9,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
 
 from twotier import _batch
@@ -100,4 +101,51 @@ async def test_a_deadline_that_passes_as_the_replies_arrive_spoils_no_later_read
     finally:
         await pipe.close()
         await client.aclose()
+        await pool.disconnect()
+
+
+async def test_a_reply_that_arrives_while_the_loop_is_blocked_past_the_timeout_is_served(
+    server: RedisServer,
+) -> None:
+    """The loop is blocked past a command's timeout while its reply arrives:
+    the reply and the timer fall in one turn of the loop. The reply is
+    served and the connection stays usable, for the read pipe and for a
+    script call alike (a CI run timed out a whole burst of script calls this
+    way: `asyncio.timeout` cancelled reads whose replies were in)."""
+    pool = aioredis.ConnectionPool.from_url(server.url, socket_timeout=0.05)
+    client = aioredis.Redis(connection_pool=pool)
+
+    async def block_the_loop() -> None:
+        time.sleep(0.2)  # the reply arrives meanwhile; no callback runs
+
+    connection = pool.make_connection()
+    try:
+        await client.set("k", b"v")
+        await connection.connect()
+        get = command_head(2, b"GET") + bulk(b"k")
+        got, _ = await asyncio.gather(_batch.run_on(connection, get, 1), block_the_loop())
+        assert got == [b"v"]
+        assert connection.is_connected  # not dropped as if it had timed out
+        assert await _batch.run_on(connection, get, 1) == [b"v"]
+    finally:
+        await connection.disconnect()
+        await client.aclose()
+        await pool.disconnect()
+
+
+async def test_a_read_with_no_reply_still_times_out(server: RedisServer) -> None:
+    """The deadline waits on only while data keeps arriving: a server that
+    answers nothing fails the read after the timeout."""
+    pool = aioredis.ConnectionPool.from_url(server.url, socket_timeout=0.1)
+    connection = pool.make_connection()
+    try:
+        await connection.connect()
+        started = time.monotonic()
+        blocking_pop = command_head(3, b"BLPOP", b"nothing") + bulk(b"5")
+        with pytest.raises(redis_errors.TimeoutError):
+            await _batch.run_on(connection, blocking_pop, 1)
+        assert time.monotonic() - started < 4  # not the 5 s the server would take
+        assert not connection.is_connected  # dropped: its reply may still come
+    finally:
+        await connection.disconnect()
         await pool.disconnect()

@@ -18,8 +18,9 @@ client instead, which follows the move.
 
 The connection is the pipe's own (redis-py's pool costs a lock, an event and
 its metrics per command), made by the pool's factory so that it meets the
-server like any other (`RedisTier.prepare`). Each batch has one deadline,
-`timeout`, for all its replies; the connection's socket timeout is off.
+server like any other (`RedisTier.prepare`). Each batch has one deadline
+(`_batch.Deadline`): `timeout` without data arriving fails it; the
+connection's socket timeout is off.
 The replies of a batch are parsed straight out of the bytes as they arrive
 (`_batch.read_replies`), not through one parser coroutine per reply: the
 connection is nobody else's, so nothing of the stream is lost to the
@@ -38,7 +39,7 @@ from typing import Any
 
 import redis.exceptions as redis_errors
 
-from ._batch import read_replies, write
+from ._batch import Deadline, read_replies, write
 
 
 class _Lead:
@@ -157,25 +158,16 @@ class ReadPipe:
             return [await self._fallback(name) for name in names]
         self.batches += 1
         reader = connection._reader
-        # The batch's deadline: a timer that fails the read, cheaper than an
-        # `asyncio.timeout` context (a quarter of its cost, on every L2 hit).
-        deadline = _Deadline(reader)
-        expiry = asyncio.get_running_loop().call_later(self._timeout, deadline.expire)
+        deadline = Deadline(reader, self._timeout)
         try:
             await write(connection._writer, b"".join(map(get_command, names)), self._timeout)
-            replies = _replies(await read_replies(reader, len(names), None))
+            replies = _replies(await read_replies(reader, len(names), deadline))
         except BaseException:
             self._ready = False
             await connection.disconnect(nowait=True)  # replies may still be on the way
             raise
         finally:
-            expiry.cancel()
-        if deadline.expired:
-            # It fired in the same turn of the loop as the replies came in (the
-            # loop was blocked past it): the reader keeps the error for the next
-            # read, so this connection is done; the next batch opens a new one.
-            self._ready = False
-            await connection.disconnect(nowait=True)
+            deadline.cancel()
         # A cluster node that no longer holds a key's slot answers MOVED: those
         # reads go through the client, which follows the move.
         return [
@@ -196,21 +188,6 @@ def get_command(name: str) -> bytes:
     """`GET name`, packed."""
     data = name.encode()
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(data), data)
-
-
-class _Deadline:
-    """A batch's deadline: when it passes, the pending read raises `TimeoutError`
-    (the connection is then dropped, and a new one gets a new reader)."""
-
-    __slots__ = ("expired", "reader")
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        self.expired = False
-
-    def expire(self) -> None:
-        self.expired = True
-        self.reader.set_exception(TimeoutError())
 
 
 def _replies(replies: list[Any]) -> list[bytes | None]:
