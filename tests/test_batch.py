@@ -1,9 +1,12 @@
 """The lean batch parser (`twotier/_batch.py`): the reply shapes twotier's scripts send."""
 
+import asyncio
+import time
+
 import pytest
 import redis.exceptions as redis_errors
 
-from twotier._batch import Incomplete, Push, bulk, command_head, parse
+from twotier._batch import Deadline, Incomplete, Push, bulk, command_head, parse, read_replies
 from twotier._channel import _frame
 from twotier._pipe import _replies
 
@@ -71,3 +74,32 @@ def test_error_replies_typed_as_connection_errors_are_raised_by_the_pipe_and_the
         _replies([b"entry", loading])
     with pytest.raises(redis_errors.BusyLoadingError):
         _frame(loading)
+
+
+async def test_a_reply_that_stalls_halfway_times_out_a_timeout_after_its_last_byte() -> None:
+    """Found by review: data that came in just after the deadline was set
+    bought a whole second period, so a reply that stalled halfway failed up
+    to twice the timeout after its last byte (here 2 s, not 1 s). The server
+    is a loopback socket that sends 3 bytes of a 10-byte reply, then nothing."""
+    timeout = 1.0
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        await asyncio.sleep(0.02)
+        writer.write(b"$10\r\nabc")
+        await asyncio.sleep(10)
+        writer.close()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        writer.write(command_head(2, b"GET") + bulk(b"k"))
+        deadline = Deadline(reader, timeout)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await read_replies(reader, 1, deadline)
+        deadline.cancel()
+        assert time.monotonic() - started < 1.5 * timeout  # 2 × timeout before the fix
+    finally:
+        writer.close()
+        server.close()

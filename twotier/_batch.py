@@ -125,23 +125,31 @@ class Deadline:
     replies that had all arrived.) None: no bound.
     """
 
-    __slots__ = ("_handle", "_reader", "_timeout", "arrived")
+    __slots__ = ("_handle", "_last", "_loop", "_reader", "_timeout")
 
     def __init__(self, reader: asyncio.StreamReader, timeout: float | None) -> None:
         self._reader = reader
         self._timeout = timeout
-        self.arrived = False  # data came in since the timer was set
+        self._loop = asyncio.get_running_loop()
+        self._last = 0.0  # the loop's time when data last came in (0.0: not yet)
         self._handle: asyncio.TimerHandle | None = None
         if timeout is not None:
-            self._handle = asyncio.get_running_loop().call_later(timeout, self._expire)
+            self._handle = self._loop.call_later(timeout, self._expire)
+
+    def arrived(self) -> None:
+        """Data came in: the bound counts from now."""
+        self._last = self._loop.time()
 
     def _expire(self) -> None:
-        reader = self._reader
+        reader, timeout = self._reader, self._timeout
+        assert timeout is not None
         # (StreamReader's buffer, data not read yet: private, and not in typeshed)
-        if self.arrived or reader._buffer:  # type: ignore[attr-defined]
-            self.arrived = False
-            assert self._timeout is not None
-            self._handle = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        if reader._buffer:  # type: ignore[attr-defined]
+            self._handle = self._loop.call_later(timeout, self._expire)  # the loop was late
+            return
+        left = self._last + timeout - self._loop.time()
+        if self._last and left > 0:
+            self._handle = self._loop.call_later(left, self._expire)
         else:
             reader.set_exception(TimeoutError())  # the pending read raises it
 
@@ -177,7 +185,7 @@ async def read_replies(reader: asyncio.StreamReader, count: int, deadline: Deadl
         chunk = await reader.read(_READ)
         if not chunk:
             raise redis_errors.ConnectionError("Connection closed by server.")
-        deadline.arrived = True
+        deadline.arrived()
         buf = buf[pos:] + chunk if pos < len(buf) else chunk
         pos = 0
 

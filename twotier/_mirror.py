@@ -52,7 +52,7 @@ class _Load:
         # the first of its callers to wake; the others await its reply (`done`).
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[tuple[str, tuple[str, ...]]] = loop.create_future()
+        self.done: asyncio.Future[tuple[str, dict[str, str]]] = loop.create_future()
 
 
 class _Abandoned(Exception):
@@ -109,16 +109,10 @@ class VersionMirror:
 
     async def _load(self, tags: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
         for _ in range(_RETRIES):
-            load, generation, fetched = await self._fetched(tags)
+            load, generation, merged = await self._fetched(tags)
             if load.cleared:
                 continue  # read before a clear this instance has applied since
-            merged = tuple(
-                newer(fetched[tag], load.seen[tag]) if tag in load.seen else fetched[tag]
-                for tag in tags
-            )
-            if load.trusted and self.trusted:
-                self._remember(generation, tags, merged, load.dropped)
-            return generation, merged
+            return generation, tuple(merged[tag] for tag in tags)
         raise BackendError("the namespace was cleared during every version load")
 
     async def _fetched(self, tags: tuple[str, ...]) -> tuple[_Load, str, dict[str, str]]:
@@ -141,12 +135,17 @@ class VersionMirror:
         if not load.sent:
             return await self._send(load)  # the first caller to wake sends it for all
         try:
-            generation, versions = await asyncio.shield(load.done)
+            generation, merged = await asyncio.shield(load.done)
         except _Abandoned:
             return await self._send(_Load(tags))
-        return load, generation, dict(zip(load.tags, versions, strict=True))
+        return load, generation, merged
 
     async def _send(self, load: _Load) -> tuple[_Load, str, dict[str, str]]:
+        """Fetch *load*'s tags; merge the bumps applied meanwhile and remember
+        the reply in the same step as it comes in. Its other callers wake
+        turns later, when the load no longer records what is applied: had
+        they remembered it, a bump or a clear applied in between would be
+        undone (found by review; `tests/test_mirror.py`)."""
         load.sent, load.trusted = True, self.trusted
         self._loads.append(load)
         try:
@@ -163,8 +162,13 @@ class VersionMirror:
             if queued is not None:
                 queued.ready.set_result(None)
         self.loads += 1
-        load.done.set_result((generation, versions))
-        return load, generation, dict(zip(load.tags, versions, strict=True))
+        merged = dict(zip(load.tags, versions, strict=True))
+        for tag, seen in load.seen.items():
+            merged[tag] = newer(merged[tag], seen)
+        if not load.cleared and load.trusted and self.trusted:
+            self._remember(generation, tuple(merged), tuple(merged.values()), load.dropped)
+        load.done.set_result((generation, merged))
+        return load, generation, merged
 
     def _remember(
         self, generation: str, tags: tuple[str, ...], versions: tuple[str, ...], skip: set[str]
