@@ -129,17 +129,26 @@ async def test_a_failed_shared_fetch_fails_every_caller_of_it() -> None:
     assert len(redis.sent) == 2
 
 
-async def test_a_bump_during_a_shared_fetch_is_merged_into_every_callers_answer() -> None:
-    redis = FakeRedis()
-    redis.versions = {"a": 5}
-    mirror = trusted_mirror(redis)
+async def two_callers_of_a_shared_fetch(
+    redis: FakeRedis, mirror: VersionMirror
+) -> list[asyncio.Future[tuple[str, tuple[str, ...]]]]:
+    """Two callers of tag "a" queue behind a fetch in flight; it returns, and
+    their shared fetch is sent (it has read Redis, and waits for `answer()`)."""
     first = asyncio.ensure_future(mirror.current(()))
     await asyncio.sleep(0)
     queued = [asyncio.ensure_future(mirror.current(("a",))) for _ in range(2)]
     await asyncio.sleep(0)
     redis.answer()
     await first
-    await until_sent(redis, 2)  # the shared fetch is sent: it read version 5
+    await until_sent(redis, 2)
+    return queued
+
+
+async def test_a_bump_during_a_shared_fetch_is_merged_into_every_callers_answer() -> None:
+    redis = FakeRedis()
+    redis.versions = {"a": 5}
+    mirror = trusted_mirror(redis)
+    queued = await two_callers_of_a_shared_fetch(redis, mirror)  # it read version 5
     mirror.bumped([("a", "7")])  # an invalidation's message arrives before its reply
     redis.answer()
     assert await asyncio.gather(*queued) == [("g1", ("7",))] * 2
@@ -163,13 +172,7 @@ def answer_then(redis: FakeRedis, change: Callable[[], None]) -> None:
 async def shared_load_answered_then(
     redis: FakeRedis, mirror: VersionMirror, change: Callable[[], None]
 ) -> None:
-    first = asyncio.ensure_future(mirror.current(()))
-    await asyncio.sleep(0)
-    queued = [asyncio.ensure_future(mirror.current(("a",))) for _ in range(2)]
-    await asyncio.sleep(0)
-    redis.answer()
-    await first
-    await until_sent(redis, 2)  # the shared fetch read the old state
+    queued = await two_callers_of_a_shared_fetch(redis, mirror)
     answer_then(redis, change)
     await asyncio.gather(*queued)
 
