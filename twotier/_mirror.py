@@ -56,7 +56,7 @@ class _Load:
 
 
 class _Abandoned(Exception):
-    """The caller sending a shared load was cancelled: the others fetch for themselves."""
+    """The caller sending a shared load was cancelled: the others ask again."""
 
 
 def newer(a: str, b: str) -> str:
@@ -137,7 +137,7 @@ class VersionMirror:
         try:
             generation, merged = await asyncio.shield(load.done)
         except _Abandoned:
-            return await self._send(_Load(tags))
+            return await self._fetched(tags)  # coalesced again, not one fetch each
         return load, generation, merged
 
     async def _send(self, load: _Load) -> tuple[_Load, str, dict[str, str]]:
