@@ -105,7 +105,7 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
             items.append(item)
         return (items if kind == 42 else Push(items)), at
     if kind == 45:  # '-' error
-        error = BaseParser.parse_error(buf[pos + 1 : end].decode(errors="replace"))  # type: ignore[no-untyped-call]  # redis-py: unannotated
+        error = BaseParser.parse_error(buf[pos + 1 : end].decode(errors="replace"))  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
         return error, end + 2
     if kind == 35:  # '#' RESP3 boolean (a Lua true, in RESP3)
         return int(buf[pos + 1 : end] == b"t"), end + 2

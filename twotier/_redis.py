@@ -376,7 +376,7 @@ class RedisTier:
         and how to give it back."""
         if not self._cluster:
             pool = cast(aioredis.Redis, self._client).connection_pool
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
             return connection, lambda: pool.release(connection)
         node = cast(RedisCluster, self._client).get_node_from_key(key)
         if node is None:

@@ -180,7 +180,7 @@ class Clients:
             )
             pool: aioredis.ConnectionPool | None = None
         elif self.kind == "sentinel":
-            self.sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py: unannotated
+            self.sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
                 list(target.sentinels),
                 sentinel_kwargs={
                     **timeouts,
@@ -191,7 +191,7 @@ class Clients:
             )
             # Not blocking (redis-py has no blocking Sentinel pool): the tier's
             # own slots bound its callers to `max_connections`.
-            pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]  # unannotated
+            pool = SentinelConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
                 target.service,
                 self.sentinel,
                 **_without_address(target.url),
@@ -242,7 +242,7 @@ class Bus:
         """A new subscription to *channel* on the node that carries it now (not
         yet open: `Subscription.open`)."""
         client = await self._client_for(channel)
-        connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call,unused-ignore]
         return Subscription(connection, channel, sharded=self.sharded, timeout=write_timeout)
 
     async def _client_for(self, channel: str) -> aioredis.Redis:

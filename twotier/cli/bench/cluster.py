@@ -158,7 +158,7 @@ async def invalidation(ctx: Context) -> list[Series]:
                 "twotier invalidate_tag → other instance": ("twotier", invalidate),
             }
             samples = await latency_rounds(subjects, list(range(10)), n, ctx.repeat)
-            await listener.aclose()  # type: ignore[no-untyped-call]  # unannotated
+            await listener.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
             await subscriber.aclose()
     finally:
         await raw.aclose()

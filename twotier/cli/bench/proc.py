@@ -72,7 +72,7 @@ async def _receiver(url: str, namespace: str) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
         await client.aclose()
 
 
