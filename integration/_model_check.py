@@ -1,0 +1,564 @@
+"""A seeded, model-based coherence checker (in the spirit of Jepsen's checkers).
+
+A driver runs random operations — every public path: `get`, `set`, `delete`,
+`clear`, `invalidate_tag`, `@cached` calls and `fn.invalidate`, `warmup`,
+`cache.sync` from threads — from several clients on several cache instances
+against one real server. Each instance talks to the server through a proxy of
+its own that holds every chunk for a random short time, in both directions
+(replies and pub/sub messages arrive late, in order, as over a slow network).
+Faults are injected meanwhile: callers cancelled at random points (a request
+timeout), subscription connections cut (message loss, then a resync), hostile
+messages published on the namespace's channel, the server paused.
+
+Every operation's invocation and completion go into a history, which is
+judged afterwards against the model of the guarantees (docs/coherence.md):
+
+* **no stale read**: a read must not return a value that a change of its key
+  had outdated before the read began — on the writing instance at once
+  (read-your-writes, guarantee 1), on the others once `window` has passed
+  (guarantee 2);
+* **nothing lost** (guarantee 5): once the run has quiesced, every instance
+  reads every key's last value;
+* **no hang** past `HANG` seconds, and **no exception** outside the documented
+  ones;
+* **no error against a healthy server**: while the server is neither paused
+  nor restarted, no Redis error is counted and the breaker never opens (a
+  cancelled caller must not cost the other callers their reads).
+
+Values are unique: each key has one writer (a client of one instance), which
+numbers its writes, so "older" is well defined. Two families of keys:
+
+* *direct* keys, changed by `set`/`delete`/`clear` and read by `get`;
+* *loader* keys, whose truth is a dict (the database): a writer updates it,
+  then invalidates (a tag, or `fn.invalidate`); readers call the `@cached`
+  function, `get` its key, or `warmup` it.
+
+A failure prints the seed and the history of the key concerned (the minimal
+history: the operations that explain the verdict). Run by hand for longer::
+
+    python -m integration._model_check --seeds 1-200 --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from twotier import TwoTierCache
+from twotier._redis import Layout
+from twotier.testing import RedisServer
+
+HANG = 5.0  # seconds: an operation slower than this hangs
+TOMBSTONE = -1  # the "value" a delete writes
+
+
+# -- the network ------------------------------------------------------------------
+
+
+class JitterProxy:
+    """A loopback TCP proxy that holds chunks for random short times, in order.
+
+    Each direction of each connection is one pipe, so ordering within a
+    connection is kept (as TCP keeps it); connections overtake each other.
+    `cut()` aborts every connection (the instance loses its subscription and
+    reconnects: messages in between are lost).
+    """
+
+    def __init__(self, target_port: int, rng: random.Random, max_delay: float) -> None:
+        self.target_port = target_port
+        self.rng = rng
+        self.max_delay = max_delay
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.BaseTransport] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        for handler in self._handlers:
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for transport in list(self._transports):
+            transport.abort()  # type: ignore[attr-defined]
+        self._transports.clear()
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        try:
+            await self._forward(client_r, client_w)
+        except asyncio.CancelledError:
+            pass  # the proxy closed
+        finally:
+            self._handlers.discard(handler)
+
+    async def _forward(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._transports.update((client_w.transport, server_w.transport))
+        await asyncio.gather(
+            self._pipe(client_r, server_w), self._pipe(server_r, client_w), return_exceptions=True
+        )
+        for writer in (client_w, server_w):
+            self._transports.discard(writer.transport)
+            writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while chunk := await reader.read(65536):
+                if self.max_delay and self.rng.random() < 0.5:
+                    await asyncio.sleep(self.rng.uniform(0, self.max_delay))
+                writer.write(chunk)
+                await writer.drain()
+
+
+# -- the history --------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    """One operation of the history. `end` is None while running, or when cancelled."""
+
+    instance: int
+    kind: str  # set, delete, clear, update, get, call, warmup, sync-get
+    key: str | None
+    start: float
+    value: int | None = None  # written (a version, TOMBSTONE) or read (None: a miss)
+    end: float | None = None
+    outcome: str = "running"  # ok, cancelled, error: ...
+
+    def __str__(self) -> str:
+        end = f"{self.end:9.4f}" if self.end is not None else "        -"
+        return (
+            f"{self.start:9.4f} → {end}  i{self.instance} {self.kind:8} "
+            f"{self.key or '*':6} {self.value!s:>5}  {self.outcome}"
+        )
+
+
+@dataclass
+class History:
+    t0: float = field(default_factory=time.monotonic)
+    ops: list[Op] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def begin(self, instance: int, kind: str, key: str | None, value: int | None = None) -> Op:
+        op = Op(instance, kind, key, self.now(), value)
+        self.ops.append(op)
+        return op
+
+    def note(self, text: str) -> None:
+        self.notes.append(f"{self.now():9.4f}  {text}")
+
+
+# -- the model ------------------------------------------------------------------------
+
+WRITES = frozenset({"set", "delete", "update"})
+READS = frozenset({"get", "call", "warmup", "sync-get"})
+
+
+def check(history: History, window: float) -> list[str]:
+    """The violations of the model in *history* (empty: it holds)."""
+    problems: list[str] = []
+    writes: dict[str, list[Op]] = {}
+    clears = [op for op in history.ops if op.kind == "clear" and op.outcome == "ok"]
+    for op in history.ops:
+        if op.kind in WRITES:
+            assert op.key is not None
+            writes.setdefault(op.key, []).append(op)
+        if op.outcome.startswith("error"):
+            problems.append(f"an exception outside the documented ones: {op}")
+        if op.end is not None and op.end - op.start > HANG:
+            problems.append(f"hung for {op.end - op.start:.1f} s: {op}")
+        if op.outcome == "running":
+            problems.append(f"never completed: {op}")
+    for op in history.ops:
+        if op.kind not in READS or op.outcome != "ok" or op.value is None:
+            continue
+        assert op.key is not None
+        superseding = _superseding(op, writes.get(op.key, []), clears, window)
+        if superseding is not None:
+            problems.append(
+                f"stale read: {op}\n    outdated by {superseding}\n"
+                + _story(history, op.key, op.start - 1.0, op.end or op.start)
+            )
+    return problems
+
+
+def _superseding(read: Op, writes: list[Op], clears: list[Op], window: float) -> Op | None:
+    """A change that had outdated *read*'s value before the read began, if any.
+
+    A change outdates a value when it was invoked after the value's write
+    completed (one writer per key: it is a later write). It must have completed
+    before the read began — on the same instance — or `window` before it, on
+    another one.
+    """
+    written = [w for w in writes if w.value == read.value]
+    if not written:
+        return None  # a value not in the history (cannot happen: values are unique)
+    source = written[0]
+    if source.end is None:
+        return None  # a cancelled write: when it took effect is unknown
+    loader_key = source.kind == "update"
+    candidates = [w for w in writes if w.value is not None and w.value > (source.value or 0)]
+    if not loader_key:  # a clear outdates a direct key's values, not the database's
+        candidates += clears
+    for change in candidates:
+        if change.outcome != "ok" or change.end is None or change.start <= source.end:
+            continue
+        allowance = 0.0 if change.instance == read.instance else window
+        if change.end + allowance < read.start:
+            return change
+    return None
+
+
+def _story(history: History, key: str, since: float, until: float) -> str:
+    lines = [
+        f"    {op}"
+        for op in history.ops
+        if (op.key == key or op.kind == "clear") and since <= op.start <= until
+    ]
+    lines += [f"    note {n}" for n in history.notes if since <= float(n.split()[0]) <= until]
+    return "\n".join(lines)
+
+
+# -- the driver -----------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    instances: int = 3
+    clients: int = 4  # per instance
+    direct_keys: int = 4
+    loader_keys: int = 4
+    seconds: float = 4.0
+    max_delay: float = 0.004  # proxy hold per chunk, seconds
+    cancel_rate: float = 0.15  # share of operations run under a short timeout
+    cut_rate: float = 0.3  # subscription cuts per second per instance
+    hostile_rate: float = 0.5  # hostile messages per second
+    pause_rate: float = 0.0  # server pauses per second (then Redis errors are allowed)
+    window: float = 1.5  # cross-instance propagation allowance, seconds
+    max_stale: float = 0.5
+
+
+@dataclass
+class Run:
+    seed: int
+    history: History
+    problems: list[str]
+    stats: list[dict[str, Any]]
+
+
+class Driver:
+    def __init__(self, server: RedisServer, seed: int, config: Config) -> None:
+        self.server = server
+        self.seed = seed
+        self.config = config
+        self.rng = random.Random(seed)
+        self.history = History()
+        self.db: dict[str, int] = {}
+        self.versions = itertools.count(1)
+        self.proxies: list[JitterProxy] = []
+        self.caches: list[TwoTierCache] = []
+        self.functions: list[Any] = []
+        self.healthy = True  # no pause or restart so far: Redis errors are failures
+        self.stopping = False
+
+    # The writer of a key: one client of one instance.
+    def owner(self, key: str) -> tuple[int, int]:
+        n = int(key[1:])
+        return n % self.config.instances, n % self.config.clients
+
+    async def run(self) -> Run:
+        config = self.config
+        namespace = f"mc{self.seed}"
+        for i in range(config.instances):
+            proxy = JitterProxy(
+                self.server.port, random.Random(self.seed * 100 + i), config.max_delay
+            )
+            await proxy.start()
+            cache = TwoTierCache(
+                redis_url=proxy.url,
+                namespace=namespace,
+                redis_timeout=1.0,  # delays stay far below it: a timeout is a finding
+                connect_timeout=1.0,
+                health_interval=0.2,
+                max_stale=config.max_stale,
+                lease_ttl=2.0,
+            )
+            self.proxies.append(proxy)
+            self.caches.append(cache)
+            self.functions.append(self._cached_function(cache))
+            await cache.start()
+        for key in self.loader_keys():
+            self.db[key] = next(self.versions)
+        try:
+            tasks = [
+                asyncio.create_task(self._client(i, c))
+                for i in range(config.instances)
+                for c in range(config.clients)
+            ]
+            tasks.append(asyncio.create_task(self._faults()))
+            _, stuck = await asyncio.wait(tasks, timeout=config.seconds + HANG)
+            for task in stuck:  # their running operations are reported as hung
+                task.cancel()
+            await asyncio.wait(tasks)
+            if not stuck:
+                await self._quiesce()
+        finally:
+            stats = [cache.get_stats() for cache in self.caches]
+            for cache in self.caches:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cache.close(), HANG)
+            for proxy in self.proxies:
+                await proxy.close()
+        problems = check(self.history, config.window)
+        if self.healthy:
+            for i, s in enumerate(stats):
+                if s["l2_errors"]:
+                    problems.append(
+                        f"instance {i} counted {s['l2_errors']} Redis error(s) against a "
+                        "healthy server (a cancelled caller must cost nobody else a read)"
+                    )
+        return Run(self.seed, self.history, problems, stats)
+
+    def direct_keys(self) -> list[str]:
+        return [f"d{n}" for n in range(self.config.direct_keys)]
+
+    def loader_keys(self) -> list[str]:
+        return [f"l{n}" for n in range(self.config.loader_keys)]
+
+    def _cached_function(self, cache: TwoTierCache) -> Any:
+        db = self.db
+
+        @cache.cached(ttl=30, tags=["row:{key}"])
+        async def row(key: str) -> int:
+            value = db[key]
+            await asyncio.sleep(0)  # a load takes a turn, as a query does
+            return value
+
+        return row
+
+    async def _timed(self, op: Op, action: Callable[[], Awaitable[Any]], read: bool) -> None:
+        """Run *action* for *op*, maybe under a short timeout (a cancelled caller)."""
+        cancel = self.rng.random() < self.config.cancel_rate
+        timeout = self.rng.uniform(0, 0.003) if cancel else None
+        try:
+            async with asyncio.timeout(timeout):
+                result = await action()
+        except TimeoutError:
+            op.outcome = "cancelled"
+            return
+        except asyncio.CancelledError:
+            op.end = None  # the driver gave up on it: "never completed"
+            raise
+        except Exception as exc:  # judged by `check`: none is documented for these calls
+            op.outcome = f"error: {exc!r}"
+            op.end = self.history.now()
+            return
+        op.end = self.history.now()
+        op.outcome = "ok"
+        if read:
+            op.value = _version(result)
+
+    async def _client(self, instance: int, client: int) -> None:
+        rng = random.Random(self.seed * 1000 + instance * 10 + client)
+        deadline = time.monotonic() + self.config.seconds
+        cache, fn = self.caches[instance], self.functions[instance]
+        mine = [
+            k
+            for k in self.direct_keys() + self.loader_keys()
+            if self.owner(k) == (instance, client)
+        ]
+        while time.monotonic() < deadline:
+            roll = rng.random()
+            if mine and roll < 0.3:
+                await self._write(instance, rng.choice(mine), rng)
+            elif roll < 0.32:
+                op = self.history.begin(instance, "clear", None)
+                await self._timed(op, cache.clear, read=False)
+            else:
+                await self._read(instance, cache, fn, rng)
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.uniform(0, 0.003))
+
+    async def _write(self, instance: int, key: str, rng: random.Random) -> None:
+        cache, fn = self.caches[instance], self.functions[instance]
+        version = next(self.versions)
+        if key.startswith("d"):
+            if rng.random() < 0.7:
+                op = self.history.begin(instance, "set", key, version)
+                await self._timed(op, lambda: cache.set(key, f"{key}:{version}"), read=False)
+            else:
+                op = self.history.begin(instance, "delete", key, version)
+                await self._timed(op, lambda: cache.delete(key), read=False)
+            return
+        op = self.history.begin(instance, "update", key, version)
+        self.db[key] = version  # the database write, then the invalidation
+        if rng.random() < 0.5:
+            await self._timed(op, lambda: fn.invalidate(key), read=False)
+        else:
+            await self._timed(op, lambda: cache.invalidate_tag(f"row:{key}"), read=False)
+
+    async def _read(self, instance: int, cache: TwoTierCache, fn: Any, rng: random.Random) -> None:
+        roll = rng.random()
+        if roll < 0.4:
+            key = rng.choice(self.direct_keys())
+            if rng.random() < 0.1:
+                op = self.history.begin(instance, "sync-get", key)
+                await self._timed(op, lambda: asyncio.to_thread(cache.sync.get, key), read=True)
+            else:
+                op = self.history.begin(instance, "get", key)
+                await self._timed(op, lambda: cache.get(key), read=True)
+            return
+        key = rng.choice(self.loader_keys())
+        if roll < 0.8:
+            op = self.history.begin(instance, "call", key)
+            await self._timed(op, lambda: fn(key), read=True)
+        elif roll < 0.93:
+            op = self.history.begin(instance, "get", key)
+            await self._timed(op, lambda: cache.get(fn.key(key)), read=True)
+        else:
+            op = self.history.begin(instance, "warmup", key)
+            db = self.db
+
+            async def warm() -> Any:
+                await cache.warmup([fn.key(key)], lambda _: db[key], tags=[f"row:{key}"], ttl=30)
+                return await cache.get(fn.key(key))
+
+            await self._timed(op, warm, read=True)
+
+    async def _faults(self) -> None:
+        config, rng = self.config, self.rng
+        deadline = time.monotonic() + config.seconds
+        raw = aioredis.Redis(port=self.server.port)
+        channel = Layout(f"mc{self.seed}").channel
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                for i, proxy in enumerate(self.proxies):
+                    if rng.random() < config.cut_rate * 0.05:
+                        self.healthy = False  # reads in flight on the cut connections fail
+                        self.history.note(f"cut the connections of instance {i}")
+                        proxy.cut()
+                if rng.random() < config.hostile_rate * 0.05:
+                    frame = rng.choice(HOSTILE_MESSAGES)
+                    self.history.note(f"hostile message {frame[:40]!r}")
+                    await raw.publish(channel, frame)
+                if rng.random() < config.pause_rate * 0.05:
+                    self.healthy = False
+                    self.history.note("server paused")
+                    self.server.pause()
+                    await asyncio.sleep(rng.uniform(0.05, 0.3))
+                    self.server.resume()
+                    self.history.note("server resumed")
+        finally:
+            await raw.aclose()
+
+    async def _quiesce(self) -> None:
+        """After the run: every instance reads every key's last value (nothing lost)."""
+        await asyncio.sleep(self.config.window)
+        for i, (cache, fn) in enumerate(zip(self.caches, self.functions, strict=True)):
+            for key in self.direct_keys():
+                op = self.history.begin(i, "get", key)
+                await self._final(op, cache.get(key))
+            for key in self.loader_keys():
+                op = self.history.begin(i, "call", key)
+                await self._final(op, fn(key))
+
+    async def _final(self, op: Op, read: Awaitable[Any]) -> None:
+        try:
+            result = await asyncio.wait_for(read, HANG)
+        except Exception as exc:
+            op.outcome = f"error: {exc!r}"
+        else:
+            op.outcome, op.value = "ok", _version(result)
+        op.end = self.history.now()
+
+
+def _version(result: Any) -> int | None:
+    if result is None:
+        return None
+    if isinstance(result, int):
+        return result
+    return int(str(result).rsplit(":", 1)[1])
+
+
+#: Messages nobody should be able to stop an instance with: bytes published on
+#: the namespace's channel by anyone with access to the server.
+HOSTILE_MESSAGES = [
+    b"2\x1fk\x1f1\x1fstranger\x1f" + b"9" * 400 + b"\x1fd0",  # `sent` overflows a float
+    b"2\x1ft\x1f1\x1fstranger\x1f0\x1frow:l0\x1f" + b"9" * 5000,  # a huge version
+    b"\xff\xfe not utf-8",
+    b"",
+    b"2\x1fq",
+    b"2\x1fk\x1fx\x1fstranger\x1f0\x1fd1",  # a sequence number that is no number
+]
+
+
+# -- by hand ----------------------------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        first, last = text.split("-")
+        return list(range(int(first), int(last) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+async def _main(args: argparse.Namespace) -> int:
+    config = Config(seconds=args.seconds, pause_rate=args.pause_rate)
+    deadline = time.monotonic() + 60 * args.minutes
+    failed = 0
+    with RedisServer.start(args.flavour) as server:
+        for seed in _seeds(args.seeds):
+            if time.monotonic() > deadline:
+                break
+            run = await Driver(server, seed, config).run()
+            status = "ok" if not run.problems else f"{len(run.problems)} violation(s)"
+            print(f"seed {seed}: {len(run.history.ops)} operations, {status}", flush=True)
+            if run.problems:
+                failed += 1
+                print("\n".join(run.problems[:3]), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="1-20", help="e.g. 1-200 or 3,7,11")
+    parser.add_argument("--minutes", type=float, default=5.0, help="stop after this long")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of one run")
+    parser.add_argument("--pause-rate", type=float, default=0.0, help="server pauses per second")
+    parser.add_argument("--flavour", default=None, help="redis or valkey")
+    sys.exit(asyncio.run(_main(parser.parse_args())))
