@@ -51,8 +51,14 @@ class _Lead:
         self.batch = batch
 
 
-class ReadAbandoned(redis_errors.ConnectionError):
-    """The reader sending a batch was cancelled; the batch's replies are lost."""
+class _Retry:
+    """Handed to the readers of a batch whose sender was cancelled: its replies
+    are lost with the dropped connection, and each of them asks again. A
+    caller's own cancellation (a request timeout) is no fault of the server:
+    it must cost the others neither an error nor the circuit breaker."""
+
+
+_RETRY = _Retry()
 
 
 WRONG_TYPE = b""  # the reply for a name holding foreign data (not a string)
@@ -90,9 +96,18 @@ class ReadPipe:
                 self._hand_over()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((name, future))
-        result = await future
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            # Cancelled in the turn after the lead was handed to us: the lead
+            # passes on, or the pipe would stay busy for good (issue 17, case 5).
+            if future.done() and not future.cancelled() and type(future.result()) is _Lead:
+                self._pass_lead(future.result().batch, future)
+            raise
         if type(result) is _Lead:
             return await self._lead(result.batch, future)
+        if result is _RETRY:
+            return await self.get(name)
         return result  # type: ignore[no-any-return]
 
     async def connect(self) -> None:
@@ -122,14 +137,13 @@ class ReadPipe:
         try:
             results = await self._send([name for name, _ in batch])
         except BaseException as exc:
-            failure = (
-                ReadAbandoned("the batch's sender was cancelled")
-                if isinstance(exc, asyncio.CancelledError)
-                else exc
-            )
+            failure = _RETRY if isinstance(exc, asyncio.CancelledError) else exc
             for _, future in batch:
                 if future is not own and not future.done():
-                    future.set_exception(failure)
+                    if failure is _RETRY:
+                        future.set_result(_RETRY)
+                    else:
+                        future.set_exception(failure)
             raise
         finally:
             self._hand_over()
@@ -139,6 +153,13 @@ class ReadPipe:
             elif not future.done():
                 future.set_result(result)
         return mine
+
+    def _pass_lead(
+        self, batch: list[tuple[str, asyncio.Future[Any]]], own: asyncio.Future[Any]
+    ) -> None:
+        """Give a lead we cannot take up back: the batch's other reads go first."""
+        self._queue[:0] = [(name, future) for name, future in batch if future is not own]
+        self._hand_over()
 
     def _hand_over(self) -> None:
         """Pass the queued reads to a waiting caller, or go idle."""
