@@ -137,13 +137,13 @@ class ReadPipe:
         try:
             results = await self._send([name for name, _ in batch])
         except BaseException as exc:
-            failure = _RETRY if isinstance(exc, asyncio.CancelledError) else exc
+            cancelled = isinstance(exc, asyncio.CancelledError)
             for _, future in batch:
                 if future is not own and not future.done():
-                    if failure is _RETRY:
+                    if cancelled:
                         future.set_result(_RETRY)
                     else:
-                        future.set_exception(failure)
+                        future.set_exception(exc)
             raise
         finally:
             self._hand_over()
