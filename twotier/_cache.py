@@ -39,7 +39,7 @@ from ._flights import Flights
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
 from ._local import LocalTier
-from ._logging import tier_log
+from ._logging import Identity, tier_log
 from ._memory import MemoryTier, hub_for
 from ._mirror import VersionMirror
 from ._options import check_count, check_namespace, check_seconds
@@ -127,7 +127,10 @@ class TwoTierCache:
         self.namespace = namespace
         self.redis_url = redis_url
         self.default_ttl = validate_ttl(default_ttl)
-        self.instance_id = uuid.uuid4().hex[:12]
+        self.instance_id = _new_instance_id()
+        # Every log adapter of the cache reads the id from here: a forked child
+        # changes it once for all of them (`_forked`).
+        self._identity = Identity(self.instance_id)
         self.copy_on_read = copy_on_read
         self._serializer = serializer or MsgpackSerializer()
         self.clock: Clock = clock or time.monotonic
@@ -142,7 +145,7 @@ class TwoTierCache:
         self._lease_ttl = float(lease_ttl)
         self._health_interval = float(health_interval)
         self._log_maxlen = log_maxlen
-        self._log = tier_log(self.instance_id, "cache")
+        self._log = tier_log(self._identity, "cache")
         self.counters = Counters()
         self.events = Events(observers, self._log)  # metrics and tracing (twotier/_events.py)
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
@@ -211,9 +214,11 @@ class TwoTierCache:
         self._start_lock: asyncio.Lock | None = None
         # The event loop the cache lives on (see `_own_loop`).
         self._loop: asyncio.AbstractEventLoop | None = None
-        # A forked child (Celery's prefork pool, gunicorn --preload) inherits the
-        # loop's state but not its thread, and shares the parent's sockets.
-        os.register_at_fork(after_in_child=functools.partial(_forget_loop, weakref.ref(self)))
+        # A forked child (gunicorn --preload, Celery's prefork pool,
+        # multiprocessing) is a new instance: told at the fork itself, before
+        # any code of the child can use the cache (STYLE 19, DESIGN §4.11).
+        self._forked_from: str | None = None
+        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
         self.sync = SyncCache(self)
         """The blocking view of this cache, for code without an event loop (`docs/sync.md`)."""
 
@@ -230,6 +235,14 @@ class TwoTierCache:
         async with self._start_lock:
             if self._started:
                 return
+            if self._forked_from is not None:
+                self._log.info(
+                    "a forked child (pid %d) of instance %s: a new instance, with connections "
+                    "of its own and an empty L1",
+                    os.getpid(),
+                    self._forked_from,
+                )
+                self._forked_from = None
             if self._target is None:
                 hub_for(self.namespace).subscribe(self.instance_id, self._applier.apply_message)
             else:
@@ -333,6 +346,10 @@ class TwoTierCache:
 
     def _abandon_closed_loop(self) -> None:
         self._log.info("the cache's event loop closed; restarting on the new one")
+        self._drop_loop_state()
+
+    def _drop_loop_state(self) -> None:
+        """Forget what lived on the old loop; L1 too (changes may have been missed)."""
         self._applier.clear_local()
         self.local.suspended = False  # suspended when the old loop cancelled the listener
         self._started = False
@@ -343,6 +360,36 @@ class TwoTierCache:
         self._deliveries = set()
         self._reads.forget_loop()
         self._changes.forget_loop()
+
+    def _forked(self) -> None:
+        """In a forked child, at the fork (`os.register_at_fork`): become a new instance.
+
+        A new id (a child with its parent's id would take every other
+        worker's changes for its own, and ignore them: issue 18, item 1), so
+        new log names, heartbeat and messages; an empty L1 (inherited entries
+        may be hours old, and the child heard nothing yet); new counters;
+        connections, subscription and loop thread of its own, made when the
+        child first uses the cache. Nothing of the parent's is closed or
+        touched (`_INHERITED`). Changes the parent had queued stay queued here
+        too: delivered twice at worst, which an invalidation tolerates.
+        """
+        loop, self._loop = self._loop, None
+        _INHERITED.append(
+            (
+                loop,
+                self._link,
+                self._shared.remote,
+                self._deliveries,
+                self.sync.forget_loop_thread(),
+                asyncio.all_tasks(loop) if loop is not None and not loop.is_closed() else (),
+            )
+        )
+        if self.redis_url is None:
+            hub_for(self.namespace).unsubscribe(self.instance_id)
+        self._forked_from = self.instance_id
+        self.instance_id = self._identity.instance = _new_instance_id()
+        self.counters.reset()
+        self._drop_loop_state()
 
     async def ping(self) -> float:
         """One round trip to Redis, in seconds (0.0 in memory mode); raises `BackendError`."""
@@ -535,10 +582,25 @@ class TwoTierCache:
         )
 
 
-def _forget_loop(ref: weakref.ReferenceType[TwoTierCache]) -> None:
-    """In a forked child: the parent's loop, thread and connections are not ours."""
+def _new_instance_id() -> str:
+    return uuid.uuid4().hex[:12]  # os.urandom: never the same in two forked children
+
+
+#: What forked children inherited from their parent's caches (its loop, link,
+#: loop thread and tasks), kept here for the life of the child and never used.
+#: The cache drops its references, as redis-py does for its pools in a child,
+#: but does not let them be collected either: collected while the child runs a
+#: loop of its own, an unclosed connection closes its transport, which
+#: unregisters the socket from the parent's loop's epoll set (parent and child
+#: share it, so the parent's loop would stop hearing that socket), and a TLS
+#: stream sends its close_notify down the parent's connection. (CPython 3.11
+#: happens to keep them alive anyway: the dead loop thread's frames hold its
+#: loop. This does not rely on that.) The server sees the connections end when
+#: the parent closes them, or both processes end.
+_INHERITED: list[object] = []
+
+
+def _after_fork(ref: weakref.ReferenceType[TwoTierCache]) -> None:
     cache = ref()
-    if cache is not None and cache._loop is not None:
-        cache._loop = None
-        cache.sync.forget_loop_thread()
-        cache._abandon_closed_loop()
+    if cache is not None:
+        cache._forked()

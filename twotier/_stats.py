@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -33,6 +33,11 @@ class Counters:
     lease_waits: int = 0
     early_refreshes: int = 0
     oversized_values: int = 0  # values over max_value_size, kept in L1 only
+
+    def reset(self) -> None:
+        """Every counter back to zero (a forked child: a new instance counts anew)."""
+        for counter in fields(self):
+            setattr(self, counter.name, counter.default)
 
     def snapshot(self, **live: Any) -> dict[str, Any]:
         data: dict[str, Any] = asdict(self)

@@ -106,6 +106,7 @@ class SyncCache:
     def __init__(self, cache: AsyncCache) -> None:
         self._cache = cache
         self._loop_thread: LoopThread | None = None  # when no loop runs the cache
+        self._closes_at_exit = False  # (a forked child inherits the registration)
 
     def submit(
         self, make: Callable[[], Coroutine[Any, Any, T]]
@@ -133,7 +134,9 @@ class SyncCache:
         else:
             if self._loop_thread is None:
                 self._loop_thread = LoopThread(f"twotier-{cache.instance_id}")
-                atexit.register(self._close_at_exit)
+                if not self._closes_at_exit:
+                    atexit.register(self._close_at_exit)
+                    self._closes_at_exit = True
             loop = self._loop_thread.started()
         return asyncio.run_coroutine_threadsafe(make(), loop), loop
 
@@ -141,9 +144,12 @@ class SyncCache:
         """Run a coroutine of the cache from synchronous code and wait for it."""
         return self.submit(make)[0].result()
 
-    def forget_loop_thread(self) -> None:
-        """In a forked child: the parent's loop thread does not exist here."""
-        self._loop_thread = None
+    def forget_loop_thread(self) -> LoopThread | None:
+        """In a forked child: the parent's loop thread does not run here. The
+        next call starts one of the child's own; the parent's is returned, for
+        the child to keep untouched (`_cache._INHERITED`)."""
+        thread, self._loop_thread = self._loop_thread, None
+        return thread
 
     def _close_at_exit(self) -> None:
         # A script that never closed its cache: deliver what it queued, then stop.
