@@ -152,3 +152,36 @@ async def test_warmup_reloads_scripts_a_flushed_server_forgot(make_cache: CacheF
         await raw.aclose()
     assert a.get_stats()["l2_errors"] == 0
     assert await b.get("k7") == "K7"  # in Redis, for the other instances
+
+
+async def test_a_cached_call_that_joins_a_warmup_of_its_key_gets_an_answer(
+    make_cache: CacheFactory,
+) -> None:
+    """Found by the model checker: a `@cached` call that joined a warmup's load
+    of its key waited forever (warmup never settled its flights)."""
+    cache = await make_cache()
+    loading = asyncio.Event()
+
+    @cache.cached(ttl=60)
+    async def row(n: int) -> str:
+        return f"loaded {n}"
+
+    async def slow_loader(key: str) -> str:
+        loading.set()
+        await asyncio.sleep(0.05)
+        return "warmed"
+
+    warming = asyncio.create_task(cache.warmup([row.key(1), row.key(2)], slow_loader))
+    await loading.wait()
+    joined = await asyncio.wait_for(row(1), 5)  # joins the warmup's flight of the key
+    assert joined == "warmed"
+    assert await warming == 2
+
+    # A warmup cancelled while it loads: a call that joined it loads for itself.
+    loading.clear()
+    warming = asyncio.create_task(cache.warmup([row.key(3)], slow_loader))
+    await loading.wait()
+    joining = asyncio.create_task(row(3))
+    await asyncio.sleep(0)
+    warming.cancel()
+    assert await asyncio.wait_for(joining, 5) == "loaded 3"

@@ -20,7 +20,7 @@ import anyio
 
 from ._envelope import header
 from ._exceptions import BackendError
-from ._flights import Flight, Flights
+from ._flights import Flight, Flights, LeaderCancelled
 from ._logging import Log
 from ._serialization import Serializer
 from ._shared import SharedTier, Snapshot
@@ -157,6 +157,11 @@ class Warmup:
                             self._shared.release_later(flight.key, token)
         for flight in batch.flights:
             self._flights.end(flight)
+            # A `@cached` call of the same key may have joined the flight: it
+            # loads for itself now (a value it could share was handed over by
+            # `_store`). Left unsettled, it waited forever (found by the model
+            # checker, integration/_model_check.py).
+            flight.fail(LeaderCancelled())
         batch.flights = []
 
     async def _prepare(
@@ -253,6 +258,7 @@ class Warmup:
             if stored.get(flight.key, True) and not flight.invalidated:
                 store(flight.key, value, payload, ttl, tags, copy_on_read)
                 filled += 1
+            flight.resolve(value)  # for callers that joined the load (they asked before)
         self._counters.sets += filled
         self._counters.stale_sets_refused += len(ready) - filled
         return filled
