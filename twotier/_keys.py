@@ -7,13 +7,19 @@ positionally, no keywords) the key is one `repr` per argument and a join.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import inspect
 import math
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import sys
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from enum import Enum
 from typing import Any
+from uuid import UUID
 
 from ._exceptions import ConfigurationError, InvalidKeyError, InvalidTTLError, TemplateError
 
@@ -116,70 +122,248 @@ def validate_ttl(ttl: object) -> float:
 
 
 # --- argument encoding -------------------------------------------------------
+#
+# Issue 17, case 8: default keys were built from `repr()`, so a dataclass or
+# pydantic field declared `repr=False` vanished from the key (tenant 2 was
+# served tenant 1's revenue), `[1]` and `(1,)` shared a key, and so did `{}` and
+# `set()`. DESIGN §5: default keys never merge two arguments that compare
+# different. So an argument is rendered structurally, from the types below
+# only, each in a text that names its type; anything else is refused.
+#
+# The rendering is injective: two values share a text only if they have the
+# same types all the way down and equal contents (the property test in
+# tests/test_keys.py checks it against such an equality). Scalars are their repr, which
+# tells the types apart by its syntax (`1`, `True`, `1.0`, `'1'`, `b'1'`,
+# `Decimal('1')`, `UUID('…')`, `datetime.date(…)`); containers use Python's
+# brackets with the tuple's `(x,)` and `set()`/`frozenset(…)` spelt out;
+# dataclasses, pydantic models and enum members carry their qualified type
+# name. Sets and dicts are sorted by the text of their items, so equal values
+# give one text in every process (never `hash()` order, never `id()`).
+
+#: Exact types whose repr is canonical: equal values of one type have one repr,
+#: in every process and Python run. float included: repr is the shortest text
+#: that round-trips, `-0.0` keeps its sign, and every NaN reads `nan` (a NaN
+#: equals nothing, not even itself, so all NaNs share one key rather than none).
+_REPR_TYPES: frozenset[type] = SCALARS | {bytes, Decimal, UUID, datetime.date, datetime.timedelta}
+#: The marker of a key with any argument that is not a plain scalar (see
+#: `KeyPlan`): such keys were built from `repr()` before issue 17, and an
+#: entry an older version wrote under `f([1])` for the call `f((1,))` must not
+#: be read by the call `f([1])` (a rolling deploy shares one Redis).
+STRUCTURED_MARK = "@2"
+#: Exact types whose repr holds a tzinfo's repr, which `_time` checks first.
+_TIMES: frozenset[type] = frozenset({datetime.datetime, datetime.time})
 
 
-def encode_argument(value: object) -> str:
-    """A stable, printable text for one argument value.
+class _Refusal(Exception):
+    """An argument without a canonical text; `where` is filled in as it unwinds."""
 
-    Equal values give equal text in every process: dicts and sets are sorted,
-    and objects whose repr is the default ``<… at 0x…>`` are refused, because
-    such a key would differ per process and never hit. An argument that
-    contains itself, or is nested deeper than MAX_ARGUMENT_DEPTH, is refused
-    too: it has no finite text.
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.where: list[str] = []  # innermost first
+
+    def error(self, name: str | None) -> InvalidKeyError:
+        where = "".join(reversed(self.where))
+        if name is None:
+            subject = f"an argument{f' (at {where})' if where else ''}"
+            advice = "pass key= to cached()"
+        else:
+            subject = f"argument {name!r}{f' (at {name}{where})' if where else ''}"
+            advice = f"pass key= to cached(), or ignore=[{name!r}] if it does not change the result"
+        return InvalidKeyError(f"cannot build a cache key from {subject}: {self.what}; {advice}")
+
+
+_SUPPORTED = (
+    "default keys take int, float, bool, str, bytes, None, Decimal, UUID, date, time, "
+    "datetime, timedelta, Enum members, tuple, list, dict, set, frozenset, dataclasses "
+    "and pydantic models made of these"
+)
+
+
+def encode_argument(value: object, name: str | None = None) -> str:
+    """The canonical, type-tagged text of one argument value.
+
+    Two values get the same text only if they have the same types all the way
+    down and equal contents (floats by their repr, so `0.0` and `-0.0` differ).
+    A value of another type, one that contains itself, or one nested deeper
+    than MAX_ARGUMENT_DEPTH is refused with `InvalidKeyError` naming *name*.
     """
-    return _encode(value, [])
+    try:
+        return _encode(value, [])
+    except _Refusal as refusal:
+        raise refusal.error(name) from None
 
 
 def _encode(value: object, path: list[int]) -> str:
     """Encode *value*; *path* holds the ids of the containers it is inside of."""
     kind = type(value)
-    if kind in SCALARS:
+    if kind in _REPR_TYPES:
         return repr(value)
-    if kind is tuple or kind is list:
+    render = _CONTAINERS.get(kind)
+    if render is not None:
         _enter(value, path)
-        seq: Sequence[object] = value  # type: ignore[assignment]  # narrowed by `kind`
-        text = "[" + ",".join(_encode(item, path) for item in seq) + "]"
-    elif isinstance(value, Mapping):
-        _enter(value, path)
-        items = sorted((_encode(k, path), _encode(v, path)) for k, v in value.items())
-        text = "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
-    elif isinstance(value, (set, frozenset)):
-        _enter(value, path)
-        text = "{" + ",".join(sorted(_encode(item, path) for item in value)) + "}"
-    else:
-        return _encode_repr(value)
-    path.pop()  # siblings may hold the same object: that is sharing, not a cycle
-    return text
+        text = render(value, path)
+        path.pop()  # siblings may hold the same object: that is sharing, not a cycle
+        return text
+    return _encode_other(value, path)
 
 
 def _enter(container: object, path: list[int]) -> None:
     if id(container) in path:
-        raise InvalidKeyError(
-            f"cannot build a cache key from a {type(container).__name__} that contains "
-            "itself; pass key= to cached()"
-        )
+        raise _Refusal(f"it is a {type(container).__name__} that contains itself")
     if len(path) >= MAX_ARGUMENT_DEPTH:
-        raise InvalidKeyError(
-            f"cannot build a cache key from an argument nested deeper than "
-            f"{MAX_ARGUMENT_DEPTH} levels; pass key= to cached()"
-        )
+        raise _Refusal(f"it is nested deeper than {MAX_ARGUMENT_DEPTH} levels")
     path.append(id(container))
 
 
-def _encode_repr(value: object) -> str:
+def _items(items: Iterable[object], path: list[int]) -> list[str]:
+    out: list[str] = []
     try:
-        text = repr(value)
-    except RecursionError:  # a user type's repr recursing through its own nesting
-        raise InvalidKeyError(
-            f"cannot build a cache key from an argument of type {type(value).__name__}: "
-            "its repr nests too deep; pass key= to cached()"
-        ) from None
-    if " at 0x" in text and text.startswith("<"):
-        raise InvalidKeyError(
-            f"cannot build a stable cache key from an argument of type {type(value).__name__} "
-            "(its repr contains a memory address); pass key= to cached()"
+        for item in items:
+            out.append(_encode(item, path))
+    except _Refusal as refusal:
+        refusal.where.append(f"[{len(out)}]")
+        raise
+    return out
+
+
+def _set_items(items: Iterable[object], path: list[int]) -> str:
+    try:
+        return ",".join(sorted([_encode(item, path) for item in items]))
+    except _Refusal as refusal:
+        refusal.where.append("{…}")  # a set has no position to name
+        raise
+
+
+def _list(value: Any, path: list[int]) -> str:
+    return "[" + ",".join(_items(value, path)) + "]"
+
+
+def _tuple(value: Any, path: list[int]) -> str:
+    items = _items(value, path)
+    return "(" + items[0] + ",)" if len(items) == 1 else "(" + ",".join(items) + ")"
+
+
+def _set(value: Any, path: list[int]) -> str:
+    return "{" + _set_items(value, path) + "}" if value else "set()"
+
+
+def _frozenset(value: Any, path: list[int]) -> str:
+    return "frozenset({" + _set_items(value, path) + "})" if value else "frozenset()"
+
+
+def _dict(value: Any, path: list[int]) -> str:
+    items = []
+    for key, item in value.items():
+        try:
+            text = _encode(key, path)
+        except _Refusal as refusal:
+            refusal.where.append("[<a key>]")
+            raise
+        try:
+            items.append((text, _encode(item, path)))
+        except _Refusal as refusal:
+            refusal.where.append(f"[{text}]")
+            raise
+    # Sorted by the key's text (unique per key, so the values never decide):
+    # dicts that compare equal whatever their insertion order share one key.
+    items.sort()
+    return "{" + ",".join([f"{k}:{v}" for k, v in items]) + "}"
+
+
+_CONTAINERS: dict[type, Callable[[Any, list[int]], str]] = {
+    list: _list,
+    tuple: _tuple,
+    dict: _dict,
+    set: _set,
+    frozenset: _frozenset,
+}
+
+
+def _encode_other(value: object, path: list[int]) -> str:
+    """Times, enum members, dataclasses and pydantic models; anything else is refused."""
+    kind = type(value)
+    if isinstance(value, (datetime.datetime, datetime.time)) and kind in _TIMES:
+        return _time(value)
+    if isinstance(value, Enum):
+        # Its type and name (`app.Colour.RED`): its repr `<Colour.RED: 1>` names
+        # neither the module nor, for two enums of one name, the type.
+        if kind.__members__.get(value.name) is value:  # type: ignore[attr-defined]  # an Enum
+            return f"{_type_name(kind)}.{value.name}"
+        # A Flag's combination (`Perm.R|W`) is no member: its value names it.
+        _enter(value, path)
+        text = f"{_type_name(kind)}({_encode(value.value, path)})"
+        path.pop()
+        return text
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Every field, `repr=False` and `compare=False` ones too: a field left
+        # out of the key merges calls that differ in it (issue 17, case 8).
+        names = [field.name for field in dataclasses.fields(value)]
+        return _fields(value, names, (), path)
+    model = _pydantic_model()
+    if model is not None and isinstance(value, model):
+        # The attributes themselves, not `model_dump()`: a dump leaves out
+        # `Field(exclude=True)` and runs the model's serializers, which may
+        # mask a field; and it turns nested models into dicts, so `A(x=1)` and
+        # `B(x=1)` in a union field would read alike.
+        names = list(kind.model_fields)  # type: ignore[attr-defined]  # a pydantic model
+        # pydantic's `==` compares extra fields and private attributes too.
+        extra = sorted((getattr(value, "__pydantic_extra__", None) or {}).items())
+        private = sorted((getattr(value, "__pydantic_private__", None) or {}).items())
+        return _fields(value, names, [*extra, *private], path)
+    raise _Refusal(f"a {_type_name(kind)} has no canonical text ({_SUPPORTED})")
+
+
+def _fields(
+    value: object, names: list[str], more: Iterable[tuple[str, object]], path: list[int]
+) -> str:
+    _enter(value, path)
+    parts = []
+    for name in names:
+        try:
+            item = getattr(value, name)
+        except AttributeError:
+            raise _Refusal(f"its field {name!r} is not set") from None
+        parts.append((name, item))
+    parts.extend(more)
+    texts = []
+    for name, item in parts:
+        try:
+            texts.append(f"{name}={_encode(item, path)}")
+        except _Refusal as refusal:
+            refusal.where.append(f".{name}")
+            raise
+    path.pop()
+    return f"{_type_name(type(value))}({','.join(texts)})"
+
+
+def _time(value: datetime.datetime | datetime.time) -> str:
+    zone = value.tzinfo
+    # A datetime's repr holds its tzinfo's repr. `timezone` (a fixed offset and
+    # name) and `ZoneInfo` from a key have canonical reprs; other tzinfo types
+    # (pytz, dateutil, `ZoneInfo.from_file`) have none that tells zones apart.
+    if not (
+        zone is None
+        or type(zone) is datetime.timezone
+        or (type(zone) is zoneinfo.ZoneInfo and zone.key is not None)
+    ):
+        raise _Refusal(
+            f"its tzinfo, a {_type_name(type(zone))}, has no canonical text "
+            "(datetime.timezone and zoneinfo.ZoneInfo(key) have)"
         )
-    return text
+    return repr(value)
+
+
+def _type_name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _pydantic_model() -> type | None:
+    """pydantic's BaseModel if pydantic is loaded, without importing it: an
+    object cannot be a model unless its class, and so pydantic, was loaded."""
+    module = sys.modules.get("pydantic.main")
+    model = getattr(module, "BaseModel", None)
+    return model if isinstance(model, type) else None
 
 
 # --- templates ---------------------------------------------------------------
@@ -200,7 +384,7 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Template:
     """A tag or key template checked against a function's parameters."""
 
@@ -264,14 +448,15 @@ class KeyPlan:
         "_fast",
         "_ignored",
         "_keep",
+        "_kept_names",
         "_key",
         "_n_positional",
         "_name",
         "_names",
         "_open",
         "_plain",
-        "_prefix",
         "_signature",
+        "_structured_open",
         "_tags",
     )
 
@@ -286,11 +471,12 @@ class KeyPlan:
         self._name = f"{func.__module__}.{func.__qualname__}"
         params = list(self._signature.parameters.values())
         names = [p.name for p in params]
-        self._prefix = self._name
         self._open = self._name + "("
+        self._structured_open = self._name + STRUCTURED_MARK + "("
         self._ignored = _check_ignore(ignore, names, key, self._name)
         # The positions of the parameters that make up the default key.
         self._keep = tuple(i for i, name in enumerate(names) if name not in self._ignored)
+        self._kept_names = tuple(names[i] for i in self._keep)
         # Fast path: every parameter is plain positional-or-keyword, so a call
         # with exactly that many positional arguments binds them in order.
         self._plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
@@ -362,7 +548,7 @@ class KeyPlan:
                 return key if len(key) <= MAX_KEY_LENGTH else hash_long_key(key)
             for arg in args:
                 if type(arg) not in SCALARS:
-                    return validate_key(f"{self._open}{','.join(map(encode_argument, args))})")
+                    return self._structured_key(zip(self._kept_names, args, strict=True))
             key = self._open + ",".join([repr(arg) for arg in args]) + ")"
             return key if len(key) <= MAX_KEY_LENGTH else hash_long_key(key)
         return self._slow_key(self.bind(args, kwargs), args, kwargs)
@@ -379,11 +565,20 @@ class KeyPlan:
     ) -> str:
         if self._key is None:
             ignored = self._ignored
-            text = ",".join(encode_argument(v) for k, v in arguments.items() if k not in ignored)
-            return validate_key(f"{self._prefix}({text})")
+            kept = [(k, v) for k, v in arguments.items() if k not in ignored]
+            if all(type(v) in SCALARS for _, v in kept):
+                return validate_key(self._open + ",".join([repr(v) for _, v in kept]) + ")")
+            return self._structured_key(kept)
         if isinstance(self._key, Template):
             return validate_key(self._key.render(arguments))
         return validate_key(self._key(*args, **kwargs))
+
+    def _structured_key(self, arguments: Iterable[tuple[str, Any]]) -> str:
+        """The key of a call with an argument that is not a plain scalar: it
+        carries STRUCTURED_MARK, so no key an older version built from `repr()`
+        can name its entry (see there)."""
+        text = ",".join([encode_argument(value, name) for name, value in arguments])
+        return validate_key(f"{self._structured_open}{text})")
 
     def tags(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
         """Render the tag templates; only called on a miss, never on an L1 hit."""
