@@ -39,13 +39,26 @@ _RETRIES = 3  # loads spoiled by a clear in flight, before giving up (a miss)
 class _Load:
     """One fetch of versions from Redis, for every caller that asked for it."""
 
-    __slots__ = ("cleared", "done", "dropped", "ready", "seen", "sent", "tags", "trusted")
+    __slots__ = (
+        "cleared",
+        "cleared_to",
+        "done",
+        "dropped",
+        "ready",
+        "seen",
+        "sent",
+        "tags",
+        "trusted",
+    )
 
     def __init__(self, tags: tuple[str, ...]) -> None:
         self.tags = dict.fromkeys(tags)  # an ordered set: callers add theirs while it queues
         self.seen: dict[str, str] = {}  # bumps applied while the load ran
         self.dropped: set[str] = set()  # compacted while the load ran
         self.cleared = False  # a clear or reset while the load ran
+        #: The generation the last clear while the load ran started (None after a
+        #: reset): a reply from that generation was read after the clear, so it holds.
+        self.cleared_to: str | None = None
         self.sent = False
         self.trusted = False  # the mirror was trusted when it was sent
         # A queued load is sent once the fetch in flight returns (`ready`), by
@@ -57,6 +70,11 @@ class _Load:
 
 class _Abandoned(Exception):
     """The caller sending a shared load was cancelled: the others ask again."""
+
+
+def _holds(load: _Load, generation: str) -> bool:
+    """Whether *load*'s reply (on *generation*) still tells the current versions."""
+    return not load.cleared or generation == load.cleared_to
 
 
 def newer(a: str, b: str) -> str:
@@ -110,7 +128,7 @@ class VersionMirror:
     async def _load(self, tags: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
         for _ in range(_RETRIES):
             load, generation, merged = await self._fetched(tags)
-            if load.cleared:
+            if not _holds(load, generation):
                 continue  # read before a clear this instance has applied since
             return generation, tuple(merged[tag] for tag in tags)
         raise BackendError("the namespace was cleared during every version load")
@@ -165,7 +183,7 @@ class VersionMirror:
         merged = dict(zip(load.tags, versions, strict=True))
         for tag, seen in load.seen.items():
             merged[tag] = newer(merged[tag], seen)
-        if not load.cleared and load.trusted and self.trusted:
+        if _holds(load, generation) and load.trusted and self.trusted:
             self._remember(generation, tuple(merged), tuple(merged.values()), load.dropped)
         load.done.set_result((generation, merged))
         return load, generation, merged
@@ -202,6 +220,14 @@ class VersionMirror:
         """A new namespace generation: every version so far is void."""
         self.reset()
         self.generation = generation
+        for load in self._loads:
+            # A reply from the new generation was read after the clear: it holds,
+            # with the bumps seen from here on. Without this, a namespace cleared
+            # now and then spoiled three loads in a row and a healthy Redis was
+            # counted as failing (found by the model checker).
+            load.cleared_to = generation
+            load.seen.clear()
+            load.dropped.clear()
 
     def dropped(self, tags: Iterable[str]) -> None:
         """Compaction removed these tags' versions in Redis (they read as 0 again)."""
@@ -216,4 +242,4 @@ class VersionMirror:
         self.generation = None
         self._versions.clear()
         for load in self._loads:
-            load.cleared = True
+            load.cleared, load.cleared_to = True, None
