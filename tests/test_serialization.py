@@ -1,8 +1,16 @@
+import collections
 import datetime as dt
 import decimal
+import enum
+import fractions
+import io
+import math
 import uuid
 import zoneinfo
+from importlib import resources
+from pathlib import Path
 
+import msgpack  # type: ignore[import-untyped]  # ships no type information
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -39,24 +47,56 @@ values = st.recursive(
 )
 
 
-def _same(a: object, b: object) -> bool:
-    """Equal and of the same type, all the way down."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[attr-defined]
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(map(_same, a, b))  # type: ignore[arg-type]
-    if isinstance(a, dt.datetime):
-        return a == b and a.tzinfo == b.tzinfo and a.fold == b.fold  # type: ignore[attr-defined]
-    if isinstance(a, decimal.Decimal):
-        return str(a) == str(b)
-    return a == b
+def identical(a: object, b: object) -> bool:
+    """Equal and of the same type all the way down: zones by key (or offset and name),
+    folds, a Decimal's digits, a float's sign and NaN. Iterative: values nest 1,024 deep."""
+    pairs = [(a, b)]
+    while pairs:
+        x, y = pairs.pop()
+        kind = type(x)
+        if kind is not type(y):
+            return False
+        if kind is dict:
+            if len(x) != len(y):  # type: ignore[arg-type]
+                return False
+            pairs += zip(x, y, strict=True)  # type: ignore[call-overload]  # keys in order, then values
+            pairs += zip(x.values(), y.values(), strict=True)  # type: ignore[attr-defined]
+        elif kind is list or kind is tuple:
+            if len(x) != len(y):  # type: ignore[arg-type]
+                return False
+            pairs += zip(x, y, strict=True)  # type: ignore[call-overload]
+        elif kind is set or kind is frozenset:
+            if x != y:
+                return False
+            theirs = {item: item for item in y}  # type: ignore[attr-defined]
+            pairs += ((item, theirs[item]) for item in x)  # type: ignore[attr-defined]
+        elif not _same_leaf(x, y):
+            return False
+    return True
+
+
+def _zone(value: dt.datetime | dt.time) -> object:
+    tz = value.tzinfo
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        return tz.key
+    return tz and (tz.utcoffset(None), tz.tzname(None))
+
+
+def _same_leaf(x: object, y: object) -> bool:
+    if isinstance(x, float):
+        assert isinstance(y, float)
+        return (x == y or (x != x and y != y)) and math.copysign(1, x) == math.copysign(1, y)
+    if isinstance(x, decimal.Decimal):
+        return str(x) == str(y)
+    if isinstance(x, (dt.datetime, dt.time)):
+        assert isinstance(y, (dt.datetime, dt.time))
+        return (x.isoformat(), _zone(x), x.fold) == (y.isoformat(), _zone(y), y.fold)
+    return x == y
 
 
 @given(values)
 def test_msgpack_round_trip_is_exact(value: object) -> None:
-    assert _same(codec.loads(codec.dumps(value)), value)
+    assert identical(codec.loads(codec.dumps(value)), value)
 
 
 def test_erp_shaped_value_round_trips() -> None:
@@ -71,7 +111,7 @@ def test_erp_shaped_value_round_trips() -> None:
         "big": 2**80,
         "rows": [{"n": 1}],
     }
-    assert _same(codec.loads(codec.dumps(value)), value)
+    assert identical(codec.loads(codec.dumps(value)), value)
 
 
 def test_unserializable_value_is_a_specific_error() -> None:
@@ -105,3 +145,248 @@ def test_pickle_never_loads_msgpack_and_vice_versa() -> None:
         signer.loads(codec.dumps(1))
     with pytest.raises(DeserializationError):
         codec.loads(signer.dumps(1))
+
+
+# -- a value never changes type or meaning (issue 17, case 9) -----------------
+
+
+def _berlin_from_file() -> zoneinfo.ZoneInfo | None:
+    """Europe/Berlin as `ZoneInfo.from_file` makes it: the same rules, no key."""
+    for root in zoneinfo.TZPATH:
+        path = Path(root, "Europe", "Berlin")
+        if path.is_file():
+            return zoneinfo.ZoneInfo.from_file(io.BytesIO(path.read_bytes()))
+    try:
+        data = resources.files("tzdata.zoneinfo").joinpath("Europe/Berlin").read_bytes()
+    except ModuleNotFoundError:
+        return None
+    return zoneinfo.ZoneInfo.from_file(io.BytesIO(data))
+
+
+class _Fixed(dt.tzinfo):
+    """A zone as pytz's and dateutil's are: not a ZoneInfo, not a datetime.timezone."""
+
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(hours=1)
+
+    def dst(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(0)
+
+    def tzname(self, when: dt.datetime | None) -> str:
+        return "CET"
+
+
+_FOREIGN_ZONES: list[dt.tzinfo] = [_Fixed(), dt.timezone(dt.timedelta(hours=1), "CET")]
+if (_from_file := _berlin_from_file()) is not None:
+    _FOREIGN_ZONES.append(_from_file)
+try:
+    from dateutil import tz as dateutil_tz
+except ImportError:  # pragma: no cover - dateutil comes with the test tools
+    pass
+else:
+    _FOREIGN_ZONES += [dateutil_tz.gettz("Europe/Berlin"), dateutil_tz.tzutc()]
+    _FOREIGN_ZONES += [dateutil_tz.tzoffset(None, 3600)]
+
+
+zones = st.one_of(
+    st.none(),
+    st.just(dt.UTC),
+    st.timedeltas(-dt.timedelta(hours=23, minutes=59), dt.timedelta(hours=23, minutes=59)).map(
+        dt.timezone
+    ),
+    st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"]).map(
+        zoneinfo.ZoneInfo
+    ),
+)
+keys = st.one_of(  # hashable: dict keys and members of sets
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),  # NaN is not equal to itself: no key finds it again
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.decimals(allow_nan=False),
+    st.builds(
+        lambda d, z, f: d.replace(tzinfo=z, fold=f), st.datetimes(), zones, st.sampled_from([0, 1])
+    ),
+    st.builds(
+        lambda t, z, f: t.replace(tzinfo=z, fold=f), st.times(), zones, st.sampled_from([0, 1])
+    ),
+    st.dates(),
+    st.timedeltas(),
+    st.uuids(),
+)
+accepted = st.recursive(
+    st.one_of(keys, st.floats(), st.decimals(), st.integers(min_value=2**63)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.one_of(keys, st.tuples(keys, keys)), inner, max_size=3),
+        st.frozensets(st.one_of(keys, st.frozensets(keys, max_size=2)), max_size=3),
+        st.sets(st.one_of(keys, st.tuples(keys)), max_size=3),
+    ),
+    max_leaves=10,
+)
+
+
+@given(accepted)
+def test_every_accepted_value_comes_back_the_same_all_the_way_down(value: object) -> None:
+    assert identical(codec.loads(codec.dumps(value)), value)
+
+
+class _Dict(dict[str, int]):
+    pass
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+class _Colour(enum.StrEnum):
+    RED = "red"
+
+
+class _Flag(enum.IntFlag):
+    A = 1
+
+
+class _Plain(enum.Enum):
+    A = 1
+
+
+def _subclass_of(base: type, *args: object) -> object:
+    return type(f"My{base.__name__.title()}", (base,), {})(*args)
+
+
+_Point = collections.namedtuple("_Point", "x y")
+
+#: One of each kind of value `dumps` refuses (inside a container; bytearray is
+#: refused only whole, see docs/serialization.md).
+REFUSED_LEAVES: list[object] = [
+    collections.OrderedDict(a=1),
+    collections.defaultdict(list, a=[1]),
+    collections.Counter("ab"),
+    _Dict(a=1),
+    _Point(1, 2),
+    _Level.LOW,
+    _Colour.RED,
+    _Flag.A,
+    _Plain.A,
+    *(
+        _subclass_of(base, *args)
+        for base, args in [
+            (list, ([1],)),
+            (tuple, ((1,),)),
+            (set, ({1},)),
+            (frozenset, ({1},)),
+            (str, ("s",)),
+            (bytes, (b"b",)),
+            (int, (1,)),
+            (float, (1.5,)),
+            (decimal.Decimal, ("1.5",)),
+            (dt.date, (2026, 3, 29)),
+            (dt.datetime, (2026, 3, 29)),
+            (dt.timedelta, (1,)),
+        ]
+    ),
+    type("MyUUID", (uuid.UUID,), {})(int=1),
+    1j,
+    fractions.Fraction(1, 3),
+    range(2),
+    object(),
+    *(dt.datetime(2026, 3, 29, 1, 30, tzinfo=zone) for zone in _FOREIGN_ZONES),
+    *(dt.time(1, 30, tzinfo=zone) for zone in _FOREIGN_ZONES),
+]
+refused_leaves = st.sampled_from(REFUSED_LEAVES)
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _around(value: object, how: int) -> object:
+    """*value* inside an accepted container: the *how*-th way."""
+    if how == 0:
+        return [1, value]
+    if how == 1:
+        return ("a", value)
+    if how == 2:
+        return {"k": value}
+    if not _hashable(value):
+        return [value]
+    if how == 3:
+        return {value: 1}
+    return frozenset({value}) if how == 4 else {"\0", value}  # "\0" equals no leaf
+
+
+refused = st.recursive(  # a refused leaf anywhere in accepted containers
+    refused_leaves,
+    lambda inner: st.builds(_around, inner, st.integers(0, 5)),
+    max_leaves=4,
+)
+
+
+@given(refused)
+def test_every_refused_value_is_refused_at_dumps(value: object) -> None:
+    with pytest.raises(SerializationError):
+        codec.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "advice"),
+    [
+        (collections.OrderedDict(a=1), "back as a plain dict; convert it to dict"),
+        (collections.defaultdict(list), "back as a plain dict"),
+        (collections.Counter("ab"), "back as a plain dict"),
+        (_Point(1, 2), "back as a plain tuple"),
+        (_Level.LOW, "back as a plain int"),
+        (_Colour.RED, "back as a plain str"),
+        (bytearray(b"x"), "cache bytes"),
+        (memoryview(b"x"), "cache bytes"),
+        (dt.datetime(2026, 3, 29, tzinfo=_Fixed()), "zoneinfo.ZoneInfo"),
+        (dt.time(tzinfo=dt.timezone(dt.timedelta(hours=1), "CET")), "'CET'"),
+        (_subclass_of(dt.datetime, 2026, 3, 29), "plain datetime.datetime"),
+    ],
+)
+def test_refusals_say_what_to_do(value: object, advice: str) -> None:
+    with pytest.raises(SerializationError, match=advice):
+        codec.dumps({"rows": [value]} if type(value) not in (bytearray, memoryview) else value)
+
+
+def test_a_zone_from_a_file_is_refused_not_stored_as_garbage() -> None:
+    """It was stored, and every read counted it as garbage (no key to load it by)."""
+    zone = _berlin_from_file()
+    if zone is None:  # pragma: no cover - the tz database ships with the OS or tzdata
+        pytest.skip("no tz database")
+    with pytest.raises(SerializationError, match=r"ZoneInfo\.from_file"):
+        codec.dumps(dt.datetime(2026, 10, 25, 2, 30, tzinfo=zone))
+
+
+def test_a_named_offset_and_a_foreign_zone_are_refused() -> None:
+    """They came back as an unnamed offset: `%Z` said `UTC+01:00`, not `CET`, and a
+    dateutil/pytz zone lost its DST rules (an hour off across the change)."""
+    for zone in _FOREIGN_ZONES:
+        with pytest.raises(SerializationError):
+            codec.dumps(dt.datetime(2026, 3, 29, 1, 30, tzinfo=zone))
+    utc_by_name = dt.timezone(dt.timedelta(0), "UTC")  # named as UTC is named: nothing lost
+    assert codec.loads(codec.dumps(dt.datetime(2026, 1, 1, tzinfo=utc_by_name))).tzname() == "UTC"
+
+
+def test_the_fold_of_a_time_survives_and_other_times_keep_their_bytes() -> None:
+    second = dt.time(2, 30, fold=1)  # the second 02:30 of the night clocks go back
+    assert codec.loads(codec.dumps(second)).fold == 1
+    assert codec.dumps(dt.time(2, 30)) == b"M" + msgpack.packb(msgpack.ExtType(4, b"02:30:00|"))
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    assert identical(
+        codec.loads(codec.dumps(second.replace(tzinfo=berlin))), second.replace(tzinfo=berlin)
+    )
+
+
+def test_whole_values_msgpack_would_convert_are_refused() -> None:
+    for value in (bytearray(b"x"), memoryview(b"x"), msgpack.ExtType(6, b"\x90")):
+        with pytest.raises(SerializationError):
+            codec.dumps(value)

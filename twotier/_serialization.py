@@ -14,7 +14,7 @@ import hmac
 import pickle
 import uuid
 import zoneinfo
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
@@ -43,24 +43,94 @@ _EXT_BIGINT = 9
 _EXT_TIMEDELTA = 10
 
 
-def _tz_name(tz: dt.tzinfo | None) -> str:
-    """An IANA zone keeps its name (DST rules survive); fixed offsets go in the ISO text."""
-    return tz.key if isinstance(tz, zoneinfo.ZoneInfo) else ""
+def _zone(tz: dt.tzinfo | None) -> str:
+    """The zone field of a datetime or time: an IANA key, or "" when the ISO text
+    (naive, or a fixed offset) says everything.
+
+    Anything else is refused: pytz and dateutil zones would come back as the
+    offset of one instant (an hour off across DST), a named offset without its
+    name, and a `ZoneInfo.from_file` zone has no key to find it by on the way
+    back (issue 17, case 9).
+    """
+    if tz is None or tz is dt.UTC:
+        return ""
+    kind = type(tz)
+    if kind is zoneinfo.ZoneInfo:
+        key: str | None = tz.key  # type: ignore[attr-defined]
+        if key is None:
+            raise SerializationError(
+                "cannot serialize a datetime whose zone came from ZoneInfo.from_file(): it has "
+                "no key to load it by when read back; use zoneinfo.ZoneInfo(key)"
+            )
+        if "|" in key:  # the field separator; no IANA key has one
+            raise SerializationError(f"cannot serialize the zone {key!r}: '|' in its key")
+        return key
+    if kind is dt.timezone:
+        offset = tz.utcoffset(None)
+        if tz.tzname(None) != dt.timezone(offset).tzname(None):  # type: ignore[arg-type]
+            raise SerializationError(
+                f"cannot serialize the fixed offset named {tz.tzname(None)!r}: it would come "
+                "back unnamed; use datetime.timezone(offset) or a zoneinfo.ZoneInfo"
+            )
+        return ""
+    raise SerializationError(
+        f"cannot serialize a datetime or time in a {kind.__module__}.{kind.__qualname__} zone "
+        "with msgpack: it would come back as a fixed offset (wrong across DST); use "
+        "zoneinfo.ZoneInfo(name), or datetime.timezone for a fixed offset"
+    )
+
+
+#: The types msgpack carries exactly. A subclass of one is refused by name (an
+#: `OrderedDict` would come back as a `dict`, an `IntEnum` as an `int`).
+_EXACT: Final[frozenset[type]] = frozenset(
+    {dict, list, tuple, set, frozenset, str, bytes, int, float, decimal.Decimal}
+    | {dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID}
+)
+
+#: Types msgpack's packer writes as `bytes` or decodes by itself, without asking
+#: `default`: refused as a whole value (checked before packing); see
+#: docs/serialization.md on why they are not caught inside containers.
+_CONVERTED: Final = frozenset({bytearray, memoryview, msgpack.ExtType})
+
+
+def _refusal(kind: type) -> SerializationError:
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if kind in (bytearray, memoryview):
+        return SerializationError(
+            f"cannot serialize {name} with msgpack: it would come back as bytes; cache bytes(value)"
+        )
+    base = next((base for base in kind.__mro__[1:] if base in _EXACT), None)
+    if base is not None:
+        plain = f"{base.__module__}.{base.__qualname__}".removeprefix("builtins.")
+        return SerializationError(
+            f"cannot serialize {name} with msgpack: it would come back as a plain {plain}; "
+            f"convert it to {plain} first, or configure PickleSerializer(secret=...)"
+        )
+    return SerializationError(
+        f"cannot serialize {name} with msgpack; "
+        "return plain data (dict, list, str, numbers, Decimal, datetime, UUID …) "
+        "or configure PickleSerializer(secret=...)"
+    )
 
 
 class MsgpackSerializer:
     """msgpack with exact round trips for the types an ERP returns.
 
-    `Decimal`, `datetime` (naive, fixed offset or IANA zone), `date`, `time`,
-    `timedelta`, `UUID`, `tuple`, `set`, `frozenset`, `bytes` and integers of any
-    size come back as the same type with the same value. Anything else raises
-    `SerializationError`: silently turning an object into a dict would hand
-    callers a different type on a hit than on a miss.
+    `Decimal`, `datetime` and `time` (naive, unnamed fixed offset or
+    `zoneinfo.ZoneInfo` with a key, fold kept), `date`, `timedelta`, `UUID`,
+    `tuple`, `set`, `frozenset`, `bytes` and integers of any size come back as
+    the same type with the same value. Anything else, subclasses of these
+    included, raises `SerializationError`: turning an `OrderedDict` into a dict
+    or a pytz zone into an offset would hand callers a different type or
+    meaning on a hit than on a miss (DESIGN §5; the table is in
+    docs/serialization.md).
     """
 
     TAG = b"M"
 
     def dumps(self, value: Any) -> bytes:
+        if type(value) in _CONVERTED:
+            raise _refusal(type(value))
         try:
             return self.TAG + self._pack(value)
         except SerializationError:
@@ -94,17 +164,18 @@ class MsgpackSerializer:
             return msgpack.ExtType(_EXT_SET, self._pack(list(obj)))
         if kind is frozenset:
             return msgpack.ExtType(_EXT_FROZENSET, self._pack(list(obj)))
-        if isinstance(obj, dict):  # OrderedDict, defaultdict: compare equal to a dict
-            return dict(obj)
         if kind is decimal.Decimal:
             return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
         if kind is dt.datetime:
-            text = f"{obj.isoformat()}|{_tz_name(obj.tzinfo)}|{obj.fold}"
+            text = f"{obj.isoformat()}|{_zone(obj.tzinfo)}|{obj.fold}"
             return msgpack.ExtType(_EXT_DATETIME, text.encode())
         if kind is dt.date:
             return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
         if kind is dt.time:
-            return msgpack.ExtType(_EXT_TIME, f"{obj.isoformat()}|{_tz_name(obj.tzinfo)}".encode())
+            text = f"{obj.isoformat()}|{_zone(obj.tzinfo)}"
+            # fold=1 (the second 01:30 of a night the clocks go back) once came
+            # back 0: it is written only then, so other times keep their bytes.
+            return msgpack.ExtType(_EXT_TIME, (text + "|1" if obj.fold else text).encode())
         if kind is dt.timedelta:
             return msgpack.ExtType(
                 _EXT_TIMEDELTA, self._pack([obj.days, obj.seconds, obj.microseconds])
@@ -113,11 +184,7 @@ class MsgpackSerializer:
             return msgpack.ExtType(_EXT_UUID, obj.bytes)
         if kind is int:  # only reached when it does not fit in 64 bits
             return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
-        raise SerializationError(
-            f"cannot serialize {kind.__module__}.{kind.__qualname__} with msgpack; "
-            "return plain data (dict, list, str, numbers, Decimal, datetime, UUID …) "
-            "or configure PickleSerializer(secret=...)"
-        )
+        raise _refusal(kind)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         unpack = self._unpack
@@ -138,9 +205,13 @@ class MsgpackSerializer:
         if code == _EXT_DATE:
             return dt.date.fromisoformat(data.decode())
         if code == _EXT_TIME:
-            iso, zone = data.decode().split("|")
+            iso, zone, *folded = data.decode().split("|")
             t = dt.time.fromisoformat(iso)
-            return t.replace(tzinfo=zoneinfo.ZoneInfo(zone)) if zone else t
+            if zone:
+                t = t.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+            if folded not in ([], ["1"]):
+                raise DeserializationError("malformed time")
+            return t.replace(fold=1) if folded else t
         if code == _EXT_TIMEDELTA:
             days, seconds, micros = unpack(data)
             return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
