@@ -12,23 +12,27 @@ The helper applications live in `integration/apps/`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
 from .conftest import FLAVOURS
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 120.0  # a whole application run; a hang fails, never stalls the suite
+WINDOW = 2.0  # the propagation window: "milliseconds", asserted loosely on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +110,71 @@ def test_multiprocessing_children_and_parent_stay_coherent(
         f"\n{method}: {len(report['timings'])} reads of a changed key in 3 processes; "
         f"the slowest saw the change {slowest:.1f} ms after the change returned"
     )
+
+
+# -- the end of a loop, and of the cache -----------------------------------------------
+
+
+async def _holds_then_loses(
+    server: RedisServer, namespace: str, tags: list[str], change: Callable[[], Any]
+) -> float:
+    """An observer instance holds one entry per tag in L1; *change* runs (an
+    application process, to its end); every entry must be gone within the
+    propagation window. Returns how long the last one took."""
+    observer = TwoTierCache(redis_url=server.url, namespace=namespace, redis_timeout=0.5)
+    async with observer:
+        for tag in tags:
+            await observer.set(f"entry:{tag}", "old", tags=[tag])
+            assert observer.local.get(f"entry:{tag}") == "old"
+        await asyncio.to_thread(change)
+        start = time.monotonic()
+        for tag in tags:
+            while await observer.get(f"entry:{tag}", "gone") != "gone":
+                assert time.monotonic() - start < WINDOW, (
+                    f"the invalidation of {tag!r} never arrived (the process ended)"
+                )
+                await asyncio.sleep(0.005)
+        return time.monotonic() - start
+
+
+@pytest.mark.parametrize("mode", ["async-with", "run-started", "run-cold"])
+async def test_an_unawaited_invalidation_as_the_last_statement_is_delivered(
+    shared_server: RedisServer, mode: str
+) -> None:
+    """`integration/apps/loop_end.py MODE`: the seed's un-awaited
+    `cache.invalidate_tag(...)` as the last statement inside `async with
+    cache:`, or of an `asyncio.run(...)` (with the cache used before, or not at
+    all). Before the fix it was lost in all three: `close()` began before the
+    delivery did, which then met a closed cache; `asyncio.run` cancelled the
+    delivery task before its first step."""
+    env = app_env(shared_server)
+    tag = f"report:{mode}"
+
+    def run_app() -> None:
+        report = run_json([sys.executable, "-m", "integration.apps.loop_end", mode, tag], env)
+        assert report.get("done") == mode, report
+        assert report["returncode"] == 0, report["stderr"]
+        assert "Traceback" not in report["stderr"], report["stderr"]
+
+    await _holds_then_loses(shared_server, env["TWOTIER_NAMESPACE"], [tag], run_app)
+
+
+async def test_each_asyncio_run_delivers_and_closes_its_connections(
+    shared_server: RedisServer,
+) -> None:
+    """Ten `asyncio.run` in one process (Celery tasks wrapping async code), each
+    ending with an un-awaited invalidation; garbage collection off. Every
+    invalidation arrives, and the server's client count does not grow from run
+    to run: a loop's connections are closed when it ends, not left to the
+    garbage collector (issue 18, item 6: 120 connections after 20 runs)."""
+    env = app_env(shared_server)
+    tags = [f"task:{i}" for i in range(10)]
+    clients: list[int] = []
+
+    def run_app() -> None:
+        report = run_json([sys.executable, "-m", "integration.apps.loop_end", "runs", "task"], env)
+        assert report["returncode"] == 0, report["stderr"]
+        clients.extend(report["clients"])
+
+    await _holds_then_loses(shared_server, env["TWOTIER_NAMESPACE"], tags, run_app)
+    assert clients[-1] <= clients[0], f"connected clients after each run: {clients}"

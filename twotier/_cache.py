@@ -40,6 +40,7 @@ from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
 from ._local import LocalTier
 from ._logging import Identity, tier_log
+from ._loop_end import LoopEnd
 from ._memory import MemoryTier, hub_for
 from ._mirror import VersionMirror
 from ._options import check_count, check_namespace, check_seconds
@@ -212,8 +213,9 @@ class TwoTierCache:
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
-        # The event loop the cache lives on (see `_own_loop`).
+        # The event loop the cache lives on (see `_own_loop`), and the hook on its end.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_end: LoopEnd | None = None
         # A forked child (gunicorn --preload, Celery's prefork pool,
         # multiprocessing) is a new instance: told at the fork itself, before
         # any code of the child can use the cache (STYLE 19, DESIGN §4.11).
@@ -291,24 +293,69 @@ class TwoTierCache:
         return self._shared.remote
 
     async def close(self) -> None:
-        """Deliver pending invalidations (briefly), then disconnect. Idempotent."""
+        """Deliver the changes accepted so far (briefly), then disconnect. Idempotent.
+
+        A change called before `close()`, awaited or not, is delivered, or
+        queued and given a last try here (DESIGN §4, guarantee 11).
+        """
         if self._closed:
             return
         self._own_loop()  # a closed loop's connections and tasks died with it
+        if self._loop_end is not None:
+            self._loop_end.disarm()
+        # An un-awaited invalidation of this very turn (the last statement
+        # inside `async with cache:`) starts its delivery in the next one: let
+        # it, before the cache counts as closed (issue 18, item 2).
+        await asyncio.sleep(0)
+        if (self._deliveries or self._outbox) and not self._started:
+            await self.start()  # a change was the cache's first use: it has no link yet
         self._closed = True
         # No more invalidations will arrive: nothing may be served from L1 now.
         self.local.clear()
         self.local.suspended = True
-        if self._deliveries:
-            await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
-            for task in self._deliveries:
-                task.cancel()  # e.g. a lease release still retrying: the lease expires anyway
-        self._changes.stop_retrying()
+        await self._settle_changes(final=True)
         if self._link is not None:
-            await self._changes.deliver_before_close()
             await self._link.close()
         if self.redis_url is None:
             hub_for(self.namespace).unsubscribe(self.instance_id)
+
+    async def _settle_changes(self, *, final: bool) -> None:
+        """Deliver what this instance accepted: the background deliveries
+        (waited for, briefly; those still running are cancelled, which puts an
+        unsent invalidation back in the queue), then the queue, once.
+
+        Bounded: `max(1 s, 10 × redis_timeout)` for the deliveries, then one
+        flush whose every call is bounded by `redis_timeout`.
+        """
+        if self._deliveries:
+            await asyncio.wait(set(self._deliveries), timeout=max(1.0, 10 * self._redis_timeout))
+        leftovers = set(self._deliveries)
+        for task in leftovers:
+            task.cancel()  # e.g. a lease release still retrying: the lease expires anyway
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=self._redis_timeout)
+        self._changes.stop_retrying()
+        if self._link is not None or self._target is None:  # (not a Redis cache never started)
+            await self._changes.deliver_before_close(final=final)
+
+    async def _at_loop_end(self) -> None:
+        """The loop the cache lives on ends without `close()` (`asyncio.run`
+        returned, a test's loop, a Celery task's `asyncio.run`): deliver what
+        was accepted, then close the connections, which belong to this loop.
+        The cache stays usable: the next loop takes it over (`_own_loop`).
+
+        By now the loop has cancelled every task, the cache's deliveries with
+        them: a delivery cancelled mid-send, or before its first step, has put
+        its change in the queue (`Invalidation`), which is flushed here.
+        """
+        if self._closed:
+            return
+        if self._outbox and not self._started:
+            await self.start()  # its first use was an un-awaited change: no link yet
+        await self._settle_changes(final=False)
+        if self._link is not None:
+            await self._link.close()
+        self._drop_loop_state()
 
     async def __aenter__(self) -> TwoTierCache:
         await self.start()
@@ -343,9 +390,13 @@ class TwoTierCache:
         if self._loop is not None:
             self._abandon_closed_loop()
         self._loop = loop
+        self._loop_end = LoopEnd(self._at_loop_end)
 
     def _abandon_closed_loop(self) -> None:
         self._log.info("the cache's event loop closed; restarting on the new one")
+        if self._loop_end is not None:
+            self._loop_end.disarm()  # (it ran at the loop's end, or the loop never ran it)
+            self._loop_end = None
         self._drop_loop_state()
 
     def _drop_loop_state(self) -> None:
@@ -378,6 +429,7 @@ class TwoTierCache:
             (
                 loop,
                 self._link,
+                self._loop_end,  # its generator is registered with the parent's loop
                 self._shared.remote,
                 self._deliveries,
                 self.sync.forget_loop_thread(),
@@ -389,6 +441,7 @@ class TwoTierCache:
         self._forked_from = self.instance_id
         self.instance_id = self._identity.instance = _new_instance_id()
         self.counters.reset()
+        self._loop_end = None
         self._drop_loop_state()
 
     async def ping(self) -> float:

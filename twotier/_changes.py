@@ -9,7 +9,8 @@ validated the input and started before it calls in here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 from typing import Any
 
 from ._envelope import pack
@@ -30,6 +31,13 @@ class Invalidation:
     seed's synchronous manager calls `invalidate_tag` without `await`; the
     invalidation must take effect anyway, so unless it is awaited within the
     current turn of the loop, it is delivered by a tracked background task.
+
+    That task is the cache's (`close()` waits for it), and nothing else
+    cancels it but the end of its loop: `asyncio.run` cancels every task
+    before it closes the loop, this one possibly before its first step. A
+    delivery cancelled mid-send or before it began puts its change in the
+    queue, which `close()` or the cache's loop-end hook flushes (issue 18,
+    item 2).
     """
 
     __slots__ = ("_changes", "_delivered", "_started", "_tags")
@@ -48,7 +56,20 @@ class Invalidation:
     def _deliver_in_background(self) -> None:
         if not self._started and self._changes is not None:
             self._started = True
-            self._changes.spawn(self._deliver())
+            task = self._changes.spawn(self._deliver())
+            if isinstance(task, asyncio.Future):
+                task.add_done_callback(self._requeue_if_cancelled)
+
+    def _requeue_if_cancelled(self, task: asyncio.Future[Any]) -> None:
+        """A delivery cancelled before its first step ran none of its code."""
+        changes = self._changes
+        if task.cancelled() and changes is not None:
+            # Queued as `invalidate_remote` queues one cancelled mid-send.
+            changes._outbox.add_tags(self._tags)
+            if not changes._closed():
+                changes._retry_soon()
+            if self._delivered is not None and not self._delivered.done():
+                self._delivered.set_result(None)  # readers waiting on it read from Redis
 
     async def _deliver(self) -> None:
         assert self._changes is not None
@@ -68,45 +89,84 @@ class Invalidation:
 
 
 class Unsettled:
-    """This instance's invalidations on their way to Redis, by tag.
+    """This instance's changes on their way to Redis: by tag, by key, and clears.
 
-    Until Redis has an invalidation, this instance must not read the old
-    entries back from L2 (read-your-writes holds for an un-awaited call too):
-    reads of these tags wait for the delivery first (`settle`).
+    Until Redis has a change, this instance must not read the old entries
+    back from L2 and keep them (read-your-writes, guarantee 1, holds for an
+    un-awaited invalidation too): a read of an unsettled key, or during an
+    unsettled clear, waits for the delivery before it reads; a read whose
+    entry carries an unsettled tag waits, then reads again (`settle`).
     """
 
-    __slots__ = ("_by_tag",)
+    __slots__ = ("_by_key", "_by_tag", "_clears")
 
     def __init__(self) -> None:
         self._by_tag: dict[str, set[asyncio.Future[None]]] = {}
+        self._by_key: dict[str, set[asyncio.Future[None]]] = {}
+        self._clears: set[asyncio.Future[None]] = set()
 
     def __bool__(self) -> bool:
-        return bool(self._by_tag)
+        return bool(self._by_tag or self._by_key or self._clears)
 
     def add(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
-        for tag in tags:
-            self._by_tag.setdefault(tag, set()).add(delivered)
-        delivered.add_done_callback(lambda done: self._settled(tags, done))
+        """An invalidation of *tags*, settled when *delivered* is done."""
+        _track(self._by_tag, tags, delivered)
 
-    def _settled(self, tags: tuple[str, ...], delivered: asyncio.Future[None]) -> None:
-        for tag in tags:
-            pending = self._by_tag.get(tag)
-            if pending is not None:
-                pending.discard(delivered)
-                if not pending:
-                    del self._by_tag[tag]
+    @contextlib.contextmanager
+    def pending(self, keys: tuple[str, ...] = (), *, clear: bool = False) -> Iterator[None]:
+        """A change of *keys* (or a clear) on its way to Redis for the block's duration."""
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if clear:
+            self._clears.add(delivered)
+            delivered.add_done_callback(self._clears.discard)
+        _track(self._by_key, keys, delivered)
+        try:
+            yield
+        finally:
+            delivered.set_result(None)
 
-    def touches(self, tags: Iterable[str]) -> bool:
-        return not self._by_tag.keys().isdisjoint(tags)
+    def touches(self, tags: Iterable[str], key: str | None = None) -> bool:
+        """Whether one of this instance's changes of *key* or *tags*, or a clear, is on its way."""
+        return (
+            bool(self._clears)
+            or (key is not None and key in self._by_key)
+            or not self._by_tag.keys().isdisjoint(tags)
+        )
 
-    async def settle(self, tags: Iterable[str]) -> None:
-        """Wait for this instance's in-flight invalidations of *tags* to reach Redis."""
+    async def settle(self, tags: Iterable[str], key: str | None = None) -> None:
+        """Wait for this instance's changes of *key* and *tags*, and its clears, to reach Redis."""
         pending = {future for tag in tags for future in self._by_tag.get(tag, ())}
+        pending.update(self._clears)
+        if key is not None:
+            pending.update(self._by_key.get(key, ()))
         if pending:
             await asyncio.wait(pending)  # each is bounded by the Redis timeout
 
     def clear(self) -> None:
         self._by_tag.clear()
+        self._by_key.clear()
+        self._clears.clear()
+
+
+def _track(
+    index: dict[str, set[asyncio.Future[None]]],
+    names: tuple[str, ...],
+    delivered: asyncio.Future[None],
+) -> None:
+    """Index *delivered* under each of *names* until it is done."""
+    for name in names:
+        index.setdefault(name, set()).add(delivered)
+
+    def settled(done: asyncio.Future[None]) -> None:
+        for name in names:
+            pending = index.get(name)
+            if pending is not None:
+                pending.discard(done)
+                if not pending:
+                    del index[name]
+
+    if names:
+        delivered.add_done_callback(settled)
 
 
 class Changes:
@@ -154,32 +214,35 @@ class Changes:
         copy_on_read: bool,
     ) -> None:
         self._apply_local("k", (key,))
-        snapshot = await self._shared.snapshot(tags)
-        if snapshot is None or len(payload) > self._max_value_size:
-            # Too big for Redis (it would stall the link for everyone), or Redis
-            # cannot say under which versions to store it: kept in this L1 only,
-            # and announced as a delete so no instance keeps, or reads from L2,
-            # the key's old value (issue 7, item 9).
-            if snapshot is not None:
-                self._counters.oversized_values += 1
-            await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
-        else:
-            entry = pack(seconds, snapshot.generation, tags, snapshot.versions, payload)
-            horizon = seconds + self._lease_ttl
-            await self._change(
-                lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
-            )
-        self._store_local(key, value, payload, seconds, tags, copy_on_read)
+        with self.unsettled.pending((key,)):
+            snapshot = await self._shared.snapshot(tags)
+            if snapshot is None or len(payload) > self._max_value_size:
+                # Too big for Redis (it would stall the link for everyone), or Redis
+                # cannot say under which versions to store it: kept in this L1 only,
+                # and announced as a delete so no instance keeps, or reads from L2,
+                # the key's old value (issue 7, item 9).
+                if snapshot is not None:
+                    self._counters.oversized_values += 1
+                await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
+            else:
+                entry = pack(seconds, snapshot.generation, tags, snapshot.versions, payload)
+                horizon = seconds + self._lease_ttl
+                await self._change(
+                    lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
+                )
+            self._store_local(key, value, payload, seconds, tags, copy_on_read)
         self._counters.sets += 1
 
     async def delete(self, keys: tuple[str, ...]) -> None:
         self._apply_local("k", keys)
-        await self._change(lambda r: r.delete(keys), lambda o: o.add_keys(keys))
+        with self.unsettled.pending(keys):
+            await self._change(lambda r: r.delete(keys), lambda o: o.add_keys(keys))
         self._counters.deletes += 1
 
     async def clear(self) -> None:
         self._apply_local("c", ())
-        await self._change(lambda r: r.clear(), lambda o: o.add_clear())
+        with self.unsettled.pending(clear=True):
+            await self._change(lambda r: r.clear(), lambda o: o.add_clear())
         self._counters.clears += 1
 
     def invalidate_tags(self, tags: tuple[str, ...]) -> Invalidation:
@@ -189,14 +252,19 @@ class Changes:
         return Invalidation(self, tags)
 
     async def invalidate_remote(self, tags: tuple[str, ...]) -> None:
-        await self._ensure_started()
+        if not self._closed():
+            await self._ensure_started()
+        # (else `close()` is delivering what was accepted before it: the link
+        # is still open until it has)
         try:
             await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
         except asyncio.CancelledError:
-            # The awaiting caller was cancelled mid-send: Redis may or may not
-            # have it. Queued, it is sent again (a repeated bump is harmless).
+            # The awaiting caller was cancelled mid-send (or the loop is
+            # ending): Redis may or may not have it. Queued, it is sent again
+            # (a repeated bump is harmless).
             self._outbox.add_tags(tags)
-            self._retry_soon()
+            if not self._closed():
+                self._retry_soon()
             raise
 
     async def _change(
@@ -248,13 +316,23 @@ class Changes:
         if self._retry is not None:
             self._retry.cancel()
 
-    async def deliver_before_close(self) -> None:
-        """A last try (bounded by the timeout); what Redis still lacks is counted as dropped."""
+    async def deliver_before_close(self, *, final: bool = True) -> None:
+        """A last try (bounded by the timeout). When the cache closes (*final*),
+        what Redis still lacks is counted as dropped; at the end of a loop it
+        stays queued for the next loop to deliver."""
         await self._flush()
-        if len(self._outbox):
+        if not len(self._outbox):
+            return
+        if final:
             self._counters.dropped_ops += len(self._outbox)
             self._log.warning(
                 "closing with %d queued change(s) Redis never received", len(self._outbox)
+            )
+        else:
+            self._log.warning(
+                "the event loop ended with %d change(s) Redis has not received; they stay "
+                "queued until the cache is used again, and are lost if the process ends first",
+                len(self._outbox),
             )
 
     def forget_loop(self) -> None:

@@ -20,11 +20,14 @@ import json
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from integration.apps import mp_worker
-from integration.apps.mp_worker import ABSENT, cache
+from integration.apps.mp_worker import ABSENT
+
+cache = mp_worker.cache
 
 WINDOW = 2.0  # the propagation window: "milliseconds", asserted loosely on a loaded machine
 
@@ -46,10 +49,23 @@ class Peer:
         return result
 
 
-CHANGES = {  # a change: (the writer's call, what everyone must then answer)
-    "set": (lambda writer, key, tag: writer.call("set", key=key, value="new", tags=[tag]), "new"),
-    "invalidate_tag": (lambda writer, key, tag: writer.call("invalidate", tag=tag), ABSENT),
-    "delete": (lambda writer, key, tag: writer.call("delete", key=key), ABSENT),
+def _set(writer: Peer, key: str, tag: str) -> None:
+    writer.call("set", key=key, value="new", tags=[tag])
+
+
+def _invalidate(writer: Peer, key: str, tag: str) -> None:
+    writer.call("invalidate", tag=tag)
+
+
+def _delete(writer: Peer, key: str, tag: str) -> None:
+    writer.call("delete", key=key)
+
+
+#: A change: (the writer's call, what everyone must then answer).
+CHANGES: dict[str, tuple[Callable[[Peer, str, str], None], str]] = {
+    "set": (_set, "new"),
+    "invalidate_tag": (_invalidate, ABSENT),
+    "delete": (_delete, ABSENT),
 }
 
 
@@ -95,7 +111,9 @@ def main(method: str) -> int:
             children, peers = [], [parent]
             for i in (1, 2):
                 mine, theirs = ctx.Pipe()
-                process = ctx.Process(target=mp_worker.serve, args=(theirs,), daemon=True)
+                process = ctx.Process(  # type: ignore[attr-defined]  # typeshed's BaseContext
+                    target=mp_worker.serve, args=(theirs,), daemon=True
+                )
                 process.start()
                 children.append(process)
                 peers.append(Peer(f"child{generation}.{i}", mine))
