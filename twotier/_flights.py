@@ -1,4 +1,5 @@
-"""In-flight loads: one loader run per key per instance, and the no-stale-set guard.
+"""In-flight loads and reads: one loader run per key per instance, and the
+no-stale-set guard.
 
 A `Flight` is registered before its loader starts. Any invalidation of its key,
 of one of its tags, or a clear that arrives while it runs (from this instance or
@@ -44,6 +45,18 @@ class Flight:
             self._future.exception()  # retrieved: no "never retrieved" warning
 
 
+class Watch:
+    """A plain read of *key* in flight (`cache.get`): spoiled by any change of
+    the key, or a clear, applied while it runs, so that its reply, which may
+    predate the change, is returned but never kept in L1 (guarantee 1)."""
+
+    __slots__ = ("key", "spoiled")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.spoiled = False
+
+
 class LeaderCancelled(Exception):
     """The task running a shared load was cancelled; waiters load for themselves."""
 
@@ -51,6 +64,7 @@ class LeaderCancelled(Exception):
 class Flights:
     def __init__(self) -> None:
         self._by_key: dict[str, Flight] = {}
+        self._watches: dict[str, list[Watch]] = {}
 
     def join(self, key: str) -> Flight | None:
         return self._by_key.get(key)
@@ -64,11 +78,25 @@ class Flights:
         if self._by_key.get(flight.key) is flight:
             del self._by_key[flight.key]
 
+    def watch(self, key: str) -> Watch:
+        watch = Watch(key)
+        self._watches.setdefault(key, []).append(watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        watches = self._watches.get(watch.key)
+        if watches is not None and watch in watches:
+            watches.remove(watch)
+            if not watches:
+                del self._watches[watch.key]
+
     def invalidate_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
             flight = self._by_key.pop(key, None)
             if flight is not None:
                 flight.invalidated = True
+            for watch in self._watches.pop(key, ()):
+                watch.spoiled = True
 
     def invalidate_tags(self, tags: Iterable[str]) -> None:
         wanted = set(tags)
@@ -82,3 +110,7 @@ class Flights:
         for flight in self._by_key.values():
             flight.invalidated = True
         self._by_key.clear()
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.spoiled = True
+        self._watches.clear()

@@ -67,17 +67,38 @@ class Reads:
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
 
     async def get(self, key: str, default: Any, copy_on_read: bool) -> Any:
-        """`cache.get` after an L1 miss: one L2 read, no lease, no loader."""
-        found = await self._shared.lookup(key)
-        unsettled = self._unsettled
-        if found.entry is not None and unsettled and unsettled.touches(found.entry.tags):
-            await unsettled.settle(found.entry.tags)  # it may be one we just invalidated
-            found = await self._shared.lookup(key)
+        """`cache.get` after an L1 miss: one L2 read, no lease, no loader.
+
+        The rule of every read (issue 17, cases 1–3): a reply that a change of
+        its key may postdate — ours or another instance's, applied while the
+        read was in flight — is returned, never kept in L1.
+        """
+        watch = self._flights.watch(key)
+        try:
+            found = await self._settled_lookup(key)
+        finally:
+            self._flights.unwatch(watch)
         if found.entry is None:
             self._counters.misses += 1
             return default
-        self._store_found(key, found, copy_on_read)
+        if not watch.spoiled:
+            self._store_found(key, found, copy_on_read)
         return found.value
+
+    async def _settled_lookup(self, key: str, min_ttl: float = 0.0, *, drop: bool = True) -> Found:
+        """L2's entry for *key*, read once this instance's own changes of it
+        have reached Redis: a delete, set or clear of ours still on its way
+        first (else the old entry is read back and kept), and an invalidation
+        of the tags the entry carries, after which it is read again."""
+        unsettled = self._unsettled
+        if unsettled and unsettled.touches((), key):
+            await unsettled.settle((), key)
+        while True:
+            found = await self._shared.lookup(key, min_ttl, drop=drop)
+            entry = found.entry
+            if entry is None or not (unsettled and unsettled.touches(entry.tags, key)):
+                return found
+            await unsettled.settle(entry.tags, key)
 
     async def load(
         self, key: str, tags: RenderTags, ttl: float, loader: Loader, copy_on_read: bool
@@ -180,8 +201,8 @@ class Reads:
         key, shared = flight.key, self._shared
         if self._unsettled:  # read-your-writes: our own invalidations first
             flight.tags = render_tags()
-            await self._unsettled.settle(flight.tags)
-        found = await shared.lookup(key, min_ttl, drop=False)  # a fill replaces it
+            await self._unsettled.settle(flight.tags, key)
+        found = await self._settled_lookup(key, min_ttl, drop=False)  # a fill replaces it
         if found.entry is None:
             # A miss: the tags are needed from here on. Rendered before a lease
             # is taken, so a template that cannot render leaves no lease held.
@@ -193,11 +214,12 @@ class Reads:
                 return MISS  # an early refresh gives way to the load already running
         if found.entry is not None:
             unsettled = self._unsettled
-            if unsettled and unsettled.touches(found.entry.tags):
-                # One of this instance's invalidations of the entry's tags set
-                # out during the read, and the mirror takes it only once Redis
-                # has it: then read again (read-your-writes).
-                await unsettled.settle(found.entry.tags)
+            if unsettled and unsettled.touches(found.entry.tags, key):
+                # One of this instance's changes of the entry set out during
+                # the claim (`_settled_lookup` saw to those during the read),
+                # and the mirror takes it only once Redis has it: then read
+                # again (read-your-writes).
+                await unsettled.settle(found.entry.tags, key)
                 return await self._read_through(
                     flight,
                     render_tags,
