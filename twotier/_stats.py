@@ -25,6 +25,7 @@ class Counters:
     garbage_entries: int = 0
     invalidations_received: int = 0
     bad_messages: int = 0
+    listener_errors: int = 0  # unexpected failures of the listener (each reconnects)
     resyncs: int = 0
     l1_clears: int = 0
     queued_ops: int = 0

@@ -102,6 +102,8 @@ class RedisListener:
 
     async def _run(self) -> None:
         while not self._stopping:
+            if self.last_error is not None:
+                await self._back_off()
             try:
                 await self._listen_once()
             except (
@@ -115,11 +117,28 @@ class RedisListener:
                 if self.connected.is_set() or cause != self.last_error:
                     self._log.warning("invalidation link lost or refused (%s)", cause)
                 self.last_error = cause
-                self.connected.clear()
-                self._mirror.trusted = False
-                self._on_link_lost()  # the cache decides what L1 may serve meanwhile
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, self._health_interval)
+                self._lost()
+            except Exception as exc:
+                # Anything else — a frame no parser expected, a bug on the way to
+                # L1 — must not end the listener: it ended silently once and the
+                # instance served stale values for good (issue 17, case 4). What
+                # was applied is unknown, so L1 is suspended until the resync.
+                self._counters.listener_errors += 1
+                self.last_error = f"unexpected {type(exc).__name__}: {exc}"[:200]
+                self._log.error(
+                    "invalidation listener failed; reconnecting and resyncing", exc_info=exc
+                )
+                self._suspend_local(True)
+                self._lost()
+
+    def _lost(self) -> None:
+        self.connected.clear()
+        self._mirror.trusted = False
+        self._on_link_lost()  # the cache decides what L1 may serve meanwhile
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self._health_interval)
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """End the loop running in *task*, even if a cancellation gets lost on the way."""
@@ -204,7 +223,7 @@ class RedisListener:
         """Apply one message; the reason to resync instead, if it calls for one."""
         try:
             message = Message.decode(data)
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:  # UnicodeDecodeError too
             self._counters.bad_messages += 1
             self._log.warning("unreadable invalidation message %r; clearing L1", data[:80])
             self._clear_local()

@@ -50,15 +50,25 @@ class Message:
 
     @classmethod
     def decode(cls, data: bytes | str) -> Message:
-        """Parse a message; `ValueError` for anything this version does not understand."""
+        """Parse a message; `ValueError` for anything this version does not understand.
+
+        Anyone who may publish on the channel can send anything: numbers are
+        decimal digits that fit 64 bits (Redis's own counters), else a 400-digit
+        `sent` overflowed a float and a 5,000-digit version passed Python's
+        int-parsing limit, each an exception that stopped the listener."""
         text = data.decode() if isinstance(data, bytes) else data
-        version, kind, seq, origin, sent, *body = text.split(SEP)
+        fields = text.split(SEP)
+        if len(fields) < 5:
+            raise ValueError("an invalidation message has at least five fields")
+        version, kind, seq, origin, sent, *body = fields
         if version != FORMAT_VERSION or kind not in KINDS:
             raise ValueError(f"unknown invalidation message format {version!r}/{kind!r}")
+        if not (_is_number(seq) and _is_number(sent)):
+            raise ValueError("a message's sequence number and time are 64-bit numbers")
         names: tuple[str, ...] = ()
         versions: tuple[str, ...] = ()
         if kind == "t":
-            if len(body) % 2 or not all(v.isdigit() for v in body[1::2]):
+            if len(body) % 2 or not all(_is_number(v) for v in body[1::2]):
                 raise ValueError("a tag message needs tag/version pairs")
             names, versions = tuple(body[0::2]), tuple(body[1::2])
         elif kind == "c":
@@ -68,6 +78,11 @@ class Message:
         else:
             names = tuple(n for n in body if n)
         return cls(kind, names, origin, int(seq), versions, int(sent) / 1000)  # type: ignore[arg-type]
+
+
+def _is_number(text: str) -> bool:
+    """Decimal digits of a 64-bit counter (what Redis's INCR gives), nothing else."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
 
 
 class Claim(NamedTuple):
