@@ -73,7 +73,11 @@ def rounds(peers: list[Peer], generation: int, timings: list[dict[str, Any]]) ->
     for writer in peers:
         for change, (make, expected) in CHANGES.items():
             key, tag = f"{change}:{writer.name}:{generation}", f"tag:{writer.name}:{generation}"
+            others = [peer for peer in peers if peer is not writer]
+            heard = [peer.call("received") for peer in others]
             writer.call("set", key=key, value="old", tags=[tag])
+            for peer, count in zip(others, heard, strict=True):
+                peer.call("await_received", at_least=count + 1, window=WINDOW)
             for peer in peers:
                 peer.call("await_value", key=key, expected="old", window=WINDOW)
                 held = peer.call("peek", key=key)
@@ -118,6 +122,8 @@ def main(method: str) -> int:
                 children.append(process)
                 peers.append(Peer(f"child{generation}.{i}", mine))
             before = [peer.call("identity") for peer in peers[1:]]  # before any use
+            for peer in peers[1:]:
+                peer.call("start")
             rounds(peers, generation, report["timings"])
             for peer, first in zip(peers[1:], before, strict=True):
                 identity = peer.call("identity")

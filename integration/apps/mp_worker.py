@@ -26,6 +26,11 @@ async def _peek(key: str) -> Any:
     return ABSENT if value is MISS else value
 
 
+def received() -> int:
+    """Changes of other instances this one has heard."""
+    return int(cache.sync.get_stats()["invalidations_received"])
+
+
 def handle(op: str, args: dict[str, Any]) -> Any:
     """One command, run by the blocking API as a Flask view or a Celery task would."""
     if op == "identity":
@@ -45,6 +50,20 @@ def handle(op: str, args: dict[str, Any]) -> Any:
         return None
     if op == "delete":
         cache.sync.delete(args["key"])
+        return None
+    if op == "start":
+        cache.sync.ping()  # the first use: connects, subscribes
+        return None
+    if op == "received":
+        return received()
+    if op == "await_received":
+        # The change message of another's set: until it is in, it may evict the
+        # entry this instance has just read (the read can outrun the message).
+        deadline = time.monotonic() + args["window"]
+        while received() < args["at_least"]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pid {os.getpid()}: no change message within the window")
+            time.sleep(0.002)
         return None
     if op == "await_value":
         # Poll until the value is the expected one; a deadline, never a timed assertion.
