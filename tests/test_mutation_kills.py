@@ -611,12 +611,13 @@ class Meeting:
         return f"Meeting at 0x10 {self.place}"  # an address-like text, but stable
 
 
-def test_stable_reprs_are_accepted_even_when_they_look_like_a_default() -> None:
-    """Only the default `<... at 0x...>` repr is refused: an enum's `<Colour.RED: 1>`
-    and a repr that mentions " at 0x" without the angle brackets are stable. Kills:
-    keys-27bdf8 (`and` -> `or`)."""
-    assert encode_argument(Colour.RED) == "<Colour.RED: 1>"
-    assert encode_argument(Meeting("room 4")) == "Meeting at 0x10 room 4"
+def test_keys_render_what_the_value_is_never_its_repr() -> None:
+    """An enum member by its type and name; a dataclass by every field, whatever
+    its own `__repr__` says (issue 17, case 8: a repr can hide fields)."""
+    assert encode_argument(Colour.RED) == "tests.test_mutation_kills.Colour.RED"
+    assert encode_argument(Meeting("room 4")) == (
+        "tests.test_mutation_kills.Meeting(place='room 4')"
+    )
 
 
 async def test_bad_key_templates_fail_at_decoration_time() -> None:
