@@ -1,10 +1,13 @@
-"""Values on a real server: the same type and meaning on a miss, an L1 hit and an L2
-hit, or refused at `set` (issue 17, case 9)."""
+"""Values on a real server: an entry nested too deep is a counted miss, never a crash
+(issue 17, case 7); a value has the same type and meaning on a miss, an L1 hit and an
+L2 hit, or is refused at `set` (issue 17, case 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
+import sys
 import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable
@@ -12,9 +15,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from tests.test_serialization import REFUSED_LEAVES, identical
+from tests.contract import eventually
+from tests.test_serialization import REFUSED_LEAVES, TUPLE, identical, nested
 from twotier import SerializationError, TwoTierCache
 from twotier._redis import Layout
+from twotier.testing import RedisServer
 
 # conftest's CacheFactory says the factory returns a cache; it returns an awaitable of one.
 CacheFactory = Callable[..., Awaitable[TwoTierCache]]
@@ -40,6 +45,47 @@ ACCEPTED: list[object] = [
     ),
     [dt.timedelta(days=-1, microseconds=1), dt.datetime(2026, 1, 1)],
 ]
+
+
+# Another process: before the fix, reading the entry killed it with SIGSEGV.
+_READER = """
+import asyncio, sys
+from twotier import TwoTierCache
+
+async def main():
+    async with TwoTierCache(redis_url=sys.argv[1], namespace="it") as cache:
+        print(await cache.get("hostile", "miss"), cache.get_stats()["garbage_entries"])
+        await cache.set("hostile", "written again")
+        print(await cache.get("hostile"))
+
+asyncio.run(main())
+"""
+
+
+async def test_an_entry_nested_too_deep_is_a_counted_miss_not_a_crash(
+    make_cache: CacheFactory, raw: aioredis.Redis, server: RedisServer
+) -> None:
+    cache = await make_cache()
+    await cache.set("hostile", 1)
+    entry = await raw.get(L.entry("hostile"))
+    header = entry[: entry.index(b"\x1e") + 1]  # a current header: only the payload is bad
+    await raw.set(L.entry("hostile"), header + nested(TUPLE, 10_000))  # 50 KB anyone can write
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _READER,
+        server.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, f"the reader died ({child.returncode}): {err.decode()[-2000:]}"
+    assert out.decode().splitlines() == ["miss 1", "written again"]
+    await eventually(lambda: _equals(cache.get("hostile"), "written again"))
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def test_a_value_reads_back_the_same_from_every_tier(make_cache: CacheFactory) -> None:

@@ -1,10 +1,14 @@
 import collections
+import contextlib
 import datetime as dt
 import decimal
 import enum
 import fractions
 import io
 import math
+import subprocess
+import sys
+import textwrap
 import uuid
 import zoneinfo
 from importlib import resources
@@ -16,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from twotier import DeserializationError, MsgpackSerializer, PickleSerializer, SerializationError
+from twotier._serialization import MAX_DEPTH, MAX_NESTED
 
 codec = MsgpackSerializer()
 
@@ -147,6 +152,208 @@ def test_pickle_never_loads_msgpack_and_vice_versa() -> None:
         codec.loads(signer.dumps(1))
 
 
+# -- hostile bytes (issue 17, case 7) ---------------------------------------
+
+TUPLE, SET, FROZENSET = 6, 7, 8  # the extension codes of the wire format
+
+
+def nested(code: int, depth: int) -> bytes:
+    """A payload of *depth* tuples (or sets…) inside one another, built by hand as an
+    attacker would: each level is a msgpack document inside its parent's extension."""
+    items = msgpack.packb([1])
+    for _ in range(depth - 1):
+        items = msgpack.packb([msgpack.ExtType(code, items)])
+    return b"M" + msgpack.packb(msgpack.ExtType(code, items))
+
+
+def _plain(levels: int) -> object:
+    """A list nested *levels* deep, counting the innermost (empty) one."""
+    value: list[object] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def _decoded_or_refused(payload: bytes) -> None:
+    with contextlib.suppress(DeserializationError):  # anything else (or a crash) fails
+        codec.loads(payload)
+
+
+# Run in a thread with a small stack: a decoder whose C stack grows with the
+# nesting dies on a few dozen levels there, whatever the platform's main stack.
+_READER = textwrap.dedent(
+    """
+    import resource, sys, threading
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the control
+    import msgpack
+    from twotier import DeserializationError, MsgpackSerializer
+
+    payload = sys.stdin.buffer.read()
+
+    def nested_unpacker(code, data):  # how _ext_hook decoded a tuple before the fix
+        return tuple(msgpack.unpackb(data, ext_hook=nested_unpacker))
+
+    def read():
+        try:
+            if sys.argv[1] == "control":
+                msgpack.unpackb(payload[1:], ext_hook=nested_unpacker)
+            else:
+                MsgpackSerializer().loads(payload)
+        except DeserializationError as exc:
+            print("DeserializationError", exc)
+        except BaseException as exc:
+            print("other", type(exc).__name__, exc)
+
+    threading.stack_size(512 * 1024)
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    """
+)
+
+
+def _read_in_child(payload: bytes, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _READER, mode],
+        input=payload.decode("latin-1"),
+        encoding="latin-1",
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("code", [TUPLE, SET, FROZENSET])
+def test_deeply_nested_entry_is_garbage_not_a_crash(code: int) -> None:
+    """Issue 17, case 7: 10,000 nested tuples (50 KB) killed every reader with SIGSEGV."""
+    payload = nested(code, 10_000)
+    if (
+        msgpack.Unpacker.__module__ == "msgpack._cmsgpack"
+    ):  # (its Python fallback recurses in Python)
+        control = _read_in_child(payload, "control")
+        assert control.returncode < 0, "the payload no longer kills a nesting decoder: test void"
+    child = _read_in_child(payload, "twotier")
+    assert child.returncode == 0, f"reader died: {child.returncode} {child.stderr[-2000:]}"
+    assert child.stdout.startswith("DeserializationError"), child.stdout
+
+
+@pytest.mark.parametrize("code", [TUPLE, SET, FROZENSET])
+def test_nesting_past_the_bound_is_garbage(code: int) -> None:
+    _decoded_or_refused(nested(code, MAX_NESTED))  # a set of sets cannot be: refused or not
+    with pytest.raises(DeserializationError, match=str(MAX_NESTED)):
+        codec.loads(nested(code, MAX_NESTED + 1))
+
+
+def test_nesting_up_to_the_bound_round_trips() -> None:
+    value: object = 1
+    for level in range(MAX_NESTED):
+        if level % 5 == 4:
+            value = [{"k": value}]  # lists and dicts between them do not count
+        value = frozenset({value}) if _hashable(value) and level % 3 == 0 else (value,)
+    assert identical(codec.loads(codec.dumps(value)), value)
+    assert identical(codec.loads(nested(TUPLE, MAX_NESTED)), _tuples(MAX_NESTED))
+
+
+def _tuples(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTED + 1, 1_000, 10_000])
+def test_nesting_past_the_bound_is_refused_naming_it(depth: int) -> None:
+    """Before: accepted up to ~300 (then read back as a crash), RecursionError past it."""
+    with pytest.raises(SerializationError, match=f"{MAX_NESTED} tuples, sets or frozensets"):
+        codec.dumps(_tuples(depth))
+    with pytest.raises(SerializationError, match=str(MAX_NESTED)):
+        codec.dumps({"rows": [_tuples(depth)]})
+
+
+def _inside(value: object, levels: int) -> object:
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_depth_is_bounded_the_same_way_on_both_sides() -> None:
+    """msgpack 1.2 packs a list 1,025 levels deep that it cannot unpack: stored, then
+    garbage on every read. Now a document of MAX_DEPTH levels round-trips and one
+    more is refused; the items of a tuple are a document of their own."""
+    deepest = _plain(MAX_DEPTH)
+    tuple_at_the_bottom = _inside((_plain(MAX_DEPTH - 1),), MAX_DEPTH - 1)
+    tuples_in_tuples = _inside(((_plain(MAX_DEPTH - 2),),), MAX_DEPTH - 1)
+    for value in (deepest, [*_plain(MAX_DEPTH - 1), (1,)], tuple_at_the_bottom, tuples_in_tuples):
+        assert identical(codec.loads(codec.dumps(value)), value)
+    for value in (
+        _plain(MAX_DEPTH + 1),
+        [deepest],
+        [(1,), deepest],
+        _inside((deepest,), 1),
+        _inside(((deepest,),), 1),
+        [{(1,): 2}, deepest],
+    ):
+        with pytest.raises(SerializationError, match=f"deeper than {MAX_DEPTH} levels"):
+            codec.dumps(value)
+    with pytest.raises(DeserializationError):
+        codec.loads(b"M" + b"\x91" * 1_100 + b"\x00")
+
+
+def test_a_value_that_contains_itself_is_refused() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    through_a_tuple: list[object] = []
+    through_a_tuple.append((through_a_tuple,))
+    for value in (looped, through_a_tuple):
+        with pytest.raises(SerializationError, match="contains itself"):
+            codec.dumps(value)
+
+
+hostile_documents = st.recursive(
+    st.builds(
+        msgpack.packb, st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=3), st.none())
+    ),
+    lambda inner: st.one_of(
+        st.builds(
+            lambda code, doc: msgpack.packb([msgpack.ExtType(code, doc)]),
+            st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 127]),
+            inner,
+        ),
+        st.builds(lambda doc: b"\x91" + doc, inner),
+        st.builds(lambda doc: b"\x81\xc0" + doc, inner),
+    ),
+    max_leaves=30,
+)
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_decode_or_are_garbage(data: bytes) -> None:
+    _decoded_or_refused(data)
+    _decoded_or_refused(b"M" + data)
+
+
+@given(hostile_documents)
+def test_hostile_nestings_decode_or_are_garbage(document: bytes) -> None:
+    _decoded_or_refused(b"M" + document)
+
+
+@given(values, st.data())
+def test_mutated_payloads_decode_or_are_garbage(value: object, data: st.DataObject) -> None:
+    payload = bytearray(codec.dumps(value))
+    for _ in range(data.draw(st.integers(1, 4), label="mutations")):
+        at = data.draw(st.integers(0, len(payload)), label="at")
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert", "repeat"]), label="kind")
+        if kind == "flip" and at < len(payload):
+            payload[at] ^= data.draw(st.integers(1, 255), label="bits")
+        elif kind == "cut":
+            del payload[at : at + data.draw(st.integers(1, 8), label="length")]
+        elif kind == "insert":
+            payload[at:at] = data.draw(st.binary(min_size=1, max_size=8), label="bytes")
+        else:
+            payload[at:at] = payload[at : at + data.draw(st.integers(1, 16), label="length")]
+    _decoded_or_refused(bytes(payload))
+
+
 # -- a value never changes type or meaning (issue 17, case 9) -----------------
 
 
@@ -191,9 +398,7 @@ else:
 zones = st.one_of(
     st.none(),
     st.just(dt.UTC),
-    st.timedeltas(-dt.timedelta(hours=23, minutes=59), dt.timedelta(hours=23, minutes=59)).map(
-        dt.timezone
-    ),
+    st.integers(-86399, 86399).map(lambda seconds: dt.timezone(dt.timedelta(seconds=seconds))),
     st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"]).map(
         zoneinfo.ZoneInfo
     ),
@@ -374,6 +579,20 @@ def test_a_named_offset_and_a_foreign_zone_are_refused() -> None:
             codec.dumps(dt.datetime(2026, 3, 29, 1, 30, tzinfo=zone))
     utc_by_name = dt.timezone(dt.timedelta(0), "UTC")  # named as UTC is named: nothing lost
     assert codec.loads(codec.dumps(dt.datetime(2026, 1, 1, tzinfo=utc_by_name))).tzname() == "UTC"
+
+
+def test_the_wire_format_is_unchanged() -> None:
+    """Instances before and after these changes share entries: same bytes both ways."""
+    ext = msgpack.ExtType
+    value = {"t": (1, (2,)), "s": {3}, "k": {(4,): frozenset({5})}, "d": dt.timedelta(1)}
+    expected = {
+        "t": ext(6, msgpack.packb([1, ext(6, msgpack.packb([2]))])),
+        "s": ext(7, msgpack.packb([3])),
+        "k": {ext(6, msgpack.packb([4])): ext(8, msgpack.packb([5]))},
+        "d": ext(10, msgpack.packb([1, 0, 0])),
+    }
+    assert codec.dumps(value) == b"M" + msgpack.packb(expected)
+    assert identical(codec.loads(b"M" + msgpack.packb(expected)), value)
 
 
 def test_the_fold_of_a_time_survives_and_other_times_keep_their_bytes() -> None:

@@ -3,6 +3,18 @@
 Every payload starts with one byte naming its serializer, so an instance never
 feeds bytes written by another serializer into the wrong decoder: it sees a
 foreign tag, and the cache counts the entry as garbage and deletes it.
+
+The msgpack serializer keeps two promises (docs/serialization.md):
+
+* a value comes back with the same type all the way down, or `dumps` refuses it
+  (DESIGN §5; issue 17, case 9);
+* `loads` is safe for any bytes: a value or `DeserializationError`, in time and
+  memory bounded by the payload's size, on a C stack that does not grow with
+  the data (issue 17, case 7: 200 nested tuples, an 830-byte entry anyone can
+  write into Redis, crashed every instance that read it).
+
+Thread-safety: nothing here holds state between calls; every call builds its
+own packer or unpacker, so any thread may use one serializer at any time.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import hmac
 import pickle
 import uuid
 import zoneinfo
+from collections.abc import Callable
 from typing import Any, Final, Protocol, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
@@ -31,6 +44,8 @@ class Serializer(Protocol):
 
 
 # msgpack extension codes; the numbers are part of the wire format, never reuse one.
+# A tuple, set or frozenset is an extension whose data is the msgpack of a list
+# of its items: a document inside its parent's document.
 _EXT_DECIMAL = 1
 _EXT_DATETIME = 2
 _EXT_DATE = 3
@@ -41,6 +56,38 @@ _EXT_SET = 7
 _EXT_FROZENSET = 8
 _EXT_BIGINT = 9
 _EXT_TIMEDELTA = 10
+
+
+def _packable_depth() -> int:
+    """Levels msgpack's packer takes in a list of one (see `_pack_document`):
+    1,024 since msgpack 1.2; 511 before, and in its pure-Python fallback."""
+    value: Any = None
+    for _ in range(1023):
+        value = [value]
+    try:
+        msgpack.packb([value])
+    except (ValueError, RecursionError):
+        return 511
+    return 1024
+
+
+#: Levels a document may have: the value, and the items of each tuple, set or
+#: frozenset in it (a document of its own, whose levels count from its list of
+#: items). A scalar or an empty container is one level; each list, dict or
+#: list of items around it adds one. msgpack packs no deeper document, and
+#: reads none deeper than 1,024 levels (its unpacker's stack).
+MAX_DEPTH: Final = _packable_depth()
+#: Tuples, sets and frozensets one inside another on any path from the top
+#: (lists and dicts between them do not count). Reading copies a document's
+#: bytes once per level it is nested: the bound keeps that under 100 times the
+#: payload, and code that recurses through nested tuples (`is_immutable` in
+#: _local.py) far from Python's recursion limit.
+MAX_NESTED: Final = 100
+
+
+class _Containers(Exception):
+    """A hook met a tuple, set or frozenset inside another (or, reading, a
+    timedelta inside one): the value takes the walk."""
 
 
 def _zone(tz: dt.tzinfo | None) -> str:
@@ -66,8 +113,8 @@ def _zone(tz: dt.tzinfo | None) -> str:
             raise SerializationError(f"cannot serialize the zone {key!r}: '|' in its key")
         return key
     if kind is dt.timezone:
-        offset = tz.utcoffset(None)
-        if tz.tzname(None) != dt.timezone(offset).tzname(None):  # type: ignore[arg-type]
+        offset: dt.timedelta = tz.utcoffset(None)  # type: ignore[assignment]
+        if tz.tzname(None) != dt.timezone(offset).tzname(None):
             raise SerializationError(
                 f"cannot serialize the fixed offset named {tz.tzname(None)!r}: it would come "
                 "back unnamed; use datetime.timezone(offset) or a zoneinfo.ZoneInfo"
@@ -113,6 +160,148 @@ def _refusal(kind: type) -> SerializationError:
     )
 
 
+def _encode_datetime(value: dt.datetime) -> msgpack.ExtType:
+    text = f"{value.isoformat()}|{_zone(value.tzinfo)}|{value.fold}"
+    return msgpack.ExtType(_EXT_DATETIME, text.encode())
+
+
+def _encode_time(value: dt.time) -> msgpack.ExtType:
+    text = f"{value.isoformat()}|{_zone(value.tzinfo)}"
+    # fold=1 (the second 01:30 of a night the clocks go back) once came back 0:
+    # it is written only then, so other times keep their bytes.
+    return msgpack.ExtType(_EXT_TIME, (text + "|1" if value.fold else text).encode())
+
+
+def _encode_timedelta(value: dt.timedelta) -> msgpack.ExtType:
+    # Three ints: the packer nested here never nests another.
+    items = msgpack.packb([value.days, value.seconds, value.microseconds])
+    return msgpack.ExtType(_EXT_TIMEDELTA, items)
+
+
+def _pack_document(value: Any, default: Callable[[Any], Any]) -> bytes:
+    # In a list of one, cut off after: msgpack 1.2 packs one level deeper than
+    # it unpacks (1,025 against 1,024), and the list takes that level.
+    packed: bytes = msgpack.Packer(default=default, strict_types=True).pack([value])
+    return packed[1:]
+
+
+#: The scalars msgpack cannot write itself, by exact type (a subclass is refused).
+_ENCODERS: Final[dict[type, Callable[[Any], msgpack.ExtType]]] = {
+    decimal.Decimal: lambda value: msgpack.ExtType(_EXT_DECIMAL, str(value).encode()),
+    dt.datetime: _encode_datetime,
+    dt.date: lambda value: msgpack.ExtType(_EXT_DATE, value.isoformat().encode()),
+    dt.time: _encode_time,
+    dt.timedelta: _encode_timedelta,
+    uuid.UUID: lambda value: msgpack.ExtType(_EXT_UUID, value.bytes),
+    int: lambda value: msgpack.ExtType(_EXT_BIGINT, str(value).encode()),  # beyond 64 bits
+}
+_CONTAINER_CODES: Final[dict[type, int]] = {
+    tuple: _EXT_TUPLE,
+    set: _EXT_SET,
+    frozenset: _EXT_FROZENSET,
+}
+
+
+def _default(obj: Any) -> Any:
+    """msgpack's `default`: called for every type its packer does not write
+    itself, subclasses included (`strict_types`). A tuple, set or frozenset is
+    packed here, by a second packer that takes no other: one in one of those
+    raises `_Containers`, and `dumps` takes the walk."""
+    kind = type(obj)
+    encode = _ENCODERS.get(kind)
+    if encode is not None:
+        return encode(obj)
+    code = _CONTAINER_CODES.get(kind)
+    if code is not None:
+        return msgpack.ExtType(code, _pack_document(list(obj), _default_inside))
+    raise _refusal(kind)
+
+
+def _default_inside(obj: Any) -> Any:
+    kind = type(obj)
+    encode = _ENCODERS.get(kind)
+    if encode is not None:
+        return encode(obj)
+    if kind in _CONTAINER_CODES:
+        raise _Containers
+    raise _refusal(kind)
+
+
+def _decode_datetime(data: bytes) -> dt.datetime:
+    iso, zone, fold = data.decode().split("|")
+    value = dt.datetime.fromisoformat(iso)
+    if zone:
+        value = value.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    return value.replace(fold=int(fold))
+
+
+def _decode_time(data: bytes) -> dt.time:
+    iso, zone, *folded = data.decode().split("|")
+    value = dt.time.fromisoformat(iso)
+    if zone:
+        value = value.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    if folded not in ([], ["1"]):
+        raise DeserializationError("malformed time")
+    return value.replace(fold=1) if folded else value
+
+
+def _decode_timedelta(data: bytes) -> dt.timedelta:
+    # With msgpack's own ext_hook the unpacker nested here decodes no extension,
+    # so it never nests another: at most two unpackers are ever on the C stack.
+    parts = msgpack.unpackb(data)
+    if type(parts) is not list or len(parts) != 3 or any(type(n) is not int for n in parts):
+        raise DeserializationError("malformed timedelta")
+    return dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
+
+
+_DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
+    _EXT_DECIMAL: lambda data: decimal.Decimal(data.decode()),
+    _EXT_DATETIME: _decode_datetime,
+    _EXT_DATE: lambda data: dt.date.fromisoformat(data.decode()),
+    _EXT_TIME: _decode_time,
+    _EXT_TIMEDELTA: _decode_timedelta,
+    _EXT_UUID: lambda data: uuid.UUID(bytes=data),
+    _EXT_BIGINT: lambda data: int(data.decode()),
+}
+_BUILDERS: Final[dict[int, Callable[[list[Any]], Any]]] = {
+    _EXT_TUPLE: tuple,
+    _EXT_SET: set,
+    _EXT_FROZENSET: frozenset,
+}
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    """msgpack's `ext_hook`, called while its unpacker runs. A tuple, set or
+    frozenset is decoded here, by a second unpacker that decodes no other (nor
+    a timedelta, which takes an unpacker of its own): one in one of those raises
+    `_Containers`, and `loads` takes the walk. So never more than two unpackers
+    are on the C stack, and the common shapes (tuples and sets of scalars, in
+    dicts and lists) are read in one pass."""
+    decode = _DECODERS.get(code)
+    if decode is not None:
+        return decode(data)
+    build = _BUILDERS.get(code)
+    if build is None:
+        raise DeserializationError(f"unknown msgpack extension type {code}")
+    items = msgpack.unpackb(data, ext_hook=_ext_hook_inside, strict_map_key=False)
+    if type(items) is not list:
+        raise DeserializationError("the items of a tuple, set or frozenset are no list")
+    return build(items)
+
+
+#: What `_ext_hook_inside` decodes: a timedelta would nest a third unpacker.
+_DECODERS_INSIDE: Final = {code: fn for code, fn in _DECODERS.items() if code != _EXT_TIMEDELTA}
+
+
+def _ext_hook_inside(code: int, data: bytes) -> Any:
+    decode = _DECODERS_INSIDE.get(code)
+    if decode is not None:
+        return decode(data)
+    if code in _BUILDERS or code == _EXT_TIMEDELTA:
+        raise _Containers
+    raise DeserializationError(f"unknown msgpack extension type {code}")
+
+
 class MsgpackSerializer:
     """msgpack with exact round trips for the types an ERP returns.
 
@@ -123,106 +312,184 @@ class MsgpackSerializer:
     included, raises `SerializationError`: turning an `OrderedDict` into a dict
     or a pytz zone into an offset would hand callers a different type or
     meaning on a hit than on a miss (DESIGN §5; the table is in
-    docs/serialization.md).
+    docs/serialization.md). So does a value deeper than `MAX_DEPTH` levels or
+    with more than `MAX_NESTED` tuples, sets or frozensets one inside another.
     """
 
     TAG = b"M"
 
     def dumps(self, value: Any) -> bytes:
-        if type(value) in _CONVERTED:
-            raise _refusal(type(value))
+        kind = type(value)
+        if kind in _CONVERTED:
+            raise _refusal(kind)
         try:
-            return self.TAG + self._pack(value)
+            try:
+                return self.TAG + _pack_document(value, _default)
+            except (_Containers, ValueError, RecursionError):
+                # A tuple in a tuple (or set...); or too deep, a cycle, a string
+                # msgpack cannot encode: the walk packs the first, names the others.
+                return self.TAG + _pack_walked(value)
         except SerializationError:
             raise
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise SerializationError(f"cannot serialize value with msgpack: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         if data[:1] != self.TAG:
             raise DeserializationError("payload was not written by the msgpack serializer")
+        body = data[1:]
         try:
-            return msgpack.unpackb(
-                data[1:], ext_hook=self._ext_hook, raw=False, strict_map_key=False
-            )
+            try:
+                return msgpack.unpackb(body, ext_hook=_ext_hook, strict_map_key=False)
+            except _Containers:
+                return _unpack_walked(body)
+        except DeserializationError:
+            raise
         except Exception as exc:  # msgpack raises many types on corrupt input
             raise DeserializationError(f"corrupt msgpack payload: {exc}") from exc
 
-    def _pack(self, value: Any) -> bytes:
-        packed: bytes = msgpack.packb(
-            value, default=self._default, use_bin_type=True, strict_types=True
-        )
-        return packed
 
-    def _default(self, obj: Any) -> Any:
-        # strict_types=True sends subclasses here too (e.g. bool is exact, but an
-        # IntEnum is not); those are refused below unless listed.
-        kind = type(obj)
-        if kind is tuple:
-            return msgpack.ExtType(_EXT_TUPLE, self._pack(list(obj)))
-        if kind is set:
-            return msgpack.ExtType(_EXT_SET, self._pack(list(obj)))
-        if kind is frozenset:
-            return msgpack.ExtType(_EXT_FROZENSET, self._pack(list(obj)))
-        if kind is decimal.Decimal:
-            return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
-        if kind is dt.datetime:
-            text = f"{obj.isoformat()}|{_zone(obj.tzinfo)}|{obj.fold}"
-            return msgpack.ExtType(_EXT_DATETIME, text.encode())
-        if kind is dt.date:
-            return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
-        if kind is dt.time:
-            text = f"{obj.isoformat()}|{_zone(obj.tzinfo)}"
-            # fold=1 (the second 01:30 of a night the clocks go back) once came
-            # back 0: it is written only then, so other times keep their bytes.
-            return msgpack.ExtType(_EXT_TIME, (text + "|1" if obj.fold else text).encode())
-        if kind is dt.timedelta:
-            return msgpack.ExtType(
-                _EXT_TIMEDELTA, self._pack([obj.days, obj.seconds, obj.microseconds])
+# -- the walked paths: tuples, sets or frozensets inside one another -------
+#
+# msgpack hands an extension to `default` or `ext_hook` while its packer or
+# unpacker runs. Packing or unpacking a tuple's items from there nests a packer
+# or an unpacker per level on the C stack, with a 40 KiB context for each
+# unpacker: 200 levels crashed the process, 2,000 raised RecursionError
+# (issue 17, case 7). The hooks above nest one level at most; past that, these
+# walks keep stacks of their own and run msgpack on one document at a time.
+
+_CONTAINERS: Final = frozenset({list, dict, tuple, set, frozenset})
+
+
+def _top_down(value: Any) -> list[Any]:
+    """Every container in *value*, each before those inside it, with the bounds
+    checked: a value that contains itself is infinitely deep."""
+    order: list[Any] = []
+    stack: list[tuple[Any, int, int]] = [(value, 1, 0)]  # node, its level, tuples above
+    while stack:
+        node, level, nested = stack.pop()
+        kind = type(node)
+        if kind in _CONTAINER_CODES:
+            nested += 1
+            if nested > MAX_NESTED:
+                raise SerializationError(
+                    f"cannot serialize value with msgpack: more than {MAX_NESTED} tuples, sets "
+                    "or frozensets one inside another (each is a msgpack document of its own), "
+                    "or it contains itself"
+                )
+            level = 1  # its items are a document of their own: level 1 is their list
+        items = [*node, *node.values()] if kind is dict else node
+        if items and level >= MAX_DEPTH:
+            raise SerializationError(
+                f"cannot serialize value with msgpack: it nests deeper than {MAX_DEPTH} levels, "
+                "or contains itself"
             )
-        if kind is uuid.UUID:
-            return msgpack.ExtType(_EXT_UUID, obj.bytes)
-        if kind is int:  # only reached when it does not fit in 64 bits
-            return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
-        raise _refusal(kind)
+        order.append(node)
+        stack += [(item, level + 1, nested) for item in items if type(item) in _CONTAINERS]
+    return order
 
-    def _ext_hook(self, code: int, data: bytes) -> Any:
-        unpack = self._unpack
-        if code == _EXT_TUPLE:
-            return tuple(unpack(data))
-        if code == _EXT_SET:
-            return set(unpack(data))
-        if code == _EXT_FROZENSET:
-            return frozenset(unpack(data))
-        if code == _EXT_DECIMAL:
-            return decimal.Decimal(data.decode())
-        if code == _EXT_DATETIME:
-            iso, zone, fold = data.decode().split("|")
-            value = dt.datetime.fromisoformat(iso)
-            if zone:
-                value = value.replace(tzinfo=zoneinfo.ZoneInfo(zone))
-            return value.replace(fold=int(fold))
-        if code == _EXT_DATE:
-            return dt.date.fromisoformat(data.decode())
-        if code == _EXT_TIME:
-            iso, zone, *folded = data.decode().split("|")
-            t = dt.time.fromisoformat(iso)
-            if zone:
-                t = t.replace(tzinfo=zoneinfo.ZoneInfo(zone))
-            if folded not in ([], ["1"]):
-                raise DeserializationError("malformed time")
-            return t.replace(fold=1) if folded else t
-        if code == _EXT_TIMEDELTA:
-            days, seconds, micros = unpack(data)
-            return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
-        if code == _EXT_UUID:
-            return uuid.UUID(bytes=data)
-        if code == _EXT_BIGINT:
-            return int(data.decode())
-        raise DeserializationError(f"unknown msgpack extension type {code}")
 
-    def _unpack(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)
+def _pack_walked(value: Any) -> bytes:
+    """msgpack for *value*, each tuple, set and frozenset packed on its own, bottom-up."""
+    packable: dict[int, Any] = {}  # id of a container → what is packed in its place
+    for node in reversed(_top_down(value)):  # the containers inside a node come first
+        if id(node) in packable:
+            continue  # the same object again (a value may share one)
+        kind = type(node)
+        if kind is dict:
+            if any(id(item) in packable for item in (*node, *node.values())):
+                packable[id(node)] = {
+                    packable.get(id(key), key): packable.get(id(item), item)
+                    for key, item in node.items()
+                }
+        elif kind is list:
+            if any(id(item) in packable for item in node):
+                packable[id(node)] = [packable.get(id(item), item) for item in node]
+        else:
+            items = [packable.get(id(item), item) for item in node]
+            packable[id(node)] = msgpack.ExtType(
+                _CONTAINER_CODES[kind], _pack_document(items, _default)
+            )
+    return _pack_document(packable.get(id(value), value), _default)
+
+
+class _Pending:
+    """A tuple, set or frozenset met in a document: its items are a document of
+    their own, decoded after this one, and `value` is built once they are."""
+
+    __slots__ = ("build", "data", "items", "value")
+
+    def __init__(self, build: Callable[[list[Any]], Any], data: bytes) -> None:
+        self.build = build
+        self.data = data
+        self.items: list[Any] = []
+        self.value: Any = None
+
+
+_DECODED: Final = frozenset({list, dict, _Pending})
+
+
+def _later(code: int, data: bytes) -> Any:
+    """The walk's `ext_hook`: a tuple, set or frozenset waits; scalars decode now."""
+    build = _BUILDERS.get(code)
+    return _ext_hook(code, data) if build is None else _Pending(build, data)
+
+
+def _document(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_later, strict_map_key=False)
+
+
+def _unpack_walked(body: bytes) -> Any:
+    """Decode *body* one document at a time: pending ones top-down, values bottom-up.
+    msgpack bounds the depth of each document; this, how many nest."""
+    root = _document(body)
+    order: list[Any] = []  # what holds a pending item, each before what it holds
+    stack: list[tuple[Any, int]] = [(root, 0)]  # node, tuples above it
+    while stack:
+        node, nested = stack.pop()
+        kind = type(node)
+        if kind is _Pending:
+            nested += 1
+            if nested > MAX_NESTED:
+                raise DeserializationError(
+                    f"more than {MAX_NESTED} tuples, sets or frozensets one inside another"
+                )
+            items = node.items = _document(node.data)
+            if type(items) is not list:
+                raise DeserializationError("the items of a tuple, set or frozenset are no list")
+        else:
+            items = [*node, *node.values()] if kind is dict else node
+        inner = [item for item in items if type(item) in _DECODED]
+        if kind is _Pending or any(type(item) is _Pending for item in inner):
+            order.append(node)
+        stack += [(item, nested) for item in inner]
+    for node in reversed(order):
+        _settle(node)
+    return root.value if type(root) is _Pending else root
+
+
+def _settle(node: Any) -> None:
+    """Put the values of *node*'s pending items in their places (built already)."""
+    if type(node) is dict:
+        if any(type(key) is _Pending for key in node):  # a tuple or frozenset as a key
+            pairs = [(_settled(key), _settled(item)) for key, item in node.items()]
+            node.clear()  # the same dict: whatever holds it needs no change
+            node.update(pairs)
+        else:
+            for key, item in node.items():
+                if type(item) is _Pending:
+                    node[key] = item.value  # replaces a value: the keys stay as they are
+        return
+    items = node.items if type(node) is _Pending else node
+    for at, item in enumerate(items):
+        if type(item) is _Pending:
+            items[at] = item.value
+    if type(node) is _Pending:
+        node.value = node.build(items)
+
+
+def _settled(item: Any) -> Any:
+    return item.value if type(item) is _Pending else item
 
 
 class PickleSerializer:
