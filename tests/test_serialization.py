@@ -501,6 +501,7 @@ REFUSED_LEAVES: list[object] = [
     object(),
     *(dt.datetime(2026, 3, 29, 1, 30, tzinfo=zone) for zone in _FOREIGN_ZONES),
     *(dt.time(1, 30, tzinfo=zone) for zone in _FOREIGN_ZONES),
+    dt.datetime(2026, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),  # read as UTC
 ]
 refused_leaves = st.sampled_from(REFUSED_LEAVES)
 

@@ -119,6 +119,11 @@ def _zone(tz: dt.tzinfo | None) -> str:
                 f"cannot serialize the fixed offset named {tz.tzname(None)!r}: it would come "
                 "back unnamed; use datetime.timezone(offset) or a zoneinfo.ZoneInfo"
             )
+        if offset.microseconds:  # Python 3.11 reads "+00:00:00.000001" back as UTC
+            raise SerializationError(
+                f"cannot serialize the fixed offset {offset}: its fraction of a second "
+                "does not survive the ISO text; no zone has one"
+            )
         return ""
     raise SerializationError(
         f"cannot serialize a datetime or time in a {kind.__module__}.{kind.__qualname__} zone "
