@@ -143,3 +143,42 @@ async def test_a_read_during_its_instances_own_change_does_not_read_it_back(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("invalidate", ["fn.invalidate", "invalidate_tag"])
+async def test_callers_of_a_cancelled_load_are_all_revoked_by_an_invalidation(
+    make_cache: CacheFactory, invalidate: str
+) -> None:
+    """Found by the model checker: when a load's leader was cancelled, each of
+    its callers began a flight of its own, the last replacing the others in
+    the registry; an invalidation then revoked only that one, and another kept
+    its outdated result in L1. (Values over `max_value_size` live in L1 only:
+    no fill in Redis, whose lease would refuse the outdated one, guards them.)"""
+    cache = await make_cache(max_value_size=64)
+    db = {"value": "old" * 100}
+    gate = asyncio.Event()
+    started = 0
+
+    @cache.cached(ttl=60, tags=["row:{n}"])
+    async def row(n: int) -> str:
+        nonlocal started
+        started += 1
+        seen = db["value"]
+        await gate.wait()
+        return seen
+
+    leader = asyncio.create_task(row(1))
+    await eventually(lambda: _async(started == 1))
+    joiners = [asyncio.create_task(row(1)) for _ in range(2)]
+    await asyncio.sleep(0.01)  # both joined the leader's load
+    leader.cancel()
+    await eventually(lambda: _async(started >= 2))  # they load again, having read "old"
+    await asyncio.sleep(0.01)
+    db["value"] = "new" * 100
+    if invalidate == "fn.invalidate":
+        await row.invalidate(1)
+    else:
+        await cache.invalidate_tag("row:1")
+    gate.set()
+    await asyncio.gather(*joiners)  # concurrent with the change: either value
+    assert await row(1) == "new" * 100

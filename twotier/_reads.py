@@ -109,18 +109,21 @@ class Reads:
         missed L1; *tags* renders the entry's (valid) tags, and is called only
         if L2 misses too or this instance has invalidations on their way.
         """
-        flight = self._flights.join(key)
-        if flight is not None:
+        while (flight := self._flights.join(key)) is not None:
             self._counters.joined_loads += 1
             try:
                 value = await flight.wait()
             except LeaderCancelled:
-                pass  # the leader gave up or gave way; load for ourselves
-            else:
-                # Callers joining one load must not share one mutable object.
-                if copy_on_read and not is_immutable(value):
-                    value = self._serializer.loads(self._serializer.dumps(value))
-                return value
+                # The leader gave up or gave way: load for ourselves — unless
+                # another of its callers already does. Two of them beginning a
+                # flight each left the first unregistered, so no invalidation
+                # could revoke it, and it kept an outdated result in L1 (found
+                # by the model checker).
+                continue
+            # Callers joining one load must not share one mutable object.
+            if copy_on_read and not is_immutable(value):
+                value = self._serializer.loads(self._serializer.dumps(value))
+            return value
         flight = self._flights.begin(key, ())  # its tags once rendered (`_read_through`)
         try:
             value = await self._read_through(flight, tags, ttl, loader, copy_on_read)
