@@ -216,6 +216,7 @@ class TwoTierCache:
         # The event loop the cache lives on (see `_own_loop`), and the hook on its end.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_end: LoopEnd | None = None
+        self._closing: asyncio.Future[None] | None = None  # done once closed
         # A forked child (gunicorn --preload, Celery's prefork pool,
         # multiprocessing) is a new instance: told at the fork itself, before
         # any code of the child can use the cache (STYLE 19, DESIGN §4.11).
@@ -298,9 +299,18 @@ class TwoTierCache:
         A change called before `close()`, awaited or not, is delivered, or
         queued and given a last try here (DESIGN §4, guarantee 11).
         """
-        if self._closed:
+        if self._closing is not None:  # closed, or closing in another task
+            if not self._closing.done():
+                await asyncio.shield(self._closing)
             return
         self._own_loop()  # a closed loop's connections and tasks died with it
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close()
+        finally:
+            self._closing.set_result(None)
+
+    async def _close(self) -> None:
         if self._loop_end is not None:
             self._loop_end.disarm()
         # An un-awaited invalidation of this very turn (the last statement
@@ -313,6 +323,13 @@ class TwoTierCache:
         # No more invalidations will arrive: nothing may be served from L1 now.
         self.local.clear()
         self.local.suspended = True
+        # Calls in flight end, within the same bound as the deliveries: the
+        # waiters on another instance's fill lease stop waiting (the message
+        # that ends a wait may never come now), and the blocking view's calls
+        # still running are then cancelled, giving their leases back before
+        # the link closes (issue 18, item 4).
+        self._reads.wake_lease_waiters(None)
+        await self.sync.settle_calls(max(1.0, 10 * self._redis_timeout))
         await self._settle_changes(final=True)
         if self._link is not None:
             await self._link.close()

@@ -11,6 +11,7 @@ them (issue 11: "Event loop is closed" on the second request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -57,12 +58,19 @@ class LoopThread:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def stop(self) -> None:
-        """End the loop thread (after the work handed to it so far)."""
+    def stop(self) -> bool:
+        """End the loop thread (after the work handed to it so far). True if
+        this call ended it; False if it runs on (a blocked loop, or a call from
+        the thread itself) or another call stopped it."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
-        if loop is not None and thread is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-            if thread is not threading.current_thread():
-                thread.join(timeout=5)
+        if loop is None or thread is None:
+            return False
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(loop.stop)
+        if thread is threading.current_thread():
+            return False  # it ends when this callback returns
+        thread.join(timeout=5)
+        return not thread.is_alive()

@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
@@ -107,6 +108,12 @@ class SyncCache:
         self._cache = cache
         self._loop_thread: LoopThread | None = None  # when no loop runs the cache
         self._closes_at_exit = False  # (a forked child inherits the registration)
+        # The view's calls running on the cache's loop (touched on the loop only),
+        # and those handed over and not yet answered (from any thread): `close()`
+        # settles both, so no caller waits on a loop that has stopped.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._unanswered: set[concurrent.futures.Future[Any]] = set()
+        self._unanswered_lock = threading.Lock()
 
     def submit(
         self, make: Callable[[], Coroutine[Any, Any, T]]
@@ -138,11 +145,90 @@ class SyncCache:
                     atexit.register(self._close_at_exit)
                     self._closes_at_exit = True
             loop = self._loop_thread.started()
-        return asyncio.run_coroutine_threadsafe(make(), loop), loop
+        call = self._tracked(make)
+        try:
+            future = asyncio.run_coroutine_threadsafe(call, loop)
+        except RuntimeError:  # the loop closed since: the cache was closed meanwhile
+            call.close()
+            raise CacheClosedError("this TwoTierCache was closed") from None
+        with self._unanswered_lock:
+            self._unanswered.add(future)
+        future.add_done_callback(self._answered)
+        return future, loop
 
     def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine of the cache from synchronous code and wait for it."""
         return self.submit(make)[0].result()
+
+    async def _tracked(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        try:
+            return await make()
+        except asyncio.CancelledError:
+            if self._cache.closed:  # cancelled by `settle_calls`
+                raise CacheClosedError(
+                    "this TwoTierCache was closed while the call was in progress"
+                ) from None
+            raise
+        finally:
+            self._calls.discard(task)
+
+    def _answered(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._unanswered_lock:
+            self._unanswered.discard(future)
+
+    async def settle_calls(self, grace: float) -> None:
+        """The cache is closing (on its loop): every call of this view in flight ends.
+
+        Calls are given *grace* seconds to end by themselves (a lease waiter has been
+        woken, a load is computing its value in its caller's thread); those
+        still running are then cancelled, and their callers get
+        `CacheClosedError` (or their own function's value, if it ran to its
+        end). A cancelled load gives its fill lease back, in a delivery the
+        cache's close waits for while it can still reach Redis (issue 18, item 4).
+        """
+        current = asyncio.current_task()
+        calls = {task for task in self._calls if task is not current}
+        if not calls:
+            return
+        _, running = await asyncio.wait(calls, timeout=grace)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=grace)
+
+    def _wait_for_close(self) -> None:
+        """The cache is closed, or closing in another thread: wait until that
+        close has ended, before this thread may stop the loop it runs on."""
+        owner = self._cache.loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if owner is None or owner is running or not owner.is_running():
+            return
+        closing = self._cache.close()  # (returns at once once closed)
+        try:
+            future = asyncio.run_coroutine_threadsafe(closing, owner)
+        except RuntimeError:  # that loop closed meanwhile: so did the close
+            closing.close()
+            return
+        with contextlib.suppress(Exception):
+            future.result()
+
+    def _abandon_unanswered(self) -> None:
+        """The view's loop thread has ended: calls handed to it that it never
+        ran would wait forever. They get `CacheClosedError`."""
+        with self._unanswered_lock:
+            unanswered, self._unanswered = self._unanswered, set()
+        for future in unanswered:
+            # (set, not cancelled: a cancel would reach for the closed loop)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(
+                    CacheClosedError("this TwoTierCache was closed before the call could run")
+                )
 
     def forget_loop_thread(self) -> LoopThread | None:
         """In a forked child: the parent's loop thread does not run here. The
@@ -197,11 +283,19 @@ class SyncCache:
         return self.run(self._cache.ping)
 
     def close(self) -> None:
-        """Close the cache and end this view's loop thread, if it has one."""
+        """Close the cache and end this view's loop thread, if it has one.
+
+        From any thread: the calls in flight end (a value, or
+        `CacheClosedError`), within the bounds of `TwoTierCache.close()`.
+        """
         if not self._cache.closed:
-            self.run(self._cache.close)
-        if self._loop_thread is not None:
-            self._loop_thread.stop()
+            with contextlib.suppress(CacheClosedError):  # another thread closed it meanwhile
+                self.run(self._cache.close)
+        else:
+            self._wait_for_close()
+        thread = self._loop_thread
+        if thread is not None and thread.stop():
+            self._abandon_unanswered()
 
     def cached(
         self,
@@ -260,19 +354,27 @@ class SyncCachedFunction(Generic[P, R]):
 
         done, loop = self._cache.sync.submit(call)
         concurrent.futures.wait([done, handoff.request], return_when="FIRST_COMPLETED")
-        if not done.done():  # the load path asks for the value: compute it here
-            reply = handoff.request.result()
+        if done.done():
+            return done.result()  # type: ignore[no-any-return]
+        # The load path asks for the value: compute it here.
+        reply = handoff.request.result()
+        try:
+            value = self._func(*args, **kwargs)
+        except Exception as exc:
+            if not _hand_back(loop, _settle, reply, None, exc):
+                raise  # the cache closed meanwhile: the function's own error
+        except BaseException:
+            # SystemExit, KeyboardInterrupt: this thread's business. Handed
+            # to the loop they would end its thread; the load is cancelled.
+            _hand_back(loop, reply.cancel)
+            raise
+        else:
+            if not _hand_back(loop, _settle, reply, value, None):
+                return value  # the cache closed meanwhile: the answer stands, uncached
             try:
-                value = self._func(*args, **kwargs)
-            except Exception as exc:
-                loop.call_soon_threadsafe(_settle, reply, None, exc)
-            except BaseException:
-                # SystemExit, KeyboardInterrupt: this thread's business. Handed
-                # to the loop they would end its thread; the load is cancelled.
-                loop.call_soon_threadsafe(reply.cancel)
-                raise
-            else:
-                loop.call_soon_threadsafe(_settle, reply, value, None)
+                return done.result()  # type: ignore[no-any-return]
+            except CacheClosedError:
+                return value  # closed while the function ran (`settle_calls`): the same
         return done.result()  # type: ignore[no-any-return]
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -284,6 +386,17 @@ class SyncCachedFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<sync {self._async!r}>"
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any
+) -> bool:
+    """Schedule *callback* on the cache's loop; False if that loop has closed."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: Exception | None) -> None:
