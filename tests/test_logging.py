@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+import redis.exceptions as redis_errors
 
 from twotier import TwoTierCache
 from twotier._events import BaseObserver
+from twotier._guard import describe
+from twotier._logging import tier_log
 
 
 class ListHandler(logging.Handler):
@@ -107,3 +113,60 @@ async def test_records_propagate_to_the_root_handlers(caplog: pytest.LogCaptureF
     cache = await _log_one_warning()
     (record,) = [r for r in caplog.records if r.name == "twotier"]
     assert (record.instance, record.tier) == (cache.instance_id, "cache")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TimeoutError(),  # asyncio.timeout's: the listener's subscription deadline
+        redis_errors.TimeoutError(),
+        redis_errors.ConnectionError(),
+        ConnectionResetError(),
+        OSError(),
+        RuntimeError(" "),
+    ],
+    ids=repr,
+)
+def test_a_cause_is_never_empty(exc: BaseException) -> None:
+    """Issue 18, item 7: "Redis did not answer in time: " ended a log line,
+    the `str()` of a bare `TimeoutError()` being empty."""
+    for tls in (None, True, False):
+        cause = describe(exc, tls=tls)
+        assert cause.strip() == cause
+        assert not cause.endswith(":"), cause
+        assert len(cause) > len(type(exc).__name__) or cause == type(exc).__name__
+
+
+def test_a_bare_timeout_says_what_happened() -> None:
+    assert describe(TimeoutError()) == (
+        "Redis did not answer in time: no reply before the client's deadline"
+    )
+    # A timeout that says something is quoted as before.
+    assert describe(redis_errors.TimeoutError("Timeout reading from socket")) == (
+        "Redis did not answer in time: Timeout reading from socket"
+    )
+
+
+def test_records_carry_the_process_id(caplog: pytest.LogCaptureFixture) -> None:
+    """`%(process)d` is logging's own attribute; with `%(instance)s` a line says
+    which worker of a pre-fork server spoke (docs/deployment.md)."""
+    caplog.set_level(logging.INFO)
+    tier_log("abc123", "cache").info("hello")
+    (record,) = [r for r in caplog.records if r.name == "twotier"]
+    assert (record.process, record.instance) == (os.getpid(), "abc123")  # type: ignore[attr-defined]
+
+
+def test_without_configuration_nothing_is_printed() -> None:
+    """The library convention: a `NullHandler` on the library's logger, so an
+    application that configured no logging gets no bare last-resort lines on
+    stderr (without level, time, pid or instance); one that did gets records
+    with all of them."""
+    code = (
+        "import logging\n"
+        "from twotier._logging import tier_log\n"
+        "tier_log('abc123', 'cache').warning('Redis unavailable')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == ""

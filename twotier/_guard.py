@@ -51,31 +51,41 @@ def describe(exc: BaseException, *, tls: bool | None = None) -> str:
 
     *tls* says whether the URL asked for TLS: a TLS client on a plain port
     times out in the handshake, and a plain client on a TLS port is reset,
-    both of which would otherwise read as an outage.
+    both of which would otherwise read as an outage. Never an empty cause: an
+    exception without a message (asyncio's deadlines raise a bare
+    `TimeoutError()`) is named by what it is (issue 18, item 7: "Redis did not
+    answer in time: " in a log).
     """
+    text = str(exc).strip()
     if isinstance(exc, redis_errors.AuthenticationError):
-        return f"authentication failed (wrong user or password): {exc}"
+        return _said("authentication failed (wrong user or password)", text)
     if isinstance(exc, redis_errors.NoPermissionError) or any(
-        wording in str(exc) for wording in _ACL_WORDING
+        wording in text for wording in _ACL_WORDING
     ):
-        return f"ACL denied a command or channel the cache needs (NOPERM): {exc}"
+        return _said("ACL denied a command or channel the cache needs (NOPERM)", text)
     if isinstance(exc, redis_errors.OutOfMemoryError):
-        return f"Redis is out of memory (maxmemory reached): {exc}"
+        return _said("Redis is out of memory (maxmemory reached)", text)
     cause: BaseException | None = exc
     while cause is not None:  # redis-py wraps the ssl error in a ConnectionError
         if isinstance(cause, ssl.SSLError):
-            return f"TLS failed ({cause.__class__.__name__}): {cause}"
+            return _said(f"TLS failed ({cause.__class__.__name__})", str(cause).strip())
         cause = cause.__cause__ or cause.__context__
-    if "certificate verify failed" in str(exc) or "SSL" in str(exc):
-        return f"TLS failed: {exc}"
-    connecting = "connecting" in str(exc).lower()
+    if "certificate verify failed" in text or "SSL" in text:
+        return _said("TLS failed", text)
+    connecting = "connecting" in text.lower()
     if tls and connecting:
-        return f"TLS failed: no TLS handshake (is this a TLS port?): {exc}"
-    if tls is False and "reset by peer" in str(exc):
-        return f"connection reset at once (does the server expect TLS, rediss://?): {exc}"
+        return _said("TLS failed: no TLS handshake (is this a TLS port?)", text)
+    if tls is False and "reset by peer" in text:
+        return _said("connection reset at once (does the server expect TLS, rediss://?)", text)
     if isinstance(exc, (redis_errors.TimeoutError, TimeoutError)):
-        return f"Redis did not answer in time: {exc}"
-    return f"{exc.__class__.__name__}: {exc}"
+        return _said(
+            "Redis did not answer in time", text or "no reply before the client's deadline"
+        )
+    return _said(exc.__class__.__name__, text)
+
+
+def _said(what: str, text: str) -> str:
+    return f"{what}: {text}" if text else what
 
 
 class Guard:

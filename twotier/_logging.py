@@ -6,6 +6,14 @@ tells which process, which instance and which part spoke: `tier` is "cache"
 (degradation, recovery, fork), "l2" (Redis calls, the circuit breaker), "bus"
 (the invalidation link) or "loader" (warmup). `%(process)d` is logging's own
 pid attribute. State changes are logged once per transition, not per call.
+
+The library installs no handler but a `NullHandler` (the convention for
+libraries, in the `logging` HOWTO): where records go and how they look is the
+application's choice, and docs/deployment.md shows the set-up for gunicorn,
+uvicorn and Django's `LOGGING`. Without it, Python's last-resort handler
+printed warnings to stderr as bare messages, without level, time, pid or
+instance (issue 18, item 7); with it, an application that configures no
+logging at all sees none of twotier's.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 from collections.abc import Iterator, Mapping
 
 logger = logging.getLogger("twotier")
+logger.addHandler(logging.NullHandler())
 
 Log = logging.LoggerAdapter[logging.Logger]
 
