@@ -13,24 +13,34 @@ The helper applications live in `integration/apps/`.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from celery import Celery
 
 from twotier import TwoTierCache
-from twotier.testing import RedisServer
+from twotier.testing import RedisServer, free_port
 
+from .apps import items
 from .conftest import FLAVOURS
 
 ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "integration" / "apps"
 RUN_TIMEOUT = 120.0  # a whole application run; a hang fails, never stalls the suite
 WINDOW = 2.0  # the propagation window: "milliseconds", asserted loosely on a loaded machine
 
@@ -178,3 +188,302 @@ async def test_each_asyncio_run_delivers_and_closes_its_connections(
 
     await _holds_then_loses(shared_server, env["TWOTIER_NAMESPACE"], tags, run_app)
     assert clients[-1] <= clients[0], f"connected clients after each run: {clients}"
+
+
+# -- pre-fork web servers --------------------------------------------------------------
+
+READERS = 6  # concurrent HTTP clients: enough to keep every worker busy, so all answer
+HTTP_DEADLINE = 30.0  # any one load loop; a worker that never answers fails, not hangs
+
+
+@dataclass(frozen=True)
+class Answer:
+    start: float
+    pid: int
+    instance: str
+    value: str
+
+
+@dataclass
+class WebServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    workers: int
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def gunicorn(
+    app: str, args: list[str], env: dict[str, str], workdir: Path, workers: int
+) -> Iterator[WebServer]:
+    """`gunicorn APP ARGS` on a free port, with docs/deployment.md's logging
+    configuration; stopped (SIGTERM, as a deployment stops it) on exit."""
+    port = free_port()
+    log = workdir / f"gunicorn-{port}.log"
+    command = [
+        sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--config", str(APPS / "gunicorn_conf.py"),
+        "--graceful-timeout", "10", *args,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    server = WebServer(f"http://127.0.0.1:{port}", process, log, workers)
+    try:
+        deadline = time.monotonic() + HTTP_DEADLINE
+        while True:
+            assert process.poll() is None, f"gunicorn exited:\n{server.output()[-3000:]}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/item/1", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"gunicorn never answered:\n{server.output()}"
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"gunicorn did not stop:\n{server.output()[-3000:]}") from None
+
+
+def _fetch(url: str) -> Answer:
+    start = time.monotonic()
+    # A connection of its own each time (no keep-alive), so requests spread over the workers.
+    reply = httpx.get(url, timeout=10, headers={"Connection": "close"})
+    reply.raise_for_status()
+    body = reply.json()
+    return Answer(start, int(body["pid"]), str(body["instance"]), str(body["value"]))
+
+
+def load_loop(url: str, enough: Callable[[list[Answer]], bool], what: str) -> list[Answer]:
+    """READERS clients GET *url* in a loop until *enough* holds for what they got."""
+    answers: list[Answer] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    deadline = time.monotonic() + HTTP_DEADLINE
+
+    def reader() -> None:
+        while not done.is_set() and time.monotonic() < deadline:
+            answer = _fetch(url)
+            with lock:
+                answers.append(answer)
+                if enough(answers):
+                    done.set()
+
+    with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
+        for future in [pool.submit(reader) for _ in range(READERS)]:
+            future.result()
+    if not done.is_set():
+        seen = sorted({(a.pid, a.value) for a in answers})
+        raise AssertionError(f"not within {HTTP_DEADLINE} s: {what}; (pid, value) seen: {seen}")
+    return answers
+
+
+def _each_worker(answers: list[Answer], workers: int, times: int = 2) -> bool:
+    counts = collections.Counter(answer.pid for answer in answers)
+    return len(counts) >= workers and all(count >= times for count in counts.values())
+
+
+def each_answered(value: str, workers: int) -> Callable[[list[Answer]], bool]:
+    """Every worker has answered *value* (twice: the second from its L1)."""
+    return lambda got: _each_worker([a for a in got if a.value == value], workers)
+
+
+def each_answered_after(moment: float, workers: int) -> Callable[[list[Answer]], bool]:
+    """Every worker has answered requests that started after *moment*."""
+    return lambda got: _each_worker([a for a in got if a.start >= moment], workers)
+
+
+def check_coherence(server: WebServer, item: int, rounds: int = 2) -> dict[str, Any]:
+    """The HTTP load loop: every worker answers the item's current value (so its
+    L1 holds it); one request writes a new value; after the write returned and
+    the propagation window passed, every worker answers, and none the old value."""
+    url = f"{server.url}/item/{item}"
+    current = _fetch(url).value
+    figures: dict[str, Any] = {"stale_within_window": 0, "answers_after_window": 0}
+    instances: dict[int, str] = {}
+    for round_ in range(rounds):
+        load_loop(url, each_answered(current, server.workers), f"every worker answers {current!r}")
+        new = f"value-{round_}-{uuid.uuid4().hex[:6]}"
+        reply = httpx.put(f"{url}/{new}", timeout=10, headers={"Connection": "close"})
+        assert reply.status_code == 200, reply.text
+        settled = time.monotonic() + WINDOW  # the write has returned: the window starts
+        answers = load_loop(
+            url,
+            each_answered_after(settled, server.workers),
+            "every worker answers after the propagation window",
+        )
+        late = [a for a in answers if a.start >= settled]
+        stale = [a for a in late if a.value == current]
+        assert not stale, (
+            f"{len(stale)} of {len(late)} answers after the window were the old value "
+            f"{current!r}, from pids {sorted({a.pid for a in stale})}; the writer was "
+            f"{reply.json()['pid']}"
+        )
+        figures["stale_within_window"] += sum(a.value == current for a in answers) - len(stale)
+        figures["answers_after_window"] += len(late)
+        instances.update((a.pid, a.instance) for a in answers)
+        current = new
+    # Every worker is an instance of its own.
+    assert len(set(instances.values())) == len(instances) == server.workers, instances
+    figures["instances"] = instances
+    return figures
+
+
+def _twotier_lines(server: WebServer) -> list[str]:
+    return [line for line in server.output().splitlines() if "twotier[" in line]
+
+
+FLASK, FASTAPI = "integration.apps.web_flask:app", "integration.apps.web_fastapi:app"
+GTHREAD = ["-k", "gthread", "--threads", "4"]
+UVICORN = ["-k", "uvicorn_worker.UvicornWorker"]
+WEB_MODELS: dict[str, tuple[str, list[str], int]] = {
+    # id: (app, gunicorn arguments, workers); with --preload, the master uses
+    # the cache at import (APP_USE_AT_IMPORT), before it forks the workers
+    "flask-sync": (FLASK, ["-k", "sync"], 3),
+    "flask-sync-preload": (FLASK, ["-k", "sync", "--preload"], 3),
+    "flask-gthread": (FLASK, GTHREAD, 2),
+    "flask-gthread-preload": (FLASK, [*GTHREAD, "--preload"], 2),
+    "fastapi-uvicorn-preload": (FASTAPI, [*UVICORN, "--preload"], 3),
+}
+
+
+@pytest.mark.parametrize("model", list(WEB_MODELS))
+def test_prefork_web_servers_stay_coherent(
+    shared_server: RedisServer, model: str, tmp_path: Path
+) -> None:
+    """gunicorn with sync, gthread and uvicorn workers, with and without
+    `--preload` (the app module, and its cache, imported — and used — in the
+    master before it forks). HTTP load loops check that after a write returns,
+    no worker answers the old value once the propagation window has passed.
+
+    Before the fix, every `--preload` model failed: the workers shared the
+    master's instance id, and each ignored the others' changes as its own.
+    """
+    app, args, workers = WEB_MODELS[model]
+    env = app_env(shared_server, APP_DB=str(tmp_path / "items.sqlite3"))
+    if "--preload" in args:
+        env["APP_USE_AT_IMPORT"] = "1"
+    with _items_created(env):
+        pass
+    with gunicorn(app, args, env, tmp_path, workers) as server:
+        figures = check_coherence(server, item=1)
+        lines = _twotier_lines(server)
+    # docs/deployment.md's logging set-up: twotier's records, with pid and instance.
+    if "--preload" in args:
+        forked = [line for line in lines if "a forked child" in line]
+        for pid, instance in figures["instances"].items():
+            assert any(f"[{pid}] [INFO] twotier[{instance}/cache]" in line for line in forked), (
+                pid,
+                instance,
+                lines,
+            )
+    print(
+        f"\n{model}: {figures['answers_after_window']} answers after the window, none stale; "
+        f"{figures['stale_within_window']} old answers within it; workers {figures['instances']}"
+    )
+
+
+@contextlib.contextmanager
+def _items_created(env: dict[str, str]) -> Iterator[None]:
+    previous = os.environ.get("APP_DB")
+    os.environ["APP_DB"] = env["APP_DB"]
+    try:
+        items.create({0: "zero", 1: "initial", 2: "initial"})
+        yield
+    finally:
+        if previous is None:
+            del os.environ["APP_DB"]
+        else:
+            os.environ["APP_DB"] = previous
+
+
+# -- Celery ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def celery_worker(env: dict[str, str], workdir: Path, *args: str) -> Iterator[Celery]:
+    """A Celery worker of `integration/apps/celery_app.py` (prefork pool), and a
+    client app that sends it tasks by name."""
+    log = workdir / "celery.log"
+    command = [
+        sys.executable, "-m", "celery", "-A", "integration.apps.celery_app", "worker",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        *args,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    client = Celery("client", broker=env["APP_BROKER"], backend=env["APP_BACKEND"])
+    try:
+        yield client
+    finally:
+        process.send_signal(signal.SIGTERM)  # a warm shutdown
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        client.close()
+        if process.returncode not in (0, -signal.SIGTERM):
+            raise AssertionError(log.read_text(errors="replace")[-3000:])
+
+
+def run_task(client: Celery, name: str, *args: Any) -> dict[str, Any]:
+    result = client.send_task(f"integration.apps.celery_app.{name}", args=args)
+    reply: dict[str, Any] = result.get(timeout=HTTP_DEADLINE)
+    return reply
+
+
+def test_celery_prefork_task_invalidates_and_the_web_workers_see_it(
+    shared_server: RedisServer, tmp_path: Path
+) -> None:
+    """A Celery worker (prefork pool, each child replaced after two tasks) whose
+    task changes an item and invalidates its tag; the web process (gunicorn
+    sync workers with `--preload`) must not answer the old value once the
+    propagation window has passed. The pool's children, forked from a main
+    process that used the cache, are instances of their own."""
+    base = shared_server.url.rsplit("/", 1)[0]
+    env = app_env(
+        shared_server,
+        APP_DB=str(tmp_path / "items.sqlite3"),
+        APP_BROKER=f"{base}/1",  # the test's own server: the broker and results
+        APP_BACKEND=f"{base}/2",  # on other databases than the cache's (0)
+        APP_USE_AT_IMPORT="1",
+    )
+    with _items_created(env):
+        pass
+    url = "/item/1"
+    with (
+        gunicorn("integration.apps.web_flask:app", ["--preload"], env, tmp_path, 2) as web,
+        celery_worker(env, tmp_path, "--pool", "prefork", "--concurrency", "2",
+                      "--max-tasks-per-child", "2") as celery,
+    ):  # fmt: skip
+        children: dict[int, str] = {}
+        current = _fetch(web.url + url).value
+        for round_ in range(3):
+            load_loop(
+                web.url + url, each_answered(current, 2), f"every web worker answers {current!r}"
+            )
+            assert run_task(celery, "read_item", 1)["value"] == current
+            new = f"from-celery-{round_}"
+            changed = run_task(celery, "change_item", 1, new)  # returns once Redis has it
+            children[changed["pid"]] = changed["instance"]
+            settled = time.monotonic() + WINDOW
+            answers = load_loop(
+                web.url + url,
+                each_answered_after(settled, 2),
+                "every web worker answers after the propagation window",
+            )
+            stale = [a for a in answers if a.start >= settled and a.value == current]
+            assert not stale, f"web workers {sorted({a.pid for a in stale})} kept {current!r}"
+            read = run_task(celery, "read_item", 1)
+            assert read["value"] == new, read  # a pool child holding the old value dropped it
+            children[read["pid"]] = read["instance"]
+            current = new
+    # Each pool child its own instance (a pid never shares an id with another).
+    assert len(set(children.values())) == len(children), children

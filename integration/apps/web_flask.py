@@ -1,0 +1,43 @@
+"""A Flask app with a module-level cache, as an ERP's sync views use it:
+`from twotier import cache` (configured by `TWOTIER_*`), `@cache.sync.cached`
+over the database, and the seed's un-awaited `cache.invalidate_tag(...)`
+after a write. Run by gunicorn (sync or gthread workers, with or without
+`--preload`) in `integration/test_process_models.py`.
+
+With `APP_USE_AT_IMPORT=1` the module uses the cache when it is imported, as
+an app that warms its cache at start-up does: under `--preload` that is the
+gunicorn master, before it forks its workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+
+from integration.apps import items
+from twotier import cache
+
+app = Flask(__name__)
+
+
+@cache.sync.cached(ttl=300, key="item:{item_id}", tags=["item:{item_id}"])
+def load_item(item_id: int) -> str:
+    return items.read(item_id)
+
+
+@app.get("/item/<int:item_id>")
+def get_item(item_id: int) -> ResponseReturnValue:
+    return jsonify(value=load_item(item_id), pid=os.getpid(), instance=cache.instance_id)
+
+
+@app.put("/item/<int:item_id>/<value>")
+def put_item(item_id: int, value: str) -> ResponseReturnValue:
+    items.write(item_id, value)
+    cache.invalidate_tag(f"item:{item_id}")  # blocks until Redis has it (docs/sync.md)
+    return jsonify(ok=True, pid=os.getpid(), instance=cache.instance_id)
+
+
+if os.environ.get("APP_USE_AT_IMPORT") == "1":
+    load_item(0)  # the cache used in the importing process: L1, a loop thread, connections
