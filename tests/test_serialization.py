@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from twotier import DeserializationError, MsgpackSerializer, PickleSerializer, SerializationError
+from twotier import _serialization as serialization
 from twotier._serialization import MAX_DEPTH, MAX_NESTED
 
 codec = MsgpackSerializer()
@@ -259,6 +260,16 @@ def _tuples(depth: int) -> object:
     for _ in range(depth):
         value = (value,)
     return value
+
+
+def test_two_levels_of_tuples_take_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk costs several times the one-pass read: only deeper values take it."""
+    value = {"grid": ((1, 2), dt.timedelta(1)), "keys": {frozenset({1, 2})}, (1, (2,)): 3}
+    payload = codec.dumps(value)
+    for walk in ("_pack_walked", "_unpack_walked"):
+        monkeypatch.setattr(serialization, walk, None)  # calling it fails the test
+    assert codec.dumps(value) == payload
+    assert identical(codec.loads(payload), value)
 
 
 @pytest.mark.parametrize("depth", [MAX_NESTED + 1, 1_000, 10_000])

@@ -86,8 +86,8 @@ MAX_NESTED: Final = 100
 
 
 class _Containers(Exception):
-    """A hook met a tuple, set or frozenset inside another (or, reading, a
-    timedelta inside one): the value takes the walk."""
+    """A hook met tuples, sets or frozensets nested deeper than it packs or
+    unpacks in one pass: the value takes the walk."""
 
 
 def _zone(tz: dt.tzinfo | None) -> str:
@@ -207,29 +207,39 @@ _CONTAINER_CODES: Final[dict[type, int]] = {
 }
 
 
-def _default(obj: Any) -> Any:
-    """msgpack's `default`: called for every type its packer does not write
-    itself, subclasses included (`strict_types`). A tuple, set or frozenset is
-    packed here, by a second packer that takes no other: one in one of those
-    raises `_Containers`, and `dumps` takes the walk."""
-    kind = type(obj)
-    encode = _ENCODERS.get(kind)
-    if encode is not None:
-        return encode(obj)
-    code = _CONTAINER_CODES.get(kind)
-    if code is not None:
-        return msgpack.ExtType(code, _pack_document(list(obj), _default_inside))
-    raise _refusal(kind)
+#: Tuples, sets and frozensets one inside another that the hooks below pack or
+#: unpack in one pass (tuples of tuples, sets of tuples...); a value nested
+#: deeper takes the walk. Each level adds an unpacker (a 40 KiB context) to the
+#: C stack, so at most three are ever there, as for a tuple holding a timedelta
+#: before this bound existed.
+_IN_ONE_PASS: Final = 2
 
 
-def _default_inside(obj: Any) -> Any:
-    kind = type(obj)
-    encode = _ENCODERS.get(kind)
-    if encode is not None:
-        return encode(obj)
-    if kind in _CONTAINER_CODES:
-        raise _Containers
-    raise _refusal(kind)
+def _default_with(room: int) -> Callable[[Any], Any]:
+    """msgpack's `default` for a packer inside *room* more tuples may be packed.
+
+    Called for every type the packer does not write itself, subclasses included
+    (`strict_types`). A tuple, set or frozenset is packed by a second packer,
+    whose `default` has one less room; with none left, `_Containers` is raised
+    and `dumps` takes the walk."""
+    inside = _default_with(room - 1) if room else None
+
+    def default(obj: Any) -> Any:
+        kind = type(obj)
+        encode = _ENCODERS.get(kind)
+        if encode is not None:
+            return encode(obj)
+        code = _CONTAINER_CODES.get(kind)
+        if code is None:
+            raise _refusal(kind)
+        if inside is None:
+            raise _Containers
+        return msgpack.ExtType(code, _pack_document(list(obj), inside))
+
+    return default
+
+
+_default: Final = _default_with(_IN_ONE_PASS)
 
 
 def _decode_datetime(data: bytes) -> dt.datetime:
@@ -252,7 +262,7 @@ def _decode_time(data: bytes) -> dt.time:
 
 def _decode_timedelta(data: bytes) -> dt.timedelta:
     # With msgpack's own ext_hook the unpacker nested here decodes no extension,
-    # so it never nests another: at most two unpackers are ever on the C stack.
+    # so it never nests another.
     parts = msgpack.unpackb(data)
     if type(parts) is not list or len(parts) != 3 or any(type(n) is not int for n in parts):
         raise DeserializationError("malformed timedelta")
@@ -275,36 +285,33 @@ _BUILDERS: Final[dict[int, Callable[[list[Any]], Any]]] = {
 }
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    """msgpack's `ext_hook`, called while its unpacker runs. A tuple, set or
-    frozenset is decoded here, by a second unpacker that decodes no other (nor
-    a timedelta, which takes an unpacker of its own): one in one of those raises
-    `_Containers`, and `loads` takes the walk. So never more than two unpackers
-    are on the C stack, and the common shapes (tuples and sets of scalars, in
-    dicts and lists) are read in one pass."""
-    decode = _DECODERS.get(code)
-    if decode is not None:
-        return decode(data)
-    build = _BUILDERS.get(code)
-    if build is None:
-        raise DeserializationError(f"unknown msgpack extension type {code}")
-    items = msgpack.unpackb(data, ext_hook=_ext_hook_inside, strict_map_key=False)
-    if type(items) is not list:
-        raise DeserializationError("the items of a tuple, set or frozenset are no list")
-    return build(items)
+def _ext_hook_with(room: int) -> Callable[[int, bytes], Any]:
+    """msgpack's `ext_hook` for an unpacker under which *room* more may run.
+
+    Called while the unpacker runs. The items of a tuple, set or frozenset, and
+    the fields of a timedelta, are a document of their own, decoded here by a
+    second unpacker; with no room left for it, `_Containers` is raised and
+    `loads` takes the walk."""
+    inside = _ext_hook_with(room - 1) if room else None
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        decode = _DECODERS.get(code)
+        if decode is not None and (room or code != _EXT_TIMEDELTA):
+            return decode(data)
+        build = _BUILDERS.get(code)
+        if build is None and decode is None:
+            raise DeserializationError(f"unknown msgpack extension type {code}")
+        if build is None or inside is None:
+            raise _Containers
+        items = msgpack.unpackb(data, ext_hook=inside, strict_map_key=False)
+        if type(items) is not list:
+            raise DeserializationError("the items of a tuple, set or frozenset are no list")
+        return build(items)
+
+    return ext_hook
 
 
-#: What `_ext_hook_inside` decodes: a timedelta would nest a third unpacker.
-_DECODERS_INSIDE: Final = {code: fn for code, fn in _DECODERS.items() if code != _EXT_TIMEDELTA}
-
-
-def _ext_hook_inside(code: int, data: bytes) -> Any:
-    decode = _DECODERS_INSIDE.get(code)
-    if decode is not None:
-        return decode(data)
-    if code in _BUILDERS or code == _EXT_TIMEDELTA:
-        raise _Containers
-    raise DeserializationError(f"unknown msgpack extension type {code}")
+_ext_hook: Final = _ext_hook_with(_IN_ONE_PASS)
 
 
 class MsgpackSerializer:
@@ -360,8 +367,9 @@ class MsgpackSerializer:
 # unpacker runs. Packing or unpacking a tuple's items from there nests a packer
 # or an unpacker per level on the C stack, with a 40 KiB context for each
 # unpacker: 200 levels crashed the process, 2,000 raised RecursionError
-# (issue 17, case 7). The hooks above nest one level at most; past that, these
-# walks keep stacks of their own and run msgpack on one document at a time.
+# (issue 17, case 7). The hooks above nest _IN_ONE_PASS levels at most; past
+# that, these walks keep stacks of their own and run msgpack on one document at
+# a time (and a timedelta's fields: two unpackers at most).
 
 _CONTAINERS: Final = frozenset({list, dict, tuple, set, frozenset})
 
@@ -448,12 +456,13 @@ def _unpack_walked(body: bytes) -> Any:
     """Decode *body* one document at a time: pending ones top-down, values bottom-up.
     msgpack bounds the depth of each document; this, how many nest."""
     root = _document(body)
-    order: list[Any] = []  # what holds a pending item, each before what it holds
+    # Pre-order, each with whether it holds a pending item: reversed, every
+    # pending is built before what holds it.
+    order: list[tuple[Any, bool]] = []
     stack: list[tuple[Any, int]] = [(root, 0)]  # node, tuples above it
     while stack:
         node, nested = stack.pop()
-        kind = type(node)
-        if kind is _Pending:
+        if type(node) is _Pending:
             nested += 1
             if nested > MAX_NESTED:
                 raise DeserializationError(
@@ -463,34 +472,30 @@ def _unpack_walked(body: bytes) -> Any:
             if type(items) is not list:
                 raise DeserializationError("the items of a tuple, set or frozenset are no list")
         else:
-            items = [*node, *node.values()] if kind is dict else node
-        inner = [item for item in items if type(item) in _DECODED]
-        if kind is _Pending or any(type(item) is _Pending for item in inner):
-            order.append(node)
-        stack += [(item, nested) for item in inner]
-    for node in reversed(order):
-        _settle(node)
+            items = [*node, *node.values()] if type(node) is dict else node
+        kinds = set(map(type, items))  # in C: most lists and dicts hold no container
+        holds = _Pending in kinds
+        if holds or type(node) is _Pending:
+            order.append((node, holds))
+        if not kinds.isdisjoint(_DECODED):
+            stack += [(item, nested) for item in items if type(item) in _DECODED]
+    for node, holds in reversed(order):
+        if holds:
+            _settle(node)
+        if type(node) is _Pending:
+            node.value = node.build(node.items)
     return root.value if type(root) is _Pending else root
 
 
 def _settle(node: Any) -> None:
     """Put the values of *node*'s pending items in their places (built already)."""
     if type(node) is dict:
-        if any(type(key) is _Pending for key in node):  # a tuple or frozenset as a key
-            pairs = [(_settled(key), _settled(item)) for key, item in node.items()]
-            node.clear()  # the same dict: whatever holds it needs no change
-            node.update(pairs)
-        else:
-            for key, item in node.items():
-                if type(item) is _Pending:
-                    node[key] = item.value  # replaces a value: the keys stay as they are
-        return
-    items = node.items if type(node) is _Pending else node
-    for at, item in enumerate(items):
-        if type(item) is _Pending:
-            items[at] = item.value
-    if type(node) is _Pending:
-        node.value = node.build(items)
+        pairs = [(_settled(key), _settled(item)) for key, item in node.items()]
+        node.clear()  # the same dict (keys may change: a tuple as a key), so
+        node.update(pairs)  # whatever holds it needs no change
+    else:
+        items = node.items if type(node) is _Pending else node
+        items[:] = [item.value if type(item) is _Pending else item for item in items]
 
 
 def _settled(item: Any) -> Any:
