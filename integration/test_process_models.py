@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from celery import Celery
 
 from twotier import TwoTierCache
@@ -335,6 +336,12 @@ def check_coherence(server: WebServer, item: int, rounds: int = 2) -> dict[str, 
     return figures
 
 
+def _live_instances(server: RedisServer, env: dict[str, str]) -> list[bytes]:
+    """The instances of the app's namespace that report themselves live."""
+    with redis.Redis.from_url(server.url) as raw:
+        return sorted(raw.scan_iter(match=f"{{{env['TWOTIER_NAMESPACE']}:v2}}:hb:*"))
+
+
 def _twotier_lines(server: WebServer) -> list[str]:
     return [line for line in server.output().splitlines() if "twotier[" in line]
 
@@ -373,7 +380,12 @@ def test_prefork_web_servers_stay_coherent(
         pass
     with gunicorn(app, args, env, tmp_path, workers) as server:
         figures = check_coherence(server, item=1)
-        lines = _twotier_lines(server)
+        assert len(_live_instances(shared_server, env)) >= workers  # each reports itself
+    lines = _twotier_lines(server)
+    # Stopped as a deployment stops it (SIGTERM): every worker closed its cache
+    # (atexit, or the app's lifespan), so none is still listed as live
+    # (`twotier stats`; a heartbeat left behind would linger for 15 s).
+    assert _live_instances(shared_server, env) == [], server.output()[-3000:]
     # docs/deployment.md's logging set-up: twotier's records, with pid and instance.
     if "--preload" in args:
         forked = [line for line in lines if "a forked child" in line]
