@@ -272,6 +272,31 @@ def test_two_levels_of_tuples_take_no_walk(monkeypatch: pytest.MonkeyPatch) -> N
     assert identical(codec.loads(payload), value)
 
 
+def _reference(value: object) -> object:
+    """What msgpack is handed for *value*, built by recursion: the wire format's spec."""
+    codes = {tuple: TUPLE, set: SET, frozenset: FROZENSET}
+    if type(value) in codes:
+        items = msgpack.packb([_reference(item) for item in value])  # type: ignore[attr-defined]
+        return msgpack.ExtType(codes[type(value)], items)
+    if isinstance(value, list):
+        return [_reference(item) for item in value]
+    if isinstance(value, dict):
+        return {_reference(key): _reference(item) for key, item in value.items()}
+    return value
+
+
+def test_the_walk_writes_the_wire_format_and_reads_it_back() -> None:
+    shared = (1, ((2,),))
+    value = {
+        ((1, (2, (3,))),): [shared, shared, {"k": frozenset({((4,),)})}],
+        "s": {frozenset({(5, (6, (7,)))}), 8},
+        "empty": (((),),),
+    }
+    payload = codec.dumps(value)
+    assert payload == b"M" + msgpack.packb(_reference(value))
+    assert identical(codec.loads(payload), value)
+
+
 @pytest.mark.parametrize("depth", [MAX_NESTED + 1, 1_000, 10_000])
 def test_nesting_past_the_bound_is_refused_naming_it(depth: int) -> None:
     """Before: accepted up to ~300 (then read back as a crash), RecursionError past it."""
