@@ -7,8 +7,13 @@ L1. Here the connection (redis-py's: it connects, authenticates, speaks
 HELLO 3 or RESP2, finds the Sentinel master) is only borrowed for its
 streams: the SUBSCRIBE (or, on a cluster's shard channel, SSUBSCRIBE) is
 packed by hand, and every frame, the confirmation included, is parsed by
-`_batch.parse`, several per read when they arrive together. redis-py's
-parser never reads this stream, so no frame can be left in its buffer.
+a reply reader of the subscription's own (`_batch.new_reader`: hiredis'
+when installed, else the hand-written one), several per read when they
+arrive together, and a large one in time linear in its size (issue 17: a
+24 MiB publish kept the listener busy for 0.85 s, parsed again from its
+start on every read). redis-py's parser never reads this stream, so no
+frame can be left in its buffer. A malformed frame raises `InvalidResponse`
+(a lost link for the listener).
 
 Frames are returned as (kind, data): "message" (with the payload),
 "subscribed", "unsubscribed" (the server dropped a shard channel: its slot
@@ -21,7 +26,7 @@ from typing import Any
 
 import redis.exceptions as redis_errors
 
-from ._batch import Incomplete, command, parse, write
+from ._batch import HIREDIS_FAILURES, MORE, command, new_reader, refused, write
 
 _READ = 1 << 16
 _KINDS = {
@@ -42,8 +47,7 @@ class Subscription:
         self._channel = channel
         self._timeout = timeout  # for a write the kernel does not take at once
         self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
-        self._buf = b""
-        self._pos = 0
+        self._replies = new_reader()
         self.frames = 0  # received so far, pongs aside (the listener tells an idle link by it)
 
     async def open(self) -> None:
@@ -61,8 +65,10 @@ class Subscription:
         it loses nothing: what was read stays buffered for the next call."""
         while True:
             try:
-                reply, self._pos = parse(self._buf, self._pos)
-            except Incomplete:
+                reply = self._replies.gets()
+            except HIREDIS_FAILURES as exc:
+                raise refused(exc) from exc
+            if reply is MORE:
                 await self._read()
                 continue
             frame = _frame(reply)
@@ -78,8 +84,7 @@ class Subscription:
         chunk = await reader.read(_READ)
         if not chunk:
             raise redis_errors.ConnectionError("Connection closed by server.")
-        self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
-        self._pos = 0
+        self._replies.feed(chunk)
 
     async def ping(self) -> None:
         """Ask for a "pong" frame (proof that the link is alive)."""
