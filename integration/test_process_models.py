@@ -349,6 +349,7 @@ def _twotier_lines(server: WebServer) -> list[str]:
 FLASK, FASTAPI = "integration.apps.web_flask:app", "integration.apps.web_fastapi:app"
 GTHREAD = ["-k", "gthread", "--threads", "4"]
 UVICORN = ["-k", "uvicorn_worker.UvicornWorker"]
+GEVENT = ["-k", "gevent", "--worker-connections", "100"]
 WEB_MODELS: dict[str, tuple[str, list[str], int]] = {
     # id: (app, gunicorn arguments, workers); with --preload, the master uses
     # the cache at import (APP_USE_AT_IMPORT), before it forks the workers
@@ -357,6 +358,8 @@ WEB_MODELS: dict[str, tuple[str, list[str], int]] = {
     "flask-gthread": (FLASK, GTHREAD, 2),
     "flask-gthread-preload": (FLASK, [*GTHREAD, "--preload"], 2),
     "fastapi-uvicorn-preload": (FASTAPI, [*UVICORN, "--preload"], 3),
+    "flask-gevent": (FLASK, GEVENT, 2),
+    "flask-gevent-preload": (FLASK, [*GEVENT, "--preload"], 2),
 }
 
 

@@ -22,12 +22,11 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ._exceptions import CacheClosedError, ConfigurationError, EventLoopError
-from ._portal import LoopThread
+from ._portal import LoopThread, native_lock, new_future, submit, wait
 
 if TYPE_CHECKING:
     from ._decorator import CachedFunction
@@ -91,7 +90,7 @@ class _Handoff:
     __slots__ = ("request", "task")
 
     def __init__(self) -> None:
-        self.request: concurrent.futures.Future[asyncio.Future[Any]] = concurrent.futures.Future()
+        self.request: concurrent.futures.Future[asyncio.Future[Any]] = new_future()
         self.task: asyncio.Task[Any] | None = None  # the caller's task on the loop
 
 
@@ -113,7 +112,7 @@ class SyncCache:
         # settles both, so no caller waits on a loop that has stopped.
         self._calls: set[asyncio.Task[Any]] = set()
         self._unanswered: set[concurrent.futures.Future[Any]] = set()
-        self._unanswered_lock = threading.Lock()
+        self._unanswered_lock = native_lock()  # (taken in the loop's thread too, even under gevent)
 
     def submit(
         self, make: Callable[[], Coroutine[Any, Any, T]]
@@ -147,7 +146,7 @@ class SyncCache:
             loop = self._loop_thread.started()
         call = self._tracked(make)
         try:
-            future = asyncio.run_coroutine_threadsafe(call, loop)
+            future: concurrent.futures.Future[T] = submit(call, loop)
         except RuntimeError:  # the loop closed since: the cache was closed meanwhile
             call.close()
             raise CacheClosedError("this TwoTierCache was closed") from None
@@ -158,7 +157,9 @@ class SyncCache:
 
     def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine of the cache from synchronous code and wait for it."""
-        return self.submit(make)[0].result()
+        future = self.submit(make)[0]
+        wait([future])
+        return future.result()
 
     async def _tracked(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         task = asyncio.current_task()
@@ -211,11 +212,12 @@ class SyncCache:
             return
         closing = self._cache.close()  # (returns at once once closed)
         try:
-            future = asyncio.run_coroutine_threadsafe(closing, owner)
+            future = submit(closing, owner)
         except RuntimeError:  # that loop closed meanwhile: so did the close
             closing.close()
             return
         with contextlib.suppress(Exception):
+            wait([future])
             future.result()
 
     def _abandon_unanswered(self) -> None:
@@ -353,28 +355,28 @@ class SyncCachedFunction(Generic[P, R]):
             return await self._async(*args, **kwargs)
 
         done, loop = self._cache.sync.submit(call)
-        concurrent.futures.wait([done, handoff.request], return_when="FIRST_COMPLETED")
-        if done.done():
-            return done.result()  # type: ignore[no-any-return]
-        # The load path asks for the value: compute it here.
-        reply = handoff.request.result()
-        try:
-            value = self._func(*args, **kwargs)
-        except Exception as exc:
-            if not _hand_back(loop, _settle, reply, None, exc):
-                raise  # the cache closed meanwhile: the function's own error
-        except BaseException:
-            # SystemExit, KeyboardInterrupt: this thread's business. Handed
-            # to the loop they would end its thread; the load is cancelled.
-            _hand_back(loop, reply.cancel)
-            raise
-        else:
-            if not _hand_back(loop, _settle, reply, value, None):
-                return value  # the cache closed meanwhile: the answer stands, uncached
+        wait([done, handoff.request], first=True)
+        if not done.done():  # the load path asks for the value: compute it here
+            reply = handoff.request.result()
             try:
-                return done.result()  # type: ignore[no-any-return]
-            except CacheClosedError:
-                return value  # closed while the function ran (`settle_calls`): the same
+                value = self._func(*args, **kwargs)
+            except Exception as exc:
+                if not _hand_back(loop, _settle, reply, None, exc):
+                    raise  # the cache closed meanwhile: the function's own error
+            except BaseException:
+                # SystemExit, KeyboardInterrupt: this thread's business. Handed
+                # to the loop they would end its thread; the load is cancelled.
+                _hand_back(loop, reply.cancel)
+                raise
+            else:
+                if not _hand_back(loop, _settle, reply, value, None):
+                    return value  # the cache closed meanwhile: the answer stands, uncached
+                wait([done])
+                try:
+                    return done.result()  # type: ignore[no-any-return]
+                except CacheClosedError:
+                    return value  # closed while the function ran (`settle_calls`): the same
+        wait([done])
         return done.result()  # type: ignore[no-any-return]
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:

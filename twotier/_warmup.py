@@ -16,8 +16,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import anyio
-
 from ._envelope import header
 from ._exceptions import BackendError
 from ._flights import Flight, Flights, LeaderCancelled
@@ -317,7 +315,10 @@ async def _load_all(
                     results.append(failed(key, exc))
             return results
 
-        results = await anyio.to_thread.run_sync(run_sync)
+        # The loop's own executor: the cache chooses its threads (real OS
+        # threads under gevent, `_portal.py`); anyio's worker threads would be
+        # greenlets there, and never run.
+        results = await asyncio.to_thread(run_sync)
         # `lambda key: fetch(key)` over an async `fetch` looks sync but returns
         # coroutines: await them here, on the loop.
         for i, (key, result) in enumerate(zip(keys, results, strict=True)):
