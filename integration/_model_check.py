@@ -58,87 +58,10 @@ from twotier import TwoTierCache
 from twotier._redis import Layout
 from twotier.testing import RedisServer
 
+from ._proxy import ChaosProxy
+
 HANG = 5.0  # seconds: an operation slower than this hangs
 TOMBSTONE = -1  # the "value" a delete writes
-
-
-# -- the network ------------------------------------------------------------------
-
-
-class JitterProxy:
-    """A loopback TCP proxy that holds chunks for random short times, in order.
-
-    Each direction of each connection is one pipe, so ordering within a
-    connection is kept (as TCP keeps it); connections overtake each other.
-    `cut()` aborts every connection (the instance loses its subscription and
-    reconnects: messages in between are lost).
-    """
-
-    def __init__(self, target_port: int, rng: random.Random, max_delay: float) -> None:
-        self.target_port = target_port
-        self.rng = rng
-        self.max_delay = max_delay
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.BaseTransport] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-        for handler in self._handlers:
-            handler.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    def cut(self) -> None:
-        for transport in list(self._transports):
-            transport.abort()  # type: ignore[attr-defined]
-        self._transports.clear()
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        handler = asyncio.current_task()
-        assert handler is not None
-        self._handlers.add(handler)
-        try:
-            await self._forward(client_r, client_w)
-        except asyncio.CancelledError:
-            pass  # the proxy closed
-        finally:
-            self._handlers.discard(handler)
-
-    async def _forward(
-        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-    ) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.transport.abort()
-            return
-        self._transports.update((client_w.transport, server_w.transport))
-        await asyncio.gather(
-            self._pipe(client_r, server_w), self._pipe(server_r, client_w), return_exceptions=True
-        )
-        for writer in (client_w, server_w):
-            self._transports.discard(writer.transport)
-            writer.transport.abort()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while chunk := await reader.read(65536):
-                if self.max_delay and self.rng.random() < 0.5:
-                    await asyncio.sleep(self.rng.uniform(0, self.max_delay))
-                writer.write(chunk)
-                await writer.drain()
 
 
 # -- the history --------------------------------------------------------------------
@@ -293,7 +216,7 @@ class Driver:
         self.history = History()
         self.db: dict[str, int] = {}
         self.versions = itertools.count(1)
-        self.proxies: list[JitterProxy] = []
+        self.proxies: list[ChaosProxy] = []
         self.caches: list[TwoTierCache] = []
         self.functions: list[Any] = []
         self.debug = False  # print the stacks of hung clients
@@ -309,8 +232,8 @@ class Driver:
         config = self.config
         namespace = f"mc{self.seed}"
         for i in range(config.instances):
-            proxy = JitterProxy(
-                self.server.port, random.Random(self.seed * 100 + i), config.max_delay
+            proxy = ChaosProxy(
+                self.server.port, jitter=config.max_delay, rng=random.Random(self.seed * 100 + i)
             )
             await proxy.start()
             cache = TwoTierCache(
@@ -479,7 +402,7 @@ class Driver:
                     if rng.random() < config.cut_rate * 0.05:
                         self.healthy = False  # reads in flight on the cut connections fail
                         self.history.note(f"cut the connections of instance {i}")
-                        proxy.cut()
+                        proxy.reset()
                 if rng.random() < config.hostile_rate * 0.05:
                     frame = rng.choice(HOSTILE_MESSAGES)
                     self.history.note(f"hostile message {frame[:40]!r}")
