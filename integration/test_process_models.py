@@ -300,18 +300,22 @@ def each_answered_after(moment: float, workers: int) -> Callable[[list[Answer]],
     return lambda got: _each_worker([a for a in got if a.start >= moment], workers)
 
 
-def check_coherence(server: WebServer, item: int, rounds: int = 2) -> dict[str, Any]:
+def check_coherence(
+    server: WebServer, item: int, rounds: int = 2, read: str = "/item"
+) -> dict[str, Any]:
     """The HTTP load loop: every worker answers the item's current value (so its
     L1 holds it); one request writes a new value; after the write returned and
-    the propagation window passed, every worker answers, and none the old value."""
-    url = f"{server.url}/item/{item}"
+    the propagation window passed, every worker answers, and none the old value.
+    Reads go to *read*, writes to `/item/<id>/<value>`."""
+    url = f"{server.url}{read}/{item}"
+    write_url = f"{server.url}/item/{item}"
     current = _fetch(url).value
     figures: dict[str, Any] = {"stale_within_window": 0, "answers_after_window": 0}
     instances: dict[int, str] = {}
     for round_ in range(rounds):
         load_loop(url, each_answered(current, server.workers), f"every worker answers {current!r}")
         new = f"value-{round_}-{uuid.uuid4().hex[:6]}"
-        reply = httpx.put(f"{url}/{new}", timeout=10, headers={"Connection": "close"})
+        reply = httpx.put(f"{write_url}/{new}", timeout=10, headers={"Connection": "close"})
         assert reply.status_code == 200, reply.text
         settled = time.monotonic() + WINDOW  # the write has returned: the window starts
         answers = load_loop(
@@ -354,6 +358,7 @@ WEB_MODELS: dict[str, tuple[str, list[str], int]] = {
     # id: (app, gunicorn arguments, workers); with --preload, the master uses
     # the cache at import (APP_USE_AT_IMPORT), before it forks the workers
     "flask-sync": (FLASK, ["-k", "sync"], 3),
+    "flask-async-views-gthread": (FLASK, [*GTHREAD, "--preload"], 2),
     "flask-sync-preload": (FLASK, ["-k", "sync", "--preload"], 3),
     "flask-gthread": (FLASK, GTHREAD, 2),
     "flask-gthread-preload": (FLASK, [*GTHREAD, "--preload"], 2),
@@ -381,8 +386,14 @@ def test_prefork_web_servers_stay_coherent(
         env["APP_USE_AT_IMPORT"] = "1"
     with _items_created(env):
         pass
+    read = "/async/item" if "async-views" in model else "/item"
     with gunicorn(app, args, env, tmp_path, workers) as server:
-        figures = check_coherence(server, item=1)
+        figures = check_coherence(server, item=1, read=read)
+        if read == "/async/item":
+            # Each request brought its own event loop, and the cache kept its L1:
+            # a cache taken over by each request's loop would start empty each time.
+            hits = httpx.get(f"{server.url}{read}/1", timeout=10).json()["l1_hits"]
+            assert hits > 0
         assert len(_live_instances(shared_server, env)) >= workers  # each reports itself
     lines = _twotier_lines(server)
     # Stopped as a deployment stops it (SIGTERM): every worker closed its cache

@@ -402,7 +402,10 @@ class TwoTierCache:
         if self._loop is not None and not self._loop.is_closed():
             raise EventLoopError(
                 "this TwoTierCache belongs to another event loop that is still open; "
-                "a cache is used from one loop at a time (from threads, use cache.sync)"
+                "a cache is used from one loop at a time. From another thread or loop "
+                "(a Flask `async def` view, asyncio.run in a worker thread) call "
+                "cache.sync, which hands the call to the cache's own loop "
+                "(docs/deployment.md)"
             )
         if self._loop is not None:
             self._abandon_closed_loop()

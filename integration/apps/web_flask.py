@@ -32,6 +32,20 @@ def get_item(item_id: int) -> ResponseReturnValue:
     return jsonify(value=load_item(item_id), pid=os.getpid(), instance=cache.instance_id)
 
 
+@app.get("/async/item/<int:item_id>")
+async def get_item_async(item_id: int) -> ResponseReturnValue:
+    """A Flask `async def` view: each request runs on an event loop of its own
+    (asgiref), so the cache is called through `cache.sync`, which hands the
+    call to the cache's own loop (docs/deployment.md, "Flask async views")."""
+    stats = cache.sync.get_stats()
+    return jsonify(
+        value=load_item(item_id),
+        pid=os.getpid(),
+        instance=cache.instance_id,
+        l1_hits=stats["l1_hits"],
+    )
+
+
 @app.put("/item/<int:item_id>/<value>")
 def put_item(item_id: int, value: str) -> ResponseReturnValue:
     items.write(item_id, value)
