@@ -233,3 +233,38 @@ def test_a_child_logs_as_itself(cache: TwoTierCache) -> None:
     assert pid == child_pid
     assert parent_id in message  # the record names the instance it was forked from
     assert "forked" in message
+
+
+def test_a_fork_while_a_call_is_in_flight(cache: TwoTierCache) -> None:
+    """A request thread of the parent is inside a `cache.sync` call when another
+    thread forks (a Celery or gunicorn worker forking mid-traffic): the call is
+    the parent's, and the child's close() must neither wait on it nor touch it."""
+    entered, proceed = threading.Event(), threading.Event()
+
+    @cache.sync.cached(ttl=60)
+    def slow() -> str:
+        entered.set()
+        proceed.wait(WAIT)
+        return "parent's"
+
+    caller = threading.Thread(target=slow, daemon=True)
+    caller.start()
+    assert entered.wait(WAIT)
+    parents_loop = cache.loop
+    assert parents_loop is not None
+    try:
+
+        def child() -> list[str]:
+            cache.sync.set("k", 1)
+            cache.sync.close()
+            # (the child's copies of the parent's tasks: untouched; before, its
+            # close() cancelled the copy of the call, and waited for it)
+            tasks = asyncio.all_tasks(parents_loop)
+            return ["closed", *sorted(repr(t.get_coro()) for t in tasks if t.cancelling())]
+
+        assert in_child(child) == ["closed"]
+    finally:
+        proceed.set()
+        caller.join(WAIT)
+    assert not caller.is_alive()
+    assert cache.sync.get("k", "absent") == "absent"  # the child's set was its own

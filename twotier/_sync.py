@@ -237,6 +237,12 @@ class SyncCache:
         next call starts one of the child's own; the parent's is returned, for
         the child to keep untouched (`_cache._INHERITED`)."""
         thread, self._loop_thread = self._loop_thread, None
+        # The calls in flight are the parent's threads', on the parent's loop:
+        # the child's close() must neither wait on them nor cancel them. (A new
+        # lock too: another thread may have held this one at the fork.)
+        self._calls = set()
+        self._unanswered = set()
+        self._unanswered_lock = native_lock()
         return thread
 
     def _close_at_exit(self) -> None:
