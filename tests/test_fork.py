@@ -268,3 +268,32 @@ def test_a_fork_while_a_call_is_in_flight(cache: TwoTierCache) -> None:
         caller.join(WAIT)
     assert not caller.is_alive()
     assert cache.sync.get("k", "absent") == "absent"  # the child's set was its own
+
+
+def test_a_fork_while_the_parent_closes_the_cache(cache: TwoTierCache) -> None:
+    """The child of a cache being closed has a closed cache; its own close()
+    returns at once instead of waiting for the parent's, on the parent's loop."""
+    cache.sync.set("k", 1)
+    entered, proceed = threading.Event(), threading.Event()
+    settle = cache._settle_changes
+
+    async def slow_settle(*, final: bool) -> None:  # the parent's close, held half-way
+        entered.set()
+        await asyncio.to_thread(proceed.wait, WAIT)
+        await settle(final=final)
+
+    cache._settle_changes = slow_settle  # type: ignore[method-assign]
+    closer = threading.Thread(target=cache.sync.close, daemon=True)
+    closer.start()
+    assert entered.wait(WAIT)
+    try:
+
+        def child() -> list[Any]:
+            asyncio.run(cache.close())
+            return [cache.closed]
+
+        assert in_child(child) == [True]
+    finally:
+        proceed.set()
+        closer.join(WAIT)
+    assert cache.closed

@@ -303,6 +303,8 @@ class TwoTierCache:
             if not self._closing.done():
                 await asyncio.shield(self._closing)
             return
+        if self._closed:  # (a forked child of a cache that was closing)
+            return
         self._own_loop()  # a closed loop's connections and tasks died with it
         self._closing = asyncio.get_running_loop().create_future()
         try:
@@ -462,6 +464,10 @@ class TwoTierCache:
         self.instance_id = self._identity.instance = _new_instance_id()
         self.counters.reset()
         self._loop_end = None
+        if self._closing is not None and not self._closing.done():
+            # Forked while the parent was closing it: closed here too, and the
+            # parent's close, on the parent's loop, is not the child's to wait for.
+            self._closing, self._closed = None, True
         self._drop_loop_state()
 
     async def ping(self) -> float:
