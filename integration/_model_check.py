@@ -45,11 +45,14 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -207,21 +210,77 @@ class Run:
     stats: list[dict[str, Any]]
 
 
+class Database:
+    """The loader keys' truth, and the numbering of every write: in this process."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, int] = {}
+        self._versions = itertools.count(1)
+
+    async def next_version(self) -> int:
+        return next(self._versions)
+
+    async def read(self, key: str) -> int:
+        return self._rows[key]
+
+    async def write(self, key: str, version: int) -> None:
+        self._rows[key] = version
+
+    async def close(self) -> None:
+        pass
+
+
+class SharedDatabase(Database):
+    """The same on the server itself (not through any proxy), for instances in
+    separate processes: one numbering and one truth for all of them."""
+
+    def __init__(self, port: int, seed: int) -> None:
+        self._client = aioredis.Redis(port=port)
+        self._prefix = f"mcdb{seed}:"
+
+    async def next_version(self) -> int:
+        return int(await self._client.incr(self._prefix + "versions"))
+
+    async def read(self, key: str) -> int:
+        return int(await self._client.get(self._prefix + key) or 0)
+
+    async def write(self, key: str, version: int) -> None:
+        await self._client.set(self._prefix + key, version)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
 class Driver:
-    def __init__(self, server: RedisServer, seed: int, config: Config) -> None:
+    """Runs *local* instances (all of them by default) and their clients.
+
+    In process mode (`run_processes`) each instance is a child process running
+    a driver of its own for that one instance; the parent injects the
+    server-wide faults and judges the merged history.
+    """
+
+    def __init__(
+        self,
+        server: Any,  # a RedisServer, or anything with its `port` (a child process)
+        seed: int,
+        config: Config,
+        *,
+        local: list[int] | None = None,
+        db: Database | None = None,
+        t0: float | None = None,
+    ) -> None:
         self.server = server
         self.seed = seed
         self.config = config
-        self.rng = random.Random(seed)
-        self.history = History()
-        self.db: dict[str, int] = {}
-        self.versions = itertools.count(1)
-        self.proxies: list[ChaosProxy] = []
-        self.caches: list[TwoTierCache] = []
-        self.functions: list[Any] = []
+        self.local = list(range(config.instances)) if local is None else local
+        self.rng = random.Random(seed * 7 + (self.local[0] if local else 0))
+        self.history = History() if t0 is None else History(t0)
+        self.db = db or Database()
+        self.proxies: dict[int, ChaosProxy] = {}
+        self.caches: dict[int, TwoTierCache] = {}
+        self.functions: dict[int, Any] = {}
         self.debug = False  # print the stacks of hung clients
         self.healthy = True  # no pause or restart so far: Redis errors are failures
-        self.stopping = False
 
     # The writer of a key: one client of one instance.
     def owner(self, key: str) -> tuple[int, int]:
@@ -229,59 +288,158 @@ class Driver:
         return n % self.config.instances, n % self.config.clients
 
     async def run(self) -> Run:
+        """Every instance in this process: run, quiesce, judge."""
+        for key in self.loader_keys():
+            await self.db.write(key, await self.db.next_version())
+        stats, stuck = await self._run_local(quiesce=None)
+        problems = check(self.history, self.config.window)
+        if not stuck:
+            problems += self._errors_against_a_healthy_server(stats)
+        return Run(self.seed, self.history, problems, stats)
+
+    async def _run_local(
+        self, quiesce: Callable[[], Awaitable[None]] | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Start the local instances, run their clients (and the faults), then,
+        once *quiesce* returns (at once in process), the final reads."""
         config = self.config
-        namespace = f"mc{self.seed}"
-        for i in range(config.instances):
+        for i in self.local:
             proxy = ChaosProxy(
                 self.server.port, jitter=config.max_delay, rng=random.Random(self.seed * 100 + i)
             )
             await proxy.start()
             cache = TwoTierCache(
                 redis_url=proxy.url,
-                namespace=namespace,
+                namespace=f"mc{self.seed}",
                 redis_timeout=1.0,  # delays stay far below it: a timeout is a finding
                 connect_timeout=1.0,
                 health_interval=0.2,
                 max_stale=config.max_stale,
                 lease_ttl=2.0,
             )
-            self.proxies.append(proxy)
-            self.caches.append(cache)
-            self.functions.append(self._cached_function(cache))
+            self.proxies[i], self.caches[i] = proxy, cache
+            self.functions[i] = self._cached_function(cache)
             await cache.start()
-        for key in self.loader_keys():
-            self.db[key] = next(self.versions)
         try:
             tasks = [
                 asyncio.create_task(self._client(i, c))
-                for i in range(config.instances)
+                for i in self.local
                 for c in range(config.clients)
             ]
-            tasks.append(asyncio.create_task(self._faults()))
+            tasks.append(asyncio.create_task(self._faults(server_wide=quiesce is None)))
             _, stuck = await asyncio.wait(tasks, timeout=config.seconds + HANG)
             for task in stuck:  # their running operations are reported as hung
                 if self.debug:
                     _print_awaits(task)
                 task.cancel()
             await asyncio.wait(tasks)
+            if quiesce is not None:
+                await quiesce()
             if not stuck:
                 await self._quiesce()
         finally:
-            stats = [cache.get_stats() for cache in self.caches]
-            for cache in self.caches:
+            stats = [self.caches[i].get_stats() for i in self.local]
+            for cache in self.caches.values():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cache.close(), HANG)
-            for proxy in self.proxies:
+            for proxy in self.proxies.values():
                 await proxy.close()
-        problems = check(self.history, config.window)
-        if self.healthy:
-            for i, s in enumerate(stats):
-                if s["l2_errors"]:
-                    problems.append(
-                        f"instance {i} counted {s['l2_errors']} Redis error(s) against a "
-                        "healthy server (a cancelled caller must cost nobody else a read)"
-                    )
-        return Run(self.seed, self.history, problems, stats)
+            await self.db.close()
+        return stats, bool(stuck)
+
+    def _errors_against_a_healthy_server(self, stats: list[dict[str, Any]]) -> list[str]:
+        if not self.healthy:
+            return []
+        return [
+            f"instance {i} counted {s['l2_errors']} Redis error(s) against a healthy "
+            "server (a cancelled caller must cost nobody else a read)"
+            for i, s in enumerate(stats)
+            if s["l2_errors"]
+        ]
+
+    # -- process mode -----------------------------------------------------------------
+
+    async def run_processes(self, workdir: Path) -> Run:
+        """Each instance in a child process of its own (`python -m
+        integration._model_check --child`), on one shared database; the
+        parent publishes hostile messages and pauses the server, then judges
+        the merged history. The children quiesce together: each reads every
+        key's last value only once all of them have stopped writing."""
+        db = SharedDatabase(self.server.port, self.seed)
+        for key in self.loader_keys():
+            await db.write(key, await db.next_version())
+        await db.close()
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "integration._model_check",
+                "--child",
+                json.dumps(
+                    {
+                        "seed": self.seed,
+                        "port": self.server.port,
+                        "instance": i,
+                        "t0": self.history.t0,
+                        "dir": str(workdir),
+                        "config": asdict(self.config),
+                    }
+                ),
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            for i in range(self.config.instances)
+        ]
+        await self._faults(server_wide=True)
+        written = [workdir / f"written-{i}" for i in range(self.config.instances)]
+        deadline = time.monotonic() + 3 * HANG
+        while not all(path.exists() for path in written) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        (workdir / "quiesce").touch()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 3 * HANG)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        stats: list[dict[str, Any]] = []
+        for i in range(self.config.instances):
+            path = workdir / f"history-{i}.json"
+            if not path.exists():
+                self.history.note(f"instance {i}'s process left no history")
+                continue
+            record = json.loads(path.read_text())
+            self.history.ops += [Op(**op) for op in record["ops"]]
+            self.history.notes += record["notes"]
+            self.healthy = self.healthy and record["healthy"]
+            stats.append(record["stats"])
+        self.history.ops.sort(key=lambda op: op.start)
+        problems = check(self.history, self.config.window)
+        if len(stats) < self.config.instances:
+            problems.append(f"only {len(stats)} of {self.config.instances} processes reported")
+        return Run(
+            self.seed, self.history, problems + self._errors_against_a_healthy_server(stats), stats
+        )
+
+    async def run_child(self, workdir: Path) -> None:
+        """One instance of a process-mode run (see `run_processes`)."""
+        (instance,) = self.local
+
+        async def quiesce() -> None:
+            (workdir / f"written-{instance}").touch()
+            deadline = time.monotonic() + 3 * HANG
+            while not (workdir / "quiesce").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+
+        stats, _ = await self._run_local(quiesce)
+        record = {
+            "ops": [asdict(op) for op in self.history.ops],
+            "notes": self.history.notes,
+            "healthy": self.healthy,
+            "stats": {k: v for k, v in stats[0].items() if _plain(v)},
+        }
+        (workdir / f"history-{instance}.json").write_text(json.dumps(record))
+
+    # -- operations ---------------------------------------------------------------------
 
     def direct_keys(self) -> list[str]:
         return [f"d{n}" for n in range(self.config.direct_keys)]
@@ -294,9 +452,7 @@ class Driver:
 
         @cache.cached(ttl=30, tags=["row:{key}"])
         async def row(key: str) -> int:
-            value = db[key]
-            await asyncio.sleep(0)  # a load takes a turn, as a query does
-            return value
+            return await db.read(key)  # (a load takes a turn at least, as a query does)
 
         return row
 
@@ -346,7 +502,7 @@ class Driver:
 
     async def _write(self, instance: int, key: str, rng: random.Random) -> None:
         cache, fn = self.caches[instance], self.functions[instance]
-        version = next(self.versions)
+        version = await self.db.next_version()
         if key.startswith("d"):
             if rng.random() < 0.7:
                 op = self.history.begin(instance, "set", key, version)
@@ -356,7 +512,7 @@ class Driver:
                 await self._timed(op, lambda: cache.delete(key), read=False)
             return
         op = self.history.begin(instance, "update", key, version)
-        self.db[key] = version  # the database write, then the invalidation
+        await self.db.write(key, version)  # the database write, then the invalidation
         if rng.random() < 0.5:
             await self._timed(op, lambda: fn.invalidate(key), read=False)
         else:
@@ -384,13 +540,18 @@ class Driver:
             op = self.history.begin(instance, "warmup", key)
             db = self.db
 
+            async def load(_: str) -> int:
+                return await db.read(key)
+
             async def warm() -> Any:
-                await cache.warmup([fn.key(key)], lambda _: db[key], tags=[f"row:{key}"], ttl=30)
+                await cache.warmup([fn.key(key)], load, tags=[f"row:{key}"], ttl=30)
                 return await cache.get(fn.key(key))
 
             await self._timed(op, warm, read=True)
 
-    async def _faults(self) -> None:
+    async def _faults(self, *, server_wide: bool) -> None:
+        """Cuts of the local instances' connections; with *server_wide*, hostile
+        messages on the channel and pauses of the server as well."""
         config, rng = self.config, self.rng
         deadline = time.monotonic() + config.seconds
         raw = aioredis.Redis(port=self.server.port)
@@ -398,11 +559,13 @@ class Driver:
         try:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                for i, proxy in enumerate(self.proxies):
+                for i, proxy in self.proxies.items():
                     if rng.random() < config.cut_rate * 0.05:
                         self.healthy = False  # reads in flight on the cut connections fail
                         self.history.note(f"cut the connections of instance {i}")
                         proxy.reset()
+                if not server_wide:
+                    continue
                 if rng.random() < config.hostile_rate * 0.05:
                     frame = rng.choice(HOSTILE_MESSAGES)
                     self.history.note(f"hostile message {frame[:40]!r}")
@@ -418,9 +581,10 @@ class Driver:
             await raw.aclose()
 
     async def _quiesce(self) -> None:
-        """After the run: every instance reads every key's last value (nothing lost)."""
+        """After the run: every local instance reads every key's last value (nothing lost)."""
         await asyncio.sleep(self.config.window)
-        for i, (cache, fn) in enumerate(zip(self.caches, self.functions, strict=True)):
+        for i in self.local:
+            cache, fn = self.caches[i], self.functions[i]
             for key in self.direct_keys():
                 op = self.history.begin(i, "get", key)
                 await self._final(op, cache.get(key))
@@ -436,6 +600,10 @@ class Driver:
         else:
             op.outcome, op.value = "ok", _version(result)
         op.end = self.history.now()
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _print_awaits(task: asyncio.Task[Any]) -> None:
@@ -480,6 +648,20 @@ def _seeds(text: str) -> list[int]:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    if args.child:
+        spec = json.loads(args.child)
+        config = Config(**spec["config"])
+        endpoint = argparse.Namespace(port=spec["port"])
+        driver = Driver(
+            endpoint,
+            spec["seed"],
+            config,
+            local=[spec["instance"]],
+            db=SharedDatabase(spec["port"], spec["seed"]),
+            t0=spec["t0"],
+        )
+        await driver.run_child(Path(spec["dir"]))
+        return 0
     config = Config(seconds=args.seconds, pause_rate=args.pause_rate)
     deadline = time.monotonic() + 60 * args.minutes
     failed = 0
@@ -487,7 +669,12 @@ async def _main(args: argparse.Namespace) -> int:
         for seed in _seeds(args.seeds):
             if time.monotonic() > deadline:
                 break
-            run = await Driver(server, seed, config).run()
+            driver = Driver(server, seed, config)
+            if args.processes:
+                with tempfile.TemporaryDirectory() as workdir:
+                    run = await driver.run_processes(Path(workdir))
+            else:
+                run = await driver.run()
             status = "ok" if not run.problems else f"{len(run.problems)} violation(s)"
             print(f"seed {seed}: {len(run.history.ops)} operations, {status}", flush=True)
             if run.problems:
@@ -502,5 +689,7 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=5.0, help="stop after this long")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one run")
     parser.add_argument("--pause-rate", type=float, default=0.0, help="server pauses per second")
+    parser.add_argument("--processes", action="store_true", help="each instance in a process")
     parser.add_argument("--flavour", default=None, help="redis or valkey")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     sys.exit(asyncio.run(_main(parser.parse_args())))

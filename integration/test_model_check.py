@@ -8,12 +8,14 @@ Two profiles, each against a real server shared by the module's runs:
   the channel, clears and server pauses on top.
 
 A failure prints the seed and the history of the key concerned. For a longer
-hunt: ``python -m integration._model_check --seeds 1-200 --minutes 10``.
+hunt: ``python -m integration._model_check --seeds 1-200 --minutes 10``
+(``--processes``: each instance in a process of its own).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,15 @@ async def test_the_history_of_a_seeded_run_holds_the_guarantees(
     reads = sum(op.kind in ("get", "call", "warmup", "sync-get") for op in run.history.ops)
     assert reads > 500, f"seed {seed}: only {reads} reads; the run proves little"
     assert not run.problems, f"seed {seed} ({profile}):\n" + "\n".join(run.problems[:5])
+
+
+async def test_instances_in_separate_processes_hold_the_guarantees(
+    shared_server: RedisServer, tmp_path: Path
+) -> None:
+    """Each instance a process of its own (its own loop, connections and
+    clock reads), one database on the server, the faults profile."""
+    seed = 101
+    run = await Driver(shared_server, seed, PROFILES["faults"]).run_processes(tmp_path)
+    instances = {op.instance for op in run.history.ops}
+    assert instances == {0, 1, 2}, f"histories came from instances {instances} only"
+    assert not run.problems, f"seed {seed} (processes):\n" + "\n".join(run.problems[:5])
