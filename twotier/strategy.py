@@ -195,6 +195,8 @@ def collect(module_name: str) -> Strategy:
                 http = getattr(value, "__twotier_http__", None)
                 if isinstance(http, dict):  # twotier.fastapi.http_cached: the endpoint's view
                     info.http, info.unless = True, bool(http.get("unless"))
+                    info.key = str(http.get("key", info.key))
+                    info.ignored = list(http.get("ignored", info.ignored))
                     info.function = f"{value.__module__}.{value.__qualname__}"
                 info.routes = routes.get(id(value), [])
                 cached[id(target)] = info

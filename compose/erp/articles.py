@@ -22,7 +22,7 @@ router = APIRouter(prefix="/articles", tags=["articles"])
 
 # The data access the endpoints share: plain functions, cached by argument; the
 # session comes from Depends and is left out of the key by twotier.fastapi.cached.
-@cached(cache, ttl=600, tags=["articles", "list", "category:{category}"])
+@cached(cache, ttl=600, tags=["articles", "list", "category:{category}"], ignore=["session"])
 async def articles_in_category(
     category: str, session: AsyncSession = Depends(get_session)
 ) -> list[dict[str, object]]:
@@ -32,7 +32,7 @@ async def articles_in_category(
     return [ArticleOut.model_validate(r).model_dump(mode="json") for r in rows]
 
 
-@cached(cache, ttl=600, tags=["articles", "list", "articles:all"])
+@cached(cache, ttl=600, tags=["articles", "list", "articles:all"], ignore=["session"])
 async def all_articles(session: AsyncSession = Depends(get_session)) -> list[dict[str, object]]:
     rows = await session.scalars(select(Article).order_by(Article.id))
     return [ArticleOut.model_validate(r).model_dump(mode="json") for r in rows]
@@ -47,7 +47,7 @@ async def list_articles(
 
 
 @router.get("/{article_id}")
-@http_cached(cache, ttl=600, tags=["articles", "article:{article_id}"])
+@http_cached(cache, ttl=600, tags=["articles", "article:{article_id}"], ignore=["session"])
 async def get_article(article_id: int, session: AsyncSession = Depends(get_session)) -> ArticleOut:
     article = await session.get(Article, article_id)
     if article is None:

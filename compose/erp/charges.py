@@ -24,14 +24,14 @@ router = APIRouter(prefix="/charges", tags=["charges"])
 
 
 @router.get("")
-@http_cached(cache, ttl=180, tags=["charges", "list", "charges:list"])
+@http_cached(cache, ttl=180, tags=["charges", "list", "charges:list"], ignore=["session"])
 async def list_charges(session: AsyncSession = Depends(get_session)) -> list[ChargeOut]:
     rows = await session.scalars(select(Charge).order_by(Charge.id))
     return [ChargeOut.model_validate(row) for row in rows]
 
 
 @router.get("/stats")
-@http_cached(cache, ttl=300, tags=["charges", "stats", "charges:stats"])
+@http_cached(cache, ttl=300, tags=["charges", "stats", "charges:stats"], ignore=["session"])
 async def charge_stats(session: AsyncSession = Depends(get_session)) -> ChargeStats:
     count, total = (await session.execute(select(func.count(), func.sum(Charge.amount)))).one()
     open_total = await session.scalar(
@@ -47,7 +47,7 @@ async def charge_stats(session: AsyncSession = Depends(get_session)) -> ChargeSt
 
 
 @router.get("/{charge_id}")
-@http_cached(cache, ttl=180, tags=["charges", "charge:{charge_id}"])
+@http_cached(cache, ttl=180, tags=["charges", "charge:{charge_id}"], ignore=["session"])
 async def get_charge(charge_id: int, session: AsyncSession = Depends(get_session)) -> ChargeOut:
     charge = await session.get(Charge, charge_id)
     if charge is None:

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/inventory", tags=["inventory"])
 
 
 @router.get("/stats")
-@http_cached(cache, ttl=300, tags=["inventory", "stats", "inventory:stats"])
+@http_cached(cache, ttl=300, tags=["inventory", "stats", "inventory:stats"], ignore=["session"])
 async def inventory_value(session: AsyncSession = Depends(get_session)) -> dict[str, object]:
     value = await session.scalar(
         select(func.sum(Stock.quantity * Article.price)).join(
@@ -34,7 +34,13 @@ async def inventory_value(session: AsyncSession = Depends(get_session)) -> dict[
 
 
 @router.get("/{article_id}")
-@http_cached(cache, ttl=60, tags=["inventory", "stock:{article_id}"], unless=lambda r: not r)
+@http_cached(
+    cache,
+    ttl=60,
+    tags=["inventory", "stock:{article_id}"],
+    unless=lambda r: not r,
+    ignore=["session"],
+)
 async def stock_of(article_id: int, session: AsyncSession = Depends(get_session)) -> list[StockOut]:
     rows = await session.scalars(
         select(Stock).where(Stock.article_id == article_id).order_by(Stock.warehouse)

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/reports", tags=["reports"])
 
 
 @router.get("/revenue")
-@http_cached(cache, ttl=900, tags=["report", "reports:revenue"])
+@http_cached(cache, ttl=900, tags=["report", "reports:revenue"], ignore=["session"])
 async def revenue(session: AsyncSession = Depends(get_session)) -> list[RevenueRow]:
     months: dict[str, tuple[int, Decimal]] = {}
     for booked_on, amount in await session.execute(
