@@ -24,6 +24,7 @@ import inspect
 import json
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -35,6 +36,7 @@ from . import _http_params as params
 from . import _http_rfc as rfc
 from ._cache import TwoTierCache
 from ._decorator import CachedFunction, Unless
+from ._exceptions import ConfigurationError
 from ._keys import validate_ttl
 from ._types import MISS
 
@@ -128,6 +130,21 @@ def _added_headers(before: list[tuple[bytes, bytes]], after: list[tuple[bytes, b
     ]
 
 
+#: The names of the http_cached endpoints of each cache: a second endpoint of one
+#: name is refused (issue 19, item 5).
+_NAMES: weakref.WeakKeyDictionary[TwoTierCache, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _claim(cache: TwoTierCache, name: str) -> None:
+    names = _NAMES.setdefault(cache, set())
+    if name in names:
+        raise ConfigurationError(
+            f"two http_cached endpoints of one cache are named {name!r} (endpoints built in "
+            "a loop, or two functions of one name in one module): give each its own name="
+        )
+    names.add(name)
+
+
 class HttpCached:
     """The wrapper's state, built once when the decorator is applied."""
 
@@ -145,6 +162,7 @@ class HttpCached:
         revalidate_on_no_cache: bool,
         headers: tuple[str, ...],
         cookies: tuple[str, ...],
+        name: str | None,
         options: dict[str, Any],
     ) -> None:
         self.endpoint = endpoint
@@ -155,7 +173,8 @@ class HttpCached:
         self.headers = headers
         self.cookies = cookies
         self.seconds = cache.default_ttl if ttl is None else validate_ttl(ttl)
-        self.name = f"{endpoint.__module__}.{endpoint.__qualname__}.http"
+        self.name = name or f"{endpoint.__module__}.{endpoint.__qualname__}.http"
+        _claim(cache, self.name)
         signature = params.resolved_signature(endpoint)
         self.own = list(signature.parameters)
         self.builder = keys.KeyBuilder(self.name, analysis, key, self.own)
@@ -187,14 +206,31 @@ class HttpCached:
     # --- keys -----------------------------------------------------------------------
 
     def key(self, kwargs: dict[str, Any]) -> str:
+        """Route-aware (issue 19, item 5): the route's template is written out, and
+        the request's root path and path go into the digest, so endpoints built in
+        a loop, one router included under several prefixes or an app mounted per
+        tenant never share entries. Only integer path parameters are written out;
+        every other value is hashed (item 4: a token in a query parameter, a
+        header or a dependency never appears in a Redis key name)."""
         call: Call = kwargs[_CALL]
-        extra: list[tuple[str, str]] = []
+        scope = call.request.scope
+        route = getattr(scope.get("route"), "path_format", None) or getattr(
+            scope.get("route"), "path", ""
+        )
+        path_params = scope.get("path_params") or {}
+        readable = frozenset(
+            name for name in path_params if type(kwargs.get(name)) is int and name in self.own
+        )
+        extra: list[tuple[str, str]] = [
+            ("url:root_path", str(scope.get("root_path", ""))),
+            ("url:path", str(scope.get("path", ""))),
+        ]
         for name in self.headers:
             extra.append((f"header:{name}", repr(call.request.headers.getlist(name))))
         for name in self.cookies:
             extra.append((f"cookie:{name}", repr(call.request.cookies.get(name))))
         arguments = {k: v for k, v in kwargs.items() if k != _CALL}
-        return self.builder.key(arguments, tuple(extra))
+        return self.builder.key(arguments, tuple(extra), str(route), readable)
 
     # --- the miss path -------------------------------------------------------------
 

@@ -67,25 +67,36 @@ class KeyBuilder:
             return f"{getattr(self._callable, '__qualname__', 'callable')}(…)"
         return f"{self.prefix}({','.join(self.analysis.keyed)})"
 
-    def key(self, arguments: Mapping[str, Any], extra: tuple[tuple[str, str], ...] = ()) -> str:
-        """The key of one call; *extra* holds (name, text) pairs from the request
-        (declared headers and cookies), always hashed."""
+    def key(
+        self,
+        arguments: Mapping[str, Any],
+        extra: tuple[tuple[str, str], ...] = (),
+        route: str = "",
+        readable: frozenset[str] | None = None,
+    ) -> str:
+        """The key of one call. *extra* holds (name, text) pairs from the request
+        (the URL path, declared headers and cookies), always hashed; *route* is
+        written out after the prefix; *readable*, when given, names the only
+        parameters whose texts may be written out (an HTTP endpoint's integer
+        path parameters), the others being hashed too."""
+        prefix = f"{self.prefix}[{route}]" if route else self.prefix
         if self._template is not None:
             own = self._template.render(arguments)
-            return f"{self.prefix}#{digest([('key', own), *extra])}"
+            return f"{prefix}#{digest([('key', own), *extra])}"
         if self._callable is not None:
             own = self._callable(**arguments)
             if not isinstance(own, str):
                 raise InvalidKeyError(f"key= of {self.prefix} must return a str, not {own!r}")
-            return f"{self.prefix}#{digest([('key', own), *extra])}"
-        readable: list[str] = []
+            return f"{prefix}#{digest([('key', own), *extra])}"
+        shown: list[str] = []
         secret = list(extra)
         hashed = self.analysis.hashed
         for name in self.analysis.keyed:
             text = render(name, arguments[name])
-            if name in hashed:
-                secret.append((name, text))
+            visible = name in readable if readable is not None else name not in hashed
+            if visible:
+                shown.append(f"{name}={text}" if readable is not None else text)
             else:
-                readable.append(text)
-        key = f"{self.prefix}({','.join(readable)})"
+                secret.append((name, text))
+        key = f"{prefix}({','.join(shown)})"
         return f"{key}#{digest(secret)}" if secret else key

@@ -198,6 +198,7 @@ def http_cached(
     unless: Unless | None = None,
     private: bool = False,
     revalidate_on_no_cache: bool = False,
+    name: str | None = None,
     **options: Any,
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Cache a GET endpoint's value, with ETag/304, Cache-Control, Vary and X-Cache.
@@ -227,7 +228,7 @@ def http_cached(
         state = _http.HttpCached(
             cache, endpoint, ttl, tags, key, analysis, unless=unless, private=private,
             revalidate_on_no_cache=revalidate_on_no_cache, headers=header_names,
-            cookies=cookie_names, options=options,
+            cookies=cookie_names, name=name, options=options,
         )  # fmt: skip
         serve = _http.decorate(cache, endpoint, state)
         serve.__twotier_cached__ = state.fn  # type: ignore[attr-defined]  # for twotier.strategy
