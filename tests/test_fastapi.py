@@ -165,15 +165,17 @@ def test_etag_stops_matching_once_the_entry_is_invalidated() -> None:
         assert db["loads"] == 3
 
 
-def test_max_age_is_the_remaining_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_max_age_is_the_lifetime_and_age_what_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     cache = fresh()
     app, _ = make_app(cache)
     now = [1_000_000.0]
     monkeypatch.setattr(http_module.time, "time", lambda: now[0])
     with TestClient(app) as client:
-        assert client.get("/charges/1").headers["cache-control"] == "max-age=60"
+        first = client.get("/charges/1")
+        assert (first.headers["cache-control"], first.headers["age"]) == ("max-age=60", "0")
         now[0] += 25.5
-        assert client.get("/charges/1").headers["cache-control"] == "max-age=34"
+        later = client.get("/charges/1")
+        assert (later.headers["cache-control"], later.headers["age"]) == ("max-age=60", "25")
 
 
 def test_private_responses() -> None:

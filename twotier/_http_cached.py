@@ -71,6 +71,7 @@ class Call:
     done: bool = False
     raw: Any = None  # the endpoint's own return value, when it ran
     key: str = ""
+    answered: bool = False  # the wrapper has returned: a later load is a refresh
 
 
 def _is_credential_bearing(request: Request, declared_headers: set[str], cookies: bool) -> bool:
@@ -173,6 +174,7 @@ class HttpCached:
         self.headers = headers
         self.cookies = cookies
         self.seconds = cache.default_ttl if ttl is None else validate_ttl(ttl)
+        self.early_refresh = bool(options.get("early_refresh"))
         self.name = name or f"{endpoint.__module__}.{endpoint.__qualname__}.http"
         _claim(cache, self.name)
         signature = params.resolved_signature(endpoint)
@@ -236,18 +238,34 @@ class HttpCached:
 
     async def _load(self, kwargs: dict[str, Any]) -> Envelope:
         call: Call = kwargs.pop(_CALL)
+        if call.answered:
+            # A background refresh (early_refresh), begun by a request that was
+            # answered meanwhile: its response is gone, so the endpoint writes to
+            # a scratch one. (Only endpoints without request-scoped dependencies
+            # may refresh in the background: see `check_background_options`.)
+            return await self._run(call, kwargs, Response(), own=False)
         call.ran = True
-        response = call.response
+        return await self._run(call, kwargs, call.response, own=True)
+
+    async def _run(
+        self, call: Call, kwargs: dict[str, Any], response: Response, *, own: bool
+    ) -> Envelope:
+        own_response = self.analysis.response_param
+        if own_response is not None:
+            kwargs[own_response] = response
+        if not own:
+            response.status_code = None  # type: ignore[assignment]  # as FastAPI's own
         before = list(response.headers.raw)
         status_before = response.status_code
         try:
             result = await self.endpoint(**kwargs)
         except BaseException:
-            call.failed = True
+            call.failed = call.failed or own
             raise
         finally:
-            call.done = True
-        call.raw = result
+            call.done = call.done or own
+        if own:
+            call.raw = result
         now = time.time()
         status = response.status_code if response.status_code != status_before else None
         if isinstance(result, Response) or status not in _CACHEABLE_STATUS:
@@ -280,51 +298,72 @@ class HttpCached:
         call = Call(request, response, time.time())
         loading = {**kwargs, _CALL: call}
         call.key = self.key(loading)
+        asked = rfc.directives(request.headers.getlist("cache-control"))
         envelope: Envelope | None = None
         tier = "MISS"
-        if self.revalidate_on_no_cache and self._no_cache(request):
+        if self.revalidate_on_no_cache and self._wants_fresh(request, asked):
             await self.fn.invalidate(**loading)
         else:
             found, where = await self.fn.lookup(**loading)
             if found is not MISS and where is not None:
                 envelope, tier = found, where
-        if envelope is None:
+                if where == "L1" and self.early_refresh:
+                    envelope = await self.fn(**loading)  # XFetch may refresh it meanwhile
+        if envelope is None and "no-store" in asked:
+            # RFC 9111 §5.2.1.5: nothing of a response to this request is stored.
+            envelope = await self._load({**kwargs, _CALL: call})
+            if envelope[_KIND] == "c":
+                envelope[_KIND] = "u"
+        elif envelope is None:
             envelope = await self.fn(**loading)
+            if not (call.ran and call.done and not call.failed) and (
+                call.failed or envelope[_CREATED] < call.started
+            ):
+                tier = "STALE"  # an older answer, served by stale_if_error/soft_timeout
+        call.answered = True
         if envelope[_KIND] == "p":
             return call.raw if call.ran else await self.endpoint(**kwargs)
         return self._answer(call, envelope, tier)
 
-    def _no_cache(self, request: Request) -> bool:
-        found = rfc.directives(request.headers.getlist("cache-control"))
-        if "no-cache" in found:
+    def _wants_fresh(self, request: Request, asked: dict[str, str | None]) -> bool:
+        """`no-cache`, `max-age=0` (RFC 9111 §5.2.1.1, §5.2.1.4), or `Pragma:
+        no-cache` without `Cache-Control` (§5.4): the client wants a response
+        the origin has just made."""
+        if "no-cache" in asked or asked.get("max-age") in ("0", "00"):
             return True
-        return not found and "no-cache" in request.headers.get("pragma", "").lower()
+        return not asked and "no-cache" in request.headers.get("pragma", "").lower()
 
     def _answer(self, call: Call, envelope: Envelope, tier: str) -> Any:
         response, request = call.response, call.request
-        if not call.ran:  # the endpoint ran for another request, or not at all
+        own = call.ran and call.done and not call.failed  # this request's endpoint answered
+        if not own:  # the endpoint ran for another request, or not at all
             for name, value in envelope[_HEADERS]:
                 response.headers.append(name, value)
             if envelope[_STATUS] is not None:
                 response.status_code = envelope[_STATUS]
+        value = call.raw if own else envelope[_CONTENT]
         headers = response.headers
         headers["X-Cache"] = tier
         headers["Vary"] = rfc.merge_vary(headers.get("vary"), self.vary)
-        if envelope[_KIND] != "c":  # refused by unless=: stored nowhere
+        if envelope[_KIND] != "c":  # refused by unless= or by the client's no-store
             headers["Cache-Control"] = "no-store"
-            return call.raw if call.ran else envelope[_CONTENT]
+            return value
         coding = rfc.codings(request.headers.getlist("accept-encoding"))
         etag = rfc.etag_of(call.key, envelope[_STAMP], coding)
         headers["ETag"] = etag
+        # RFC 9111 §4.2.3: max-age is the entry's whole lifetime and Age how much of
+        # it is gone, so a downstream cache keeps it for what the entry has left.
+        now = time.time()
+        headers["Age"] = str(max(0, math.floor(now - envelope[_CREATED])))
         if "cache-control" not in {n.lower() for n, _ in envelope[_HEADERS]}:
-            max_age = max(0, math.floor(envelope[_EXPIRES] - time.time()))
-            headers["Cache-Control"] = f"{'private, ' if self.private else ''}max-age={max_age}"
-        if rfc.none_match([request.headers.get("if-none-match", "")], etag):
+            lifetime = max(0, round(envelope[_EXPIRES] - envelope[_CREATED]))
+            headers["Cache-Control"] = f"{'private, ' if self.private else ''}max-age={lifetime}"
+        if rfc.none_match(request.headers.getlist("if-none-match"), etag):
             kept = [(n, v) for n, v in headers.raw if n not in (b"content-length", b"content-type")]
             not_modified = Response(status_code=304)
             not_modified.headers.raw.extend(kept)
             return not_modified
-        return call.raw if call.ran else envelope[_CONTENT]
+        return value
 
 
 def decorate(

@@ -139,6 +139,21 @@ def _checked(
     return analysis
 
 
+def _check_background(analysis: _params.Analysis, options: dict[str, Any], what: str) -> None:
+    """Early refresh and soft timeouts run the function after its caller has its
+    answer; by then FastAPI has torn the request's dependencies down (a session's
+    `finally` has closed it). Refused where the function takes any (issue 19, item 6)."""
+    background = [name for name in ("early_refresh", "soft_timeout") if options.get(name)]
+    scoped = [p.name for p in analysis.parameters if p.kind in ("depends", "request")]
+    if background and scoped:
+        raise ConfigurationError(
+            f"{what}: {' and '.join(background)} would run it in the background after the "
+            f"request ended, with its dependencies ({', '.join(scoped)}) already torn down; "
+            "cache a data function that opens what it needs itself, or drop the option "
+            "(stale_if_error alone runs in the request)"
+        )
+
+
 def cached(
     cache: TwoTierCache,
     ttl: float | None = None,
@@ -164,6 +179,7 @@ def cached(
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
         what = f"{func.__module__}.{func.__qualname__}"
         analysis = _checked(func, ignore, key, keep, tags, what=what)
+        _check_background(analysis, options, what)
         plumbing = [p.name for p in analysis.parameters if p.kind == "plumbing"]
         if key is not None or not analysis.hashed:
             names = list(dict.fromkeys([*ignore, *plumbing])) if key is None else list(ignore)
@@ -225,6 +241,7 @@ def http_cached(
             endpoint, ignore, key, keep, tags, what=what, headers=header_names,
             cookies=cookie_names,
         )  # fmt: skip
+        _check_background(analysis, options, what)
         state = _http.HttpCached(
             cache, endpoint, ttl, tags, key, analysis, unless=unless, private=private,
             revalidate_on_no_cache=revalidate_on_no_cache, headers=header_names,
