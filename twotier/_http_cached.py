@@ -194,7 +194,8 @@ class HttpCached:
         load.__module__, load.__qualname__ = endpoint.__module__, f"{endpoint.__qualname__}.http"
 
         def key_of(**kwargs: Any) -> str:
-            return self.key(kwargs)
+            call: Call = kwargs[_CALL]
+            return call.key or self.key(kwargs)  # built once per request, in serve
 
         key_of.__qualname__ = self.name
 
