@@ -136,6 +136,32 @@ async def test_a_version_read_meets_the_server_even_on_a_connection_that_met_it(
         assert await blind.get(key) is None  # a new generation: the entry is no more
 
 
+async def test_a_master_demoted_and_promoted_again_brings_nothing_back(
+    server: RedisServer,
+) -> None:
+    """Issue 21, case 1: a master stalls (a VM pause), its replica is promoted and
+    acknowledges invalidations, then dies before the old master synced; the old
+    master is taken back. Its run id is the recorded one, but what it holds may
+    predate acknowledged changes: its promotion gave it a new replication id,
+    and that starts a new generation. Here the demotion and promotion are made
+    by hand (REPLICAOF a port nobody answers, then NO ONE), the lost
+    invalidation by a change of the source no instance was told of."""
+    source = {1: 0}
+    async with TwoTierCache(redis_url=server.url, namespace="r", **FAST) as cache:
+        row = _api(cache, source)
+        assert await row(1) == 0  # in Redis, under the generation of this run
+    source[1] = 1  # invalidated on the replica that was lost with it
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await raw.execute_command("REPLICAOF", "127.0.0.1", "1")  # demoted: nobody there
+        await raw.execute_command("REPLICAOF", "NO", "ONE")  # taken back as master
+    finally:
+        await raw.aclose()
+    async with TwoTierCache(redis_url=server.url, namespace="r", **FAST) as fresh:
+        # Before the fix the old entry was judged current: 0, until its TTL.
+        assert await _api(fresh, source)(1) == 1
+
+
 # -- item 5: maxmemory with noeviction ---------------------------------------------
 
 

@@ -102,10 +102,17 @@ local function announce(seq, log_key, origin, channel, maxlen, sent_ms, kind, bo
   return seq
 end
 
--- The run id of this server process: a restart, a restore, a promoted replica
--- and a failover all show a new one.
+-- This server's run as the holder of the data: its process (run id) and its
+-- replication history (master_replid). A restart, a restore, a promoted
+-- replica and a failover all show a new run id; a master that was demoted and
+-- promoted again — a VM pause outlived by a failover, then the promoted
+-- replica lost and the old master taken back (issue 21, case 1) — keeps its
+-- run id but takes a new replication id at its promotion, and may have missed
+-- changes acknowledged meanwhile elsewhere.
 local function run_id()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local process = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local history = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  return process .. ':' .. (history or '')
 end
 
 -- Meet the server before any control change or version read (guarantee 9:
