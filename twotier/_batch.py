@@ -347,7 +347,19 @@ def _hiredis() -> tuple[Callable[[], ReplyReader], type[list[Any]]] | None:
             notEnoughData=MORE,  # not False: that is what `#f` reads as
         )
 
-    return make, hiredis.PushNotification
+    # Used only where it is as strict as the hand-written reader: hiredis
+    # before 3.5 builds replies nested without bound (5,000 arrays deep, from
+    # a hostile server), and before 3.2 has no push frame type. An older one
+    # leaves the hand-written reader in charge (the extra's floor is tested
+    # in CI, .ci/oldest.txt).
+    push = getattr(hiredis, "PushNotification", None)
+    probe = make()
+    probe.feed(b"*1\r\n" * (MAX_DEPTH + 1) + b":1\r\n")
+    try:
+        probe.gets()
+    except redis_errors.InvalidResponse:
+        return (make, push) if push is not None else None
+    return None
 
 
 #: What hiredis raises, besides its protocol error, on replies it cannot
