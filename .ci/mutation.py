@@ -51,8 +51,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+R = TypeVar("R")
 
 # --- what is mutated, and which tests are run for it ------------------------------------------
 
@@ -112,15 +115,15 @@ MODULES: dict[str, dict[str, list[str]]] = {
     "lua": {
         "files": [
             "twotier/lua/prelude.lua",
-            "twotier/lua/read.lua",
-            "twotier/lua/read_batch.lua",
+            "twotier/lua/server.lua",
+            "twotier/lua/versions.lua",
+            "twotier/lua/claim.lua",
             "twotier/lua/fill.lua",
-            "twotier/lua/fill_batch.lua",
             "twotier/lua/write.lua",
-            "twotier/lua/delete.lua",
+            "twotier/lua/drop.lua",
             "twotier/lua/invalidate.lua",
+            "twotier/lua/announce.lua",
             "twotier/lua/release.lua",
-            "twotier/lua/epoch.lua",
             "twotier/lua/compact.lua",
         ],
         "tests": [
@@ -139,6 +142,147 @@ MODULES: dict[str, dict[str, list[str]]] = {
             "integration/test_resources.py::test_slow_fill_is_refused_even_after_compaction",
             "integration/test_resources.py::test_slow_fill_with_a_longer_lease_than_the_writers_is_refused",
             "integration/test_resources.py::test_tag_versions_stay_bounded_under_constant_invalidation",
+        ],
+    },
+    "applier": {
+        "files": ["twotier/_applier.py"],
+        "tests": [
+            "tests/test_mutants_applier.py",
+            "tests/test_memory_cache.py",
+            "tests/test_contract_memory.py",
+            "tests/test_events.py",
+            "integration/test_mutants_applier.py",
+            "integration/test_read_races.py",
+            "integration/test_contract_redis.py",
+            "integration/test_hostile_messages.py",
+        ],
+    },
+    "envelope": {
+        "files": ["twotier/_envelope.py"],
+        "tests": [
+            "tests/test_mutants_envelope.py",
+            "tests/test_mirror.py",
+            "integration/test_mutants_envelope.py",
+            "integration/test_contract_redis.py",
+            "integration/test_mutation_kills.py",
+            "integration/test_hostile_values.py",
+            "integration/test_stale.py",
+        ],
+    },
+    "changes": {
+        "files": ["twotier/_changes.py"],
+        "tests": [
+            "tests/test_mutants_changes.py",
+            "tests/test_memory_cache.py",
+            "tests/test_contract_memory.py",
+            "integration/test_mutants_changes.py",
+            "integration/test_contract_redis.py",
+            "integration/test_read_races.py",
+            "integration/test_outbox.py",
+            "integration/test_faults.py",
+        ],
+    },
+    "mirror": {
+        "files": ["twotier/_mirror.py"],
+        "tests": [
+            "tests/test_mirror.py",
+            "tests/test_mutants_mirror.py",
+            "integration/test_mutants_mirror.py",
+            "integration/test_contract_redis.py",
+            "integration/test_hostile_messages.py",
+        ],
+    },
+    "reads": {
+        "files": ["twotier/_reads.py"],
+        "tests": [
+            "tests/test_mutants_reads.py",
+            "integration/test_mutants_reads.py",
+            "integration/test_read_races.py",
+            "integration/test_contract_redis.py",
+            "integration/test_stale.py",
+        ],
+    },
+    "local": {
+        "files": ["twotier/_local.py"],
+        "tests": [
+            "tests/test_local.py",
+            "tests/test_mutants_local.py",
+            "tests/test_memory_cache.py",
+            "tests/test_contract_memory.py",
+            "integration/test_contract_redis.py",
+        ],
+    },
+    "pipe": {
+        "files": ["twotier/_pipe.py"],
+        "tests": [
+            "tests/test_batch.py",
+            "tests/test_mutants_pipe.py",
+            "integration/test_mutants_pipe.py",
+            "integration/test_read_pipe.py",
+            "integration/test_contract_redis.py",
+            "integration/test_parsers.py",
+            "integration/test_hangs.py",
+        ],
+    },
+    "batch": {
+        "files": ["twotier/_batch.py"],
+        "tests": [
+            "tests/test_batch.py",
+            "tests/test_mutants_batch.py",
+            "tests/test_resp_fuzz.py",
+            "integration/test_parsers.py",
+        ],
+    },
+    "channel": {
+        "files": ["twotier/_channel.py"],
+        "tests": [
+            "tests/test_batch.py",
+            "tests/test_mutants_channel.py",
+            "integration/test_mutants_channel.py",
+            "integration/test_hostile_messages.py",
+            "integration/test_parsers.py",
+            "integration/test_coherence.py",
+        ],
+    },
+    "shared": {
+        "files": ["twotier/_shared.py"],
+        "tests": [
+            "tests/test_mutants_shared.py",
+            "integration/test_mutants_shared.py",
+            "integration/test_contract_redis.py",
+            "integration/test_read_races.py",
+            "integration/test_stale.py",
+            "integration/test_coherence.py",
+            "integration/test_hangs.py",
+        ],
+    },
+    "link": {
+        "files": ["twotier/_link.py"],
+        "tests": [
+            "integration/test_mutants_link.py",
+            "integration/test_hostile_messages.py",
+            "integration/test_faults.py",
+            "integration/test_coherence.py",
+            "integration/test_heartbeat.py",
+        ],
+    },
+    "subscriber": {
+        "files": ["twotier/_subscriber.py"],
+        "tests": [
+            "integration/test_mutants_subscriber.py",
+            "integration/test_hostile_messages.py",
+            "integration/test_coherence.py",
+            "integration/test_faults.py",
+            "integration/test_heartbeat.py",
+        ],
+    },
+    "serialization": {
+        "files": ["twotier/_serialization.py"],
+        "tests": [
+            "tests/test_serialization.py",
+            "tests/test_mutants_serialization.py",
+            "tests/test_contract_memory.py",
+            "integration/test_hostile_values.py",
         ],
     },
 }
@@ -224,15 +368,15 @@ HAND: list[tuple[str, str, str, str, str]] = [
     (
         "keys",
         "twotier/_keys.py",
-        "items = sorted((_encode(k, path), _encode(v, path)) for k, v in value.items())",
-        "items = [(_encode(k, path), _encode(v, path)) for k, v in value.items()]",
-        "a dict argument's key depends on its insertion order",
+        "    items.sort()\n",
+        "    items.sort(key=lambda item: item[1])\n",
+        "a dict argument's key depends on its insertion order (sorted by value, ties kept)",
     ),
     (
         "keys",
         "twotier/_keys.py",
-        'return validate_key(f"{self._prefix}({text})")',
-        'return validate_key(f"{self._prefix}[{text}]")',
+        '",".join([repr(v) for _, v in kept])',
+        '",".join([f"{k}={v!r}" for k, v in kept])',
         "a call with keywords gets another key than the same call by position",
     ),
     (
@@ -299,6 +443,9 @@ EQUIVALENT: dict[str, str] = {
     "lua-c9bedd": "timing boundary: `pttl > min_ttl_ms` differs only when an entry has "
     "exactly min_ttl_ms left, to the millisecond",
     "lua-87c33b": "timing boundary: `pttl <= 0` differs only in an entry's last millisecond",
+    # twotier/_applier.py
+    "applier-cad785": "a clear's message without its generation: Redis's always carries one, "
+    "and memory mode's (which has none) meets no mirror, as it has no L2",
 }
 
 
@@ -706,12 +853,17 @@ def _present(copy: Path, test: str) -> bool:
 #: --tests: the same test selection for every module instead of its own.
 OVERRIDE: list[str] = []
 
+#: --test-timeout: pytest-timeout's limit per test, in seconds. A mutant that makes a
+#: test hang is killed when it runs out; a lower limit makes such mutants cheaper.
+TEST_TIMEOUT = [60]
+
 
 def pytest_command(
     python: str, copy: Path, module: str, servers: list[str], deselect: list[str], stop: bool = True
 ) -> list[str]:
     tests = [t for t in OVERRIDE or MODULES[module]["tests"] if _present(copy, t)]
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "60"]
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += ["--timeout", str(TEST_TIMEOUT[0])]
     if stop:
         command.append("-x")
     if "redis" in servers and "valkey" in servers:
@@ -727,6 +879,23 @@ def failures(output: str) -> list[str]:
 
 
 RUNNING: set[subprocess.Popen[str]] = set()
+#: Set on Ctrl-C: no further test run starts (the pool's queued work is dropped).
+STOP = threading.Event()
+STARTING = threading.Lock()
+
+
+def pooled(pool: ThreadPoolExecutor, work: Callable[[T], R], items: list[T]) -> list[R]:
+    """pool.map, but a Ctrl-C stops it at once: without this the pool's exit
+    waited for every queued mutant to run."""
+    try:
+        return list(pool.map(work, items))
+    except BaseException:
+        with STARTING:
+            STOP.set()
+            for process in list(RUNNING):
+                _kill(process)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _kill(process: subprocess.Popen[str]) -> None:
@@ -737,16 +906,19 @@ def _kill(process: subprocess.Popen[str]) -> None:
 
 def run_tests(command: list[str], copy: Path, limit: float) -> tuple[int | None, str, float]:
     began = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        cwd=copy,
-        env=environment(copy),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    RUNNING.add(process)
+    with STARTING:
+        if STOP.is_set():
+            return None, "", 0.0
+        process = subprocess.Popen(
+            command,
+            cwd=copy,
+            env=environment(copy),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        RUNNING.add(process)
     try:
         output, _ = process.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -819,6 +991,8 @@ class Runner:
         finally:
             target.write_text(original)
             self.free.put(copy)
+        if STOP.is_set():
+            return mutant  # interrupted: not judged
         # The same command passed on the unmutated copy: any failure is the mutant's
         # doing, be it a failing test, a collection error or an import-time crash.
         if code is None:
@@ -858,10 +1032,11 @@ def summary(mutants: list[Mutant], modules: list[str]) -> dict[str, dict[str, fl
 
 
 def print_table(table: dict[str, dict[str, float]]) -> None:
-    print(f"\n{'module':8} {'mutants':>7} {'equiv.':>6} {'killed':>6} {'survived':>8} {'score':>6}")
+    head = f"{'mutants':>7} {'equiv.':>6} {'killed':>6} {'survived':>8} {'score':>6}"
+    print(f"\n{'module':13} {head}")
     for module, row in table.items():
         print(
-            f"{module:8} {row['mutants']:7} {row['equivalent']:6} {row['killed']:6} "
+            f"{module:13} {row['mutants']:7} {row['equivalent']:6} {row['killed']:6} "
             f"{row['survived']:8} {row['score']:5.1f}%"
             + (f"  ({row['stale']} stale)" if row["stale"] else "")
             + (f"  ({row['pending']} not run)" if row["pending"] else "")
@@ -894,11 +1069,14 @@ def main() -> int:
     add("--tests", action="append", default=[], metavar="PATH",
         help="run these tests for every mutant instead of the module's (repeatable)")  # fmt: skip
     add("--python", default=default_python(), help="the interpreter for pytest")
+    add("--test-timeout", type=int, default=60, metavar="SECONDS",
+        help="pytest-timeout's limit per test (default 60)")  # fmt: skip
     add("--json", default=str(Path(tempfile.gettempdir()) / "twotier-mutation.json"),
         help="where the report goes (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
     modules = args.module or list(MODULES)
     OVERRIDE.extend(args.tests)
+    TEST_TIMEOUT[0] = args.test_timeout
 
     began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="twotier-mutation-"))
@@ -937,7 +1115,8 @@ def main() -> int:
 
         runner = Runner(copies, args.python, servers)
         with ThreadPoolExecutor(len(copies)) as pool:
-            for module, seconds in zip(modules, pool.map(runner.baseline, modules), strict=True):
+            seconds_each = pooled(pool, runner.baseline, modules)
+            for module, seconds in zip(modules, seconds_each, strict=True):
                 print(f"baseline {module}: passes in {seconds:.1f}s")
                 for node in runner.deselected[module]:
                     print(f"  left out, fails unmutated: {node}")
@@ -946,7 +1125,7 @@ def main() -> int:
         todo.sort(key=lambda m: -runner.baselines[m.module])
         runner.total = len(todo)
         with ThreadPoolExecutor(len(copies)) as pool:
-            list(pool.map(runner.run, todo))
+            pooled(pool, runner.run, todo)
     except KeyboardInterrupt:
         for process in list(RUNNING):
             _kill(process)
