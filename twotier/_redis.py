@@ -94,6 +94,12 @@ def _script_source(name: str, *, sharded: bool) -> str:
 Execute = Callable[..., Awaitable[Any]]
 
 
+#: A script refused while a slot migrates is tried again for this many Redis
+#: timeouts (0.5 s at the default 0.1 s), from a first pause of 5 ms doubling.
+MIGRATION_TIMEOUTS = 5
+_MIGRATION_BACKOFF = 0.005
+
+
 class _Script:
     """A Lua script, run by EVALSHA and loaded on the first NOSCRIPT (a new,
     restarted or flushed server). Leaner than redis-py's `Script` object, whose
@@ -201,6 +207,9 @@ class RedisTier:
         # Coalesced reads: one pipe on its own connection to the server, or in
         # a cluster one per master (made on first use, `_node_pipe`).
         self._timeout, self._connect_timeout = timeout, connect_timeout
+        #: How long a script waits out a slot migration or a cluster down for a
+        #: moment (`_lean`) before its change is queued instead.
+        self.migration_budget = MIGRATION_TIMEOUTS * timeout
         self._node_pipes: dict[str, ReadPipe] = {}
         self._reads = (
             ReadPipe(
@@ -286,8 +295,70 @@ class RedisTier:
         read by `_batch`, not by redis-py's command path: this is what every
         change, claim and fill costs the client. What the lean path does not
         handle — a server without the script, a slot that moved — goes once
-        more through redis-py's client, which does."""
+        more through redis-py's client, which does.
+
+        While a slot migrates (issue 21, cases 3 and 5): an entry script that
+        is asked elsewhere (ASK) follows on one connection to the importing
+        node, `ASKING` and the call together (redis-py 8.2 sends the two on
+        different connections, and the importing node answers MOVED until its
+        redirections run out). A script whose keys are split between the two
+        nodes (TRYAGAIN), a cluster that is down for a moment (CLUSTERDOWN),
+        and a control script asked elsewhere are tried again, with backoff,
+        for up to `migration_budget`: a control script must not run on the
+        importing node, whose channel nobody listens to until the slot is
+        assigned (its SPUBLISH would reach no one). Past the budget the error
+        stands, and the caller queues the change."""
         packed = script.pack(keys, args)
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.migration_budget, _MIGRATION_BACKOFF
+        while True:
+            reply = await self._lean_once(keys, packed)
+            control = keys[0] == self.layout.tags
+            if _asked(reply) and not control:
+                reply = await self._asking(reply, script, keys, args)
+            if not (_migrating(reply) or (control and _asked(reply))):
+                break
+            if loop.time() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self.migration_budget / 4)
+        if not isinstance(reply, redis_errors.RedisError):
+            return reply
+        # (redis-py types some error replies as connection errors: LOADING,
+        # NOAUTH, "max number of clients". Raised, the guard counts them so.)
+        if isinstance(reply, (NoScriptError, redis_errors.AskError)):  # ASK and MOVED
+            return await script(self._execute, keys, args)
+        if isinstance(reply, redis_errors.ReadOnlyError):
+            # A replica answered: the master moved (a failover, REPLICAOF).
+            # Unavailable, not refused; redis-py's Sentinel connections say the same.
+            raise redis_errors.ConnectionError(f"the server is a replica now: {reply}") from reply
+        raise reply
+
+    async def _asking(
+        self, asked: redis_errors.AskError, script: _Script, keys: list[str], args: list[Any]
+    ) -> Any:
+        """*script* on the node an ASK names: `ASKING` and the call on one
+        connection, the script by its source (the importing node may not have
+        loaded it yet). Its reply, as `_lean_once` gives them."""
+        cluster = cast(RedisCluster, self._client)
+        node = cluster.get_node(host=asked.host, port=asked.port)
+        if node is None:  # a node the slot map does not know yet
+            await cluster.nodes_manager.initialize()
+            node = cluster.get_node(host=asked.host, port=asked.port)
+            if node is None:
+                raise redis_errors.ConnectionError(f"ASK names an unknown node {asked}")
+        packed = _batch.command("ASKING") + _batch.command(
+            "EVAL", script.source, len(keys), *keys, *args
+        )
+        connection = node.acquire_connection()
+        try:
+            _, reply = await _batch.run_on(connection, packed, 2)
+        finally:
+            node.release(connection)
+        return reply
+
+    async def _lean_once(self, keys: list[str], packed: bytes) -> Any:
+        """One lean script call: its reply, an error reply as an exception object."""
         if self._own is not None and not self._own_busy:
             self._own_busy = True
             try:
@@ -300,17 +371,7 @@ class RedisTier:
                 reply = await _run_script(connection, packed)
             finally:
                 await release()
-        if not isinstance(reply, redis_errors.RedisError):
-            return reply
-        # (redis-py types some error replies as connection errors: LOADING,
-        # NOAUTH, "max number of clients". Raised, the guard counts them so.)
-        if isinstance(reply, (NoScriptError, redis_errors.AskError)):  # ASK and MOVED
-            return await script(self._execute, keys, args)
-        if isinstance(reply, redis_errors.ReadOnlyError):
-            # A replica answered: the master moved (a failover, REPLICAOF).
-            # Unavailable, not refused; redis-py's Sentinel connections say the same.
-            raise redis_errors.ConnectionError(f"the server is a replica now: {reply}") from reply
-        raise reply
+        return reply
 
     def _announce_args(self) -> list[Any]:
         return [self._origin, self.layout.channel, self._log_maxlen, _now_ms()]
@@ -755,6 +816,18 @@ def _wrong_type(reply: Any) -> Any:
 
 def _noscript(reply: Any) -> bool:
     return isinstance(reply, NoScriptError)
+
+
+def _asked(reply: Any) -> bool:
+    """An ASK: the slot is migrating, and this key is on the importing node now."""
+    return isinstance(reply, redis_errors.AskError) and not isinstance(
+        reply, redis_errors.MovedError
+    )
+
+
+def _migrating(reply: Any) -> bool:
+    """A refusal that passes once a slot migration or a failover settles."""
+    return isinstance(reply, (redis_errors.TryAgainError, redis_errors.ClusterDownError))
 
 
 def _moved(reply: Any) -> bool:
