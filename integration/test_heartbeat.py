@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from tests.contract import eventually
 from twotier._redis import Layout
@@ -45,3 +46,14 @@ async def test_every_live_instance_reports_and_a_closed_one_disappears(
     assert {"host", "pid", "reported_at", "hit_rate"} <= set(report)
     await b.close()
     assert set(await _reports(server, "hb")) == {a.instance_id}  # gone at once, not at its TTL
+
+
+def test_heartbeats_do_not_weigh_on_the_control_slot() -> None:
+    """Issue 21, case 7: one heartbeat key per instance in the control slot made
+    every move of that slot longer with the size of the fleet. They share a
+    slot of their own (one MGET still reads them all)."""
+    layout = Layout("erp")
+    control = {key_slot(name.encode()) for name in layout.control}
+    beats = {key_slot((layout.heartbeat_prefix + i).encode()) for i in ("a1", "b2", "c3")}
+    assert len(control) == 1 and len(beats) == 1
+    assert beats.isdisjoint(control)

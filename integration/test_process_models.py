@@ -35,6 +35,8 @@ import redis
 from celery import Celery
 
 from twotier import TwoTierCache
+from twotier._redis import Layout
+from twotier.cli._ops import glob_escape
 from twotier.testing import RedisServer, free_port
 
 from .apps import items
@@ -343,7 +345,8 @@ def check_coherence(
 def _live_instances(server: RedisServer, env: dict[str, str]) -> list[bytes]:
     """The instances of the app's namespace that report themselves live."""
     with redis.Redis.from_url(server.url) as raw:
-        return sorted(raw.scan_iter(match=f"{{{env['TWOTIER_NAMESPACE']}:v2}}:hb:*"))
+        prefix = Layout(env["TWOTIER_NAMESPACE"]).heartbeat_prefix
+        return sorted(raw.scan_iter(match=glob_escape(prefix) + "*"))
 
 
 def _twotier_lines(server: WebServer) -> list[str]:

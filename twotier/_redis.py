@@ -12,7 +12,7 @@ misreading them):
     {ns:v2}:seq           the change counter
     {ns:v2}:log           stream of the last changes, id = <seq>-1
     {ns:v2}:epoch         run id of the server the generation was drawn on
-    {ns:v2}:hb:<id>       instance <id>'s stats (JSON), expiring unless renewed
+    {ns:v2:hb}:<id>       instance <id>'s stats (JSON), expiring unless renewed (own slot)
     {ns:v2}:inv           the pub/sub channel
 
 ``{d}`` is a digest of the key (CRC-32, hex): an entry and its lease share
@@ -145,7 +145,10 @@ class Layout:
         self.epoch = f"{control}:epoch"
         #: `<prefix><instance id>`: each live instance's stats, with a TTL
         #: (`twotier stats` reads them; the key vanishes with the instance).
-        self.heartbeat_prefix = f"{control}:hb:"
+        #: A slot of their own, not the control slot: one key per instance
+        #: there made every move of the control slot longer with the size of
+        #: the fleet (issue 21, case 7); one slot still lets one MGET read all.
+        self.heartbeat_prefix = f"{{{namespace}:{FORMAT}:hb}}:"
         self.channel = f"{control}:inv"
         #: The keys every control script takes (see lua/prelude.lua).
         self.control = [self.tags, self.seq, self.log, self.bumped, self.epoch]

@@ -265,10 +265,10 @@ async def heartbeats(server: Server, namespace: str) -> list[dict[str, Any]]:
     """Every live instance's last report (a JSON of its `get_stats()` plus host, pid
     and reported_at), sorted by host, pid and instance id.
 
-    The heartbeat keys are control keys: they share the namespace's control slot,
-    so one MGET reads them, on a cluster too (through the slot's master). They
-    are looked for on every master all the same: during a slot migration some
-    may still be on the old owner.
+    The heartbeat keys share one slot of their own (not the control slot, which
+    they would make slower to move), so one MGET reads them, on a cluster too
+    (through the slot's master). They are looked for on every master all the
+    same: during a slot migration some may still be on the old owner.
     """
     prefix = Layout(namespace).heartbeat_prefix
     names = [name async for batch in scan(server, glob_escape(prefix) + "*") for name in batch]
