@@ -55,5 +55,6 @@ def test_heartbeats_do_not_weigh_on_the_control_slot() -> None:
     layout = Layout("erp")
     control = {key_slot(name.encode()) for name in layout.control}
     beats = {key_slot((layout.heartbeat_prefix + i).encode()) for i in ("a1", "b2", "c3")}
-    assert len(control) == 1 and len(beats) == 1
+    assert len(control) == 1
+    assert len(beats) == 1
     assert beats.isdisjoint(control)
