@@ -141,3 +141,19 @@ async def test_a_clear_queued_while_cut_off_reaches_the_others_late(
     b.local.clear()
     assert await _sees(b, [*keys, "after"], "gone")  # Redis holds none of them either
     assert b.get_stats()["l1_clears"] == 0  # b cleared L1 because of a's clear, not a resync
+
+
+async def test_the_cause_of_a_queued_change_stays_named_while_it_is_queued(
+    make_cache: CacheFactory,
+) -> None:
+    """Issue 21, case 8: once any other call succeeded, `last_error` read None
+    while a change was still queued. Here no replica can confirm a change
+    (`confirm_replicas=1` on a lone server): it stays queued, and reads go on
+    working."""
+    cache = await make_cache(confirm_replicas=1, redis_timeout=0.2)
+    await cache.invalidate_tag("t")
+    assert cache.get_stats()["queued_ops_pending"] >= 1
+    await cache.ping()  # a call that works: the guard forgets its last failure
+    stats = cache.get_stats()
+    assert stats["queued_ops_pending"] >= 1
+    assert "replica" in (stats["last_error"] or ""), stats

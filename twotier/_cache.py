@@ -624,7 +624,10 @@ class TwoTierCache:
             redis_available=self.redis_available,
             breaker_state=self._link.guard.state.value if self._link else "none",
             queued_ops_pending=len(self._outbox),
-            last_error=self._link.last_error if self._link else None,
+            # While changes are queued, their cause stays named even when other
+            # calls work again (issue 21, case 8: None while a change waited).
+            last_error=(self._link.last_error if self._link else None)
+            or (self._outbox.cause if self._outbox else None),
             instance=self.instance_id,
         )
 

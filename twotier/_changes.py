@@ -277,6 +277,7 @@ class Changes:
             self._counters.l2_errors += 1
             self._counters.queued_ops += 1
             queue(self._outbox)
+            self._outbox.cause = self._outbox.cause or str(exc)
             if not isinstance(exc, (BackendUnavailable, BackendTimeout)):
                 # Refused, not away (a write under maxmemory): the queue holds it
                 # as an invalidation, which Redis takes even when full. Try now.

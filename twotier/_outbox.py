@@ -27,6 +27,9 @@ class Outbox:
         self._keys: dict[str, None] = {}
         self._tags: dict[str, None] = {}
         self._clear = False
+        #: Why the oldest change still queued was queued: the stats' `last_error`
+        #: while anything is queued, even once other calls succeed again.
+        self.cause: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self._keys or self._tags or self._clear)
@@ -73,4 +76,6 @@ class Outbox:
             for tag in tags:
                 self._tags.pop(tag, None)
             delivered += len(tags)
+        if not self:
+            self.cause = None
         return delivered
