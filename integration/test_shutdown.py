@@ -15,18 +15,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
 
+from tests.test_shutdown import WAIT, Call
 from twotier import CacheClosedError, TwoTierCache
 from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from .conftest import FLAVOURS
 
-WAIT = 20.0  # the longest any step may take; "forever" shows as a thread still alive
 LEASE_TTL = 60.0  # a lease left to expire would outlive every deadline here
 
 
@@ -40,28 +39,6 @@ def make_cache(server: RedisServer, namespace: str) -> TwoTierCache:
     return TwoTierCache(
         redis_url=server.url, namespace=namespace, redis_timeout=0.5, lease_ttl=LEASE_TTL
     )
-
-
-class Call:
-    """A blocking call in a thread of its own; its outcome, a value or an exception."""
-
-    def __init__(self, func: Callable[[], Any]) -> None:
-        self.outcome: list[Any] = []
-
-        def run() -> None:
-            try:
-                self.outcome.append(func())
-            except BaseException as exc:
-                self.outcome.append(exc)
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def result(self) -> Any:
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "the call never ended"
-        (outcome,) = self.outcome
-        return outcome
 
 
 def poll(condition: Callable[[], bool], what: str) -> None:
