@@ -86,7 +86,6 @@ class RedisLink:
             prepare=self._prepare_connection,
         )
         self._client = self.clients.data
-        self._warm = min(4, max_connections)
         layout = Layout(namespace)
         self.guard = Guard(
             timeout=timeout,
@@ -213,15 +212,13 @@ class RedisLink:
             self._degrade()
 
     async def _warm_pool(self) -> None:
-        """Open a few connections (scripts loaded) before the first request needs one."""
-        results = await asyncio.gather(
-            self.tier.open_reads(),
-            *(self.guard.call(self._client.ping) for _ in range(self._warm)),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, BackendError):
-                raise result
+        """Open the read pipe's connection (the server met, the scripts there)
+        before the first request needs it. Only that one: it carries commands
+        as well as reads, and pool connections open under load (issue 20,
+        item 3; four were warmed here before, and each held for good)."""
+        # Redis not usable yet: `start` runs degraded and the listener retries.
+        with contextlib.suppress(BackendError):
+            await self.tier.open_reads()
 
     async def _compact_periodically(self) -> None:
         """Drop tag versions no live entry can carry (guarantee 10), now and then.
@@ -248,6 +245,8 @@ class RedisLink:
                     await self.tier.heartbeat(
                         json.dumps(report).encode(), 3 * self._heartbeat_interval
                     )
+                # Pool connections opened by a burst are given back once idle.
+                await self.tier.trim()
             await asyncio.sleep(self._heartbeat_interval)
 
     async def close(self) -> None:

@@ -61,6 +61,15 @@ class _Retry:
 _RETRY = _Retry()
 
 
+class _ReadOnly(Exception):
+    """A replica's READONLY reply to `ReadPipe.call`, carried to the handler
+    that drops the connection before waiting reads may use it."""
+
+    def __init__(self, reply: redis_errors.ReadOnlyError) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 WRONG_TYPE = b""  # the reply for a name holding foreign data (not a string)
 MOVED = b"MOVED"  # a marker (compared by identity): the key's slot moved to another node
 
@@ -109,6 +118,43 @@ class ReadPipe:
         if result is _RETRY:
             return await self.get(name)
         return result  # type: ignore[no-any-return]
+
+    def free(self) -> bool:
+        """Nothing in flight, and the connection open: `call` may use it now."""
+        return not self._busy and self._ready and self._connection.is_connected
+
+    async def call(self, packed: bytes) -> Any:
+        """One packed command (a script call, a heartbeat) on the pipe's
+        connection, which the caller found `free` in this same turn of the
+        loop: reads arriving meanwhile queue up behind it as behind a batch.
+
+        This is what keeps an idle instance at one connection for commands
+        (issue 20, item 3): changes, claims and the listener's counter reads
+        share the socket of the reads instead of holding one of their own;
+        only when the pipe is busy does a command take one of the pool.
+        Its reply; an error reply as an exception object, not raised. A
+        replica's READONLY drops the connection (the master moved): it is
+        opened again, and met, on the next read."""
+        self._busy = True
+        connection = self._connection
+        deadline = Deadline(connection._reader, self._timeout)
+        try:
+            await write(connection._writer, packed, self._timeout)
+            (reply,) = await read_replies(connection._reader, 1, deadline)
+            if isinstance(reply, redis_errors.ReadOnlyError):
+                raise _ReadOnly(reply)
+        except _ReadOnly as exc:
+            self._ready = False
+            await connection.disconnect(nowait=True)
+            return exc.reply
+        except BaseException:
+            self._ready = False
+            await connection.disconnect(nowait=True)  # the reply may still be on the way
+            raise
+        finally:
+            deadline.cancel()
+            self._hand_over()
+        return reply
 
     async def connect(self) -> None:
         """Open the pipe's connection (raises redis-py's errors)."""

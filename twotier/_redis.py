@@ -33,6 +33,7 @@ invalidation must never be refused for memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import zlib
@@ -221,11 +222,12 @@ class RedisTier:
             if make_connection is not None
             else None
         )
-        # A connection of the tier's own for script calls (changes, claims,
-        # fills), used whenever it is free: the pool's get and release cost
-        # 7 µs before a change's first byte could leave. (None in a cluster.)
-        self._own = make_connection() if make_connection is not None else None
-        self._own_busy = False
+        # Script calls (changes, claims, fills) and the few plain commands of
+        # an idle instance go on the read pipe's connection whenever it is
+        # free (`ReadPipe.call`), else on one of the pool: an idle instance
+        # holds that one connection and its subscription (issue 20, item 3),
+        # and a change's first byte still leaves without the pool's get and
+        # release (7 µs). Pool connections are closed again when idle (`trim`).
         # WAIT for this many replicas after each change (0: do not wait).
         self._confirm_replicas = confirm_replicas
         self._confirm_ms = max(1, int(timeout * 1000))
@@ -239,33 +241,37 @@ class RedisTier:
 
     async def prepare(self, connection: Any) -> None:
         """Run on every new connection before its first command (redis-py's
-        ``redis_connect_func``): authenticate, and load every script.
+        ``redis_connect_func``): authenticate, meet the server, and load the
+        scripts if the server has none of them.
 
-        Loading here keeps NOSCRIPT off the request path: a cold call used to
-        need NOSCRIPT, SCRIPT LOAD and EVALSHA within one timeout (issue 7,
-        item 2). Then the connection meets its server (server.lua,
-        `meet_server`): a new, restored or promoted one starts a new
-        generation before any change or version read goes over this
-        connection, so control scripts need not check it each time (in a
-        cluster, whose client has no such hook, they do: lua/prelude.lua). A
-        single-server client also makes sure the server is not a cluster
-        node, which it would use half-working (every entry in another slot
-        refused).
+        The connection meets its server (server.lua, `meet_server`): a new,
+        restored or promoted one starts a new generation before any change
+        or version read goes over this connection, so control scripts need
+        not check it each time (in a cluster, whose client has no such hook,
+        they do: lua/prelude.lua). A single-server client also makes sure the
+        server is not a cluster node, which it would use half-working (every
+        entry in another slot refused).
+
+        Scripts are a server's, not a connection's: they are loaded, all in
+        one write, only when the meeting finds the server without server.lua
+        (a new, restarted or flushed server). Loading every script on every
+        connection cost 60 `SCRIPT LOAD`s per instance at start, and 10 per
+        reconnect (issue 20, item 3). Loading at connect still keeps NOSCRIPT
+        off the request path (issue 7, item 2); a script that goes missing
+        later (`SCRIPT FLUSH`, another version's instances) is loaded on its
+        first NOSCRIPT (`_lean`, `_batch`).
         """
         await connection.on_connect()
-        commands: list[tuple[Any, ...]] = [
-            ("SCRIPT", "LOAD", script.source) for script in self._scripts.values()
-        ]
-        commands.append(("INFO", "cluster"))
-        if not self._sharded:
-            server = self._scripts["server"]
-            keys, args = self.layout.control, self._announce_args()
-            commands.append(("EVALSHA", server.sha, len(keys), *keys, *args))
+        commands: list[tuple[Any, ...]] = [("INFO", "cluster")]
+        if self._sharded:  # (cluster clients have no connect hook; kept for completeness)
+            commands += [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+        else:
+            commands.append(self._meeting())
         await connection.send_packed_command(connection.pack_commands(commands))
-        for _ in self._scripts:
-            await connection.read_response()
         cluster_info = _text(await connection.read_response())
         if self._sharded:
+            for _ in self._scripts:
+                await connection.read_response()
             return
         if "cluster_enabled:1" in cluster_info:  # (the meeting's reply is a MOVED, unread)
             raise redis_errors.ConnectionError(
@@ -273,7 +279,22 @@ class RedisTier:
                 "client (no node answered when it started): restart it, or name the "
                 "cluster with a redis+cluster:// URL"
             )
-        await connection.read_response()  # met: the server's run id
+        try:
+            await connection.read_response()  # met: the server's run id
+        except NoScriptError:
+            loads = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+            await connection.send_packed_command(
+                connection.pack_commands([*loads, self._meeting()])
+            )
+            for _ in loads:
+                await connection.read_response()
+            await connection.read_response()
+
+    def _meeting(self) -> tuple[Any, ...]:
+        """The EVALSHA of server.lua that meets the server."""
+        server = self._scripts["server"]
+        keys, args = self.layout.control, self._announce_args()
+        return ("EVALSHA", server.sha, len(keys), *keys, *args)
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Every command of the tier but the reads: one of `max_connections`
@@ -287,6 +308,33 @@ class RedisTier:
         """
         async with self._slots:
             return await self._guard.call(operation)
+
+    async def _command(self, *parts: str | bytes | int) -> Any:
+        """One plain command, on the read pipe's connection when it is free (an
+        idle instance's heartbeats and counter reads open no other), else on
+        one of the pool; an error reply raises."""
+        reads = self._reads
+
+        async def send() -> Any:
+            if reads is not None and reads.free():
+                reply = await reads.call(_batch.command(*parts))
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
+            return await self._execute(*parts)
+
+        return await self._call(send)
+
+    async def trim(self) -> None:
+        """Close the pool's connections that nothing is using: they were opened
+        under load (the read pipe busy), and an idle instance gives them back
+        (issue 20, item 3). They stay in the pool, closed, and open again (and
+        meet the server) when a burst needs them. A cluster's node pools are
+        left as they are."""
+        if not self._cluster:
+            pool = cast(aioredis.Redis, self._client).connection_pool
+            with contextlib.suppress(redis_errors.RedisError, OSError):  # closing: nothing to lose
+                await pool.disconnect(inuse_connections=False)
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         run = self._scripts[script]
@@ -362,12 +410,9 @@ class RedisTier:
 
     async def _lean_once(self, keys: list[str], packed: bytes) -> Any:
         """One lean script call: its reply, an error reply as an exception object."""
-        if self._own is not None and not self._own_busy:
-            self._own_busy = True
-            try:
-                reply = await _run_script(self._own, packed)
-            finally:
-                self._own_busy = False
+        reads = self._reads
+        if reads is not None and reads.free():
+            reply = await reads.call(packed)
         else:
             connection, release = await self._connection_to(keys[0])
             try:
@@ -644,7 +689,7 @@ class RedisTier:
         """Tell the callers waiting on *key*'s lease that it ended (an unnumbered 'f')."""
         message = Message("f", (key,), self._origin, 0, sent_at=time.time())
         publish, channel = self._publish, self.layout.channel
-        await self._call(lambda: self._execute(publish, channel, message.encode()))
+        await self._command(publish, channel, message.encode())
 
     async def _pipeline(
         self, commands: list[tuple[Any, ...]], raise_on_error: bool = True
@@ -711,10 +756,10 @@ class RedisTier:
     async def heartbeat(self, report: bytes, ttl: float) -> None:
         """Publish this instance's stats for `ttl` seconds (no change, no number)."""
         name = self.layout.heartbeat_prefix + self._origin
-        await self._call(lambda: self._client.set(name, report, px=_ms(ttl)))
+        await self._command("SET", name, report, "PX", _ms(ttl))
 
     async def forget_heartbeat(self) -> None:
-        await self._call(lambda: self._client.delete(self.layout.heartbeat_prefix + self._origin))
+        await self._command("DEL", self.layout.heartbeat_prefix + self._origin)
 
     async def compact(self) -> int:
         """Drop tag versions no live entry can carry any more; how many went."""
@@ -729,21 +774,17 @@ class RedisTier:
         await self._run("drop", [self.layout.entry(key)], [header])
 
     async def discard(self, key: str) -> None:
-        await self._call(lambda: self._client.delete(self.layout.entry(key)))
+        await self._command("DEL", self.layout.entry(key))
 
     async def close(self) -> None:
         for pipe in (self._reads, *self._node_pipes.values()):
             if pipe is not None:
                 await pipe.close()
-        if self._own is not None:
-            await self._own.disconnect()
 
     async def reconnect(self) -> None:
         """Drop the tier's own connections (the master moved): they reconnect."""
         if self._reads is not None:
             await self._reads.close()
-        if self._own is not None:
-            await self._own.disconnect(nowait=True)
 
     # -- what the subscriber needs to resynchronise ------------------------------
 
@@ -755,7 +796,7 @@ class RedisTier:
     async def current_seq(self) -> int:
         """The change counter; 0 for foreign data there (listeners then clear L1)."""
         try:
-            raw = await self._call(lambda: self._client.get(self.layout.seq))
+            raw = await self._command("GET", self.layout.seq)
             return int(raw or 0)
         except (BackendUnavailable, BackendTimeout):
             raise

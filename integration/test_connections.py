@@ -1,0 +1,77 @@
+"""Issue 20, item 3: the connection budget, counted on the server.
+
+An idle instance holds at most two connections (the read pipe, which carries
+commands too, and its subscription); a burst opens pool connections, which
+are given back once the instance is idle again; the scripts are loaded once
+per server, not on every connection. Counts, never times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from tests.contract import eventually
+from twotier.testing import RedisServer
+
+from .conftest import CacheFactory, started_caches
+
+IDLE_BUDGET = 2
+
+
+async def _connections(raw: aioredis.Redis) -> int:
+    """Client connections on the server, this probe's own excluded."""
+    return len(await raw.client_list()) - 1
+
+
+async def _script_loads(raw: aioredis.Redis) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_script|load", {}).get("calls", 0))
+
+
+async def test_idle_instances_hold_two_connections_and_load_scripts_once(
+    server: RedisServer, raw: aioredis.Redis
+) -> None:
+    async with started_caches(server.url, 5, namespace="budget") as caches:
+        await caches[0].set("k", {"v": 1}, tags=["t"])
+        await caches[1].get("k")
+        await caches[2].invalidate_tag("t")
+        await asyncio.sleep(0.2)  # the listeners' first idle checks
+        assert await _connections(raw) <= IDLE_BUDGET * len(caches)
+        # Ten scripts, loaded by the first instance to meet the server; the
+        # others find them there (60 per instance before: every script on
+        # every connection).
+        assert await _script_loads(raw) == 10
+
+
+async def test_a_burst_opens_pool_connections_and_idle_gives_them_back(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    cache = await make_cache(heartbeat_interval=0.2)
+    await cache.set("warm", 1)
+
+    async def change(i: int) -> None:
+        await cache.set(f"k{i}", i, tags=[f"t{i}"])
+        await cache.invalidate_tag(f"t{i}")
+
+    opened = 0
+
+    async def watch() -> None:
+        nonlocal opened
+        while True:
+            opened = max(opened, await _connections(raw))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.gather(*(change(i) for i in range(200)))
+    finally:
+        watcher.cancel()
+    assert opened > IDLE_BUDGET  # the burst used the pool beside the pipe
+    assert await cache.get("k7") is None  # read-your-writes through the pool too
+
+    async def idle_again() -> bool:
+        return await _connections(raw) <= IDLE_BUDGET
+
+    await eventually(idle_again, timeout=5.0)
