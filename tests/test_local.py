@@ -33,10 +33,21 @@ def test_fast_views_follow_cachetools() -> None:
 
 def test_mutable_values_are_decoded_per_read_immutable_ones_shared() -> None:
     tier, _ = _tier()
-    tier.store("m", [1], b"payload", 60, ())
+    tier.store("m", [[1]], b"payload", 60, ())
     tier.store("i", (1, "x"), b"payload", 60, ())
     assert tier.get("m") == ("decoded", b"payload")
     assert tier.get("i") == (1, "x")
+
+
+def test_flat_values_are_copied_shallowly_per_read() -> None:
+    """A dict or list of immutables is copied, not decoded (tests/test_copy_plans.py)."""
+    tier, _ = _tier()
+    stored = [1, "a"]
+    tier.store("f", stored, b"payload", 60, ())
+    first = tier.get("f")
+    assert first == [1, "a"]
+    assert first is not stored
+    assert first is not tier.get("f")
 
 
 def test_expiry_and_bounded_staleness_cap() -> None:

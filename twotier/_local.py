@@ -11,7 +11,7 @@ import decimal
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from cachetools import LRUCache
 
@@ -47,19 +47,66 @@ def is_immutable(value: object) -> bool:
     return False
 
 
+#: How a hit hands out a value: None shares the stored object itself (an
+#: immutable value, or `copy_on_read=False`); else a function of the stored
+#: data that returns a fresh value.
+Copy = Callable[[Any], Any] | None
+
+
+def _copy_rows(rows: list[dict[Any, Any]]) -> list[dict[Any, Any]]:
+    return [row.copy() for row in rows]
+
+
+def _flat(items: Iterable[Any]) -> bool:
+    return all(is_immutable(item) for item in items)
+
+
+def _flat_dict(value: object) -> bool:
+    return type(value) is dict and _flat(value) and _flat(value.values())
+
+
+def copy_plan(value: object) -> Copy | Literal[True]:
+    """How L1 copies *value* on each hit, chosen once when it is stored (issue
+    20, item 7): None to share it (immutable); a shallow copy (`dict.copy`,
+    `list.copy`, `set.copy`, or a copy of each row) for a plain dict, list or
+    set of immutables and for a list of such dicts — what API functions
+    return, copied in 0.1–1 µs; True for anything holding a mutable deeper
+    (a tuple or dict holding a list...), which is decoded from its encoded
+    bytes on each hit, as every mutable value was before (3–10× slower).
+
+    Exact types only: a subclass may override `copy`, and the serializer
+    round-trips the plain types anyway."""
+    if is_immutable(value):
+        return None
+    kind = type(value)
+    if kind is dict:
+        return dict.copy if _flat_dict(value) else True
+    if kind is list:
+        if _flat(value):  # type: ignore[arg-type]
+            return list.copy
+        if value and all(_flat_dict(row) for row in value):  # type: ignore[attr-defined]
+            return _copy_rows
+        return True
+    if kind is set:
+        return set.copy if _flat(value) else True  # type: ignore[arg-type]
+    return True
+
+
 class Entry:
-    """One untagged L1 entry. `data` is the value itself when `shared`, else its encoded bytes.
+    """One untagged L1 entry. `data` is what `copy` hands out a fresh value of
+    (the value itself, or its encoded bytes with `copy` the decoder); with
+    `copy` None, `data` is the value, shared.
 
     `stamp` is None: nothing but its key, a clear or its expiry can end it.
     """
 
-    __slots__ = ("data", "expires", "shared")
+    __slots__ = ("copy", "data", "expires")
 
     stamp: int | None = None
 
-    def __init__(self, data: Any, shared: bool, expires: float) -> None:
+    def __init__(self, data: Any, copy: Copy, expires: float) -> None:
         self.data = data
-        self.shared = shared
+        self.copy = copy
         self.expires = expires
 
     def tags(self) -> tuple[str, ...]:
@@ -76,10 +123,10 @@ class TaggedEntry(Entry):
     stamp: int
 
     def __init__(
-        self, data: Any, shared: bool, expires: float, tags: tuple[str, ...], stamp: int
+        self, data: Any, copy: Copy, expires: float, tags: tuple[str, ...], stamp: int
     ) -> None:
         self.data = data
-        self.shared = shared
+        self.copy = copy
         self.expires = expires
         self.stamp = stamp
         if len(tags) <= 2:
@@ -160,7 +207,8 @@ class LocalTier:
             self.evict(key)
             return MISS
         self._recency.move_to_end(key)
-        return entry.data if entry.shared else self._decode(entry.data)
+        copy = entry.copy
+        return entry.data if copy is None else copy(entry.data)
 
     def get_with_expiry(self, key: str) -> tuple[Any, float]:
         """`get`, plus the entry's expiry time (clock seconds) for early refresh."""
@@ -193,13 +241,21 @@ class LocalTier:
     ) -> None:
         if self.suspended:
             return
-        shared = not copy_on_read or is_immutable(value)
-        data = value if shared else encoded
+        plan = copy_plan(value) if copy_on_read else None
+        copy: Copy
+        if plan is True:
+            data, copy = encoded, self._decode
+        elif plan is None:
+            data, copy = value, None
+        else:
+            # A copy of the caller's object, not the object: its caller may
+            # change it once stored.
+            data, copy = plan(value), plan
         expires = self._clock() + ttl
         if tags:
-            self._data[key] = TaggedEntry(data, shared, expires, tags, self._stamp)
+            self._data[key] = TaggedEntry(data, copy, expires, tags, self._stamp)
         else:
-            self._data[key] = Entry(data, shared, expires)
+            self._data[key] = Entry(data, copy, expires)
 
     def evict(self, key: str) -> None:
         self._data.pop(key, None)

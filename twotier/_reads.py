@@ -18,7 +18,7 @@ from typing import Any
 from ._changes import Unsettled
 from ._events import Events
 from ._flights import Flight, Flights, LeaderCancelled
-from ._local import LocalTier, is_immutable
+from ._local import LocalTier, copy_plan
 from ._logging import Log
 from ._policies import Loader
 from ._serialization import Serializer
@@ -121,8 +121,11 @@ class Reads:
                 # by the model checker).
                 continue
             # Callers joining one load must not share one mutable object.
-            if copy_on_read and not is_immutable(value):
+            plan = copy_plan(value) if copy_on_read else None
+            if plan is True:
                 value = self._serializer.loads(self._serializer.dumps(value))
+            elif plan is not None:
+                value = plan(value)
             return value
         flight = self._flights.begin(key, ())  # its tags once rendered (`_read_through`)
         try:

@@ -83,6 +83,89 @@ async def l1_hit(ctx: Context) -> list[Series]:
     return out
 
 
+# --- L1 hit of what an API returns -----------------------------------------------------
+
+
+def api_row(i: int) -> dict[str, Any]:
+    """A row as an ERP endpoint returns it: 10 fields of JSON-ish scalars."""
+    return {
+        "id": i,
+        "sku": f"SKU-{i:06d}",
+        "name": f"Article {i}",
+        "category": "news",
+        "price": 19.9 + i,
+        "stock": 40 + i % 7,
+        "active": True,
+        "discount": None,
+        "updated_at": "2026-12-05T17:00:00Z",
+        "supplier_id": 1000 + i % 13,
+    }
+
+
+def api_rows(i: int) -> list[dict[str, Any]]:
+    """A page of 20 such rows."""
+    return [api_row(i * 20 + j) for j in range(20)]
+
+
+def _rows_function(cache: TwoTierCache, make: Callable[[int], Any]) -> AsyncCall:
+    """`make`, decorated with two tags and the default key (as `l1`'s function)."""
+
+    @cache.cached(ttl=300, tags=["rows", "row:{i}"])
+    async def load(i: int) -> Any:
+        return make(i)
+
+    return load
+
+
+async def l1_rows(ctx: Context) -> list[Series]:
+    """L1 hits of realistic values with copy-on-read (the default): a dict of 10
+    fields and a list of 20 of them, through `@cached` with two tags, beside
+    cashews' hit of the same values (mem://, same tags) and a dict lookup that
+    hands out the stored object (no copy: the floor). Issue 20, item 7."""
+    keys = list(range(200))
+    budget = 0.05 if ctx.quick else 0.15
+    subjects: dict[str, AsyncCall] = {}
+    roles: dict[str, str] = {}
+    to_close: list[peers.Subject] = []
+    # One instance per value shape: the two functions share a qualname, so a key.
+    dicts = TwoTierCache(redis_url=ctx.url, namespace=ctx.ns("rows1"), l1_maxsize=10_000)
+    pages = TwoTierCache(redis_url=ctx.url, namespace=ctx.ns("rows20"), l1_maxsize=10_000)
+    async with dicts, pages:
+        shapes = (("10-field dict", api_row, dicts), ("20 rows of 10 fields", api_rows, pages))
+        for label, make, cache in shapes:
+            store: dict[int, Any] = {}
+
+            async def floor(i: int, store: dict[int, Any] = store, make: Any = make) -> Any:
+                try:
+                    return store[i]
+                except KeyError:
+                    value = store[i] = make(i)
+                    return value
+
+            subjects[f"dict wrapper, {label} (shared, no copy)"] = floor
+            roles[f"dict wrapper, {label} (shared, no copy)"] = "floor"
+
+            subjects[f"twotier @cached, {label}, copy on read"] = _rows_function(cache, make)
+            roles[f"twotier @cached, {label}, copy on read"] = "twotier"
+            peer = peers.cashews_subject("mem://", ctx.ns(f"cr{len(make(0))}"), value=make)
+            if peer is not None:
+                subjects[f"cashews @cache (mem://, 2 tags), {label}"] = peer.call
+                roles[f"cashews @cache (mem://, 2 tags), {label}"] = "peer"
+                to_close.append(peer)
+        try:
+            for call in subjects.values():  # fill: every later call is a hit
+                for i in keys:
+                    await call(i)
+                    await call(i)
+            samples = await calibrated_batches(subjects, keys, ctx.repeat, budget)
+            stats = dicts.get_stats()
+        finally:
+            await _closing(to_close)
+    out = [Series("l1-rows", name, roles[name], "s", samples[name]) for name in subjects]
+    out[1].note = f"L1 hits {stats['l1_hits']:,}, loads {stats['loads']:,} during the run"
+    return out
+
+
 # --- L2 hit, one caller -------------------------------------------------------------------
 
 

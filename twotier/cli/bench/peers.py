@@ -113,8 +113,10 @@ def cashews_subject(
     lock: bool = False,
     counter: list[int] | None = None,
     delay: float = 0.0,
+    value: Callable[[int], Any] | None = None,
 ) -> Subject | None:
-    """cashews' default decorator (`@cache(ttl=...)`), optionally with the same two tags."""
+    """cashews' default decorator (`@cache(ttl=...)`), optionally with the same two
+    tags; the function returns `value(user_id)` when given (a realistic row)."""
     if not available("cashews"):
         return None
     import asyncio
@@ -128,12 +130,12 @@ def cashews_subject(
     tag_list = [f"{prefix}:user:{{user_id}}", f"{prefix}:users"] if tags else []
     decorate: Any = cache(ttl=300, key=key, tags=tag_list, lock=lock)
 
-    async def user(user_id: int) -> int:
+    async def user(user_id: int) -> Any:
         if counter is not None:
             counter[0] += 1
         if delay:
             await asyncio.sleep(delay)
-        return user_id * 2
+        return user_id * 2 if value is None else value(user_id)
 
     fn: AsyncCall = decorate(user)
 
