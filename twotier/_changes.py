@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 from typing import Any
 
+from ._coalesce import TagBatches
 from ._envelope import pack
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._logging import Log
@@ -203,6 +204,7 @@ class Changes:
         self._health_interval = health_interval
         self._retry: asyncio.Task[None] | None = None
         self.unsettled = unsettled
+        self.batches = TagBatches(self._send_tags, spawn, self._queue_tags)
 
     async def set(
         self,
@@ -256,16 +258,22 @@ class Changes:
             await self._ensure_started()
         # (else `close()` is delivering what was accepted before it: the link
         # is still open until it has)
+        await self.batches.send(tags)  # with those asked for meanwhile (`_coalesce.py`)
+
+    async def _send_tags(self, tags: tuple[str, ...]) -> None:
         try:
             await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
         except asyncio.CancelledError:
             # The awaiting caller was cancelled mid-send (or the loop is
             # ending): Redis may or may not have it. Queued, it is sent again
             # (a repeated bump is harmless).
-            self._outbox.add_tags(tags)
-            if not self._closed():
-                self._retry_soon()
+            self._queue_tags(tags)
             raise
+
+    def _queue_tags(self, tags: tuple[str, ...]) -> None:
+        self._outbox.add_tags(tags)
+        if not self._closed():
+            self._retry_soon()
 
     async def _change(
         self, send: Callable[[RemoteTier], Awaitable[object]], queue: Callable[[Outbox], None]
