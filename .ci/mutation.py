@@ -206,6 +206,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "files": ["twotier/_local.py"],
         "tests": [
             "tests/test_local.py",
+            "tests/test_copy_plans.py",
             "tests/test_mutants_local.py",
             "tests/test_memory_cache.py",
             "tests/test_contract_memory.py",
@@ -443,6 +444,40 @@ EQUIVALENT: dict[str, str] = {
     "lua-c9bedd": "timing boundary: `pttl > min_ttl_ms` differs only when an entry has "
     "exactly min_ttl_ms left, to the millisecond",
     "lua-87c33b": "timing boundary: `pttl <= 0` differs only in an entry's last millisecond",
+    # twotier/_local.py
+    "local-97da5a": "is_immutable's last `return False` removed: None, and every caller "
+    "only tests its truth",
+    "local-a51479": "Entry.tags() of an untagged entry: only tagged entries are asked (_outdated)",
+    "local-f936b1": "tag2 left unset with three tags or more: it is read only when `tag` is "
+    "not the tuple of them",
+    "local-53ef8a": "_outdated's last `return False` removed: None, and its callers only "
+    "test its truth",
+    "local-81b593": "threshold boundary (not strict): the first sweep starts at the 1024th "
+    "remembered tag instead of the 1025th; both bound the memory alike",
+    "local-48c633": "the sweep's end keeps the invalidation stamped exactly when it began "
+    "(`>` -> `>=`): no entry is older than it, so it outdates none; one tag kept longer",
+    "local-df2872": "purge's shortcut removed: with nothing remembered the walk drops nothing "
+    "and forgets nothing (no sweep can run then)",
+    "local-4ae95d": "a sweep left running by purge(): it finds each entry as purge left it, "
+    "and its end forgets nothing, every later stamp being newer than its start",
+    "local-478392": "clear() keeping the remembered invalidations: every entry stored after "
+    "it has a stamp no older than they, so they outdate none, and sweeps still bound them",
+    "local-786908": "a sweep left running by clear(): its keys are gone or stored since "
+    "(checked like any), and clear() forgot every invalidation it could forget",
+    "local-6912bf": "_swept_to's first value: a sweep sets it when it begins, before any read",
+    "local-f97bbe": "_sweep_rate's first value: a sweep sets it when it begins, before any read",
+    # twotier/_mirror.py
+    "mirror-613023": "_Load.cleared_to's first value: read only once `cleared` is set, and "
+    "both places that set it set cleared_to too",
+    "mirror-0a63ad": "_Load.trusted's first value: _send sets it before anything reads it",
+    "mirror-f9c046": "_Load.trusted's first value: _send sets it before anything reads it",
+    "mirror-044897": "newer() on a tie returns the other one: versions are Redis's decimal "
+    "integers, so equal numbers are equal strings",
+    "mirror-4cdbee": "judge's zip(strict=False): unpack() gives as many versions as tags "
+    "(it refuses an even field count)",
+    "mirror-d2e4c8": "_send's zip(strict=False): versions.lua answers one version per tag; "
+    "a short reply would fail either way (KeyError in _load instead of ValueError here)",
+    "mirror-f53f69": "_remember's zip(strict=False): its callers pass a dict's keys and values",
     # twotier/_applier.py
     "applier-cad785": "a clear's message without its generation: Redis's always carries one, "
     "and memory mode's (which has none) meets no mirror, as it has no L2",
