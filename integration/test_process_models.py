@@ -220,10 +220,16 @@ class WebServer:
 
 @contextlib.contextmanager
 def gunicorn(
-    app: str, args: list[str], env: dict[str, str], workdir: Path, workers: int
+    app: str,
+    args: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    workers: int,
+    ready: str = "/item/1",
 ) -> Iterator[WebServer]:
     """`gunicorn APP ARGS` on a free port, with docs/deployment.md's logging
-    configuration; stopped (SIGTERM, as a deployment stops it) on exit."""
+    configuration, once it answers 200 on *ready*; stopped (SIGTERM, as a
+    deployment stops it) on exit."""
     port = free_port()
     log = workdir / f"gunicorn-{port}.log"
     command = [
@@ -239,7 +245,7 @@ def gunicorn(
         while True:
             assert process.poll() is None, f"gunicorn exited:\n{server.output()[-3000:]}"
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/item/1", timeout=5).status_code == 200:
+                if httpx.get(f"{server.url}{ready}", timeout=5).status_code == 200:
                     break
             assert time.monotonic() < deadline, f"gunicorn never answered:\n{server.output()}"
             time.sleep(0.1)
@@ -254,16 +260,27 @@ def gunicorn(
             raise AssertionError(f"gunicorn did not stop:\n{server.output()[-3000:]}") from None
 
 
-def _fetch(url: str) -> Answer:
+def _worker(reply: httpx.Response) -> tuple[int, str]:
+    """The pid and instance of the worker that answered: the test apps say it in
+    their JSON, the ERP service (unchanged) in the headers its wrapper adds."""
+    if "x-worker-pid" in reply.headers:
+        return int(reply.headers["x-worker-pid"]), reply.headers["x-worker-instance"]
+    body = reply.json()
+    return int(body["pid"]), str(body["instance"])
+
+
+def _fetch(url: str, field: str = "value") -> Answer:
+    """GET *url*; the answer's value is its JSON body's *field*."""
     start = time.monotonic()
     # A connection of its own each time (no keep-alive), so requests spread over the workers.
     reply = httpx.get(url, timeout=10, headers={"Connection": "close"})
     reply.raise_for_status()
-    body = reply.json()
-    return Answer(start, int(body["pid"]), str(body["instance"]), str(body["value"]))
+    return Answer(start, *_worker(reply), str(reply.json()[field]))
 
 
-def load_loop(url: str, enough: Callable[[list[Answer]], bool], what: str) -> list[Answer]:
+def load_loop(
+    url: str, enough: Callable[[list[Answer]], bool], what: str, field: str = "value"
+) -> list[Answer]:
     """READERS clients GET *url* in a loop until *enough* holds for what they got."""
     answers: list[Answer] = []
     lock = threading.Lock()
@@ -272,7 +289,7 @@ def load_loop(url: str, enough: Callable[[list[Answer]], bool], what: str) -> li
 
     def reader() -> None:
         while not done.is_set() and time.monotonic() < deadline:
-            answer = _fetch(url)
+            answer = _fetch(url, field)
             with lock:
                 answers.append(answer)
                 if enough(answers):
@@ -302,35 +319,61 @@ def each_answered_after(moment: float, workers: int) -> Callable[[list[Answer]],
     return lambda got: _each_worker([a for a in got if a.start >= moment], workers)
 
 
+#: A write of check_coherence: (server URL, round) -> (the new value as reads
+#: will show it, the write's reply).
+Writer = Callable[[str, int], tuple[str, httpx.Response]]
+
+
+def put_item(item: int) -> Writer:
+    """The test apps' write: `PUT /item/<id>/<value>`, a new value each round."""
+
+    def write(url: str, round_: int) -> tuple[str, httpx.Response]:
+        new = f"value-{round_}-{uuid.uuid4().hex[:6]}"
+        return new, httpx.put(
+            f"{url}/item/{item}/{new}", timeout=10, headers={"Connection": "close"}
+        )
+
+    return write
+
+
 def check_coherence(
-    server: WebServer, item: int, rounds: int = 2, read: str = "/item"
+    server: WebServer,
+    read: str,
+    write: Writer,
+    rounds: int = 2,
+    field: str = "value",
 ) -> dict[str, Any]:
-    """The HTTP load loop: every worker answers the item's current value (so its
-    L1 holds it); one request writes a new value; after the write returned and
-    the propagation window passed, every worker answers, and none the old value.
-    Reads go to *read*, writes to `/item/<id>/<value>`."""
-    url = f"{server.url}{read}/{item}"
-    write_url = f"{server.url}/item/{item}"
-    current = _fetch(url).value
+    """The HTTP load loop: every worker answers the current value of *read* (a
+    path; the value is its JSON's *field*), so its L1 holds it; one request
+    writes a new value (*write*); after the write returned and the propagation
+    window passed, every worker answers, and none the old value."""
+    url = f"{server.url}{read}"
+    current = _fetch(url, field).value
     figures: dict[str, Any] = {"stale_within_window": 0, "answers_after_window": 0}
     instances: dict[int, str] = {}
     for round_ in range(rounds):
-        load_loop(url, each_answered(current, server.workers), f"every worker answers {current!r}")
-        new = f"value-{round_}-{uuid.uuid4().hex[:6]}"
-        reply = httpx.put(f"{write_url}/{new}", timeout=10, headers={"Connection": "close"})
+        load_loop(
+            url,
+            each_answered(current, server.workers),
+            f"every worker answers {current!r}",
+            field,
+        )
+        new, reply = write(server.url, round_)
         assert reply.status_code == 200, reply.text
+        assert new != current
         settled = time.monotonic() + WINDOW  # the write has returned: the window starts
         answers = load_loop(
             url,
             each_answered_after(settled, server.workers),
             "every worker answers after the propagation window",
+            field,
         )
         late = [a for a in answers if a.start >= settled]
         stale = [a for a in late if a.value == current]
         assert not stale, (
             f"{len(stale)} of {len(late)} answers after the window were the old value "
             f"{current!r}, from pids {sorted({a.pid for a in stale})}; the writer was "
-            f"{reply.json()['pid']}"
+            f"{_worker(reply)[0]}"
         )
         figures["stale_within_window"] += sum(a.value == current for a in answers) - len(stale)
         figures["answers_after_window"] += len(late)
@@ -354,6 +397,7 @@ def _twotier_lines(server: WebServer) -> list[str]:
 
 
 FLASK, FASTAPI = "integration.apps.web_flask:app", "integration.apps.web_fastapi:app"
+DJANGO = "integration.apps.web_django:application"
 GTHREAD = ["-k", "gthread", "--threads", "4"]
 UVICORN = ["-k", "uvicorn_worker.UvicornWorker"]
 GEVENT = ["-k", "gevent", "--worker-connections", "100"]
@@ -368,6 +412,10 @@ WEB_MODELS: dict[str, tuple[str, list[str], int]] = {
     "fastapi-uvicorn-preload": (FASTAPI, [*UVICORN, "--preload"], 3),
     "flask-gevent": (FLASK, GEVENT, 2),
     "flask-gevent-preload": (FLASK, [*GEVENT, "--preload"], 2),
+    "django-sync": (DJANGO, ["-k", "sync"], 3),
+    "django-sync-preload": (DJANGO, ["-k", "sync", "--preload"], 3),
+    "django-gthread": (DJANGO, GTHREAD, 2),
+    "django-gthread-preload": (DJANGO, [*GTHREAD, "--preload"], 2),
 }
 
 
@@ -377,8 +425,10 @@ def test_prefork_web_servers_stay_coherent(
 ) -> None:
     """gunicorn with sync, gthread and uvicorn workers, with and without
     `--preload` (the app module, and its cache, imported — and used — in the
-    master before it forks). HTTP load loops check that after a write returns,
-    no worker answers the old value once the propagation window has passed.
+    master before it forks): Flask and FastAPI apps on the default cache
+    (`from twotier import cache`), a Django app on a `TwoTierCache` of its own
+    at module level. HTTP load loops check that after a write returns, no
+    worker answers the old value once the propagation window has passed.
 
     Before the fix, every `--preload` model failed: the workers shared the
     master's instance id, and each ignored the others' changes as its own.
@@ -391,31 +441,43 @@ def test_prefork_web_servers_stay_coherent(
         pass
     read = "/async/item" if "async-views" in model else "/item"
     with gunicorn(app, args, env, tmp_path, workers) as server:
-        figures = check_coherence(server, item=1, read=read)
+        figures = check_coherence(server, f"{read}/1", put_item(1))
         if read == "/async/item":
             # Each request brought its own event loop, and the cache kept its L1:
             # a cache taken over by each request's loop would start empty each time.
             hits = httpx.get(f"{server.url}{read}/1", timeout=10).json()["l1_hits"]
             assert hits > 0
         assert len(_live_instances(shared_server, env)) >= workers  # each reports itself
-    lines = _twotier_lines(server)
-    # Stopped as a deployment stops it (SIGTERM): every worker closed its cache
-    # (atexit, or the app's lifespan), so none is still listed as live
-    # (`twotier stats`; a heartbeat left behind would linger for 15 s).
-    assert _live_instances(shared_server, env) == [], server.output()[-3000:]
-    # docs/deployment.md's logging set-up: twotier's records, with pid and instance.
-    if "--preload" in args:
-        forked = [line for line in lines if "a forked child" in line]
-        for pid, instance in figures["instances"].items():
-            assert any(f"[{pid}] [INFO] twotier[{instance}/cache]" in line for line in forked), (
-                pid,
-                instance,
-                lines,
-            )
+    _check_stopped(shared_server, env, server, figures, forked="--preload" in args)
     print(
         f"\n{model}: {figures['answers_after_window']} answers after the window, none stale; "
         f"{figures['stale_within_window']} old answers within it; workers {figures['instances']}"
     )
+
+
+def _check_stopped(
+    shared_server: RedisServer,
+    env: dict[str, str],
+    server: WebServer,
+    figures: dict[str, Any],
+    forked: bool,
+) -> None:
+    """After the server stopped: no instance left live, and (for forked workers)
+    each worker logged its fork, with its pid and its own instance."""
+    # Stopped as a deployment stops it (SIGTERM): every worker closed its cache
+    # (atexit, or the app's lifespan), so none is still listed as live
+    # (`twotier stats`; a heartbeat left behind would linger for 15 s).
+    assert _live_instances(shared_server, env) == [], server.output()[-3000:]
+    if not forked:
+        return
+    # docs/deployment.md's logging set-up (gunicorn's `logconfig_dict`, or
+    # Django's `LOGGING`, whose format differs): twotier's records, with pid and instance.
+    lines = _twotier_lines(server)
+    forked_lines = [line for line in lines if "a forked child" in line and "INFO" in line]
+    for pid, instance in figures["instances"].items():
+        assert any(
+            f"[{pid}]" in line and f"twotier[{instance}/cache]" in line for line in forked_lines
+        ), (pid, instance, lines)
 
 
 @contextlib.contextmanager
@@ -430,6 +492,71 @@ def _items_created(env: dict[str, str]) -> Iterator[None]:
             del os.environ["APP_DB"]
         else:
             os.environ["APP_DB"] = previous
+
+
+# -- the example ERP service under gunicorn ---------------------------------------------------
+
+ERP = "integration.apps.erp_gunicorn:app"
+ERP_WORKERS = 3
+CHARGE = 7  # any of the demo data's 200 charges
+
+
+def put_amount(charge: int) -> Writer:
+    """The ERP service's write: `PUT /charges/<id>` with a new amount (well above
+    the demo data's, so never the old one); the value is the amount as the
+    service renders it."""
+
+    def write(url: str, round_: int) -> tuple[str, httpx.Response]:
+        amount = f"{10_000 + 1_000 * round_}.{uuid.uuid4().int % 100:02d}"
+        reply = httpx.put(
+            f"{url}/charges/{charge}",
+            json={"amount": amount},
+            timeout=10,
+            headers={"Connection": "close"},
+        )
+        new = str(reply.json()["amount"]) if reply.status_code == 200 else amount
+        return new, reply
+
+    return write
+
+
+def test_the_erp_service_under_gunicorn_uvicorn_workers_preload_stays_coherent(
+    shared_server: RedisServer, tmp_path: Path
+) -> None:
+    """`compose/erp` itself (docs/erp-example.md) under `gunicorn -k
+    uvicorn_worker.UvicornWorker -w 3 --preload`, on a SQLite file (aiosqlite):
+    the master imports the service and its module-level `from twotier import
+    cache`, then forks three workers, whose lifespans start the cache. A `PUT
+    /charges/<id>` through one worker; once it returned and the propagation
+    window passed, no worker answers the old amount from `GET /charges/<id>`.
+
+    This is the issue's finding: before the fix the workers shared the
+    master's instance id, and the service answered the old amount 128 times
+    out of 200 reads after a PUT."""
+    env = app_env(shared_server, DATABASE_URL=f"sqlite:///{tmp_path / 'erp.sqlite3'}")
+    # The schema and the demo data first, once (a deployment's migration step),
+    # so that the workers' start-up does not race on creating them.
+    seeded = subprocess.run(
+        [sys.executable, "-c", "import asyncio, erp.db; asyncio.run(erp.db.init_database())"],
+        env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "compose"), env["PYTHONPATH"]])},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert seeded.returncode == 0, seeded.stderr
+    args = [*UVICORN, "--preload", "--pythonpath", str(ROOT / "compose")]
+    read = f"/charges/{CHARGE}"
+    with gunicorn(ERP, args, env, tmp_path, ERP_WORKERS, ready=read) as server:
+        figures = check_coherence(server, read, put_amount(CHARGE), rounds=3, field="amount")
+        assert len(_live_instances(shared_server, env)) >= ERP_WORKERS
+    _check_stopped(shared_server, env, server, figures, forked=True)
+    print(
+        f"\nerp-uvicorn-preload: {figures['answers_after_window']} answers after the window, "
+        f"none stale; {figures['stale_within_window']} old answers within it; "
+        f"workers {figures['instances']}"
+    )
 
 
 # -- Celery ------------------------------------------------------------------------------
