@@ -70,6 +70,7 @@ class _ReadOnly(Exception):
         self.reply = reply
 
 
+NOT_READY = object()  # `call_in_turn`: the pipe's connection is not open
 WRONG_TYPE = b""  # the reply for a name holding foreign data (not a string)
 MOVED = b"MOVED"  # a marker (compared by identity): the key's slot moved to another node
 
@@ -94,6 +95,8 @@ class ReadPipe:
         self._ready = False  # connected, and met (a connection is "connected" before that)
         self._busy = False
         self._queue: list[tuple[str, asyncio.Future[Any]]] = []
+        # Commands waiting for the connection (`call_in_turn`), served before reads.
+        self._turns: list[asyncio.Future[None]] = []
         self.batches = 0  # round trips (a stat: reads / batches = coalescing)
 
     async def get(self, name: str) -> bytes | None:
@@ -156,6 +159,33 @@ class ReadPipe:
             self._hand_over()
         return reply
 
+    async def call_in_turn(self, packed: bytes) -> Any:
+        """`call`, once the connection is free: now, or after the batch or
+        command in flight (commands go before queued reads). `NOT_READY`
+        when the connection is not open: the caller uses another.
+
+        For the background's few commands (heartbeats, the listener's counter
+        reads): taking a pool connection whenever they met a read in flight
+        kept one more connection open per instance until the next trim."""
+        if self.free():
+            return await self.call(packed)
+        if not self._ready:
+            return NOT_READY
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # given the turn as we were cancelled
+                self._hand_over()
+            else:
+                self._turns.remove(turn)
+            raise
+        if not (self._ready and self._connection.is_connected):
+            self._hand_over()
+            return NOT_READY
+        return await self.call(packed)
+
     async def connect(self) -> None:
         """Open the pipe's connection (raises redis-py's errors)."""
         connection = self._connection = self._connection or self._make_connection()
@@ -208,7 +238,13 @@ class ReadPipe:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        """Pass the queued reads to a waiting caller, or go idle."""
+        """Pass the connection to a waiting command, or the queued reads to a
+        waiting reader, or go idle."""
+        while self._turns:
+            turn = self._turns.pop(0)
+            if not turn.done():
+                turn.set_result(None)
+                return
         while self._queue:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             live = [(name, future) for name, future in batch if not future.done()]

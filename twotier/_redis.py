@@ -52,7 +52,7 @@ from . import _batch
 from ._batch import bulk, command_head
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
-from ._pipe import WRONG_TYPE, ReadPipe, get_command
+from ._pipe import NOT_READY, WRONG_TYPE, ReadPipe, get_command
 from ._tier import Claim, Message
 
 FORMAT = "v2"
@@ -310,17 +310,18 @@ class RedisTier:
             return await self._guard.call(operation)
 
     async def _command(self, *parts: str | bytes | int) -> Any:
-        """One plain command, on the read pipe's connection when it is free (an
-        idle instance's heartbeats and counter reads open no other), else on
-        one of the pool; an error reply raises."""
+        """One plain command, on the read pipe's connection in its turn (an
+        idle instance's heartbeats and counter reads open no other), or on one
+        of the pool while that is not open; an error reply raises."""
         reads = self._reads
 
         async def send() -> Any:
-            if reads is not None and reads.free():
-                reply = await reads.call(_batch.command(*parts))
+            if reads is not None:
+                reply = await reads.call_in_turn(_batch.command(*parts))
                 if isinstance(reply, Exception):
                     raise reply
-                return reply
+                if reply is not NOT_READY:
+                    return reply
             return await self._execute(*parts)
 
         return await self._call(send)

@@ -6,8 +6,10 @@ For each fleet size N: a fresh embedded server, N instances started in this
 process (the connection budget is per instance, so one process shows it as
 well as many), then an idle wait. Counted on the server, not in the client:
 `CLIENT LIST` (this probe's own connection excluded), `SCRIPT LOAD`s from
-`INFO commandstats`, and the commands processed over the idle window
-(`total_commands_processed`, the probe's own few subtracted). Prints the
+`INFO commandstats`, the commands processed over the idle window
+(`total_commands_processed`, the probe's own few subtracted), and the
+server's memory growth over an empty server (`used_memory`: connection
+buffers, heartbeat keys, the namespace's control keys). Prints the
 median and the spread (min–max) over `--repeat` rounds; asserts nothing.
 """
 
@@ -34,6 +36,7 @@ async def _round(flavour: str, count: int, idle: float) -> dict[str, float]:
         probe = aioredis.Redis.from_url(server.url)
         caches = [TwoTierCache(redis_url=server.url, namespace="idle") for _ in range(count)]
         try:
+            empty = (await _stat(probe, "memory"))["used_memory"]
             for cache in caches:
                 await cache.start()
             await asyncio.sleep(1.0)  # start-up's own traffic settles
@@ -42,11 +45,14 @@ async def _round(flavour: str, count: int, idle: float) -> dict[str, float]:
             await asyncio.sleep(idle)
             after = (await _stat(probe, "stats"))["total_commands_processed"]
             clients = await probe.client_list()
+            memory = (await _stat(probe, "memory"))["used_memory"] - empty
             return {
                 "connections": (len(clients) - 1) / count,
                 "script_loads": float(loads.get("calls", 0)) / count,
                 # minus the probe's own INFO and CLIENT LIST
                 "idle_cmds_s": (after - before - 1) / idle / count,
+                # connections' buffers, heartbeat keys, the namespace's control keys
+                "server_bytes": memory / count,
             }
         finally:
             for cache in caches:
@@ -55,7 +61,7 @@ async def _round(flavour: str, count: int, idle: float) -> dict[str, float]:
 
 
 def _summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} (spread {min(values):.2f}–{max(values):.2f})"
+    return f"{statistics.median(values):,.2f} (spread {min(values):,.2f}–{max(values):,.2f})"
 
 
 async def _main(sizes: list[int], repeat: int, idle: float) -> None:
