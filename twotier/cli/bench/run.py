@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import cluster, growth, hits, proc
+from . import cluster, fleet, growth, hits, proc
 from .core import (
     Context,
     Growth,
@@ -56,6 +56,15 @@ TITLES = {
     "100 ms loader) — target 1 loader run, ≤ 3 commands per waiting instance",
     "memory": "L1 memory per entry with two tags, on top of key and value — target ≤ 250 B",
     "warmup": "warmup of 10,000 keys — target ≥ 0.8× pipelined GET keys/s",
+    **{
+        f"fleet{n}": f"propagation to all {n} instances (processes of 100), event by event "
+        "— target p99 ≤ 1.3× the raw pub/sub fleet's"
+        for n in (10, 100, 300, 1000)
+    },
+    **{
+        f"fleet{n}-cpu": f"Redis CPU per event at {n} instances — target ≤ 1.3× a raw PUBLISH"
+        for n in (10, 100, 300, 1000)
+    },
 }
 
 RowScenario = Callable[[Context], Awaitable[list[Series]]]
@@ -98,6 +107,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="run the cluster rows (L2 hit, 50 tasks, invalidation, warmup) on a local "
         "Redis Cluster of 3 masters and 3 replicas, or on --redis-url's cluster",
     )
+    parser.add_argument(
+        "--fleet",
+        metavar="N",
+        help="run only the fleet rows: N instances (comma-separated sizes, e.g. 10,100) "
+        "over processes of 100, against a raw pub/sub fleet of the same size",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write results as JSON")
     parser.add_argument(
         "--repeat", metavar="N", type=int, help="rounds per scenario (default 5, --quick 3)"
@@ -133,6 +148,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args.scenarios = list(dict.fromkeys(chosen)) or [*ROWS, *GROWTH]
     if args.cluster:
         args.scenarios = list(cluster.ROWS)
+    if args.fleet:
+        try:
+            args.fleet_sizes = [int(n) for n in args.fleet.split(",")]
+        except ValueError:
+            parser.error("--fleet takes instance counts, e.g. 10,100")
+        if min(args.fleet_sizes) < 1:
+            parser.error("--fleet sizes must be at least 1")
+        args.scenarios = ["fleet"]
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.plots is not None and not available("matplotlib"):
@@ -214,7 +237,9 @@ async def _run(ctx: Context, args: argparse.Namespace) -> int:
             _log(f"[{time.perf_counter() - started:6.1f}s] {name} …")
             t0 = time.perf_counter()
             try:
-                if name in ROWS:
+                if name == "fleet":
+                    series += await fleet.fleet_rows(ctx, args.fleet_sizes)
+                elif name in ROWS:
                     series += await ROWS[name](ctx)
                 elif name in cluster.ROWS:
                     series += await cluster.ROWS[name](ctx)

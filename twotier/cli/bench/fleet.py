@@ -1,0 +1,238 @@
+"""`twotier bench --fleet N`: N instances over several processes against a raw
+pub/sub fleet of the same size (issue 20, item 2).
+
+Each child process runs its share of the N twotier instances and as many raw
+redis-py subscribers. The parent alternates, event by event, a raw `PUBLISH`
+and an `invalidate_tag` from a writer instance of its own, and waits until
+every subscriber (or every instance) has it: each child reports when its
+last one applied the event (`time.monotonic_ns()`, one clock for the whole
+machine), so a row is the propagation to *all* N. Then two blocks of the same
+events, one of each kind, measure the server's CPU per event (`INFO cpu`).
+Connections per instance are counted with `CLIENT LIST` while the fleet is
+idle. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .core import Context, Series, percentile, python_exe
+
+READY_TIMEOUT = 120.0
+EVENT_TIMEOUT = 10.0
+
+
+# --- the child: its share of both fleets ----------------------------------------------
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _child(url: str, namespace: str, count: int) -> None:
+    from twotier import TwoTierCache
+
+    seen: dict[str, list[int]] = {}  # event → stamps, one per receiver that applied it
+    wanted: dict[str, int] = {}  # event → how many must apply it before it is reported
+
+    def stamp(event: str) -> None:
+        stamps = seen.setdefault(event, [])
+        stamps.append(time.monotonic_ns())
+        if len(stamps) == wanted.get(event, count):
+            _say(f"all {event} {max(stamps)}")
+            del seen[event]
+
+    clients: list[aioredis.Redis] = []
+    listeners: list[asyncio.Task[None]] = []
+
+    async def raw_subscriber() -> None:
+        client = aioredis.Redis.from_url(url)
+        clients.append(client)
+        pubsub = client.pubsub()
+        await pubsub.subscribe(f"{namespace}:raw")
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                stamp(message["data"].decode())
+
+    caches = [TwoTierCache(redis_url=url, namespace=namespace) for _ in range(count)]
+    for cache in caches:
+        await cache.start()
+        apply = cache.local.evict_tags
+
+        def stamped(tags: Any, apply: Any = apply) -> None:
+            apply(tags)
+            for tag in tags:
+                if tag.startswith("ev"):
+                    stamp(tag)
+
+        cache.local.evict_tags = stamped  # type: ignore[method-assign]  # instrument
+    loop = asyncio.get_running_loop()
+    listeners = [loop.create_task(raw_subscriber()) for _ in range(count)]
+    await asyncio.sleep(0.5)  # the subscriptions confirmed
+    _say("ready")
+    try:
+        await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+        for cache in caches:
+            await cache.close()
+
+
+def child_main(argv: list[str]) -> int:
+    url, namespace, count = argv[0], argv[1], int(argv[2])
+    asyncio.run(_child(url, namespace, count))
+    return 0
+
+
+# --- the parent ------------------------------------------------------------------------
+
+
+class _Fleet:
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def start(self, url: str, namespace: str, shares: list[int]) -> None:
+        for share in shares:
+            proc = await asyncio.create_subprocess_exec(
+                python_exe(),
+                "-m",
+                "twotier.cli.bench.fleet",
+                url,
+                namespace,
+                str(share),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            self.procs.append(proc)
+            self._readers.append(asyncio.get_running_loop().create_task(self._read(proc)))
+        async with asyncio.timeout(READY_TIMEOUT):
+            for _ in shares:
+                while (await self._lines.get()) != "ready":
+                    pass
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            await self._lines.put(line.decode().strip())
+
+    async def arrived(self, event: str) -> int:
+        """When the last receiver of every child applied *event* (monotonic ns)."""
+        last, pending = 0, len(self.procs)
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while pending:
+                parts = (await self._lines.get()).split()
+                if len(parts) == 3 and parts[0] == "all" and parts[1] == event:
+                    last, pending = max(last, int(parts[2])), pending - 1
+        return last
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                async with asyncio.timeout(30):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+        for task in self._readers:
+            task.cancel()
+
+
+async def _cpu(probe: aioredis.Redis) -> float:
+    info = await probe.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
+    from twotier import TwoTierCache
+
+    namespace = ctx.ns(f"fleet{size}")
+    per_process = 100
+    shares = [per_process] * (size // per_process)
+    if size % per_process:
+        shares.append(size % per_process)
+    probe = ctx.client()
+    fleet = _Fleet()
+    writer = TwoTierCache(redis_url=ctx.url, namespace=namespace)
+    try:
+        before = len(await probe.client_list())
+        await fleet.start(ctx.url, namespace, shares)
+        await writer.start()
+        await asyncio.sleep(1.0)
+        # the fleet's connections: minus this probe's, the writer's 2, and one per raw subscriber
+        connections = (len(await probe.client_list()) - before - 2 - size) / size
+        raw_s: list[float] = []
+        twotier_s: list[float] = []
+        for i in range(events):
+            event = f"ev{i}r"
+            t0 = time.monotonic_ns()
+            await probe.publish(f"{namespace}:raw", event)
+            raw_s.append((await fleet.arrived(event) - t0) / 1e9)
+            event = f"ev{i}t"
+            t0 = time.monotonic_ns()
+            await writer.invalidate_tag(event)
+            twotier_s.append((await fleet.arrived(event) - t0) / 1e9)
+        cpu: dict[str, float] = {}
+        for kind in ("r", "t"):
+            start = await _cpu(probe)
+            for i in range(events):
+                event = f"ev{i}{kind}cpu"
+                if kind == "r":
+                    await probe.publish(f"{namespace}:raw", event)
+                else:
+                    await writer.invalidate_tag(event)
+                await fleet.arrived(event)
+            cpu[kind] = (await _cpu(probe) - start) / events
+    finally:
+        await writer.close()
+        await fleet.stop()
+        await probe.aclose()
+    title = f"fleet{size}"
+    out = [
+        Series(title, f"raw PUBLISH → {size} subscribers, all", "floor", "s", raw_s, spread="p99"),
+        Series(
+            title,
+            f"invalidate_tag → {size} instances, all",
+            "twotier",
+            "s",
+            twotier_s,
+            "lower",
+            "p99",
+        ),
+        Series(f"{title}-cpu", "Redis CPU per raw PUBLISH", "floor", "s", [cpu["r"]]),
+        Series(f"{title}-cpu", "Redis CPU per invalidate_tag", "twotier", "s", [cpu["t"]]),
+        Series(f"{title}-cpu", "connections per idle instance", "diag", "conns", [connections]),
+    ]
+    ctx.log(
+        f"  fleet {size}: p50 {percentile(raw_s, 50) * 1e3:.2f} / "
+        f"{percentile(twotier_s, 50) * 1e3:.2f} ms, p99 {percentile(raw_s, 99) * 1e3:.2f} / "
+        f"{percentile(twotier_s, 99) * 1e3:.2f} ms (raw / twotier); "
+        f"CPU {cpu['r'] * 1e6:.0f} / {cpu['t'] * 1e6:.0f} µs per event; "
+        f"{connections:.2f} connections per instance"
+    )
+    return out
+
+
+async def fleet_rows(ctx: Context, sizes: list[int]) -> list[Series]:
+    events = ctx.size(30, 100)
+    out: list[Series] = []
+    for size in sizes:
+        out += await _one_size(ctx, size, events)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))
