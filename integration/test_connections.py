@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.contract import eventually
+from twotier import TwoTierCache
 from twotier.testing import RedisServer
 
 from .conftest import CacheFactory, started_caches
@@ -86,3 +87,29 @@ async def test_a_burst_opens_pool_connections_and_idle_gives_them_back(
         return await _connections(probe) <= IDLE_BUDGET
 
     await eventually(idle_again, timeout=5.0)
+
+
+async def test_after_a_restart_an_idle_instance_reopens_its_pipe_not_the_pool(
+    server: RedisServer, make_cache: CacheFactory
+) -> None:
+    """An instance that only idles after a server restart (no read to reopen
+    the pipe) sends its heartbeats and counter reads on the pipe again, not on
+    a pool connection closed and reopened at every heartbeat tick."""
+    cache = await make_cache(heartbeat_interval=0.1)
+    await cache.set("k", 1)
+    server.restart()
+    await eventually(lambda: _available(cache), timeout=10.0)
+    await asyncio.sleep(0.5)  # the first heartbeats and trims after recovery
+    probe = aioredis.Redis.from_url(server.url, client_name=PROBE)
+    try:
+        opened = int((await probe.info("stats"))["total_connections_received"])
+        await asyncio.sleep(1.0)  # ten heartbeat ticks
+        again = int((await probe.info("stats"))["total_connections_received"])
+        assert again - opened <= 1, again - opened  # 10 before: one per tick
+        assert await _connections(probe) <= IDLE_BUDGET
+    finally:
+        await probe.aclose()
+
+
+async def _available(cache: TwoTierCache) -> bool:
+    return bool(cache.get_stats()["redis_available"])

@@ -123,8 +123,17 @@ class ReadPipe:
         return result  # type: ignore[no-any-return]
 
     def free(self) -> bool:
-        """Nothing in flight, and the connection open: `call` may use it now."""
-        return not self._busy and self._ready and self._connection.is_connected
+        """Nothing in flight, and the connection open: `call` may use it now.
+        A closed connection is opened again in the background, so commands
+        come back to it even when no read does (an instance that only
+        writes, or idles, after a server restart)."""
+        if self._busy:
+            return False
+        if self._ready and self._connection.is_connected:
+            return True
+        self._ready = False
+        self._reconnect()
+        return False
 
     async def call(self, packed: bytes) -> Any:
         """One packed command (a script call, a heartbeat) on the pipe's
@@ -169,7 +178,7 @@ class ReadPipe:
         kept one more connection open per instance until the next trim."""
         if self.free():
             return await self.call(packed)
-        if not self._ready:
+        if not self._ready:  # (`free` has started a reconnect)
             return NOT_READY
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns.append(turn)
