@@ -11,9 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twotier.fastapi import cached, http_cached, invalidates
-
-from .cache import cache
+from .cache import cache, cached, http_cached, invalidate_tags, invalidates
 from .db import Article, get_session
 from .schemas import ArticleOut, ArticleUpdate
 
@@ -74,5 +72,5 @@ async def update_article(
         setattr(article, field, value)
     categories.add(article.category)
     await session.commit()
-    await cache.invalidate_tags([f"category:{c}" for c in sorted(categories)])
+    await invalidate_tags([f"category:{c}" for c in sorted(categories)])
     return ArticleOut.model_validate(article)

@@ -14,9 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twotier.fastapi import http_cached, invalidates
-
-from .cache import cache
+from .cache import cache, http_cached, invalidate_tags, invalidates
 from .db import Charge, Customer, get_session
 from .schemas import ChargeOut, ChargeStats, ChargeUpdate
 
@@ -85,5 +83,5 @@ async def update_charge(
     await session.commit()
     # Which customer and account manager see this charge is data, not an argument.
     owner = customer.owner_user_id if customer else 0
-    await cache.invalidate_tags([f"customer:{charge.customer_id}", f"user:{owner}"])
+    await invalidate_tags([f"customer:{charge.customer_id}", f"user:{owner}"])
     return ChargeOut.model_validate(charge)

@@ -16,9 +16,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twotier.fastapi import http_cached
-
-from .cache import cache
+from .cache import cache, http_cached
 from .db import Charge, Customer, get_session
 from .schemas import CustomerOut, DashboardRow
 

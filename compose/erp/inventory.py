@@ -12,9 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twotier.fastapi import http_cached, invalidates
-
-from .cache import cache
+from .cache import cache, http_cached, invalidates
 from .db import Article, Stock, get_session
 from .schemas import Movement, StockOut
 

@@ -9,9 +9,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twotier.fastapi import http_cached
-
-from .cache import cache
+from .cache import cache, http_cached
 from .db import Charge, get_session
 from .schemas import RevenueRow
 
