@@ -9,12 +9,15 @@ last one applied the event (`time.monotonic_ns()`, one clock for the whole
 machine), so a row is the propagation to *all* N. Then two blocks of the same
 events, one of each kind, measure the server's CPU per event (`INFO cpu`).
 Connections per instance are counted with `CLIENT LIST` while the fleet is
-idle. Figures are printed, never asserted.
+idle. Last, a resync storm: every client connection is cut at once (`CLIENT
+KILL`), and the row is the time until every instance has resynced and serves
+L1 again. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from typing import Any
@@ -72,12 +75,18 @@ async def _child(url: str, namespace: str, count: int) -> None:
                     stamp(tag)
 
         cache.local.evict_tags = stamped  # type: ignore[method-assign]  # instrument
+    recovery = _Recovery(count)
+    for index, cache in enumerate(caches):
+        _watched(cache.local, index, recovery)
     loop = asyncio.get_running_loop()
     listeners = [loop.create_task(raw_subscriber()) for _ in range(count)]
     await asyncio.sleep(0.5)  # the subscriptions confirmed
     _say("ready")
     try:
-        await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
+        # Commands from the parent, one a line, until it closes our stdin.
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            if line.strip() == "watch":
+                await recovery.watch()
     finally:
         for task in listeners:
             task.cancel()
@@ -86,6 +95,63 @@ async def _child(url: str, namespace: str, count: int) -> None:
             await client.aclose()
         for cache in caches:
             await cache.close()
+
+
+class _Recovery:
+    """When each instance's L1 was suspended (its link lost) and served again
+    (resynced), after the parent cut every connection: the local tiers of the
+    child's instances report their `suspended` flag here (`_watched`)."""
+
+    def __init__(self, count: int) -> None:
+        self.watching = False
+        self.done = asyncio.Event()
+        self.cut = [False] * count
+        self.back: list[int | None] = [None] * count
+
+    def changed(self, index: int, suspended: bool) -> None:
+        if not self.watching:
+            return
+        if suspended:
+            self.cut[index] = True
+        elif self.cut[index] and self.back[index] is None:
+            self.back[index] = time.monotonic_ns()
+            if None not in self.back:
+                self.done.set()
+
+    async def watch(self) -> None:
+        """Report "watching", then "trusted <ns>" when every instance here has
+        been cut and serves again (the last one's moment), or "stuck <n>"
+        after 30 s."""
+        self.cut = [False] * len(self.cut)
+        self.back = [None] * len(self.back)
+        self.watching = True
+        _say("watching")
+        self.done = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                await self.done.wait()
+        self.watching = False
+        stuck = self.back.count(None)
+        _say(f"stuck {stuck}" if stuck else f"trusted {max(b for b in self.back if b)}")
+
+
+def _watched(local: Any, index: int, recovery: _Recovery) -> None:
+    """Instrument one instance's L1: its `suspended` flag reports to *recovery*
+    (a property on a subclass made for it; the hit path reads it as before)."""
+
+    class Watched(type(local)):  # type: ignore[misc]  # a subclass of the instance's own class
+        @property
+        def suspended(self) -> bool:
+            return self._watched_suspended
+
+        @suspended.setter
+        def suspended(self, value: bool) -> None:
+            self._watched_suspended = value
+            recovery.changed(index, value)
+
+    current = local.suspended
+    local.__class__ = Watched
+    local._watched_suspended = current
 
 
 def child_main(argv: list[str]) -> int:
@@ -137,6 +203,21 @@ class _Fleet:
                     last, pending = max(last, int(parts[2])), pending - 1
         return last
 
+    def send(self, line: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(line.encode() + b"\n")
+
+    async def expect(self, word: str) -> list[str]:
+        """The next line starting with *word*, or "stuck", from every child."""
+        got: list[str] = []
+        async with asyncio.timeout(READY_TIMEOUT):
+            while len(got) < len(self.procs):
+                line = await self._lines.get()
+                if line.split()[0] in (word, "stuck"):
+                    got.append(line)
+        return got
+
     async def stop(self) -> None:
         for proc in self.procs:
             if proc.stdin is not None:
@@ -154,6 +235,21 @@ class _Fleet:
 async def _cpu(probe: aioredis.Redis) -> float:
     info = await probe.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _storm(probe: aioredis.Redis, fleet: _Fleet) -> tuple[float, int]:
+    """Every client connection cut at once (what a failover or a restart does
+    to the fleet, minus the lost data): seconds until every instance is
+    trusted again, and how many were not within 30 s."""
+    fleet.send("watch")
+    await fleet.expect("watching")
+    t0 = time.monotonic_ns()
+    for kind in ("normal", "pubsub"):
+        await probe.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes")  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis 8.2
+    replies = await fleet.expect("trusted")
+    stuck = sum(int(line.split()[1]) for line in replies if line.startswith("stuck"))
+    last = max((int(line.split()[1]) for line in replies if line.startswith("trusted")), default=t0)
+    return (last - t0) / 1e9, stuck
 
 
 async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
@@ -196,6 +292,7 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
                     await writer.invalidate_tag(event)
                 await fleet.arrived(event)
             cpu[kind] = (await _cpu(probe) - start) / events
+        recovery, stuck = await _storm(probe, fleet)
     finally:
         await writer.close()
         await fleet.stop()
@@ -215,13 +312,15 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
         Series(f"{title}-cpu", "Redis CPU per raw PUBLISH", "floor", "s", [cpu["r"]]),
         Series(f"{title}-cpu", "Redis CPU per invalidate_tag", "twotier", "s", [cpu["t"]]),
         Series(f"{title}-cpu", "connections per idle instance", "diag", "conns", [connections]),
+        Series(f"{title}-storm", "all cut: trusted again", "diag", "s", [recovery]),
     ]
     ctx.log(
         f"  fleet {size}: p50 {percentile(raw_s, 50) * 1e3:.2f} / "
         f"{percentile(twotier_s, 50) * 1e3:.2f} ms, p99 {percentile(raw_s, 99) * 1e3:.2f} / "
         f"{percentile(twotier_s, 99) * 1e3:.2f} ms (raw / twotier); "
         f"CPU {cpu['r'] * 1e6:.0f} / {cpu['t'] * 1e6:.0f} µs per event; "
-        f"{connections:.2f} connections per instance"
+        f"{connections:.2f} connections per instance; every connection cut: all trusted "
+        f"again after {recovery * 1e3:.0f} ms" + (f", {stuck} not within 30 s" if stuck else "")
     )
     return out
 

@@ -65,6 +65,11 @@ TITLES = {
         f"fleet{n}-cpu": f"Redis CPU per event at {n} instances — target ≤ 1.3× a raw PUBLISH"
         for n in (10, 100, 300, 1000)
     },
+    **{
+        f"fleet{n}-storm": f"resync storm: every connection of the {n} instances cut at once "
+        "(CLIENT KILL) — target every instance trusted again within 2 s"
+        for n in (10, 100, 300, 1000)
+    },
 }
 
 RowScenario = Callable[[Context], Awaitable[list[Series]]]
