@@ -11,6 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+# Imported now, while only this thread runs: hypothesis' pytest plugin imports
+# it at the end of a session otherwise, and pytest's assertion rewriting then
+# parses it while threads the tests left (a cache's loop thread) may import
+# too. CPython 3.11's AST converter keeps its recursion depth per interpreter,
+# not per thread, and such a race ended a run in "SystemError: AST constructor
+# recursion depth mismatch" after every test had passed.
+import hypothesis  # noqa: F401
 import pytest
 import redis.asyncio as aioredis
 
