@@ -173,8 +173,10 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "files": ["twotier/_changes.py"],
         "tests": [
             "tests/test_mutants_changes.py",
+            "tests/test_loop_end.py",
             "tests/test_memory_cache.py",
             "tests/test_contract_memory.py",
+            "tests/test_events.py",
             "integration/test_mutants_changes.py",
             "integration/test_contract_redis.py",
             "integration/test_read_races.py",
@@ -196,6 +198,9 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "files": ["twotier/_reads.py"],
         "tests": [
             "tests/test_mutants_reads.py",
+            "tests/test_copy_plans.py",
+            "tests/test_memory_cache.py",
+            "tests/test_contract_memory.py",
             "integration/test_mutants_reads.py",
             "integration/test_read_races.py",
             "integration/test_contract_redis.py",
@@ -464,6 +469,8 @@ EQUIVALENT: dict[str, str] = {
     "it has a stamp no older than they, so they outdate none, and sweeps still bound them",
     "local-786908": "a sweep left running by clear(): its keys are gone or stored since "
     "(checked like any), and clear() forgot every invalidation it could forget",
+    "local-39adc0": "Literal[True] -> Literal[False] in copy_plan's return annotation, "
+    "never evaluated (postponed annotations)",
     "local-6912bf": "_swept_to's first value: a sweep sets it when it begins, before any read",
     "local-f97bbe": "_sweep_rate's first value: a sweep sets it when it begins, before any read",
     # twotier/_mirror.py
@@ -478,6 +485,9 @@ EQUIVALENT: dict[str, str] = {
     "mirror-d2e4c8": "_send's zip(strict=False): versions.lua answers one version per tag; "
     "a short reply would fail either way (KeyError in _load instead of ValueError here)",
     "mirror-f53f69": "_remember's zip(strict=False): its callers pass a dict's keys and values",
+    # twotier/_reads.py
+    "reads-9e7e3b": "`unsettled and touches((), key)` -> `or`: when touches() is false, "
+    "settle((), key) finds nothing to wait for (the same clears and key), so both skip",
     # twotier/_applier.py
     "applier-cad785": "a clear's message without its generation: Redis's always carries one, "
     "and memory mode's (which has none) meets no mirror, as it has no L2",
