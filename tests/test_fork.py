@@ -297,3 +297,34 @@ def test_a_fork_while_the_parent_closes_the_cache(cache: TwoTierCache) -> None:
         proceed.set()
         closer.join(WAIT)
     assert cache.closed
+
+
+def test_a_childs_metrics_carry_its_own_instance_id(cache: TwoTierCache) -> None:
+    """The observer binds its histogram series once, to the instance id of its
+    cache: a child kept the parent's id on its histograms while its scraped
+    stats carried its own (found by review of the fork work)."""
+    from prometheus_client import CollectorRegistry
+
+    from twotier import prometheus
+
+    registry = CollectorRegistry()
+    prometheus.instrument(cache, registry)
+    parent_id = cache.instance_id
+
+    def load_once() -> dict[str, Any]:
+        @cache.sync.cached(ttl=60)
+        def row(n: int) -> int:
+            return n
+
+        row(1)
+        text = prometheus.metrics_text(registry).decode()
+        lines = [
+            line for line in text.splitlines() if line.startswith("twotier_loader_seconds_count")
+        ]
+        return {"id": cache.instance_id, "lines": lines}
+
+    seen = in_child(load_once)
+    assert seen["id"] != parent_id
+    assert seen["lines"], "no loader series in the child"
+    assert all(seen["id"] in line for line in seen["lines"]), seen
+    assert not any(parent_id in line for line in seen["lines"]), seen

@@ -164,27 +164,47 @@ class PrometheusObserver(BaseObserver):
 
     traces = False
 
-    def __init__(self, exporter: _Exporter, namespace: str, instance_id: str) -> None:
+    def __init__(self, exporter: _Exporter, cache: TwoTierCache) -> None:
+        self._exporter = exporter
+        self._cache = weakref.ref(cache)
+        self._bind(cache.namespace, cache.instance_id)
+
+    def _bind(self, namespace: str, instance_id: str) -> None:
+        exporter = self._exporter
         labels = (namespace, instance_id)
         self._l2 = {o: exporter.l2_read.labels(*labels, o) for o in ("hit", "miss", "error")}
         self._loader = {True: exporter.loader.labels(*labels, "ok")}
         self._loader[False] = exporter.loader.labels(*labels, "error")
         self._lease = exporter.lease_wait.labels(*labels)
         self._lag = exporter.lag.labels(*labels)
-        self._exporter = exporter
         self._labels = labels
 
+    def _follow(self) -> None:
+        """A forked child is a new instance with a new id (guarantee 11): its
+        series take the new id, as its scraped stats do, and the parent's
+        series inherited with the registry leave the child's output. Checked
+        per event (one comparison): the label children are bound once, not
+        looked up per observation."""
+        cache = self._cache()
+        if cache is not None and cache.instance_id != self._labels[1]:
+            self.forget()
+            self._bind(cache.namespace, cache.instance_id)
+
     def l2_read(self, seconds: float, outcome: L2Outcome) -> None:
+        self._follow()
         self._l2[outcome].observe(seconds)
 
     def loaded(self, seconds: float, ok: bool) -> None:
+        self._follow()
         self._loader[ok].observe(seconds)
 
     def lease_waited(self, seconds: float) -> None:
+        self._follow()
         self._lease.observe(seconds)
 
     def invalidation_received(self, kind: str, lag: float | None) -> None:
         if lag is not None:
+            self._follow()
             self._lag.observe(lag)
 
     def breaker_changed(self, state: BreakerChange) -> None:
@@ -223,7 +243,7 @@ def instrument(
         per_cache = _observers.setdefault(cache, {})
         observer = per_cache.get(id(registry))
         if observer is None:
-            observer = PrometheusObserver(exporter, cache.namespace, cache.instance_id)
+            observer = PrometheusObserver(exporter, cache)
             per_cache[id(registry)] = observer
             cache.events.add(observer)
         with exporter.lock:
