@@ -124,7 +124,7 @@ class RedisListener:
                 # instance served stale values for good (issue 17, case 4). What
                 # was applied is unknown, so L1 is suspended until the resync.
                 self._counters.listener_errors += 1
-                self.last_error = f"unexpected {type(exc).__name__}: {exc}"[:200]
+                self.last_error = f"unexpected {self._describe(exc)}"[:200]
                 self._log.error(
                     "invalidation listener failed; reconnecting and resyncing", exc_info=exc
                 )
