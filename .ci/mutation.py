@@ -178,6 +178,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
             "tests/test_contract_memory.py",
             "tests/test_events.py",
             "integration/test_mutants_changes.py",
+            "integration/test_mutants_reads.py",
             "integration/test_contract_redis.py",
             "integration/test_read_races.py",
             "integration/test_outbox.py",
