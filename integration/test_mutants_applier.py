@@ -7,6 +7,7 @@ names in its docstring the mutants it kills (ids from `--list`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,7 +16,16 @@ from tests.contract import eventually
 from twotier import TwoTierCache
 from twotier.testing import FakeClock, RedisServer
 
+from .conftest import started_caches
+
 FAST = {"redis_timeout": 0.1, "health_interval": 0.1}
+
+
+@pytest.fixture
+async def pair(server: RedisServer) -> AsyncIterator[list[TwoTierCache]]:
+    """Two started instances of one namespace on *server*, closed at the end."""
+    async with started_caches(server.url, 2, namespace="ap", lease_ttl=60, **FAST) as caches:
+        yield caches
 
 
 async def test_with_redis_down_l1_serves_an_entry_for_max_stale_seconds_only(
@@ -47,45 +57,35 @@ async def test_with_redis_down_l1_serves_an_entry_for_max_stale_seconds_only(
 
 @pytest.mark.parametrize("change", ["delete", "set", "tag", "clear"])
 async def test_another_instances_change_reaches_this_instances_l1(
-    server: RedisServer, change: str
+    pair: list[TwoTierCache], change: str
 ) -> None:
     """Each kind of change, made by one instance, evicts the other's L1 copy."""
-    a = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    b = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    await a.start()
-    await b.start()
-    try:
-        await a.set("k", "old", ttl=60, tags=["t"])
-        assert await b.get("k") == "old"  # now in b's L1
-        if change == "delete":
-            await a.delete("k")
-        elif change == "set":
-            await a.set("k", "new", ttl=60, tags=["t"])
-        elif change == "tag":
-            await a.invalidate_tag("t")
-        else:
-            await a.clear()
-        expected = "new" if change == "set" else None
+    a, b = pair
+    await a.set("k", "old", ttl=60, tags=["t"])
+    assert await b.get("k") == "old"  # now in b's L1
+    if change == "delete":
+        await a.delete("k")
+    elif change == "set":
+        await a.set("k", "new", ttl=60, tags=["t"])
+    elif change == "tag":
+        await a.invalidate_tag("t")
+    else:
+        await a.clear()
+    expected = "new" if change == "set" else None
 
-        async def seen() -> bool:
-            return await b.get("k") == expected
+    async def seen() -> bool:
+        return await b.get("k") == expected
 
-        await eventually(seen, timeout=5)
-    finally:
-        await a.close()
-        await b.close()
+    await eventually(seen, timeout=5)
 
 
 async def test_a_change_of_a_key_wakes_the_callers_waiting_on_its_fill_lease(
-    server: RedisServer,
+    pair: list[TwoTierCache],
 ) -> None:
     """B waits on A's lease while A's loader runs; a change of the key ends that
     wait at once (B reads the new value), not the lease's end a minute later.
     Kills: applier-b5c314 (lease waiters not woken by a key change)."""
-    a = TwoTierCache(redis_url=server.url, namespace="ap", lease_ttl=60, **FAST)
-    b = TwoTierCache(redis_url=server.url, namespace="ap", lease_ttl=60, **FAST)
-    await a.start()
-    await b.start()
+    a, b = pair
     release = asyncio.Event()
 
     async def slow() -> str:
@@ -110,92 +110,52 @@ async def test_a_change_of_a_key_wakes_the_callers_waiting_on_its_fill_lease(
     finally:
         release.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await a.close()
-        await b.close()
 
 
 async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_tag_invalidation_from_another_instance_outdates_the_l2_entries_it_knew(
-    server: RedisServer,
+@pytest.mark.parametrize("change", ["tag", "clear"])
+async def test_another_instances_invalidation_outdates_the_l2_entries_this_one_knew(
+    pair: list[TwoTierCache], change: str
 ) -> None:
-    """B has read an entry tagged `t` (so its version mirror knows `t`); A
-    invalidates `t`. The old entry is still in Redis, and B must judge it
-    outdated by the version the message carried, and load the new value.
-    Kills: applier-ed4874 (the message's versions not mirrored)."""
-    a = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    b = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    await a.start()
-    await b.start()
+    """B has read an entry tagged `t` from L2 (so its version mirror knows `t`
+    and the generation); A invalidates `t`, or clears. The old entry is still
+    in Redis, and B must judge it outdated by the version or the generation the
+    message carried (nothing after it sets B's mirror right), and load anew.
+    Kills: applier-ed4874 (a tag message's versions not mirrored),
+    applier-eb7760 (`kind == "c"` flipped: the clear never reaches the mirror)."""
+    a, b = pair
     source = {"value": "old"}
 
     async def load() -> str:
         return source["value"]
 
-    try:
-        fa = a.cached(ttl=60, key="k", tags=["t"])(load)
-        fb = b.cached(ttl=60, key="k", tags=["t"])(load)
-        assert await fa() == "old"
-        assert await fb() == "old"  # from L2, judged by B's mirror
-        source["value"] = "new"
+    fa = a.cached(ttl=60, key="k", tags=["t"])(load)
+    fb = b.cached(ttl=60, key="k", tags=["t"])(load)
+    assert await fa() == "old"
+    assert await fb() == "old"  # from L2, judged by B's mirror
+    source["value"] = "new"
+    if change == "tag":
         await a.invalidate_tag("t")
-
-        async def fresh() -> bool:
-            return await fb() == "new"
-
-        await eventually(fresh, timeout=5)
-        assert await fb() == "new"
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def test_after_another_instances_clear_no_entry_from_before_is_served(
-    server: RedisServer,
-) -> None:
-    """A clear starts a new namespace generation; the old entries stay in Redis
-    until they expire, and B must judge them by the generation the clear's
-    message carried, with no other message after it to set B's mirror right.
-    Kills: applier-eb7760 (`kind == "c"` flipped: the clear never reaches the mirror)."""
-    a = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    b = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    await a.start()
-    await b.start()
-    source = {"value": "old"}
-
-    async def load() -> str:
-        return source["value"]
-
-    try:
-        fa = a.cached(ttl=60, key="k", tags=["t"])(load)
-        fb = b.cached(ttl=60, key="k", tags=["t"])(load)
-        assert await fa() == "old"
-        assert await fb() == "old"  # from L2: B's mirror has the generation now
-        source["value"] = "new"
+    else:
         await a.clear()
 
-        async def fresh() -> bool:
-            return await fb() == "new"
+    async def fresh() -> bool:
+        return await fb() == "new"
 
-        await eventually(fresh, timeout=5)
-    finally:
-        await a.close()
-        await b.close()
+    await eventually(fresh, timeout=5)
 
 
 async def test_while_the_invalidation_link_is_down_and_redis_answers_l1_is_not_served(
-    server: RedisServer,
+    server: RedisServer, pair: list[TwoTierCache]
 ) -> None:
     """B's subscription is cut and cannot come back (subscribing is refused), while
     Redis still answers commands: B may miss changes, so it serves from L2, which
     judges every entry, not from L1. A's invalidation meanwhile reaches B's reads.
     Kills: applier-1d9725 (L1 not suspended)."""
-    a = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    b = TwoTierCache(redis_url=server.url, namespace="ap", **FAST)
-    await a.start()
-    await b.start()
+    a, b = pair
     raw = aioredis.Redis.from_url(server.url)
     source = {"value": "old"}
 
@@ -220,5 +180,3 @@ async def test_while_the_invalidation_link_is_down_and_redis_answers_l1_is_not_s
     finally:
         await raw.execute_command("ACL", "SETUSER", "default", "+@all")
         await raw.aclose()
-        await a.close()
-        await b.close()
