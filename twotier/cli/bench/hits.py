@@ -24,6 +24,25 @@ async def _closing(subjects: list[peers.Subject]) -> None:
         await s.close()
 
 
+async def _hits(
+    subjects: dict[str, AsyncCall],
+    keys: list[int],
+    repeat: int,
+    budget: float,
+    to_close: list[peers.Subject],
+) -> dict[str, list[float]]:
+    """Fill every subject (each key twice: every later call is a hit), then time
+    them in calibrated batches; the peers in *to_close* are closed after."""
+    try:
+        for call in subjects.values():
+            for i in keys:
+                await call(i)
+                await call(i)
+        return await calibrated_batches(subjects, keys, repeat, budget)
+    finally:
+        await _closing(to_close)
+
+
 # --- L1 hit -------------------------------------------------------------------------
 
 
@@ -66,15 +85,8 @@ async def l1_hit(ctx: Context) -> list[Series]:
                 subjects[name] = peer.call
                 roles[name] = "peer"
                 to_close.append(peer)
-        try:
-            for call in subjects.values():  # fill: every later call is a hit
-                for i in keys:
-                    await call(i)
-                    await call(i)
-            samples = await calibrated_batches(subjects, keys, ctx.repeat, budget)
-            stats = cache.get_stats()
-        finally:
-            await _closing(to_close)
+        samples = await _hits(subjects, keys, ctx.repeat, budget, to_close)
+        stats = cache.get_stats()
     out = [Series("l1", name, roles[name], "s", samples[name]) for name in subjects]
     out[2].note = (
         f"L1 hits {stats['l1_hits']:,}, L2 hits {stats['l2_hits']:,}, "
@@ -152,15 +164,8 @@ async def l1_rows(ctx: Context) -> list[Series]:
                 subjects[f"cashews @cache (mem://, 2 tags), {label}"] = peer.call
                 roles[f"cashews @cache (mem://, 2 tags), {label}"] = "peer"
                 to_close.append(peer)
-        try:
-            for call in subjects.values():  # fill: every later call is a hit
-                for i in keys:
-                    await call(i)
-                    await call(i)
-            samples = await calibrated_batches(subjects, keys, ctx.repeat, budget)
-            stats = dicts.get_stats()
-        finally:
-            await _closing(to_close)
+        samples = await _hits(subjects, keys, ctx.repeat, budget, to_close)
+        stats = dicts.get_stats()
     out = [Series("l1-rows", name, roles[name], "s", samples[name]) for name in subjects]
     out[1].note = f"L1 hits {stats['l1_hits']:,}, loads {stats['loads']:,} during the run"
     return out
