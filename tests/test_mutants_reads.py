@@ -30,6 +30,15 @@ async def _turns(count: int = 10) -> None:
         await asyncio.sleep(0)
 
 
+@pytest.fixture
+def refreshing(monkeypatch: pytest.MonkeyPatch) -> tuple[TwoTierCache, FakeClock]:
+    """A memory-mode cache on a clock moved by hand, whose every hit asks for an
+    early refresh (XFetch's draw pinned near 1)."""
+    monkeypatch.setattr(decorator.random, "random", lambda: 0.999999)
+    clock = FakeClock()
+    return TwoTierCache(namespace=f"r{uuid.uuid4().hex[:8]}", clock=clock), clock
+
+
 async def test_a_failed_early_refresh_is_logged_and_the_value_stays_served(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -109,15 +118,13 @@ async def test_callers_joining_one_load_get_their_own_copies(value: object) -> N
 
 
 async def test_hits_that_all_call_for_an_early_refresh_start_one(
-    monkeypatch: pytest.MonkeyPatch,
+    refreshing: tuple[TwoTierCache, FakeClock],
 ) -> None:
     """Every hit near the expiry asks for a refresh; one runs, the others see its
     flight and leave it be, even when they come from two functions cached under
     one key (each function only knows of its own refreshes).
     Kills: reads-c81bd2 (a refresh begun while one is in flight)."""
-    monkeypatch.setattr(decorator.random, "random", lambda: 0.999999)  # always refresh early
-    clock = FakeClock()
-    cache = TwoTierCache(namespace=f"r{uuid.uuid4().hex[:8]}", clock=clock)
+    cache, clock = refreshing
     gate = asyncio.Event()
     loads = 0
 
@@ -145,14 +152,12 @@ async def test_hits_that_all_call_for_an_early_refresh_start_one(
 
 
 async def test_an_early_refresh_cancelled_by_close_is_not_reported_as_a_failure(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    refreshing: tuple[TwoTierCache, FakeClock], caplog: pytest.LogCaptureFixture
 ) -> None:
     """close() cancels a refresh still running after its grace period: that is the
     refresh ending, not failing (no warning), and the cancellation is not swallowed.
     Kills: reads-484454 (a cancellation caught and logged as a failure)."""
-    monkeypatch.setattr(decorator.random, "random", lambda: 0.999999)  # always refresh early
-    clock = FakeClock()
-    cache = TwoTierCache(namespace=f"r{uuid.uuid4().hex[:8]}", clock=clock)
+    cache, clock = refreshing
     never = asyncio.Event()
     loads = 0
 
@@ -175,15 +180,13 @@ async def test_an_early_refresh_cancelled_by_close_is_not_reported_as_a_failure(
 
 
 async def test_a_caller_whose_copy_expired_during_a_refresh_joins_it(
-    monkeypatch: pytest.MonkeyPatch,
+    refreshing: tuple[TwoTierCache, FakeClock],
 ) -> None:
     """The entry expires while its early refresh runs: the caller that misses
     joins the refresh's flight and gets its result; no third load.
     Kills: reads-c0dc42 (the refresh's result never handed to its joiners),
     reads-c90631 (the joiners made to load for themselves)."""
-    monkeypatch.setattr(decorator.random, "random", lambda: 0.999999)  # always refresh early
-    clock = FakeClock()
-    cache = TwoTierCache(namespace=f"r{uuid.uuid4().hex[:8]}", clock=clock)
+    cache, clock = refreshing
     gate = asyncio.Event()
     loads = 0
 
