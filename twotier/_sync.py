@@ -36,6 +36,12 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+def _answer(future: concurrent.futures.Future[None]) -> None:
+    """Answer *future* unless something (the loop thread's end) answered it first."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        future.set_result(None)
+
+
 class AsyncCache(Protocol):
     """The async cache a `SyncCache` is the blocking view of (`TwoTierCache`).
 
@@ -210,11 +216,26 @@ class SyncCache:
             running = None
         if owner is None or owner is running or not owner.is_running():
             return
-        closing = self._cache.close()  # (returns at once once closed)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def wait_there() -> None:  # on the cache's loop: its close() ends at once once closed
+            closing = asyncio.ensure_future(self._cache.close())
+            closing.add_done_callback(lambda _: _answer(future))
+
         try:
-            future = submit(closing, owner)
+            # A callback, not a coroutine made here: the loop may stop before
+            # it runs, and a coroutine never started is a warning.
+            owner.call_soon_threadsafe(wait_there)
         except RuntimeError:  # that loop closed meanwhile: so did the close
-            closing.close()
+            return
+        # The closing thread may stop the loop before it runs this: then the
+        # loop thread's end fails what it left unanswered, this too. Registered
+        # first, checked after: a loop that stopped in between is not waited
+        # on (a closer waited forever on it, 1 run in a few, found by review).
+        with self._unanswered_lock:
+            self._unanswered.add(future)
+        future.add_done_callback(self._answered)
+        if not owner.is_running():
             return
         with contextlib.suppress(Exception):
             wait([future])
