@@ -485,6 +485,11 @@ class TwoTierCache:
         return self._loop
 
     @property
+    def closing(self) -> asyncio.Future[None] | None:
+        """The close under way or done (on the cache's loop); None before `close()`."""
+        return self._closing
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

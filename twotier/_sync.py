@@ -56,6 +56,9 @@ class AsyncCache(Protocol):
     def closed(self) -> bool: ...
 
     @property
+    def closing(self) -> asyncio.Future[None] | None: ...
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
     @property
@@ -218,13 +221,16 @@ class SyncCache:
             return
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-        def wait_there() -> None:  # on the cache's loop: its close() ends at once once closed
-            closing = asyncio.ensure_future(self._cache.close())
-            closing.add_done_callback(lambda _: _answer(future))
+        def wait_there() -> None:  # on the cache's loop, where its close runs
+            closing = self._cache.closing
+            if closing is None or closing.done():
+                _answer(future)
+            else:
+                closing.add_done_callback(lambda _: _answer(future))
 
         try:
-            # A callback, not a coroutine made here: the loop may stop before
-            # it runs, and a coroutine never started is a warning.
+            # A callback, not a coroutine: the loop may stop before it runs,
+            # and a coroutine never started is a warning.
             owner.call_soon_threadsafe(wait_there)
         except RuntimeError:  # that loop closed meanwhile: so did the close
             return
