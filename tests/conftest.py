@@ -1,7 +1,7 @@
 """Fixtures of the server-free suite."""
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -18,3 +18,16 @@ async def trio() -> AsyncIterator[list[TwoTierCache]]:
     yield caches
     for cache in caches:
         await cache.close()
+
+
+def unique_namespace() -> str:
+    """A namespace no other test uses (memory-mode instances of one namespace share a hub)."""
+    return f"u{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def cache() -> Iterator[TwoTierCache]:
+    """One memory-mode cache, not started (sync callers start it on first use), closed after."""
+    made = TwoTierCache(namespace=unique_namespace())
+    yield made
+    made.close_blocking()

@@ -18,28 +18,17 @@ import select
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.conftest import unique_namespace
 from twotier import TwoTierCache
 
 WAIT = 20.0  # a child's whole run; generous for a loaded machine
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
-
-
-def unique_namespace() -> str:
-    return f"f{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def cache() -> Iterator[TwoTierCache]:
-    made = TwoTierCache(namespace=unique_namespace())
-    yield made
-    made.close_blocking()
 
 
 def in_child(body: Callable[[], Any]) -> Any:

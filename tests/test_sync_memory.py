@@ -13,26 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import unique_namespace
 from twotier import CacheClosedError, ConfigurationError, EventLoopError, TwoTierCache
 
 WAIT = 10.0  # any one blocking call; generous for a loaded machine
 ABSENT = object()
-
-
-def unique_namespace() -> str:
-    return f"s{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def cache() -> Iterator[TwoTierCache]:
-    made = TwoTierCache(namespace=unique_namespace())
-    yield made
-    made.close_blocking()
 
 
 def loop_threads(cache: TwoTierCache) -> list[threading.Thread]:
