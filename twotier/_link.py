@@ -116,6 +116,13 @@ class RedisLink:
         self.mirror = VersionMirror(self.tier.versions)
         self.tier.on_bumped = self.mirror.bumped
         self.tier.on_cleared = self.mirror.cleared
+        shard_log = tier_log(instance_id, "l2")
+        self.tier.on_shard_repair = lambda node, keys: shard_log.warning(
+            "cluster node %s may have lost %d logged change(s) of its keys "
+            "(a promoted replica, or a restore): deleting and announcing them again",
+            node,
+            keys,
+        )
         # The listener gets its own client: a pub/sub connection must not share
         # the socket timeout of data calls (it waits for messages by design).
         self.listener = RedisListener(

@@ -12,6 +12,8 @@ misreading them):
     {ns:v2}:seq           the change counter
     {ns:v2}:log           stream of the last changes, id = <seq>-1
     {ns:v2}:epoch         run id of the server the generation was drawn on
+    {ns:v2}:met           cluster shard masters found holding every logged change
+                          (run id:replication id → ms; `_shards.py`)
     {ns:v2:hb}:<id>       instance <id>'s stats (JSON), expiring unless renewed (own slot)
     {ns:v2}:inv           the pub/sub channel
 
@@ -53,7 +55,8 @@ from ._batch import bulk, command_head
 from ._exceptions import BackendError, BackendTimeout, BackendUnavailable
 from ._guard import Guard
 from ._pipe import NOT_READY, WRONG_TYPE, ReadPipe, get_command
-from ._tier import Claim, Message
+from ._shards import ShardRun, latest_writes
+from ._tier import SEP, Claim, Message
 
 FORMAT = "v2"
 T = TypeVar("T")
@@ -61,7 +64,7 @@ T = TypeVar("T")
 
 #: Scripts that may run while Redis is at `maxmemory` (see the module docstring).
 _ALLOW_OOM = frozenset(
-    {"claim", "release", "drop", "announce", "invalidate", "versions", "server", "compact"}
+    {"claim", "release", "drop", "erase", "announce", "invalidate", "versions", "server", "compact"}
 )
 _SCRIPTS = (
     "claim",
@@ -69,6 +72,7 @@ _SCRIPTS = (
     "release",
     "drop",
     "write",
+    "erase",
     "announce",
     "invalidate",
     "versions",
@@ -144,6 +148,7 @@ class Layout:
         self.seq = f"{control}:seq"
         self.log = f"{control}:log"
         self.epoch = f"{control}:epoch"
+        self.met = f"{control}:met"
         #: `<prefix><instance id>`: each live instance's stats, with a TTL
         #: (`twotier stats` reads them; the key vanishes with the instance).
         #: A slot of their own, not the control slot: one key per instance
@@ -215,6 +220,7 @@ class RedisTier:
         #: moment (`_lean`) before its change is queued instead.
         self.migration_budget = MIGRATION_TIMEOUTS * timeout
         self._node_pipes: dict[str, ReadPipe] = {}
+        self._refreshing: asyncio.Future[None] | None = None
         self._reads = (
             ReadPipe(
                 make_connection, self._queued_get, timeout=timeout, connect_timeout=connect_timeout
@@ -238,6 +244,11 @@ class RedisTier:
         # change was sent by its caller or later from the outbox.
         self.on_bumped: Callable[[list[tuple[str, str]]], None] = lambda pairs: None
         self.on_cleared: Callable[[str], None] = lambda generation: None
+        # Cluster shard masters (run id:replication id) this instance found
+        # holding every logged entry change, or repaired (`_meet_shard`).
+        self._met: set[str] = set()
+        #: Told of each repair: the node, and how many keys it may have lost.
+        self.on_shard_repair: Callable[[str, int], None] = lambda node, keys: None
 
     async def prepare(self, connection: Any) -> None:
         """Run on every new connection before its first command (redis-py's
@@ -422,14 +433,16 @@ class RedisTier:
                 await release()
         return reply
 
-    def _announce_args(self) -> list[Any]:
-        return [self._origin, self.layout.channel, self._log_maxlen, _now_ms()]
+    def _announce_args(self, origin: str | None = None) -> list[Any]:
+        return [origin or self._origin, self.layout.channel, self._log_maxlen, _now_ms()]
 
-    async def _control(self, script: str, args: list[Any], change: bool = True) -> Any:
+    async def _control(
+        self, script: str, args: list[Any], change: bool = True, origin: str | None = None
+    ) -> Any:
         """Run a control script (lua/prelude.lua's convention); a *change*, when
         replicas must confirm changes, is confirmed by `WAIT` on the same
         connection, or raises `BackendError` (the caller keeps it queued)."""
-        keys, args = self.layout.control, [*self._announce_args(), *args]
+        keys, args = self.layout.control, [*self._announce_args(origin), *args]
         if not (change and self._confirm_replicas):
             return await self._run(script, keys, args)
         return await self._call(lambda: self._confirmed(self._scripts[script], keys, args))
@@ -505,8 +518,34 @@ class RedisTier:
         self.reads += 1
         reads = self._reads
         if reads is None:
-            return await self._guard.call(lambda: self._node_pipe(name).get(name))
+            return await self._guard.call(lambda: self._node_get(name))
         return await self._guard.call(lambda: reads.get(name))
+
+    async def _node_get(self, name: str) -> bytes | None:
+        """In a cluster: a read through the pipe of the master holding *name*.
+        A master that cannot be reached (killed, failed over) makes the client
+        ask the cluster for its slot map again, so that the next read goes to
+        the slot's new owner (and its pipe meets it) instead of waiting for
+        redis-py's own refresh, which was seen to miss a promotion for
+        seconds."""
+        try:
+            return await self._node_pipe(name).get(name)
+        except (redis_errors.ConnectionError, OSError):
+            await self._refresh_slots()
+            raise
+
+    async def _refresh_slots(self) -> None:
+        """One refresh of the cluster's slot map at a time, shared by its callers."""
+        refreshing = self._refreshing
+        if refreshing is None or refreshing.done():
+            cluster = cast(RedisCluster, self._client)
+            refreshing = self._refreshing = asyncio.ensure_future(
+                cluster.nodes_manager.initialize()
+            )
+            # (retrieved even when every caller was cancelled meanwhile)
+            refreshing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        with contextlib.suppress(redis_errors.RedisError, OSError):  # the read's error stands
+            await asyncio.shield(refreshing)
 
     def _node_pipe(self, name: str) -> ReadPipe:
         """In a cluster: the read pipe of the master holding *name*'s slot."""
@@ -517,7 +556,11 @@ class RedisTier:
             raise redis_errors.ConnectionError(f"no node serves the slot of {name!r}")
         pipe = self._node_pipes.get(node.name)
         if pipe is None:
-            options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+            options = {
+                **node.connection_kwargs,
+                "retry": Retry(NoBackoff(), 0),
+                "redis_connect_func": self._meet_shard,
+            }
             pipe = self._node_pipes[node.name] = ReadPipe(
                 lambda: node.connection_class(**options),
                 self._queued_get,
@@ -525,6 +568,41 @@ class RedisTier:
                 connect_timeout=self._connect_timeout,
             )
         return pipe
+
+    async def _meet_shard(self, connection: Any) -> None:
+        """Run on every new connection of a cluster read pipe, before its first
+        read: meet the shard master it reaches, and repair what a promotion or
+        a restore may have lost of its logged entry changes (`_shards.py`),
+        once per master run and namespace. Until then this instance reads
+        nothing through it; what others read meanwhile, the repair's
+        announcement evicts."""
+        await connection.on_connect()
+        run = await _shard_run(connection)
+        if run is None or run.identity in self._met:
+            return
+        if not await self._execute("HEXISTS", self.layout.met, run.identity):
+            rows = await self._client.xrange(self.layout.log, min="-", max="+")
+            # The master's position read again after the log: every change
+            # logged was made on its shard before it was announced, so one the
+            # master holds is below this offset, not past it.
+            run = await _shard_run(connection)
+            if run is None:
+                return
+            await self._repair_shard(f"{connection.host}:{connection.port}", run, rows)
+            await self._execute("HSET", self.layout.met, run.identity, _now_ms())
+        self._met.add(run.identity)
+
+    async def _repair_shard(self, node_name: str, run: ShardRun, rows: Any) -> None:
+        """Delete again, and announce, the changes logged in *rows* of keys that
+        *node_name* serves and that its *run* may not hold."""
+        lost = tuple(
+            key
+            for key, written in latest_writes(rows).items()
+            if not run.holds(written) and self._node_name(key) == node_name
+        )
+        if lost:
+            self.on_shard_repair(node_name, len(lost))
+            await self.delete(lost, origin="shard")
 
     async def _queued_get(self, name: str) -> bytes | None:
         """A GET through the pool (in a cluster, or while the read pipe
@@ -721,18 +799,36 @@ class RedisTier:
     # -- changes ---------------------------------------------------------------------
 
     async def write(self, key: str, entry: bytes, ttl: float, horizon: float) -> None:
-        await self._run("write", list(self.layout.slot_names(key)), [entry, _ms(ttl)])
-        await self._announce((key,), horizon)
+        written = await self._run("write", list(self.layout.slot_names(key)), [entry, _ms(ttl)])
+        await self._announce((key,), horizon, [_text(written)])
 
-    async def delete(self, keys: tuple[str, ...]) -> None:
+    async def delete(self, keys: tuple[str, ...], *, origin: str | None = None) -> None:
+        """Delete *keys*' entries and announce it (from *origin*, default this
+        instance: a repair announces as "shard", so this instance applies it too)."""
         for chunk in _chunks(keys):
             names = [name for key in chunk for name in self.layout.slot_names(key)]
-            # One DEL per key: each touches one slot (entry and lease share it).
-            await self._pipeline([("DEL", names[i], names[i + 1]) for i in range(0, len(names), 2)])
-            await self._announce(chunk, 0.0)
+            pairs = [(names[i], names[i + 1]) for i in range(0, len(names), 2)]
+            # One call per key: each touches one slot (entry and lease share it).
+            if self._cluster:  # and says where it stands in its shard (`_shards.py`)
+                sha = self._scripts["erase"].sha
+                written = await self._pipeline([("EVALSHA", sha, 2, *pair) for pair in pairs])
+                await self._announce(chunk, 0.0, [_text(w) for w in written], origin)
+            else:
+                await self._pipeline([("DEL", *pair) for pair in pairs])
+                await self._announce(chunk, 0.0)
 
-    async def _announce(self, keys: tuple[str, ...], horizon: float) -> None:
-        await self._control("announce", [_ms(horizon) if horizon else 0, *keys])
+    async def _announce(
+        self,
+        keys: tuple[str, ...],
+        horizon: float,
+        written: list[str] | None = None,
+        origin: str | None = None,
+    ) -> None:
+        """Announce changed *keys*; *written*, one per key, where each change
+        stands in its shard (`_shards.py`), kept in the log."""
+        positions = SEP.join(written) if written and all(written) else ""
+        horizon_ms = _ms(horizon) if horizon else 0
+        await self._control("announce", [horizon_ms, positions, *keys], origin=origin)
 
     async def invalidate(self, tags: tuple[str, ...]) -> list[tuple[str, str]]:
         # Each chunk is a change of its own; if a later one fails, the caller
@@ -831,6 +927,16 @@ class RedisTier:
             except ValueError:
                 return None
         return messages
+
+
+async def _shard_run(connection: Any) -> ShardRun | None:
+    """The run and replication history of the master *connection* reaches."""
+    await connection.send_packed_command(
+        connection.pack_commands([("INFO", "server"), ("INFO", "replication")])
+    )
+    return ShardRun.parse(
+        _text(await connection.read_response()) + _text(await connection.read_response())
+    )
 
 
 async def _run_script(connection: Any, packed: bytes) -> Any:

@@ -88,15 +88,20 @@ end
 -- Append change `seq` to the bounded log and publish it, in the same atomic
 -- script as the change itself, so the log never misses a change.
 -- `body` is the message's tail: keys, tag/version pairs, or a generation.
-local function announce(seq, log_key, origin, channel, maxlen, sent_ms, kind, body)
+-- `written` (optional): where the announced keys' entry changes stand in
+-- their shards' replication streams (entry_written below), kept in the log
+-- only, for the repair of a shard that lost them.
+local function announce(seq, log_key, origin, channel, maxlen, sent_ms, kind, body, written)
   local msg = table.concat({'2', kind, seq, origin, sent_ms, body}, SEP)
   local id = seq .. '-1'
-  local ok = redis.pcall('XADD', log_key, 'MAXLEN', '~', maxlen, id, 'm', msg)
+  local fields = {'m', msg}
+  if written and written ~= '' then fields = {'m', msg, 'w', written} end
+  local ok = redis.pcall('XADD', log_key, 'MAXLEN', '~', maxlen, id, unpack(fields))
   if type(ok) == 'table' and ok['err'] then
     -- The log is ahead of the counter (the counter was lost, e.g. evicted):
     -- start a new log. Readers whose position it no longer covers clear L1.
     redis.call('DEL', log_key)
-    redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, id, 'm', msg)
+    redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, id, unpack(fields))
   end
   redis.call(PUBLISH, channel, msg)
   return seq
@@ -155,4 +160,21 @@ local function end_lease(lease_key, token)
   if type(value) ~= 'string' or string.sub(value, 1, #token) ~= token then return nil end
   redis.call('DEL', lease_key)
   return string.sub(value, -1) == '+'
+end
+
+-- In a cluster, where an entry change stands in its shard master's replication
+-- stream: 'replid:offset:bytes' — the master's replication id, its offset
+-- before this script's effects (they replicate after it, as one transaction)
+-- and a bound on their size. The announcement keeps it in the log; a shard
+-- master met later that is a replica promoted without these bytes, or a
+-- master restored from before them, lost the change (issue 21, case 2:
+-- `_shards.py`). '' elsewhere: one server holds entries and versions, and a
+-- new generation covers whatever it lost.
+local function entry_written(bytes)
+  if not MEET then return '' end
+  local info = redis.call('INFO', 'replication')
+  local replid = string.match(info, 'master_replid:(%x+)')
+  local offset = string.match(info, 'master_repl_offset:(%d+)')
+  if not (replid and offset) then return '' end
+  return replid .. ':' .. offset .. ':' .. (bytes + 512)
 end
