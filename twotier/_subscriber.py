@@ -17,6 +17,7 @@ served nor filled), so nothing stale is served "before the repair lands".
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
 import redis.exceptions as redis_errors
@@ -30,7 +31,7 @@ from ._stats import Counters
 from ._tier import Message
 from ._topology import Bus
 
-_FIRST_BACKOFF = 0.01  # seconds before the first reconnect; doubles up to health_interval
+_FIRST_BACKOFF = 0.01  # seconds: the first reconnect's bound; doubles up to health_interval
 
 
 class RedisListener:
@@ -137,7 +138,12 @@ class RedisListener:
         self._on_link_lost()  # the cache decides what L1 may serve meanwhile
 
     async def _back_off(self) -> None:
-        await asyncio.sleep(self._backoff)
+        """Wait before reconnecting: a random share of the backoff ("full
+        jitter"), so that a fleet cut off at once (a failover, a restart)
+        comes back spread over the interval, not in the same millisecond,
+        each instance with its connect, `server.lua`, counter read and log
+        replay (issue 20, item 6)."""
+        await asyncio.sleep(random.uniform(0.0, self._backoff))  # noqa: S311  # not crypto
         self._backoff = min(self._backoff * 2, self._health_interval)
 
     async def stop(self, task: asyncio.Task[None]) -> None:
