@@ -494,6 +494,9 @@ EQUIVALENT: dict[str, str] = {
     # twotier/_applier.py
     "applier-cad785": "a clear's message without its generation: Redis's always carries one, "
     "and memory mode's (which has none) meets no mirror, as it has no L2",
+    # twotier/_channel.py
+    "channel-2a2259": "next() without the `continue` after a read: _frame(MORE) is None (MORE "
+    "is a bare object), so the loop goes round to gets() all the same",
 }
 
 

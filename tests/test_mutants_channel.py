@@ -1,0 +1,145 @@
+"""The invalidation channel (`_channel.py`) on its own, fed the frames a server
+would send, with no server.
+
+Written for the mutation run (.ci/mutation.py, module `channel`); each test
+names in its docstring the mutants it kills (ids from `--list`). What needs a
+real server (closing a subscription, a server that hangs up) is in
+integration/test_mutants_channel.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from tests.test_batch import Chunks, _Connection
+from twotier import _batch, _channel
+from twotier._batch import Push
+from twotier._channel import Subscription
+from twotier.testing import free_port
+
+MESSAGE = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$4\r\nnews\r\n"
+
+
+@pytest.fixture(params=["hiredis", "hand-written"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The subscription's reply reader: hiredis' (the default when installed)
+    or the hand-written one (as tests/test_batch.py's fixture of that name)."""
+    if request.param == "hiredis":
+        if _batch._HIREDIS is None:  # not installed, or older than the reader needs
+            pytest.skip("hiredis' reader is not in use here (see _batch._hiredis)")
+    else:
+        monkeypatch.setattr(_batch, "new_reader", _batch.Reader, raising=False)
+        monkeypatch.setattr(_batch, "_PUSH", Push, raising=False)
+        monkeypatch.setattr(_channel, "new_reader", _batch.Reader, raising=False)
+    return str(request.param)
+
+
+def _subscription(*chunks: bytes) -> Subscription:
+    """A subscription reading *chunks*, one per read, as the socket delivered them."""
+    return Subscription(_Connection(Chunks(*chunks)), "c", sharded=False, timeout=1)
+
+
+async def test_frames_counts_the_traffic_received_and_not_the_pongs(backend: str) -> None:
+    """`frames` is how the listener tells an idle link (no frame in a health
+    interval: it pings): every frame counts, the confirmation and messages,
+    but never a pong, the answer to its own ping (RESP3's `+PONG` or RESP2's
+    array), or an idle link would pass for a busy one.
+    Kills: channel-0243fe (only pongs counted), channel-1633e6 (nothing
+    counted), channel-2a945e (counted down)."""
+    subscription = _subscription(
+        b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"
+        + MESSAGE
+        + b"+PONG\r\n"
+        + b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+        + b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$0\r\n\r\n"
+    )
+    assert subscription.frames == 0
+    seen = []
+    for _ in range(5):
+        frame = await subscription.next()
+        seen.append((frame, subscription.frames))
+    assert seen == [
+        (("subscribed", b""), 1),
+        (("message", b"news"), 2),
+        (("pong", b""), 2),
+        (("pong", b""), 2),
+        (("message", b""), 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    "ignored",
+    [
+        pytest.param(b":1\r\n", id="integer"),
+        pytest.param(b"$4\r\nnews\r\n", id="bulk-string"),
+        pytest.param(b"+OK\r\n", id="simple-string"),
+        pytest.param(b"*0\r\n", id="empty-array"),
+        pytest.param(b"*2\r\n:1\r\n$1\r\nc\r\n", id="array-of-an-integer-first"),
+        pytest.param(b"*3\r\n$5\r\npmsg2\r\n$1\r\nc\r\n$1\r\nx\r\n", id="unknown-kind"),
+        pytest.param(b">3\r\n$10\r\ninvalidate\r\n$1\r\nc\r\n$1\r\nx\r\n", id="unknown-push"),
+        pytest.param(b"*2\r\n$7\r\nmessage\r\n$1\r\nc\r\n", id="message-without-payload"),
+        pytest.param(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n:5\r\n", id="message-with-integer"),
+    ],
+)
+async def test_a_frame_the_subscription_does_not_know_is_skipped(
+    backend: str, ignored: bytes
+) -> None:
+    """A well-formed frame that is none of the subscription's (a reply of
+    another shape, a push of another kind, a message without a payload
+    string) is passed over, neither returned nor an error that would cost the
+    listener its link: the next call returns the message that follows it,
+    and only that one counts as traffic.
+    Kills: channel-a8428f, channel-c62319 (`or` -> `and` in the shape check:
+    TypeError or IndexError), channel-3c2ac9 (the shape check's `return None`
+    deleted), channel-895ddf (`kind == "message" and ...` -> `or`: an
+    unknown kind returned with its third item), channel-f5831d,
+    channel-18abbf (an unknown kind or a message without a payload
+    returned as a frame)."""
+    subscription = _subscription(ignored + MESSAGE)
+    assert await subscription.next() == ("message", b"news")
+    assert subscription.frames == 1
+
+
+async def test_a_frame_hiredis_cannot_build_is_refused_as_malformed(backend: str) -> None:
+    """A map keyed by an array is a frame hiredis cannot build (TypeError);
+    the hand-written reader does not know maps. Either way the subscription
+    raises `InvalidResponse`, as for any malformed frame (a lost link for the
+    listener), not the reader's own error.
+    Kills: channel-ddf41d (hiredis' TypeError swallowed)."""
+    subscription = _subscription(b"%1\r\n*1\r\n:1\r\n:2\r\n" + MESSAGE)
+    with pytest.raises(redis_errors.InvalidResponse):
+        await subscription.next()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [pytest.param((), id="nothing"), pytest.param((MESSAGE[:9], MESSAGE[9:20]), id="half-a-frame")],
+)
+async def test_a_server_that_hangs_up_ends_the_subscription(
+    backend: str, sent: tuple[bytes, ...]
+) -> None:
+    """The server closes the connection (a read returns no data), before any
+    frame or halfway through one: `next()` raises ConnectionError, the lost
+    link the listener reconnects after, and reads no further (a read at the
+    end of the stream would return nothing again, for ever).
+    Kills: channel-0b28fc (the end of the stream taken for a pause in it)."""
+    subscription = _subscription(*sent, b"")
+    with pytest.raises(redis_errors.ConnectionError, match="closed by server"):
+        await subscription.next()
+
+
+async def test_a_subscription_whose_connection_is_not_open_raises_connection_error() -> None:
+    """On a connection that is closed (or was never opened), reading the next
+    frame and pinging raise redis-py's ConnectionError, what the listener
+    treats as a lost link, not an AttributeError of the missing stream.
+    Kills: channel-3491e7 (next() reads from no stream), channel-4af4ba
+    (ping() writes to no stream)."""
+    connection = aioredis.Connection(host="127.0.0.1", port=free_port())  # never connected
+    subscription = Subscription(connection, "c", sharded=False, timeout=1)
+    with pytest.raises(redis_errors.ConnectionError, match="connection is closed"):
+        await subscription.next()
+    with pytest.raises(redis_errors.ConnectionError, match="connection is closed"):
+        await subscription.ping()
+    await subscription.close()  # closing it again is harmless
