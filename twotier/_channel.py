@@ -17,7 +17,14 @@ frame can be left in its buffer. A malformed frame raises `InvalidResponse`
 
 Frames are returned as (kind, data): "message" (with the payload),
 "subscribed", "unsubscribed" (the server dropped a shard channel: its slot
-moved) and "pong".
+moved), "pong", and "counter" (the value `read_counter` asked for).
+
+Over RESP3 a subscribed connection runs any command (RESP2 allows only PING
+and the subscription commands): the listener's idle check reads the change
+counter here, one command that proves the link alive and, answered in order
+after every message published before it, says exactly whether one was lost
+(issue 20: one idle command per interval, not a PING here and a GET on
+another connection).
 """
 
 from __future__ import annotations
@@ -48,7 +55,13 @@ class Subscription:
         self._timeout = timeout  # for a write the kernel does not take at once
         self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._replies = new_reader()
-        self.frames = 0  # received so far, pongs aside (the listener tells an idle link by it)
+        self._counter_reads = 0  # asked for and not yet answered
+        self.frames = 0  # received so far, answers aside (the listener tells an idle link by it)
+
+    @property
+    def reads_counter(self) -> bool:
+        """Whether `read_counter` can be used: the connection speaks RESP3."""
+        return str(getattr(self._connection, "protocol", 2)) == "3"
 
     async def open(self) -> None:
         """Connect and subscribe; returns once the server confirmed it (from
@@ -71,6 +84,9 @@ class Subscription:
             if reply is MORE:
                 await self._read()
                 continue
+            if self._counter_reads and not isinstance(reply, list):  # not a push
+                self._counter_reads -= 1
+                return ("counter", _counter(reply))
             frame = _frame(reply)
             if frame is not None:
                 if frame[0] != "pong":  # the answer to our own ping is not traffic
@@ -90,6 +106,13 @@ class Subscription:
         """Ask for a "pong" frame (proof that the link is alive)."""
         await self._send(command("PING"))
 
+    async def read_counter(self, key: str) -> None:
+        """Ask for a "counter" frame: the value of *key* (the change counter,
+        in the channel's slot), read after every message published before it
+        was delivered here. RESP3 only (`reads_counter`)."""
+        self._counter_reads += 1
+        await self._send(command("GET", key))
+
     async def _send(self, packed: bytes) -> None:
         writer = self._connection._writer
         if writer is None:
@@ -98,6 +121,21 @@ class Subscription:
 
     async def close(self) -> None:
         await self._connection.disconnect(nowait=True)
+
+
+def _counter(reply: Any) -> bytes:
+    """The counter's value from a GET's reply: b"0" for none, and for foreign
+    data under its name (the listener then resyncs, as for a flush); any other
+    error is raised (MOVED: the node no longer holds the channel's slot)."""
+    if isinstance(reply, bytes):
+        return reply
+    if reply is None or (
+        isinstance(reply, redis_errors.ResponseError) and str(reply).startswith("WRONGTYPE")
+    ):
+        return b"0"
+    if isinstance(reply, redis_errors.RedisError):
+        raise reply
+    raise redis_errors.InvalidResponse(f"unexpected reply to the counter read: {reply!r}")
 
 
 def _frame(reply: Any) -> Frame | None:

@@ -31,6 +31,15 @@ from ._stats import Counters
 from ._tier import Message
 from ._topology import Bus
 
+
+def _seq(data: bytes) -> int:
+    """The counter's value; 0 for foreign data (as `RedisTier.current_seq`)."""
+    try:
+        return int(data)
+    except ValueError:
+        return 0
+
+
 _FIRST_BACKOFF = 0.01  # seconds: the first reconnect's bound; doubles up to health_interval
 
 
@@ -204,6 +213,12 @@ class RedisListener:
                                 idle.reschedule(loop.time() + self._health_interval)
                         elif kind == "pong":
                             pending_ping = False
+                        elif kind == "counter":
+                            pending_ping = False
+                            if _seq(data) != self._last_seq:
+                                idle.reschedule(None)
+                                await self._resync("counter moved while idle")
+                                idle.reschedule(loop.time() + self._health_interval)
                         elif kind == "unsubscribed":
                             # The server dropped the shard channel: its slot moved to another
                             # node (a failover or a resharding). Subscribe where it is now.
@@ -217,11 +232,17 @@ class RedisListener:
                 pending_ping = False  # not idle: traffic came in this interval
                 continue
             # Idle for a whole interval: prove the link is alive, and catch a
-            # lost last message (no later number reveals it).
+            # lost last message (no later number reveals it). Over RESP3, one
+            # command on the subscription does both, its answer compared when
+            # it comes (in order after the messages published before it);
+            # over RESP2, a PING there and a read of the counter elsewhere.
             if pending_ping:
-                raise TimeoutError("no answer to the health ping")
-            await subscription.ping()
+                raise TimeoutError("no answer to the health check")
             pending_ping = True
+            if subscription.reads_counter:
+                await subscription.read_counter(self._tier.layout.seq)
+                continue
+            await subscription.ping()
             if await self._tier.current_seq() != self._last_seq:
                 await self._resync("counter moved while idle")
 
