@@ -15,14 +15,27 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from twotier._redis import Layout
+from twotier._redis import MIGRATION_TIMEOUTS, Layout
 from twotier.testing import LocalCluster, RedisServer
 
+from ._chaos_check import Timeline
+from ._workers import CHAOS_SETTINGS
 from .conftest import FLAVOURS, started_caches
+from .test_chaos import (
+    LAYOUT,
+    PROPAGATION_BOUND,
+    READERS,
+    _chaos_workers,
+    _publish,
+    _run_workers,
+    _stop_workers,
+    check,
+)
 from .test_read_races import eventually
 
 OPTIONS = {"redis_timeout": 0.5, "health_interval": 0.2}
@@ -52,9 +65,14 @@ class Migration:
         port = self.target.port
         self._source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *names)
 
+    def keys(self, count: int = 100) -> list[str]:
+        """Keys of the slot still on the source."""
+        names = self._source.cluster("getkeysinslot", self.slot, count)
+        return [n if isinstance(n, str) else n.decode() for n in names]
+
     def move_all(self) -> None:
-        while names := self._source.cluster("getkeysinslot", self.slot, 100):
-            self.move(*(n if isinstance(n, str) else n.decode() for n in names))
+        while names := self.keys():
+            self.move(*names)
 
     def finish(self, after: float = 0.0) -> threading.Thread:
         """Assign the slot to the target (in a thread, *after* seconds)."""
@@ -131,3 +149,79 @@ async def test_a_control_script_waits_out_the_ask_window_and_reaches_every_liste
 
 async def _is(read: object, expected: object) -> bool:
     return await read == expected  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("what", ["entry slots", "control slot"])
+async def test_chaos_slots_migrate_under_load_and_no_read_is_stale(
+    cluster: LocalCluster, tmp_path: Path, what: str
+) -> None:
+    """Readers in three processes and a writer in a fourth (SQLite as the
+    truth) while slots move key by key, as a resharding tool moves them: the
+    slots holding the namespace's entries, or its control slot, each key a
+    pause after the last, each slot within a change's migration budget
+    (5 × redis_timeout: 0.25 s here). No read may be stale at any time, during
+    the migration included (the trial before issue 21's fixes: 57 stale reads
+    moving entry slots, 3,024 moving the control slot), none may fail, and
+    nothing stays queued. A control slot that takes longer than the budget
+    queues the changes made meanwhile (docs/topologies.md): with 50 ms
+    between its six keys, 8 reads were stale by up to 62 ms."""
+    await asyncio.to_thread(cluster.flush)  # the source starts anew: so must the cache
+
+    async def scenario(processes: dict[str, asyncio.subprocess.Process]) -> Timeline:
+        start = time.monotonic()
+        await asyncio.sleep(2.5)
+        began = time.monotonic()
+        budget = MIGRATION_TIMEOUTS * float(CHAOS_SETTINGS["redis_timeout"])
+        moved = await asyncio.to_thread(_migrate, cluster, what, budget / 10)
+        done = time.monotonic()
+        await asyncio.sleep(2.0)
+        stop = await _stop_workers(processes, tmp_path)
+        # One phase: every read counts, the migration's included.
+        return Timeline(
+            start,
+            stop,
+            stop,
+            stop,
+            stop,
+            event_names=("migration", "assigned"),
+            events=((f"{what}: {moved} keys moved", began), ("every slot assigned", done)),
+        )
+
+    run = await _run_workers(cluster, tmp_path, _chaos_workers(), scenario)  # type: ignore[arg-type]
+    report = check(run.reads, run.writes, run.timeline, PROPAGATION_BOUND)
+    report.stats = run.stats
+    title = f"cluster ({cluster.flavour}), {what} migrated key by key: {READERS} readers, 1 writer"
+    _publish(report, title, tmp_path / f"chaos-migration-{what.replace(' ', '-')}.json")
+    assert report.phases["connected"].reads > 100, report.phases["connected"]
+    assert report.failures() == [], report.format(title)
+    assert report.errors == 0, report.format(title)
+    for name, stats in run.stats.items():
+        assert stats.get("queued_ops_pending", 0) == 0, (name, stats.get("last_error"))
+
+
+def _migrate(cluster: LocalCluster, what: str, pause: float) -> int:
+    """Move *what* to another master, key by key; how many keys moved."""
+    if what == "control slot":
+        names = [LAYOUT.seq]
+    else:  # every slot holding one of the namespace's entries
+        names = sorted(
+            {
+                name.decode()
+                for master in cluster.masters()
+                for name in _client(master).scan_iter(match=LAYOUT.entry_pattern, count=1000)
+            }
+        )
+        assert names, "the readers stored no entry yet"
+    moved, slots = 0, set()
+    for name in names:
+        migration = Migration(cluster, name)
+        if migration.slot in slots:
+            continue
+        slots.add(migration.slot)
+        migration.begin()
+        while keys := migration.keys():
+            migration.move(keys[0])
+            moved += 1
+            time.sleep(pause)
+        migration.finish().join()
+    return moved
