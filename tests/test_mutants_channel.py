@@ -143,3 +143,88 @@ async def test_a_subscription_whose_connection_is_not_open_raises_connection_err
     with pytest.raises(redis_errors.ConnectionError, match="connection is closed"):
         await subscription.ping()
     await subscription.close()  # closing it again is harmless
+
+
+class _Writer:
+    """What `Subscription` writes to: the bytes sent, a transport whose buffer
+    the kernel always took at once."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _resp3_subscription(*chunks: bytes) -> tuple[Subscription, _Writer]:
+    connection = _Connection(Chunks(*chunks))
+    connection._writer = writer = _Writer()  # type: ignore[attr-defined]
+    connection.protocol = 3  # type: ignore[attr-defined]
+    return Subscription(connection, "c", sharded=False, timeout=1), writer
+
+
+async def test_the_counter_read_on_the_subscription_comes_after_the_messages_before_it(
+    backend: str,
+) -> None:
+    """Over RESP3 the idle check is a GET of the change counter on the
+    subscription itself (issue 20): its answer comes after every message
+    published before it was read, so the listener compares the counter with
+    numbers it has all applied. Messages pushed first are returned first; the
+    answer is a "counter" frame, not traffic (an idle link stays idle)."""
+    subscription, writer = _resp3_subscription(MESSAGE + b"$2\r\n42\r\n" + MESSAGE)
+    assert subscription.reads_counter
+    await subscription.read_counter("{ns:v2}:seq")
+    assert writer.sent == b"*2\r\n$3\r\nGET\r\n$11\r\n{ns:v2}:seq\r\n"
+    assert await subscription.next() == ("message", b"news")
+    assert await subscription.next() == ("counter", b"42")
+    assert subscription.frames == 1
+    assert await subscription.next() == ("message", b"news")  # a bulk string no one asked for
+
+
+@pytest.mark.parametrize(
+    ("reply", "value"),
+    [
+        pytest.param(b"_\r\n", b"0", id="no-counter-yet"),
+        pytest.param(b"-WRONGTYPE Operation against a key\r\n", b"0", id="foreign-data"),
+    ],
+)
+async def test_a_missing_or_foreign_counter_reads_as_zero(
+    backend: str, reply: bytes, value: bytes
+) -> None:
+    """No counter (a new or flushed server) or foreign data under its name
+    reads as 0, as `RedisTier.current_seq` reads it: the listener resyncs and
+    goes on, instead of losing its link to an error on every idle check."""
+    subscription, _ = _resp3_subscription(reply)
+    await subscription.read_counter("{ns:v2}:seq")
+    assert await subscription.next() == ("counter", value)
+
+
+async def test_a_node_that_no_longer_holds_the_channel_answers_the_counter_read_with_moved(
+    backend: str,
+) -> None:
+    """In a cluster, a node that gave the channel's slot away answers the
+    counter read with MOVED: raised, a lost link, and the listener subscribes
+    where the slot is now."""
+    subscription, _ = _resp3_subscription(b"-MOVED 1234 127.0.0.1:7001\r\n")
+    await subscription.read_counter("{ns:v2}:seq")
+    with pytest.raises(redis_errors.MovedError):
+        await subscription.next()
+
+
+async def test_an_answer_of_another_shape_to_the_counter_read_is_refused(backend: str) -> None:
+    subscription, _ = _resp3_subscription(b":42\r\n")
+    await subscription.read_counter("{ns:v2}:seq")
+    with pytest.raises(redis_errors.InvalidResponse, match="counter read"):
+        await subscription.next()
+
+
+def test_a_resp2_subscription_does_not_read_the_counter() -> None:
+    """RESP2 allows no GET on a subscribed connection: the listener pings
+    there and reads the counter on its command connection instead."""
+    connection = _Connection(Chunks())
+    connection.protocol = 2  # type: ignore[attr-defined]
+    assert not Subscription(connection, "c", sharded=False, timeout=1).reads_counter
