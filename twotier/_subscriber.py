@@ -205,26 +205,23 @@ class RedisListener:
                 async with idle:
                     while not self._stopping:
                         kind, data = await subscription.next()
+                        resync: str | None = None
                         if kind == "message":
                             resync = self._handle(data)
-                            if resync is not None:
-                                idle.reschedule(None)
-                                await self._resync(resync)
-                                idle.reschedule(loop.time() + self._health_interval)
-                        elif kind == "pong":
+                        elif kind == "pong" or kind == "counter":
                             pending_ping = False
-                        elif kind == "counter":
-                            pending_ping = False
-                            if _seq(data) != self._last_seq:
-                                idle.reschedule(None)
-                                await self._resync("counter moved while idle")
-                                idle.reschedule(loop.time() + self._health_interval)
+                            if kind == "counter" and _seq(data) != self._last_seq:
+                                resync = "counter moved while idle"
                         elif kind == "unsubscribed":
                             # The server dropped the shard channel: its slot moved to another
                             # node (a failover or a resharding). Subscribe where it is now.
                             raise redis_errors.ConnectionError(
                                 "the channel's slot moved to another node"
                             )
+                        if resync is not None:
+                            idle.reschedule(None)
+                            await self._resync(resync)
+                            idle.reschedule(loop.time() + self._health_interval)
             except TimeoutError:
                 if not idle.expired():
                     raise  # a Redis call of the resync timed out
