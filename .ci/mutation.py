@@ -497,6 +497,13 @@ EQUIVALENT: dict[str, str] = {
     # twotier/_channel.py
     "channel-2a2259": "next() without the `continue` after a read: _frame(MORE) is None (MORE "
     "is a bare object), so the loop goes round to gets() all the same",
+    # twotier/_link.py
+    "link-18693e": "_on_link_lost's _degrade() with the breaker open: it opens only through "
+    "_on_redis_down, which degraded already, and only _recovered, breaker closed, undoes it",
+    "link-b0aec4": "timing (not strict): close() cancels each loop until it is done; the flag "
+    "only ends at once a compactor whose cancel a Redis call swallowed, one timeout sooner",
+    "link-698901": "timing (not strict): close() cancels each loop until it is done; the flag "
+    "only ends at once a compactor whose cancel a Redis call swallowed, one timeout sooner",
 }
 
 
