@@ -286,6 +286,38 @@ def _publish(
     path.write_text(json.dumps({"title": title, **report.to_json(), **more}, indent=2))
 
 
+async def settled_timeline(
+    processes: dict[str, asyncio.subprocess.Process],
+    tmp_path: Path,
+    *,
+    start: float,
+    trouble: float,
+    recovered: float,
+    names: tuple[str, str],
+    events: tuple[tuple[str, float], ...] = (),
+    after: float = 3.0,
+) -> Timeline:
+    """Let a topology's trouble settle (`max_stale` and a margin after the
+    moment it *recovered*), run *after* seconds more, stop the workers: the
+    run's timeline, its phases named by *names* (the trouble, the recovery)."""
+    settle = recovered + float(CHAOS_SETTINGS["max_stale"]) + SETTLE_MARGIN
+    await asyncio.sleep(settle - time.monotonic() + after)
+    stop = await _stop_workers(processes, tmp_path)
+    return Timeline(start, trouble, recovered, settle, stop, event_names=names, events=events)
+
+
+def assert_no_stale_read_outside_the_trouble(run: Run, title: str, path: Path) -> Report:
+    """Check a topology's chaos run: figures printed and written to *path*;
+    reads before the trouble and after it settled, none of them stale."""
+    report = check(run.reads, run.writes, run.timeline, PROPAGATION_BOUND)
+    report.stats = run.stats
+    _publish(report, title, path)
+    for phase in ("connected", "settled"):
+        assert report.phases[phase].reads > 100, report.phases[phase]
+    assert report.failures() == [], report.format(title)
+    return report
+
+
 def _stderr(tmp_path: Path, names: Iterable[str]) -> str:
     return "\n".join(
         f"--- {name}:\n{(tmp_path / f'{name}.err').read_text()[-3000:]}" for name in names
