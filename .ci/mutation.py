@@ -497,6 +497,13 @@ EQUIVALENT: dict[str, str] = {
     # twotier/_channel.py
     "channel-2a2259": "next() without the `continue` after a read: _frame(MORE) is None (MORE "
     "is a bare object), so the loop goes round to gets() all the same",
+    # twotier/_shared.py
+    "shared-2ba20f": "lookup's default drop=True -> False: its only callers (_reads) always "
+    "pass drop= explicitly",
+    "shared-f4da41": "judged's default drop=True -> False: every caller (lookup, claim, "
+    "warmup) passes drop= explicitly",
+    "shared-10d307": "snapshot's `return None` after the except: the function ends right "
+    "there, and returns None all the same",
     # twotier/_link.py
     "link-18693e": "_on_link_lost's _degrade() with the breaker open: it opens only through "
     "_on_redis_down, which degraded already, and only _recovered, breaker closed, undoes it",
