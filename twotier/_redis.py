@@ -14,6 +14,7 @@ misreading them):
     {ns:v2}:epoch         run id of the server the generation was drawn on
     {ns:v2}:met           cluster shard masters found holding every logged change
                           (run id:replication id → ms; `_shards.py`)
+    {ns:v2}:met:<run>     the instance repairing that master now (a claim, 30 s)
     {ns:v2:hb}:<id>       instance <id>'s stats (JSON), expiring unless renewed (own slot)
     {ns:v2}:inv           the pub/sub channel
 
@@ -98,6 +99,10 @@ def _script_source(name: str, *, sharded: bool) -> str:
 #: redis-py's `execute_command`, which it leaves unannotated.
 Execute = Callable[..., Awaitable[Any]]
 
+
+#: How long one instance may take to repair what a shard master lost (`_meet_shard`)
+#: before another may: the log's read, the deletes and their announcement.
+_REPAIR_CLAIM_MS = 30_000
 
 #: A script refused while a slot migrates is tried again for this many Redis
 #: timeouts (0.5 s at the default 0.1 s), from a first pause of 5 ms doubling.
@@ -581,15 +586,26 @@ class RedisTier:
         if run is None or run.identity in self._met:
             return
         if not await self._execute("HEXISTS", self.layout.met, run.identity):
-            rows = await self._client.xrange(self.layout.log, min="-", max="+")
-            # The master's position read again after the log: every change
-            # logged was made on its shard before it was announced, so one the
-            # master holds is below this offset, not past it.
-            run = await _shard_run(connection)
-            if run is None:
+            # One instance of the fleet repairs (all of them meet the new
+            # master at once after a failover, and each would read the log);
+            # the others read on, and the repair's announcement evicts what
+            # they read meanwhile. They check again at their next connection:
+            # a repairer that dies leaves it to the first after its claim.
+            claim = f"{self.layout.met}:{run.identity}"
+            if not await self._execute("SET", claim, self._origin, "NX", "PX", _REPAIR_CLAIM_MS):
                 return
-            await self._repair_shard(f"{connection.host}:{connection.port}", run, rows)
-            await self._execute("HSET", self.layout.met, run.identity, _now_ms())
+            try:
+                rows = await self._client.xrange(self.layout.log, min="-", max="+")
+                # The master's position read again after the log: every change
+                # logged was made on its shard before it was announced, so one
+                # the master holds is below this offset, not past it.
+                run = await _shard_run(connection)
+                if run is None:
+                    return
+                await self._repair_shard(f"{connection.host}:{connection.port}", run, rows)
+                await self._execute("HSET", self.layout.met, run.identity, _now_ms())
+            finally:
+                await self._execute("DEL", claim)
         self._met.add(run.identity)
 
     async def _repair_shard(self, node_name: str, run: ShardRun, rows: Any) -> None:
