@@ -511,6 +511,40 @@ EQUIVALENT: dict[str, str] = {
     "only ends at once a compactor whose cancel a Redis call swallowed, one timeout sooner",
     "link-698901": "timing (not strict): close() cancels each loop until it is done; the flag "
     "only ends at once a compactor whose cancel a Redis call swallowed, one timeout sooner",
+    # twotier/_pipe.py
+    "pipe-d895a7": "_ReadOnly's super().__init__(reply): raised and caught within call(), "
+    "which reads only .reply, never the exception's args",
+    "pipe-9a67f6": "call()'s `return exc.reply` removed: the function goes on to "
+    "`return reply`, the same ReadOnlyError object",
+    "pipe-be0b2d": "timing (not strict): after READONLY the reply was read in full, nothing is "
+    "left to send, so waiting for the close only returns one loop turn later",
+    "pipe-d6fdea": "timing (not strict): a failed connect has written at most the handshake, "
+    "which the kernel took, so waiting for the close only takes one loop turn more",
+    "pipe-b6e045": "free()'s `return False` removed: None instead, and both callers "
+    "(call_in_turn, RedisTier's command path) only test its truth",
+    "pipe-41502f": "free()'s `_ready = False`: _ready is never True on a closed connection "
+    "(every disconnect clears it first, and only connect() sets it, once open)",
+    "pipe-412d11": "_send's `_ready = False` on the pool path: _ready is never True on a "
+    "closed connection (every disconnect clears it first)",
+    "pipe-2fb4e7": "a turn's check `_ready or is_connected`: at a hand-over both are True or "
+    "both False (a turn queues only while ready; a reconnect starts only while idle or by "
+    "the holder, after the turns were served)",
+    "pipe-7a6508": "the cancelled turn left in _turns: _hand_over pops and skips done turns, "
+    "and nothing else reads the list",
+    "pipe-245fa1": "_lead's `mine = None`: the lead goes to live[0], whose future is `own`, so "
+    "the loop always assigns mine before the return",
+    "pipe-7325f3": "_lead's zip(strict=False): _send returns one reply per name",
+    "pipe-bd0356": "_send's zip(strict=False): read_replies returns exactly one reply per name",
+    "pipe-bef321": "timing (not strict): close() no longer waits for the connect it cancelled; "
+    "that task ends at the loop's next turn, closes its socket, and cannot set _ready",
+    "pipe-c40117": "timing (not strict): close() leaves _ready set on a closed connection; "
+    "every check but one pairs it with is_connected, and a command it queues is told "
+    "NOT_READY once the closed batch fails, a few loop turns later",
+    "pipe-426e16": "timing (not strict): as pipe-c40117 (close() sets _ready True on the "
+    "closed connection)",
+    "pipe-e20b8e": "connect()'s disconnect on failure: the installed redis-py (8.2) closes a "
+    "socket whose handshake failed or was cancelled itself (none is open if the TCP connect "
+    "failed); the line guards older redis-py",
 }
 
 
