@@ -396,7 +396,7 @@ HAND: list[tuple[str, str, str, str, str]] = [
     (
         "lua",
         "twotier/lua/invalidate.lua",
-        "math.max(seq, (tonumber(current[i]) or 0) + 1)",
+        "math.max(seq, (tonumber(current[i + 1]) or 0) + 1)",
         "seq",
         "a tag version can return to an old value when the counter and log were lost",
     ),
@@ -409,7 +409,7 @@ HAND: list[tuple[str, str, str, str, str]] = [
     ),
     (
         "lua",
-        "twotier/lua/prelude.lua",
+        "twotier/lua/claim.lua",
         "if held and string.find(held, '@' .. generation, 1, true) then",
         "if held then",
         "a lease from before a clear() or a restore is waited on, not taken over",
@@ -427,8 +427,6 @@ EQUIVALENT: dict[str, str] = {
     "200 characters, so `<` and `<=` never differ",
     "keys-433b8e": "a scalar without the early return reaches _encode_repr, which returns "
     "the same repr (a scalar's repr never starts with '<')",
-    "keys-17970e": "Template(frozen=False): no code assigns to or hashes a Template",
-    "keys-f36dfc": "Template(slots=False): only the instances' memory layout changes",
     "keys-ab185d": "the one-scalar shortcut's return removed: the general fast path right "
     "after it builds the identical key",
     "keys-f9d39b": "the fast path's return removed: _slow_key builds the identical key from "
@@ -441,15 +439,6 @@ EQUIVALENT: dict[str, str] = {
     "lua-84d455": "note_horizon `>=`: writing an equal horizon again changes nothing",
     "lua-9f93cf": "announce: XADD's success reply is a string, whose ['err'] is nil, so "
     "`or` and `and` agree",
-    "lua-2b3acf": "clear() without writing the new generation: the next versions_of draws "
-    "one before any entry, lease or snapshot can carry it",
-    "lua-dce201": "read_one's DEL of foreign data under a lease: the SET right after it "
-    "replaces a value of any type",
-    "lua-929bf4": "invalidate's DEL of a foreign version hash: new_namespace_generation, "
-    "which always follows then, deletes it too",
-    "lua-c9bedd": "timing boundary: `pttl > min_ttl_ms` differs only when an entry has "
-    "exactly min_ttl_ms left, to the millisecond",
-    "lua-87c33b": "timing boundary: `pttl <= 0` differs only in an entry's last millisecond",
     # twotier/_local.py
     "local-97da5a": "is_immutable's last `return False` removed: None, and every caller "
     "only tests its truth",
