@@ -10,14 +10,12 @@ one leaves the cluster healthy (the dead node restarted as a replica).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from tests.contract import CacheContract, eventually
@@ -27,6 +25,7 @@ from twotier.testing import LocalCluster, RedisServer, free_port
 
 from ._chaos_check import Timeline
 from ._confirm import unconfirmed_change_stays_queued
+from ._shard_loss import key_off_the_control_shard, lose_a_change
 from .conftest import FLAVOURS, started_caches
 from .test_chaos import (
     READERS,
@@ -234,69 +233,38 @@ async def test_an_entry_shard_that_lost_a_delete_in_a_failover_serves_it_to_no_o
     served to every instance)."""
     namespace = _namespace()
     layout = Layout(namespace)
-    control = cluster.owner_of(layout.seq)
-    key = next(
-        k
-        for k in (f"row{i}" for i in range(1000))
-        if cluster.owner_of(layout.entry(k)) is not control
-    )
-    master = cluster.owner_of(layout.entry(key))
-    replica = cluster.replica_of(master)
+    key = key_off_the_control_shard(cluster, layout)
     options = {"namespace": namespace, "redis_timeout": 0.5, "health_interval": 0.2}
-    raw = aioredis.Redis(port=replica.port)
+    master = cluster.owner_of(layout.entry(key))
     try:
         async with started_caches(cluster.url, 2, **options) as (writer, reader):
             await writer.set(key, "old", ttl=300)
             assert await reader.get(key) == "old"
-            async with aioredis.Redis(port=master.port) as on_master:
-                assert await on_master.wait(1, 2000) == 1  # the entry is on the replica too
-                replica.pause()
-                try:
-                    # Cut the replication link (the paused replica reconnects
-                    # only after it resumes, and then the master is dead):
-                    # nothing sent from here on waits in the replica's socket.
-                    await on_master.client_kill_filter(_type="replica")
-                except BaseException:
-                    replica.resume()
-                    raise
-            try:
-                await writer.delete(key)  # acknowledged by the master alone
+
+            async def delete() -> None:
+                await writer.delete(key)
                 assert await reader.get(key) is None
-                master.kill()
-            finally:
-                replica.resume()
-            await asyncio.to_thread(_take_over, cluster, replica)
-            # The test has teeth: the promoted replica holds the deleted entry.
-            assert await raw.exists(layout.entry(key)) == 1
 
-            async def nobody_serves_it() -> bool:
-                for cache in (reader, writer):
-                    if await cache.get(key) is not None or not cache.get_stats()["redis_available"]:
-                        return False
-                return await raw.exists(layout.entry(key)) == 0
+            _, replica = await lose_a_change(cluster, layout.entry(key), delete)
+            async with aioredis.Redis(port=replica.port) as raw:
+                # The test has teeth: the promoted replica holds the deleted entry.
+                assert await raw.exists(layout.entry(key)) == 1
 
-            await eventually(nobody_serves_it, timeout=10)
+                async def nobody_serves_it() -> bool:
+                    for cache in (reader, writer):
+                        stats = cache.get_stats()
+                        if await cache.get(key) is not None or not stats["redis_available"]:
+                            return False
+                    return await raw.exists(layout.entry(key)) == 0
+
+                await eventually(nobody_serves_it, timeout=10)
             async with TwoTierCache(redis_url=cluster.url, **options) as fresh:
                 assert await fresh.get(key) is None
             for _ in range(20):  # and it stays so
                 assert [await reader.get(key), await writer.get(key)] == [None, None]
                 await asyncio.sleep(0.02)
     finally:
-        await raw.aclose()
         await asyncio.to_thread(_revive, cluster, master)
-
-
-def _take_over(cluster: LocalCluster, replica: RedisServer, timeout: float = 20.0) -> None:
-    """Promote *replica* of a dead master at once (`CLUSTER FAILOVER TAKEOVER`),
-    unless the cluster's own failover was quicker."""
-    deadline = time.monotonic() + timeout
-    with redis.Redis(port=replica.port, decode_responses=True) as client:
-        while client.info("replication")["role"] != "master":
-            assert time.monotonic() < deadline, "the replica was never promoted"
-            with contextlib.suppress(redis.ResponseError):
-                client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-            time.sleep(0.1)
-    cluster.wait_healthy(timeout)
 
 
 @pytest.mark.parametrize("trouble", ["kill", "failover"])

@@ -12,12 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from tests.contract import eventually
@@ -27,6 +25,7 @@ from twotier._exceptions import BackendError
 from twotier._redis import Layout
 from twotier.testing import LocalCluster, LocalSentinel, RedisServer
 
+from ._shard_loss import key_off_the_control_shard, lose_a_change
 from .conftest import FLAVOURS
 
 NS = "lk"
@@ -562,29 +561,12 @@ async def test_a_cluster_shard_that_lost_a_delete_is_repaired_and_logged(
     logger missing: the repair fails)."""
     caplog.set_level(logging.WARNING, logger="twotier")
     with LocalCluster.start(FLAVOURS[0]) as cluster:
-        control = cluster.owner_of(LAYOUT.seq)
-        key = next(
-            k
-            for k in (f"row{i}" for i in range(1000))
-            if cluster.owner_of(LAYOUT.entry(k)) is not control
-        )
-        master = cluster.owner_of(LAYOUT.entry(key))
-        replica = cluster.replica_of(master)
+        key = key_off_the_control_shard(cluster, LAYOUT)
         options = {"redis_timeout": 0.5, "health_interval": 0.2}
         async with started(cluster.url, **options) as cache:
             await cache.set(key, "old", ttl=300)
-            async with aioredis.Redis(port=master.port) as on_master:
-                assert await on_master.wait(1, 2000) == 1
-                replica.pause()
-                try:
-                    await on_master.client_kill_filter(_type="replica")
-                    await cache.delete(key)  # acknowledged by the master alone
-                    master.kill()
-                finally:
-                    replica.resume()
-            await asyncio.to_thread(_take_over, cluster, replica)
-            on_replica = aioredis.Redis(port=replica.port)
-            try:
+            _, replica = await lose_a_change(cluster, LAYOUT.entry(key), lambda: cache.delete(key))
+            async with aioredis.Redis(port=replica.port) as on_replica:
 
                 async def repaired() -> bool:
                     if await cache.get(key) is not None:
@@ -592,20 +574,5 @@ async def test_a_cluster_shard_that_lost_a_delete_is_repaired_and_logged(
                     return not await on_replica.exists(LAYOUT.entry(key))
 
                 await eventually(repaired, timeout=10)
-            finally:
-                await on_replica.aclose()
         [warning] = _warnings(caplog, "may have lost 1 logged change(s) of its keys")
         assert warning.startswith("cluster node ")
-
-
-def _take_over(cluster: LocalCluster, replica: RedisServer, timeout: float = 20.0) -> None:
-    """Promote *replica* of a dead master (`CLUSTER FAILOVER TAKEOVER`), unless
-    the cluster's own failover was quicker."""
-    deadline = time.monotonic() + timeout
-    with redis.Redis(port=replica.port, decode_responses=True) as client:
-        while client.info("replication")["role"] != "master":
-            assert time.monotonic() < deadline, "the replica was never promoted"
-            with contextlib.suppress(redis.ResponseError):
-                client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-            time.sleep(0.1)
-    cluster.wait_healthy(timeout)
