@@ -373,6 +373,14 @@ async def test_warmup_loads_the_keys_of_a_file_for_every_instance(
     assert "1 loader error(s)" in result.stdout
 
 
+def _as_a_foreground_job() -> None:
+    """SIGINT at its default, as a shell's foreground job has it: a suite run
+    in the background by a shell without job control (`cmd &` in a script, as
+    CI runners and nohup launch it) hands SIGINT down ignored, and Ctrl-C
+    could not reach the child (found when the suite ran that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_top_in_a_shell_stops_on_ctrl_c_with_exit_0(
     server: RedisServer, make_cache: CacheFactory
 ) -> None:
@@ -392,6 +400,7 @@ async def test_top_in_a_shell_stops_on_ctrl_c_with_exit_0(
         "0.1",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_as_a_foreground_job,
     )
     assert process.stdout is not None
     first = await asyncio.wait_for(process.stdout.readline(), timeout=30)
