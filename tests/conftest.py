@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from twotier import TwoTierCache
+from twotier import TwoTierCache, _batch, _channel
+from twotier._batch import Push
 
 
 @pytest.fixture
@@ -31,3 +32,18 @@ def cache() -> Iterator[TwoTierCache]:
     made = TwoTierCache(namespace=unique_namespace())
     yield made
     made.close_blocking()
+
+
+@pytest.fixture(params=["hiredis", "hand-written"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The reply reader of `read_replies` and the channel: hiredis' (the
+    default when installed, as here) or the hand-written one (tests/test_batch.py,
+    tests/test_mutants_channel.py)."""
+    if request.param == "hiredis":
+        if _batch._HIREDIS is None:  # not installed, or older than the reader needs
+            pytest.skip("hiredis' reader is not in use here (see _batch._hiredis)")
+    else:
+        monkeypatch.setattr(_batch, "new_reader", _batch.Reader, raising=False)
+        monkeypatch.setattr(_batch, "_PUSH", Push, raising=False)
+        monkeypatch.setattr(_channel, "new_reader", _batch.Reader, raising=False)
+    return str(request.param)

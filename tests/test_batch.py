@@ -110,20 +110,6 @@ async def test_a_reply_that_stalls_halfway_times_out_a_timeout_after_its_last_by
 # Issue 17, case 10: malformed replies, and a push frame after the last one.
 
 
-@pytest.fixture(params=["hiredis", "hand-written"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The reply reader of `read_replies` and the channel: hiredis' (the
-    default when installed, as here) or the hand-written one."""
-    if request.param == "hiredis":
-        if _batch._HIREDIS is None:  # not installed, or older than the reader needs
-            pytest.skip("hiredis' reader is not in use here (see _batch._hiredis)")
-    else:
-        monkeypatch.setattr(_batch, "new_reader", _batch.Reader, raising=False)
-        monkeypatch.setattr(_batch, "_PUSH", Push, raising=False)
-        monkeypatch.setattr(_channel, "new_reader", _batch.Reader, raising=False)
-    return str(request.param)
-
-
 class Chunks:
     """A connection's reader that hands out the given chunks, one per read
     (as the socket delivered them), and nothing more: a read past them fails."""

@@ -14,26 +14,10 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from tests.test_batch import Chunks, _Connection
-from twotier import _batch, _channel
-from twotier._batch import Push
 from twotier._channel import Subscription
 from twotier.testing import free_port
 
 MESSAGE = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$4\r\nnews\r\n"
-
-
-@pytest.fixture(params=["hiredis", "hand-written"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The subscription's reply reader: hiredis' (the default when installed)
-    or the hand-written one (as tests/test_batch.py's fixture of that name)."""
-    if request.param == "hiredis":
-        if _batch._HIREDIS is None:  # not installed, or older than the reader needs
-            pytest.skip("hiredis' reader is not in use here (see _batch._hiredis)")
-    else:
-        monkeypatch.setattr(_batch, "new_reader", _batch.Reader, raising=False)
-        monkeypatch.setattr(_batch, "_PUSH", Push, raising=False)
-        monkeypatch.setattr(_channel, "new_reader", _batch.Reader, raising=False)
-    return str(request.param)
 
 
 def _subscription(*chunks: bytes) -> Subscription:
