@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from tests.contract import CacheContract, eventually
 from twotier import TwoTierCache
 from twotier._redis import Layout
+from twotier._topology import Bus
 from twotier.testing import LocalCluster, RedisServer, free_port
 
 from ._chaos_check import Timeline
@@ -219,6 +220,50 @@ async def test_a_change_no_replica_confirmed_stays_queued_until_one_does(
     namespace = _namespace()
     replica = cluster.replica_of(cluster.owner_of(Layout(namespace).seq))
     await unconfirmed_change_stays_queued(cluster.url, namespace, replica)
+
+
+async def test_a_listener_sent_to_a_replica_by_a_stale_slot_map_subscribes_at_the_owner(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21, item 4: after a failover, a lagging node's slot map can name
+    a replica (the demoted master) as the channel's owner. A replica takes the
+    SSUBSCRIBE, so nothing failed: the listener stayed there until its idle
+    check a health interval later. It confirms the owner as it subscribes."""
+    namespace = _namespace()
+    layout = Layout(namespace)
+    owner = cluster.owner_of(layout.channel)
+    replica = cluster.replica_of(owner)
+    sent_to_replica: list[int] = []
+    real_client_for = Bus._client_for
+
+    async def stale_slot_map(bus: Bus, channel: str) -> aioredis.Redis:
+        if sent_to_replica:
+            return await real_client_for(bus, channel)
+        sent_to_replica.append(replica.port)
+        await bus.aclose()
+        bus._client = aioredis.Redis(port=replica.port, protocol=3)
+        bus._node = "the replica"
+        return bus._client
+
+    monkeypatch.setattr(Bus, "_client_for", stale_slot_map)
+    # An idle check far away: it cannot be what moves the listener.
+    async with started_caches(cluster.url, 1, namespace=namespace, health_interval=30.0):
+
+        async def subscribed_at_the_owner() -> bool:
+            return await _shard_subscribers(owner, layout.channel) == 1
+
+        await eventually(subscribed_at_the_owner, timeout=5.0)
+        assert sent_to_replica == [replica.port]  # the stale map was followed first
+        assert await _shard_subscribers(replica, layout.channel) == 0
+
+
+async def _shard_subscribers(server: RedisServer, channel: str) -> int:
+    client = aioredis.Redis(port=server.port)
+    try:
+        reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        return int(reply[1])
+    finally:
+        await client.aclose()
 
 
 async def test_an_entry_shard_that_lost_a_delete_in_a_failover_serves_it_to_no_one(

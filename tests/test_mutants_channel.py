@@ -216,3 +216,66 @@ def test_a_resp2_subscription_does_not_read_the_counter() -> None:
     connection = _Connection(Chunks())
     connection.protocol = 2  # type: ignore[attr-defined]
     assert not Subscription(connection, "c", sharded=False, timeout=1).reads_counter
+
+
+class _Written:
+    """A writer whose kernel buffer always takes everything: what was sent."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _Opening(_Connection):
+    """A connection that connects at once and answers with *chunks*."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        super().__init__(Chunks(*chunks))
+        self._writer = _Written()
+
+    async def connect(self) -> None:
+        pass
+
+
+SHARD_SUBSCRIBED = b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"
+
+
+async def test_a_shard_subscription_first_reads_a_key_of_its_slot(backend: str) -> None:
+    """Issue 21, item 4: the owner check travels with the SSUBSCRIBE, in the
+    same write (no round trip of its own), and its answer is not a frame:
+    the next frame after the confirmation is what the server sends next (a
+    RESP3 pong, which a miscounted pending read would take for the answer).
+    Kills the check's packing and the count of the read it asked for."""
+    connection = _Opening(b"$1\r\n7\r\n" + SHARD_SUBSCRIBED + b"+PONG\r\n")
+    subscription = Subscription(connection, "c", sharded=True, timeout=1)
+    await subscription.open(owned="seq")
+    assert connection._writer.sent == (
+        b"*2\r\n$3\r\nGET\r\n$3\r\nseq\r\n*2\r\n$10\r\nSSUBSCRIBE\r\n$1\r\nc\r\n"
+    )
+    assert await subscription.next() == ("pong", b"")
+
+
+async def test_a_node_that_does_not_hold_the_slot_fails_the_opening(backend: str) -> None:
+    """A replica (or a master a failover demoted) takes the SSUBSCRIBE but
+    answers the read with MOVED: the opening fails with it, so the listener
+    subscribes again where the slot is, instead of staying there until its
+    idle check."""
+    connection = _Opening(b"-MOVED 12 127.0.0.1:7001\r\n" + SHARD_SUBSCRIBED)
+    subscription = Subscription(connection, "c", sharded=True, timeout=1)
+    with pytest.raises(redis_errors.MovedError):
+        await subscription.open(owned="seq")
+
+
+async def test_a_subscription_without_an_owner_check_sends_only_its_subscribe(
+    backend: str,
+) -> None:
+    connection = _Opening(b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n")
+    subscription = Subscription(connection, "c", sharded=False, timeout=1)
+    await subscription.open()
+    assert connection._writer.sent == b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"

@@ -63,12 +63,23 @@ class Subscription:
         """Whether `read_counter` can be used: the connection speaks RESP3."""
         return str(getattr(self._connection, "protocol", 2)) == "3"
 
-    async def open(self) -> None:
+    async def open(self, owned: str | None = None) -> None:
         """Connect and subscribe; returns once the server confirmed it (from
         then on no message of the channel is missed). Unbounded: the caller
-        bounds it (a paused server accepts connections and never answers)."""
+        bounds it (a paused server accepts connections and never answers).
+
+        *owned*, a key of the channel's slot: first confirm that the node
+        holds that slot. A replica, or a master demoted by a failover that a
+        lagging slot map still names, takes the SSUBSCRIBE (shard messages
+        reach replicas too) but answers a read with MOVED, raised here: the
+        listener subscribes again where the slot is (issue 21, item 4).
+        The read travels with the SSUBSCRIBE, so it costs no round trip."""
         await self._connection.connect()
-        await self._send(command(self._verb, self._channel))
+        packed = command(self._verb, self._channel)
+        if owned is not None:
+            self._counter_reads += 1
+            packed = command("GET", owned) + packed
+        await self._send(packed)
         while (await self.next()) != ("subscribed", b""):
             pass
 

@@ -178,7 +178,7 @@ class RedisListener:
         self._subscription = subscription
         try:
             async with asyncio.timeout(2 * self._health_interval):
-                await subscription.open()
+                await subscription.open(self._tier.layout.seq if self._bus.sharded else None)
             await self._resync("connected")
             self.last_error = None
             self.connected.set()
