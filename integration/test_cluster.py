@@ -312,14 +312,16 @@ async def test_an_entry_shard_that_lost_a_delete_in_a_failover_serves_it_to_no_o
         await asyncio.to_thread(_revive, cluster, master)
 
 
-@pytest.mark.parametrize("trouble", ["kill", "failover"])
+@pytest.mark.parametrize("trouble", ["kill", "failover", "takeover"])
 async def test_chaos_control_master_killed_or_failed_over_under_load(
     cluster: LocalCluster, tmp_path: Path, trouble: str
 ) -> None:
     """Readers and a writer in separate processes while the master of the
     namespace's control slot is SIGKILLed (its replica takes over after the
-    node timeout) or handed over by `CLUSTER FAILOVER` (writes to it pause
-    until the replica has caught up). No read raises or hangs; no read is stale
+    node timeout), handed over by `CLUSTER FAILOVER` (writes to it pause
+    until the replica has caught up), or stalls (SIGSTOP, a VM pause) and is
+    replaced by `CLUSTER FAILOVER TAKEOVER`, then resumes to find itself
+    demoted (issue 21, item 6). No read raises or hangs; no read is stale
     while connected, nor once the failover has settled (its window: from the
     trouble until the new master serves, plus max_stale and a margin)."""
     control = Layout("chaos").seq
@@ -332,6 +334,8 @@ async def test_chaos_control_master_killed_or_failed_over_under_load(
         began = time.monotonic()
         if trouble == "kill":
             successor = await asyncio.to_thread(cluster.kill, victim)
+        elif trouble == "takeover":
+            successor = await asyncio.to_thread(cluster.take_over, victim)
         else:
             successor = await asyncio.to_thread(cluster.failover, victim)
         served = time.monotonic()  # the new master serves the slot

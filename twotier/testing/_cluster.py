@@ -139,6 +139,43 @@ class LocalCluster(Launchable):
             with self._client(server) as client:
                 client.flushall()
 
+    # -- scaling it --------------------------------------------------------------
+
+    def add_master(self, timeout: float = 30.0) -> RedisServer:
+        """Scale out: a new, empty master joins; it holds no slot until some
+        are moved to it (`CLUSTER SETSLOT`, `MIGRATE`, as a resharding tool does)."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(5):
+            bus = free_port()
+            server = self._node(bus)
+            try:
+                server.launch()
+                break
+            except PortTaken:  # the bus port: taken since it was chosen
+                server.stop()
+                if attempt == 4:
+                    raise
+        known = self.live()[0]
+        known_bus = self._bus_ports[self.servers.index(known)]
+        with self._client(server) as client:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", known.port, known_bus)
+        self.servers.append(server)
+        self._bus_ports.append(bus)
+        wait_until(deadline, self._everyone_knows_everyone, "the new master meeting the others")
+        return server
+
+    def remove(self, server: RedisServer, timeout: float = 30.0) -> None:
+        """Scale in: a node that holds no slot any more leaves (every other node
+        forgets it) and stops."""
+        node_id = self.node_id(server)
+        index = self.servers.index(server)
+        del self.servers[index], self._bus_ports[index]
+        for other in self.live():
+            with self._client(other) as client:
+                client.execute_command("CLUSTER", "FORGET", node_id)
+        server.stop()
+        self.wait_healthy(timeout)
+
     # -- breaking it -------------------------------------------------------------
 
     def failover(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
@@ -152,6 +189,27 @@ class LocalCluster(Launchable):
             "failover",
         )
         self.wait_healthy(timeout)  # the old master in sync as the new one's replica
+        return replica
+
+    def take_over(
+        self, master: RedisServer, stall: float = 0.5, timeout: float = 20.0
+    ) -> RedisServer:
+        """A master stalled (SIGSTOP, as in a VM pause) and, *stall* seconds
+        later, replaced by an operator's `CLUSTER FAILOVER TAKEOVER` on its
+        replica, without waiting for the cluster to agree; the stalled node
+        then resumes and learns it was demoted. Returns the new master."""
+        replica = self.replica_of(master)
+        deadline = time.monotonic() + timeout
+        master.pause()
+        try:
+            time.sleep(stall)
+            with self._client(replica) as client:
+                client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            wait_until(deadline, lambda: self._role(replica) == "master", "takeover")
+        finally:
+            master.resume()
+        wait_until(deadline, lambda: self._role(master) == "slave", "the stalled master demoted")
+        self.wait_healthy(deadline - time.monotonic())
         return replica
 
     def kill(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
