@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
+from tests.contract import eventually
 from tests.test_events import Recorder
-from twotier import TwoTierCache
+from twotier import MsgpackSerializer, TwoTierCache
 
 
 def _namespace() -> str:
@@ -72,5 +75,144 @@ def test_an_invalidation_made_from_sync_code_is_done_and_can_still_be_awaited() 
 
         asyncio.run(later())
         assert cache.get_stats()["tag_invalidations"] == 1
+    finally:
+        cache.close_blocking()
+
+
+# -- the seed's counters of changes -------------------------------------------------
+
+
+async def test_each_change_counts_once_in_the_stats() -> None:
+    """get_stats() keeps the seed manager's counters: one set, one delete, one
+    clear each count once, and nothing else.
+    Kills: changes-8259f1, changes-e208d8 (sets), changes-bd3226, changes-8050e2
+    (deletes), changes-2cb440, changes-c57bac (clears) not counted, or counted down."""
+    async with TwoTierCache(namespace=_namespace()) as cache:
+        await cache.set("a", 1)
+        await cache.set("b", 2)
+        await cache.delete("a")
+        await cache.clear()
+        stats = cache.get_stats()
+    assert (stats["sets"], stats["deletes"], stats["clears"]) == (2, 1, 1)
+
+
+async def test_a_value_over_max_value_size_is_counted_and_kept_here_only() -> None:
+    """A value too big for Redis is kept in the writer's L1, counted in
+    oversized_values, and announced as a delete: the other instances drop
+    their copy of the key's old value.
+    Kills: changes-73d59c, changes-e44797 (not counted, counted down),
+    changes-d54b79 (counted only when the versions are missing)."""
+    namespace = _namespace()
+    async with (
+        TwoTierCache(namespace=namespace, max_value_size=64) as writer,
+        TwoTierCache(namespace=namespace) as other,
+    ):
+        await other.set("k", "old")
+        await writer.set("k", "x" * 1000)
+        assert await writer.get("k") == "x" * 1000
+        assert await other.get("k") is None  # the old value was dropped there
+        assert writer.get_stats()["oversized_values"] == 1
+        await writer.set("small", "y")
+        assert writer.get_stats()["oversized_values"] == 1  # a value that fits is not
+
+
+async def test_a_value_of_exactly_max_value_size_is_not_oversized() -> None:
+    """max_value_size is the largest payload allowed, not the first refused.
+    Kills: changes-284cb7 ('>' -> '>=')."""
+    value = "z" * 100
+    size = len(MsgpackSerializer().dumps(value))
+    async with TwoTierCache(namespace=_namespace(), max_value_size=size) as cache:
+        await cache.set("k", value)
+        assert cache.get_stats()["oversized_values"] == 0
+        await cache.set("k", value + "z")
+        assert cache.get_stats()["oversized_values"] == 1
+
+
+# -- invalidations delivered in the background --------------------------------------
+
+
+def _background_deliveries() -> list[asyncio.Task[object]]:
+    """The tasks delivering un-awaited invalidations (`Invalidation._deliver`)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "Invalidation._deliver"
+    ]
+
+
+async def test_awaiting_an_invalidation_already_on_its_way_waits_for_its_delivery() -> None:
+    """Awaited after its background delivery has started, the invalidation
+    still returns only once the other instances have it: the await means
+    "delivered", whoever sends it.
+    Kills: changes-9fa72c (the await returns at once)."""
+    namespace = _namespace()
+    async with (
+        TwoTierCache(namespace=namespace) as writer,
+        TwoTierCache(namespace=namespace) as reader,
+    ):
+        await reader.set("k", "v", tags=["t"])
+        assert await reader.get("k") == "v"
+        invalidation = writer.invalidate_tag("t")
+        await asyncio.sleep(0)  # its background delivery is scheduled, not yet run
+        assert _background_deliveries()
+        await invalidation
+        assert await reader.get("k") is None
+
+
+async def test_a_background_delivery_cancelled_before_it_ran_is_queued_and_retried() -> None:
+    """An application that cancels its tasks (a shutdown handler, a task group)
+    may cancel an invalidation's delivery before it ran. The change is queued,
+    retried while the cache stays open, and reaches the other instances; the
+    invalidation awaited afterwards returns (it does not wait forever).
+    Kills: changes-3fb896, changes-3b5d76 (not retried: the others never hear
+    of it until close), changes-2875c2, changes-a3fd68, changes-757fea (its
+    awaiters never released)."""
+    recorder = Recorder()
+    namespace = _namespace()
+    async with (
+        TwoTierCache(namespace=namespace, health_interval=0.02) as writer,
+        TwoTierCache(namespace=namespace, observers=[recorder]),
+    ):
+        invalidation = writer.invalidate_tag("t")
+        await asyncio.sleep(0)
+        (delivery,) = _background_deliveries()
+        delivery.cancel()
+        await invalidation  # released, not stuck on a delivery that never comes
+        assert delivery.cancelled()
+
+        async def heard() -> bool:
+            return recorder.events == [("invalidation", "t", None)]
+
+        await eventually(heard, timeout=5)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_invalidation_left_on_a_closed_loop_does_not_hold_up_the_next_loop() -> None:
+    """A hand-driven loop closed without shutting its generators down (see
+    `_loop_end.py`) never ran the delivery of its last, un-awaited
+    invalidation. The next loop takes the cache over and forgets what was on
+    its way on the dead loop: a load of an entry carrying that tag runs, instead
+    of waiting forever for a delivery that dead loop will never make.
+    Kills: changes-ffcb7d (the dead loop's invalidations kept as unsettled)."""
+    cache = TwoTierCache(namespace=_namespace())
+    calls: list[int] = []
+
+    @cache.cached(ttl=60, tags=["t"])
+    async def load(n: int) -> int:
+        calls.append(n)
+        return n * 10
+
+    async def first() -> None:
+        await cache.start()
+        cache.invalidate_tag("t")  # the loop is closed before its delivery starts
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(first())
+    finally:
+        loop.close()
+    try:
+        assert asyncio.run(load(4)) == 40
+        assert calls == [4]
     finally:
         cache.close_blocking()
