@@ -162,6 +162,7 @@ class LocalCluster(Launchable):
         self.servers.append(server)
         self._bus_ports.append(bus)
         wait_until(deadline, self._everyone_knows_everyone, "the new master meeting the others")
+        self.wait_healthy(deadline - time.monotonic())  # it has learned who serves every slot
         return server
 
     def remove(self, server: RedisServer, timeout: float = 30.0) -> None:
