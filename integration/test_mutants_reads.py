@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+import twotier._decorator as decorator
 from tests.contract import eventually
 from twotier import MsgpackSerializer, TwoTierCache
 from twotier._redis import Layout
-from twotier.testing import RedisServer
+from twotier.testing import FakeClock, RedisServer
 
 NS = "rd"
 FAST = {"redis_timeout": 0.5, "health_interval": 0.1, "lease_ttl": 60}
@@ -229,3 +230,277 @@ async def test_a_caller_waits_for_another_instances_load_and_gets_its_result(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _scripts(raw: aioredis.Redis) -> int:
+    """Scripts the server ran since its last CONFIG RESETSTAT (claims, fills,
+    releases, drops: every change of the cache is one)."""
+    stats = await raw.info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+async def _warm(*caches: TwoTierCache) -> None:
+    """One load on each cache first: its generation is known and its horizon noted,
+    so what is counted next is the scenario's own commands only."""
+
+    async def warm() -> str:
+        return "warm"
+
+    for n, cache in enumerate(caches):
+        assert await cache.cached(ttl=60, key=f"warm{n}", tags=["t"])(warm)() == "warm"
+
+
+async def test_a_caller_that_waited_for_another_instances_load_pays_three_commands(
+    pair: tuple[TwoTierCache, TwoTierCache], raw: aioredis.Redis
+) -> None:
+    """B misses while A's loader runs: B's GET, its claim (the lease is held: B
+    waits), and once woken by A's fill the one GET that finds A's entry; A's fill
+    is the only other script. No second claim for an entry the re-read found,
+    and no claim in place of that re-read.
+    Kills: reads-b4e2af (the re-read skipped: a claim instead), reads-d67fb1,
+    reads-66873a, reads-1d3d9b (a hit after the wait claimed again anyway)."""
+    a, b = pair
+    await _warm(a, b)
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "a's"
+
+    async def own() -> str:
+        return "b's own"
+
+    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(slow)())
+    try:
+        await eventually(lambda: _true(a.get_stats()["loads"] == 2), timeout=5)  # claimed
+        await raw.config_resetstat()
+        reads = b._remote.reads  # type: ignore[attr-defined]
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        await eventually(lambda: _true(b.get_stats()["lease_waits"] == 1 or waiter.done()))
+        gate.set()
+        assert await waiter == "a's"
+        assert await leader == "a's"
+    finally:
+        gate.set()
+        await asyncio.gather(leader, return_exceptions=True)
+    assert b._remote.reads - reads == 2  # type: ignore[attr-defined]
+    assert await _scripts(raw) == 2  # B's claim, A's fill
+
+
+async def test_a_caller_whose_leader_failed_loads_under_its_own_lease_and_fills_l2(
+    pair: tuple[TwoTierCache, TwoTierCache], raw: aioredis.Redis
+) -> None:
+    """A's loader fails while B waits on A's lease: B is woken by the release,
+    reads once more (a miss), takes the lease itself, loads and fills Redis, so
+    A's next read finds B's value there instead of loading again. Cost: B's two
+    GETs, its two claims and its fill, and A's release.
+    Kills: reads-38f98e, reads-b897a1 (B loads without a lease: L1 only, not in
+    Redis), reads-bf0a85 (the second claim's result lost), reads-d67fb1 (no
+    second claim after the miss)."""
+    a, b = pair
+    await _warm(a, b)
+    gate = asyncio.Event()
+
+    async def failing() -> str:
+        await gate.wait()
+        raise RuntimeError("the database is away")
+
+    async def own() -> str:
+        return "b's own"
+
+    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
+    try:
+        await eventually(lambda: _true(a.get_stats()["loads"] == 2), timeout=5)  # claimed
+        await raw.config_resetstat()
+        reads = b._remote.reads  # type: ignore[attr-defined]
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        await eventually(lambda: _true(b.get_stats()["lease_waits"] == 1 or waiter.done()))
+        gate.set()
+        assert await waiter == "b's own"
+    finally:
+        gate.set()
+        results = await asyncio.gather(leader, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert b.get_stats()["loads"] == 2  # the warm-up's and this one
+    assert await a.get("k") == "b's own"  # in Redis
+    assert b._remote.reads - reads == 2  # type: ignore[attr-defined]
+    assert await _scripts(raw) == 4  # B's claim, A's release, B's claim, B's fill
+
+
+async def test_a_load_that_replaces_an_outdated_entry_does_not_delete_it_first(
+    pair: tuple[TwoTierCache, TwoTierCache], raw: aioredis.Redis
+) -> None:
+    """An entry outdated by its tag's invalidation is overwritten by the fill of
+    the load that follows: deleting it first is a script per instance for
+    nothing, both on the first read and on the re-read after a lease wait.
+    Here A and B both find it outdated; A's loader fails, B loads and fills.
+    Commands: A's claim, B's claim, A's release, B's claim, B's fill; no drop.
+    Kills: reads-c93822 (the first read drops it), reads-8d6b53 (the re-read
+    after the wait drops it)."""
+    a, b = pair
+    await _warm(a, b)
+    await a.set("k", "old", ttl=60, tags=["t"])
+    heard = b.get_stats()["invalidations_received"]
+    await a.invalidate_tag("t")
+    await eventually(lambda: _true(b.get_stats()["invalidations_received"] > heard), timeout=5)
+    gate = asyncio.Event()
+
+    async def failing() -> str:
+        await gate.wait()
+        raise RuntimeError("the database is away")
+
+    async def own() -> str:
+        return "b's own"
+
+    await raw.config_resetstat()
+    leader = asyncio.ensure_future(a.cached(ttl=60, key="k", tags=["t"])(failing)())
+    try:
+        await eventually(lambda: _true(a.get_stats()["loads"] == 2), timeout=5)  # claimed
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k", tags=["t"])(own)())
+        await eventually(lambda: _true(b.get_stats()["lease_waits"] == 1 or waiter.done()))
+        gate.set()
+        assert await waiter == "b's own"
+    finally:
+        gate.set()
+        results = await asyncio.gather(leader, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert await a.get("k") == "b's own"
+    assert await _scripts(raw) == 5
+
+
+async def test_a_load_right_after_an_unawaited_invalidation_of_its_tag_reads_l2_once(
+    pair: tuple[TwoTierCache, TwoTierCache],
+) -> None:
+    """A cached call whose tag this instance is invalidating (not awaited) first
+    waits for the invalidation to reach Redis, then reads L2 once: the entry it
+    finds is outdated (a miss, no L2 hit) and the loader runs. Reading before
+    the wait costs a GET that finds the old entry, a wait, and a second GET.
+    Kills: reads-e4641b (no wait before the read), reads-d0dc94 (the wait
+    without the tags: only the key's own changes awaited)."""
+    a, b = pair
+
+    async def load() -> str:
+        return "loaded"
+
+    for n in range(5):
+        await b.set("k", n, ttl=60, tags=["t"])  # in L2
+        reads = a._remote.reads  # type: ignore[attr-defined]
+        hits = a.get_stats()["l2_hits"]
+        invalidation = a.invalidate_tag("t")  # not awaited
+        assert await a.cached(ttl=60, key="k", tags=["t"])(load)() == "loaded"
+        assert a._remote.reads - reads == 1  # type: ignore[attr-defined]
+        assert a.get_stats()["l2_hits"] == hits
+        await invalidation
+
+
+async def test_an_early_refresh_gives_way_to_another_instances_load_of_the_key(
+    pair: tuple[TwoTierCache, TwoTierCache], raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's hit calls for an early refresh while B is refreshing the same key
+    (B holds its fill lease): A's refresh finds the lease taken and ends at once,
+    without waiting for B's load or running its own loader; A keeps serving its
+    copy. (XFetch's draw is pinned to its far end and each function's first load
+    takes 0.3 s, so every hit calls for a refresh.)
+    Kills: reads-261916 (the refresh waits on the lease like a miss),
+    reads-685eb4 (it runs its loader anyway, without the lease)."""
+    monkeypatch.setattr(decorator.random, "random", lambda: 1 - 2**-53)
+    a, b = pair
+    calls = {"a": 0, "b": 0}
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def load_a(n: int) -> str:
+        if n == 0:
+            await asyncio.sleep(0.3)  # delta: the XFetch gap outgrows the ttl
+        else:
+            calls["a"] += 1
+        return f"a{n}"
+
+    async def load_b(n: int) -> str:
+        if n == 2:
+            await asyncio.sleep(0.3)
+        else:
+            calls["b"] += 1
+            started.set()
+            await gate.wait()
+        return f"b{n}"
+
+    fa = a.cached(ttl=60, key=lambda n: f"r{n}", early_refresh=10)(load_a)
+    fb = b.cached(ttl=60, key=lambda n: f"r{n}", early_refresh=10)(load_b)
+    try:
+        assert (await fa(0), await fb(2)) == ("a0", "b2")  # the first loads: slow
+        assert await fa(1) == "a1"  # loaded by A, filled into Redis
+
+        async def b_refreshes() -> bool:  # B's hits in L1 call for a refresh
+            assert await fb(1) == "a1"
+            return started.is_set()
+
+        await eventually(b_refreshes, timeout=5)  # B's refresh holds the lease
+        assert await fa(1) == "a1"  # A's hit: its refresh starts
+        await eventually(lambda: _true(a.get_stats()["early_refreshes"] == 1), timeout=5)
+        await eventually(lambda: _true(a._flights.join("r1") is None), timeout=5)  # ended
+        assert calls["a"] == 1  # A's first load only
+        assert a.get_stats()["lease_waits"] == 0
+        assert await fa(1) == "a1"
+    finally:
+        gate.set()
+    await eventually(lambda: _true(b.get_stats()["early_refreshes"] == 1), timeout=5)
+    assert calls["b"] == 1
+
+
+async def test_a_cached_calls_l2_hit_costs_one_get_and_no_script(
+    pair: tuple[TwoTierCache, TwoTierCache], raw: aioredis.Redis
+) -> None:
+    """B's cached call finds A's entry in Redis: one GET, no claim of the fill
+    lease (the claim is for misses only).
+    Kills: reads-189b93 (the claim condition's `and` made `or`: every L2 hit
+    claims as well)."""
+    a, b = pair
+    await _warm(a, b)
+
+    async def load() -> str:
+        return "v"
+
+    assert await a.cached(ttl=60, key="k", tags=["t"])(load)() == "v"
+    await raw.config_resetstat()
+    reads = b._remote.reads  # type: ignore[attr-defined]
+    assert await b.cached(ttl=60, key="k", tags=["t"])(load)() == "v"
+    assert b.get_stats()["loads"] == 1  # the warm-up's only
+    assert b._remote.reads - reads == 1  # type: ignore[attr-defined]
+    assert await _scripts(raw) == 0
+
+
+async def test_while_degraded_a_loaded_value_stays_in_l1_for_max_stale_at_most(
+    server: RedisServer,
+) -> None:
+    """With Redis away no change can reach this instance, so what its loader
+    returns is kept in L1 for `max_stale` seconds, not the function's ttl: past
+    that, the next call runs the loader again.
+    Kills: reads-ca1990 (the full ttl kept while degraded)."""
+    server.kill()
+    clock = FakeClock()
+    cache = TwoTierCache(redis_url=server.url, namespace=NS, clock=clock, max_stale=5, **FAST)
+    await cache.start()  # degraded from the start
+    try:
+        # (L1 is suspended while the listener is lost but Redis might still
+        # answer; it serves, for max_stale, once the breaker has opened)
+        async def breaker_open() -> bool:  # the failed reads open it
+            assert await cache.get("probe") is None
+            return cache._link.degraded and not cache.local.suspended  # type: ignore[union-attr]
+
+        await eventually(breaker_open, timeout=10)
+        loads = 0
+
+        @cache.cached(ttl=60)
+        async def value() -> int:
+            nonlocal loads
+            loads += 1
+            return loads
+
+        assert await value() == 1
+        assert await value() == 1  # from L1
+        clock.advance(4)
+        assert await value() == 1
+        clock.advance(2)  # 6 s: past max_stale, well inside the ttl
+        assert await value() == 2
+    finally:
+        await cache.close()

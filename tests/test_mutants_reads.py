@@ -229,3 +229,20 @@ async def test_loads_and_failed_loads_are_counted() -> None:
             await value(-1)
         stats = cache.get_stats()
         assert (stats["loads"], stats["load_errors"]) == (3, 1)
+
+
+async def test_loads_leave_no_lease_waiter_registered() -> None:
+    """A load registers a waiter for its key's fill lease before it claims (so a
+    lease that ends before the claim's reply still wakes it) and removes it once
+    the claim is answered: a process loading a million distinct keys must not
+    keep a million futures.
+    Kills: reads-416ba5 (the registration not removed), reads-4d67e8 (only
+    someone else's registration removed)."""
+    async with TwoTierCache(namespace=f"r{uuid.uuid4().hex[:8]}") as cache:
+
+        @cache.cached(ttl=60)
+        async def value(n: int) -> int:
+            return n
+
+        assert [await value(n) for n in range(3)] == [0, 1, 2]
+        assert cache._reads._lease_waiters == {}
