@@ -365,6 +365,8 @@ async def test_a_load_that_replaces_an_outdated_entry_does_not_delete_it_first(
         results = await asyncio.gather(leader, return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
     assert await a.get("k") == "b's own"
+    # (a drop is sent in the background: counted once both caches' tasks are done)
+    await eventually(lambda: _true(not a._deliveries and not b._deliveries), timeout=5)  # type: ignore[attr-defined]
     assert await _scripts(raw) == 5
 
 
