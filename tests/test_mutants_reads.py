@@ -246,3 +246,43 @@ async def test_loads_leave_no_lease_waiter_registered() -> None:
 
         assert [await value(n) for n in range(3)] == [0, 1, 2]
         assert cache._reads._lease_waiters == {}
+
+
+async def test_two_functions_cached_under_one_key_refresh_it_once_at_a_time(
+    refreshing: tuple[TwoTierCache, FakeClock],
+) -> None:
+    """Two functions cached under one key both call for an early refresh of it
+    (each knows only of its own refreshes, and each has loaded before, so both
+    have a load time for XFetch): the second finds the first's refresh in flight
+    and leaves it be; the key is loaded once more, not twice.
+    Kills: reads-c81bd2 (a refresh begun while one is in flight)."""
+    cache, clock = refreshing
+    gate = asyncio.Event()
+    loads: dict[int, int] = {}
+
+    async def load(n: int) -> str:
+        loads[n] = loads.get(n, 0) + 1
+        if loads[n] == 1:
+            clock.advance(1.0)  # a first load takes a second: the XFetch gap is 13.8 s
+        else:
+            await gate.wait()  # a refresh waits until both have asked for one
+        return f"{n}.{loads[n]}"
+
+    async with cache:
+        one = cache.cached(ttl=10, key=lambda n: f"k{n}", early_refresh=1.0)(load)
+        two = cache.cached(ttl=10, key=lambda n: f"k{n}", early_refresh=1.0)(load)
+        assert await two(0) == "0.1"  # two's own load time
+        assert await one(1) == "1.1"
+        for _ in range(3):
+            assert (await one(1), await two(1)) == ("1.1", "1.1")  # hits: refreshes asked
+            await _turns()
+        gate.set()
+        await eventually(lambda: _true(cache.get_stats()["early_refreshes"] >= 1), timeout=5)
+        await _turns()
+        assert loads[1] == 2
+        assert cache.get_stats()["early_refreshes"] == 1
+        await eventually(lambda: _equals(one(1), "1.2"), timeout=5)
+
+
+async def _equals(awaitable: object, expected: object) -> bool:
+    return await awaitable == expected  # type: ignore[misc]
