@@ -506,3 +506,67 @@ async def test_while_degraded_a_loaded_value_stays_in_l1_for_max_stale_at_most(
         assert await value() == 2
     finally:
         await cache.close()
+
+
+async def test_a_caller_that_joined_an_early_refresh_which_gave_way_loads_for_itself(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's copy expires while A's early refresh is under way, and the caller that
+    misses joins that refresh; the refresh then gives way to B's load of the key
+    (B holds its lease). The joiner is let go and reads for itself (A's entry
+    in Redis is still current: Redis' expiry is wall-clock time), rather than
+    left waiting on a flight that ended. (One clock, moved by hand, for both
+    instances; XFetch's draw pinned to its far end, and each function's first
+    load takes a second of it.)
+    Kills: reads-cc4aaa (the given-way refresh's flight ended unresolved)."""
+    monkeypatch.setattr(decorator.random, "random", lambda: 1 - 2**-53)
+    clock = FakeClock()
+    a = TwoTierCache(redis_url=server.url, namespace=NS, clock=clock, **FAST)
+    b = TwoTierCache(redis_url=server.url, namespace=NS, clock=clock, **FAST)
+    await a.start()
+    await b.start()
+    calls = {"a": 0, "b": 0}
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def load_a(n: int) -> str:
+        if n == 0:
+            clock.advance(1)  # a load time: the XFetch gap outgrows the ttl
+        else:
+            calls["a"] += 1
+        return f"a{n}"
+
+    async def load_b(n: int) -> str:
+        if n == 2:
+            clock.advance(1)
+        else:
+            calls["b"] += 1
+            started.set()
+            await gate.wait()
+        return f"b{n}"
+
+    fa = a.cached(ttl=60, key=lambda n: f"r{n}", early_refresh=10)(load_a)
+    fb = b.cached(ttl=60, key=lambda n: f"r{n}", early_refresh=10)(load_b)
+    try:
+        assert (await fa(0), await fb(2)) == ("a0", "b2")  # the first loads
+        assert await fa(1) == "a1"  # loaded by A, filled into Redis
+
+        async def b_refreshes() -> bool:  # B's hits in L1 call for a refresh
+            assert await fb(1) == "a1"
+            return started.is_set()
+
+        await eventually(b_refreshes, timeout=5)  # B's refresh holds the lease
+        assert await fa(1) == "a1"  # A's hit: its refresh is spawned...
+        await asyncio.sleep(0)  # ...and begins (its GET on its way)
+        assert a._flights.join("r1") is not None
+        clock.advance(100)  # A's copy expires
+        joiner = asyncio.ensure_future(fa(1))
+        await asyncio.sleep(0)
+        assert a.get_stats()["joined_loads"] == 1
+        # let go, it reads for itself: A's entry in Redis is still current
+        await eventually(lambda: _true(joiner.done()), timeout=5)
+        assert joiner.result() == "a1"
+        assert calls == {"a": 1, "b": 1}  # nobody loaded but B's refresh
+    finally:
+        gate.set()
+        await a.close()
+        await b.close()
