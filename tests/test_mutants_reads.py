@@ -120,10 +120,10 @@ async def test_callers_joining_one_load_get_their_own_copies(value: object) -> N
 async def test_hits_that_all_call_for_an_early_refresh_start_one(
     refreshing: tuple[TwoTierCache, FakeClock],
 ) -> None:
-    """Every hit near the expiry asks for a refresh; one runs, the others see its
-    flight and leave it be, even when they come from two functions cached under
-    one key (each function only knows of its own refreshes).
-    Kills: reads-c81bd2 (a refresh begun while one is in flight)."""
+    """Every hit near the expiry asks for a refresh; one runs, the others leave
+    it be. (`two` has never loaded, so it has no load time and its hits ask for
+    no refresh: the case of two functions both asking is
+    test_two_functions_cached_under_one_key_refresh_it_once_at_a_time.)"""
     cache, clock = refreshing
     gate = asyncio.Event()
     loads = 0
