@@ -1,0 +1,403 @@
+"""The invalidation listener (`_subscriber.py`) on a real server: numbered
+messages applied in order, a lost one found by the next number or by the idle
+check and replayed from the change log (L1 kept), a counter that went back
+(FLUSHALL) wiping L1, the health checks of an idle link, reconnects with a
+growing, jittered backoff.
+
+Pub/sub loss is made on purpose: a `Tap` stands between a listener and its
+subscription, and can drop a numbered message or hold the frames for a while
+(what a slow or lossy link does), without touching the listener itself.
+
+Written for the mutation run (.ci/mutation.py, module `subscriber`); each
+test names in its docstring the mutants it kills (ids from `--list`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.contract import eventually
+from twotier import TwoTierCache, _subscriber
+from twotier._channel import Frame, Subscription
+from twotier._events import BaseObserver
+from twotier._redis import Layout
+from twotier._subscriber import RedisListener
+from twotier._tier import Message
+from twotier._topology import Bus
+from twotier.testing import RedisServer
+
+from .conftest import CacheFactory
+
+NS = "it"  # make_cache's namespace
+LAYOUT = Layout(NS)
+
+
+class Tap:
+    """Every subscription opened while installed goes through here: counted,
+    its messages with a number in `drop` lost, its frames held while `flowing`
+    is clear, the health checks' answers counted."""
+
+    def __init__(self) -> None:
+        self.subscriptions = 0
+        self.drop: set[int] = set()
+        self.dropped: list[int] = []
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.answers = 0  # pongs and counter reads: the idle checks' answers
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        opened = Bus.subscription
+
+        async def subscription(bus: Bus, channel: str, write_timeout: float) -> Subscription:
+            sub = await opened(bus, channel, write_timeout)
+            self.subscriptions += 1
+            sub.next = self._wrap(sub.next)  # type: ignore[method-assign]
+            return sub
+
+        monkeypatch.setattr(Bus, "subscription", subscription)
+
+    def _wrap(self, read: Callable[[], Any]) -> Callable[[], Any]:
+        async def next_frame() -> Frame:
+            while True:
+                kind, data = await read()
+                await self.flowing.wait()
+                if kind == "message":
+                    seq = Message.decode(data).seq
+                    if seq in self.drop:
+                        self.drop.discard(seq)
+                        self.dropped.append(seq)
+                        continue
+                elif kind in ("pong", "counter"):
+                    self.answers += 1
+                return kind, data
+
+        return next_frame
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
+def _listener(cache: TwoTierCache) -> RedisListener:
+    return cache._link.listener  # type: ignore[union-attr]
+
+
+async def _counter(raw: aioredis.Redis) -> int:
+    return int(await raw.get(LAYOUT.seq) or 0)
+
+
+async def _cached_everywhere(writer: TwoTierCache, reader: TwoTierCache, *keys: str) -> None:
+    """*keys* written by *writer* and in *reader*'s L1 (its writes' messages received)."""
+    for key in keys:
+        await writer.set(key, f"old {key}")
+    seq = await _listener(reader)._tier.current_seq()
+    await eventually(lambda: _in_sync(reader, seq))
+    for key in keys:
+        assert await reader.get(key) == f"old {key}"
+    hits = reader.counters.l1_hits
+    for key in keys:
+        assert await reader.get(key) == f"old {key}"
+    assert reader.counters.l1_hits == hits + len(keys)
+
+
+async def _in_sync(cache: TwoTierCache, seq: int) -> bool:
+    """*cache*'s listener has applied the changes up to *seq* and serves L1 again."""
+    return _listener(cache)._last_seq == seq and not cache.local.suspended
+
+
+async def _served_from_l1(cache: TwoTierCache, key: str, value: object) -> bool:
+    hits = cache.counters.l1_hits
+    return await cache.get(key) == value and cache.counters.l1_hits == hits + 1
+
+
+class Resyncs(BaseObserver):
+    """An observer that keeps the reasons of the resyncs."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def resynced(self, reason: str) -> None:  # type: ignore[override]
+        self.reasons.append(reason)
+
+
+async def test_a_lost_message_is_replayed_from_the_log_when_the_next_number_reveals_the_gap(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pub/sub loses the message of a delete; the next message's number jumps
+    by two. The listener resyncs ("gap"), replays both changes from the log,
+    and keeps the rest of L1: the two keys are gone from the reader's L1, an
+    untouched key is still served from it, nothing was wiped, and both
+    replayed changes count as received. Later changes apply as usual.
+    Kills the gap branch of `_handle` and the replay branch of `_resync`."""
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b", "c")
+    before = reader.get_stats()
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # seq + 2: a gap
+    await eventually(lambda: _in_sync(reader, seq + 2))
+    assert reader.counters.resyncs == before["resyncs"] + 1
+    assert tap.dropped == [seq + 1]
+    assert resyncs.reasons == [f"gap {seq}→{seq + 2}"]
+    assert reader.counters.l1_clears == before["l1_clears"]
+    assert reader.counters.invalidations_received == before["invalidations_received"] + 2
+    assert await _served_from_l1(reader, "c", "old c")
+    assert await reader.get("a") is None
+    assert await reader.get("b") is None
+    await writer.set("c", "new c")
+    await eventually(lambda: _served_from_l1(reader, "c", "new c"))
+    assert reader.counters.resyncs == before["resyncs"] + 1
+    assert tap.subscriptions == 1  # no reconnect on the way
+
+
+async def test_late_copies_of_replayed_changes_are_ignored_not_taken_for_a_flush(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message is lost and the link then lags: by the time the next number
+    reveals the gap, two more changes are in the log, and the replay applies
+    them all. Their own copies still arrive over pub/sub afterwards: numbers
+    at or below the last applied but above the replay's floor, which are
+    late copies, ignored (no second resync, no wipe), not a counter that
+    went back. Changes after them apply in order.
+    Kills the late-copy branch of `_handle` (the floor comparison, the
+    replay's floor) and the replay's own advance of the last number."""
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b", "c", "d")
+    before = reader.get_stats()
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    tap.flowing.clear()  # the next frame the listener reads is held
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # held: reveals the gap
+    await writer.delete("c")  # replayed, then arrives late
+    tap.flowing.set()
+    await eventually(lambda: _in_sync(reader, seq + 3))
+    assert resyncs.reasons == [f"gap {seq}→{seq + 2}"]
+    await writer.set("d", "new d")  # seq + 4, after the late copy of seq + 3
+    await eventually(lambda: _served_from_l1(reader, "d", "new d"))
+    assert resyncs.reasons == [f"gap {seq}→{seq + 2}"]
+    assert reader.counters.l1_clears == before["l1_clears"]
+    assert _listener(reader)._last_seq == seq + 4
+    for key in ("a", "b", "c"):
+        assert await reader.get(key) is None
+
+
+async def test_a_counter_that_went_back_wipes_l1_at_the_next_message(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FLUSHALL under a running fleet: the change counter starts again from
+    one. The reader's next message carries a number at or below those it
+    applied: its listener resyncs at once ("sequence went back"), finds the
+    counter below its last number, and clears L1 (whose entries the log can
+    no longer vouch for). The idle check (30 s here) is not what finds it.
+    Kills the floor of `_handle` (a message applied over pub/sub raises it)
+    and the counter-went-back branch of `_resync`."""
+    writer = await make_cache()
+    resyncs = Resyncs()
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b")
+    before = reader.get_stats()
+    last = await _counter(raw)
+    await raw.flushall()
+    await writer.delete("other")
+    await eventually(lambda: _true(reader.counters.l1_clears == before["l1_clears"] + 1))
+    now = await _counter(raw)
+    assert now < last
+    [reason] = resyncs.reasons
+    assert reason.startswith(f"sequence went back {last}→")
+    assert reader.counters.resyncs == before["resyncs"] + 1
+    await eventually(lambda: _in_sync(reader, now))
+    hits = reader.counters.l1_hits
+    assert await reader.get("a") is None  # flushed, and no longer in L1
+    assert reader.counters.l1_hits == hits
+    await writer.set("b", "new b")
+    await eventually(lambda: _in_sync(reader, now + 1))
+    assert await reader.get("b") == "new b"
+
+
+@pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
+async def test_a_lost_last_message_is_found_by_the_idle_check_and_replayed(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, protocol: int
+) -> None:
+    """The last message before a quiet spell is lost: no later number reveals
+    it. After a health interval without traffic the listener compares the
+    counter (over RESP3 a GET on the subscription, over RESP2 a PING there
+    and a GET elsewhere) with its last number, resyncs ("counter moved
+    while idle") and replays the change from the log: the key is gone from
+    L1, the rest of L1 kept.
+    Kills the idle check's counter comparison (both protocols), its resync,
+    and `_seq` reading the counter frame."""
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=0.3, protocol=protocol)
+    await _cached_everywhere(writer, reader, "a", "b")
+    before = reader.get_stats()
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.delete("a")
+    await eventually(lambda: _in_sync(reader, seq + 1))
+    assert resyncs.reasons == ["counter moved while idle"]
+    assert reader.counters.l1_clears == before["l1_clears"]
+    assert reader.counters.invalidations_received == before["invalidations_received"] + 1
+    assert await _served_from_l1(reader, "b", "old b")
+    assert await reader.get("a") is None
+
+
+@pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
+async def test_an_idle_link_that_answers_its_health_checks_stays_subscribed(
+    make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch, protocol: int
+) -> None:
+    """A quiet channel: every health interval the listener asks (a counter
+    read over RESP3, a PING over RESP2) and gets its answer. Interval after
+    interval, the link is kept: no reconnect, no resync, no warning, Redis
+    reported available, L1 served.
+    Kills the health check's bookkeeping: a check taken as unanswered from
+    the start, an answer that does not clear it, the answers' kinds."""
+    tap = Tap()
+    tap.install(monkeypatch)
+    cache = await make_cache(health_interval=0.1, protocol=protocol)
+    await cache.set("k", "v")
+    resyncs = cache.counters.resyncs
+    await eventually(lambda: _true(tap.answers >= 5))
+    assert tap.subscriptions == 1
+    assert cache.counters.resyncs == resyncs
+    assert cache.counters.listener_errors == 0
+    stats = cache.get_stats()
+    assert stats["redis_available"] is True
+    assert stats["last_error"] is None
+    assert await _served_from_l1(cache, "k", "v")
+
+
+@pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
+async def test_a_link_that_stops_answering_is_dropped_and_l1_stops_trusting_what_it_knew(
+    make_cache: CacheFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    protocol: int,
+) -> None:
+    """The subscription goes silent (nothing comes back, not even the answer
+    to the health check) while Redis itself still answers. Two intervals
+    later the listener gives the link up: it warns, reports Redis as not
+    available, stops serving L1, and no longer trusts its version mirror, so
+    a tag invalidated meanwhile (whose message it cannot get) is checked in
+    Redis: the tagged entry is not served. Once frames flow again it
+    subscribes anew, resyncs, and serves L1 again.
+    Kills the unanswered health check (`pending_ping`, its raise) and
+    `_lost` (the link still counted as up, L1 still served, the mirror still
+    trusted)."""
+    caplog.set_level(logging.WARNING, logger="twotier")
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=0.2, protocol=protocol)
+    await writer.set("tagged", "old", tags=["t"])
+    await _cached_everywhere(writer, reader, "plain")
+    assert await reader.get("tagged") == "old"
+    tap.flowing.clear()
+    await eventually(lambda: _true(tap.subscriptions >= 2))
+    assert _warnings(caplog, "invalidation link lost or refused")
+    assert reader.get_stats()["redis_available"] is False
+    hits = reader.counters.l1_hits
+    assert await reader.get("plain") == "old plain"  # from L2, still current
+    assert reader.counters.l1_hits == hits
+    await writer.invalidate_tag("t")  # its message does not get through
+    assert await reader.get("tagged") is None
+    tap.flowing.set()
+    await eventually(lambda: _true(reader.get_stats()["redis_available"]))
+    await _cached_everywhere(writer, reader, "k")  # L1 served again
+
+
+async def test_a_listener_cancelled_by_anything_but_close_leaves_l1_untrusted(
+    make_cache: CacheFactory,
+) -> None:
+    """The listener's task is cancelled by something else than close() (an
+    event loop's shutdown, an application cancelling every task on its way
+    out): nobody tells this instance about changes any more. It says Redis
+    is not available, L1 is no longer served, and the version mirror is no
+    longer trusted: a tag invalidated by another instance is checked in
+    Redis, and its entry is not served.
+    Kills: subscriber-1e1416 (only a close() suspends L1),
+    subscriber-2bef60 (still reported available), subscriber-94f434,
+    subscriber-31c43c (L1 still served), subscriber-e642ec,
+    subscriber-ee2e0f (the mirror still trusted)."""
+    writer, reader = await make_cache(), await make_cache(health_interval=30.0)
+    await writer.set("tagged", "old", tags=["t"])
+    await _cached_everywhere(writer, reader, "plain")
+    assert await reader.get("tagged") == "old"
+    task = reader._link._listener_task  # type: ignore[union-attr]
+    assert task is not None
+    task.cancel()
+    await asyncio.wait([task])
+    assert reader.get_stats()["redis_available"] is False
+    hits = reader.counters.l1_hits
+    assert await reader.get("plain") == "old plain"  # from L2, still current
+    assert reader.counters.l1_hits == hits
+    await writer.invalidate_tag("t")
+    assert await reader.get("tagged") is None
+
+
+class Jitter:
+    """Stands for `random` in the listener: records the bounds of each
+    reconnect's wait, and waits nothing (the test need not)."""
+
+    def __init__(self) -> None:
+        self.bounds: list[tuple[float, float]] = []
+
+    def uniform(self, low: float, high: float) -> float:
+        self.bounds.append((low, high))
+        return 0.0
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and text in r.getMessage()
+    ]
+
+
+async def test_reconnects_wait_a_random_share_of_a_doubling_backoff_reset_by_a_success(
+    server: RedisServer,
+    make_cache: CacheFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis is down when the instance starts. The listener retries, each time
+    after a random share of a bound (full jitter) that doubles from 10 ms up
+    to the health interval, and warns once, not at every attempt. Redis
+    comes back: the listener connects. The next loss reconnects within the
+    first, short bound again.
+    Kills: subscriber-a0f85d (no first bound: the listener dies at its
+    first retry), subscriber-551098 (no wait at all), subscriber-39e878 (the
+    bound never grows), subscriber-30c664 (not reset by a success),
+    subscriber-75241f, subscriber-b44ca2, subscriber-902c4a,
+    subscriber-48ad25 (a warning per attempt, or none)."""
+    caplog.set_level(logging.WARNING, logger="twotier")
+    jitter = Jitter()
+    monkeypatch.setattr(_subscriber, "random", jitter)
+    server.kill()
+    cache = await make_cache(health_interval=0.4, connect_timeout=0.1, redis_timeout=0.05)
+    await eventually(lambda: _true(len(jitter.bounds) >= 8))
+    first = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.4, 0.4]
+    assert jitter.bounds[:8] == [(0.0, bound) for bound in first]
+    assert len(_warnings(caplog, "invalidation link lost or refused")) == 1
+    server.launch()
+    await eventually(lambda: _true(cache.get_stats()["redis_available"]), timeout=15)
+    done = len(jitter.bounds)
+    server.kill()
+    await eventually(lambda: _true(len(jitter.bounds) > done + 1))
+    assert jitter.bounds[done : done + 2] == [(0.0, 0.01), (0.0, 0.02)]
