@@ -40,8 +40,10 @@ LAYOUT = Layout(NS)
 
 class Tap:
     """Every subscription opened while installed goes through here: counted,
-    its messages with a number in `drop` lost, its frames held while `flowing`
-    is clear, the health checks' answers counted."""
+    held back while `connectable` is clear, its messages with a number in
+    `drop` lost, its frames held while `flowing` is clear, a frame of
+    `inject` given out instead of the next one read, the health checks'
+    answers counted."""
 
     def __init__(self) -> None:
         self.subscriptions = 0
@@ -50,11 +52,15 @@ class Tap:
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.answers = 0  # pongs and counter reads: the idle checks' answers
+        self.connectable = asyncio.Event()  # cleared: new subscriptions wait
+        self.inject: list[Frame] = []  # given out in place of the next frame read
+        self.connectable.set()
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         opened = Bus.subscription
 
         async def subscription(bus: Bus, channel: str, write_timeout: float) -> Subscription:
+            await self.connectable.wait()
             sub = await opened(bus, channel, write_timeout)
             self.subscriptions += 1
             sub.next = self._wrap(sub.next)  # type: ignore[method-assign]
@@ -67,6 +73,8 @@ class Tap:
             while True:
                 kind, data = await read()
                 await self.flowing.wait()
+                if self.inject:
+                    return self.inject.pop(0)  # the frame read is lost
                 if kind == "message":
                     seq = Message.decode(data).seq
                     if seq in self.drop:
@@ -401,3 +409,209 @@ async def test_reconnects_wait_a_random_share_of_a_doubling_backoff_reset_by_a_s
     server.kill()
     await eventually(lambda: _true(len(jitter.bounds) > done + 1))
     assert jitter.bounds[done : done + 2] == [(0.0, 0.01), (0.0, 0.02)]
+
+
+async def test_a_forced_reconnect_resubscribes_and_keeps_l1_when_nothing_changed(
+    make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reconnect()` (Sentinel moved the master) drops the subscription: the
+    listener subscribes again and resyncs ("connected"). Nothing changed
+    meanwhile, the counter is where it was: L1 is kept whole (no wipe, no
+    resync counted), and changes still arrive over the new subscription.
+    Kills: subscriber-e8679b, subscriber-d72a72 (the subscription is not
+    dropped), subscriber-22d646 (an unchanged counter taken as one that went
+    back: L1 wiped), subscriber-d9bc33 (an unchanged counter taken as one
+    that moved: a resync that finds nothing in the log, L1 wiped)."""
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b")
+    before = reader.get_stats()
+    await _listener(reader).reconnect()
+    await eventually(lambda: _true(tap.subscriptions == 2 and reader.redis_available))
+    assert resyncs.reasons == []
+    assert reader.counters.l1_clears == before["l1_clears"]
+    assert reader.counters.resyncs == before["resyncs"]
+    assert await _served_from_l1(reader, "b", "old b")
+    await writer.delete("a")
+    seq = await _listener(reader)._tier.current_seq()
+    await eventually(lambda: _in_sync(reader, seq))
+    assert await reader.get("a") is None
+
+
+async def test_a_gap_the_log_no_longer_covers_wipes_l1(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message is lost, and the log is trimmed before the gap shows (a small
+    `log_maxlen`, a long outage): the change cannot be replayed. The only
+    safe answer is to clear L1 and the version mirror, which the listener
+    does (and says why), instead of going on with the lost change unapplied.
+    Kills: subscriber-d5687a, subscriber-5e97a7 (a log that does not reach
+    back crashes the resync), subscriber-84075b (no wipe: the lost change's
+    key still served from L1)."""
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b", "c")
+    before = reader.get_stats()
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.set("a", "new a")  # lost
+    await raw.xtrim(LAYOUT.log, maxlen=0, approximate=False)
+    await writer.delete("b")  # reveals the gap; the log starts after it
+    await eventually(lambda: _in_sync(reader, seq + 2))
+    assert resyncs.reasons == [f"gap {seq}→{seq + 2}"]
+    assert reader.counters.l1_clears == before["l1_clears"] + 1
+    assert reader.counters.listener_errors == 0
+    hits = reader.counters.l1_hits
+    assert await reader.get("a") == "new a"
+    assert await reader.get("c") == "old c"
+    assert reader.counters.l1_hits == hits  # L1 was cleared
+
+
+async def test_a_restarted_server_wipes_l1_even_when_its_counter_is_ahead(
+    server: RedisServer,
+    make_cache: CacheFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis restarts (a new run id) and its counter is ahead of the reader's
+    last number by the time the listener is back (a restored backup, an
+    AOF): the numbers do not describe the same history, so the listener
+    clears L1, saying that Redis restarted, rather than trying the log. It
+    then knows the new server: a later lost message is replayed, not wiped.
+    Kills: subscriber-f73085 (a new server with a counter ahead taken for a
+    gap), subscriber-b31a6a (the new server id not kept: every later resync
+    wipes)."""
+    caplog.set_level(logging.WARNING, logger="twotier")
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a")
+    last = _listener(reader)._last_seq
+    assert last is not None
+    tap.connectable.clear()
+    server.kill()
+    await eventually(lambda: _true(not reader.redis_available))
+    server.launch()
+    async with aioredis.Redis.from_url(server.url) as fresh:
+        await fresh.set(LAYOUT.seq, last + 5)
+    clears = reader.counters.l1_clears
+    tap.connectable.set()
+    await eventually(lambda: _true(reader.redis_available), timeout=15)
+    assert reader.counters.l1_clears == clears + 1
+    assert _warnings(caplog, "connected; Redis restarted or was flushed")
+    assert not _warnings(caplog, "the log does not reach back")
+    # The new server is the one it knows now: a gap is replayed from its log.
+    await _cached_everywhere(writer, reader, "b", "c")
+    async with aioredis.Redis.from_url(server.url) as fresh:
+        seq = int(await fresh.get(LAYOUT.seq))
+    tap.drop.add(seq + 1)
+    await writer.delete("b")
+    await writer.delete("c")
+    await eventually(lambda: _in_sync(reader, seq + 2))
+    assert reader.counters.l1_clears == clears + 1
+    assert await reader.get("b") is None
+
+
+async def test_nothing_stale_is_served_while_a_resync_is_under_way(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag invalidation is lost; the next change reveals the gap, and the
+    replay takes its time (a slow log read). Until the repair lands, L1 is
+    suspended and the version mirror untrusted: reads meanwhile get the
+    current values from Redis, the key changed since is not served from L1,
+    the tagged entry is checked against Redis's tag versions and not served.
+    Kills: subscriber-3001ac, subscriber-1b75ee (L1 served during the
+    resync: the old value), subscriber-937199, subscriber-abbc98 (the mirror
+    trusted during the resync: the invalidated tagged entry served)."""
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=30.0)
+    await writer.set("tagged", "old", tags=["t"])
+    await _cached_everywhere(writer, reader, "a")
+    assert await reader.get("tagged") == "old"
+    tier = _listener(reader)._tier
+    log_after = tier.log_after
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_log_after(seq: int) -> list[Message] | None:
+        reading.set()
+        await release.wait()
+        return await log_after(seq)
+
+    monkeypatch.setattr(tier, "log_after", slow_log_after)
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.invalidate_tag("t")  # lost
+    await writer.set("a", "new a")  # reveals the gap
+    await asyncio.wait_for(reading.wait(), 10)
+    hits = reader.counters.l1_hits
+    assert await reader.get("a") == "new a"
+    assert await reader.get("tagged") is None
+    assert reader.counters.l1_hits == hits
+    release.set()
+    await eventually(lambda: _in_sync(reader, seq + 2))
+    assert await reader.get("tagged") is None
+    assert await reader.get("a") == "new a"
+
+
+async def test_an_unreadable_message_clears_l1_and_the_listener_goes_on(
+    make_cache: CacheFactory,
+    raw: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Garbage on the channel (anyone allowed to publish there can send it):
+    what it meant is unknown, so L1 is cleared, the message counted and
+    logged; it is no failure of the listener (no reconnect, no resync), and
+    the next change is applied as usual.
+    Kills: subscriber-c37cf7, subscriber-b71d45 (not counted),
+    subscriber-e648d4 (not logged), subscriber-bad7aa (L1 kept),
+    subscriber-73b49b (the garbage then taken for a message: a listener
+    failure)."""
+    caplog.set_level(logging.WARNING, logger="twotier")
+    writer = await make_cache()
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b")
+    before = reader.get_stats()
+    await raw.publish(LAYOUT.channel, b"\xff\xfe garbage")
+    await eventually(lambda: _true(reader.counters.bad_messages == before["bad_messages"] + 1))
+    assert _warnings(caplog, "unreadable invalidation message")
+    hits = reader.counters.l1_hits
+    assert await reader.get("a") == "old a"  # from L2: L1 was cleared
+    assert reader.counters.l1_hits == hits
+    await writer.delete("b")
+    seq = await _counter(raw)
+    await eventually(lambda: _in_sync(reader, seq))
+    assert await reader.get("b") is None
+    assert reader.counters.listener_errors == 0
+    assert reader.counters.resyncs == before["resyncs"]
+    assert reader.get_stats()["last_error"] is None
+
+
+async def test_a_dropped_channel_is_subscribed_again_and_what_came_meanwhile_replayed(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server says the subscription is gone (in a cluster, the channel's
+    slot moved to another node; the tap hands the listener that frame in
+    place of a change's message). The listener subscribes again, resyncs,
+    and the change whose message was lost with the old subscription is
+    replayed from the log.
+    Kills: subscriber-9e803a, subscriber-7a8c08 (the frame ignored: no new
+    subscription, the change never applied)."""
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b")
+    tap.inject.append(("unsubscribed", b""))
+    await writer.delete("a")  # its message is lost in the frame's place
+    seq = await _counter(raw)
+    await eventually(lambda: _true(tap.subscriptions == 2))
+    await eventually(lambda: _in_sync(reader, seq))
+    assert await reader.get("a") is None
+    assert await _served_from_l1(reader, "b", "old b")
