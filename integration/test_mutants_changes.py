@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -173,20 +174,23 @@ async def test_a_write_refused_by_a_full_redis_is_sent_at_once_as_an_invalidatio
 
 
 async def test_a_set_that_timed_out_once_is_retried_until_the_others_have_it(
-    server: RedisServer, proxy: HoldingProxy
+    server: RedisServer, proxy: HoldingProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A one-off timeout opens no breaker, so no recovery will ever flush the
     queue: the change queued by it is retried every health interval until
     Redis has it (here as a delete of the key), and the other instances stop
     serving the old value.
+    The delivery is logged, and the retry task ends with the queue.
     Kills: changes-c8b3be (not retried), changes-1615b8 (the retry, without
-    its interval, fails)."""
+    its interval, fails), changes-bc4aa3 (the delivery not logged),
+    changes-d69704 (the retry task never ends)."""
     async with _caches(proxy.url, server.url, redis_timeout=0.5, health_interval=0.05) as (
         writer,
         reader,
     ):
         await writer.set("k", "old", ttl=600)
         assert await reader.get("k") == "old"
+        caplog.set_level(logging.INFO, logger="twotier")
         sending = proxy.hold_script("write")
         await writer.set("k", "new", ttl=600)  # returns once timed out, queued
         sending.lose()
@@ -198,6 +202,11 @@ async def test_a_set_that_timed_out_once_is_retried_until_the_others_have_it(
             return await reader.get("k") is None
 
         await eventually(dropped, timeout=5)
+
+        async def retried() -> bool:
+            return "delivered 1 queued change(s)" in caplog.text and _retry_tasks() == []
+
+        await eventually(retried, timeout=5)
 
 
 # -- changes cancelled on their way ---------------------------------------------------
@@ -402,6 +411,119 @@ def test_a_change_left_on_its_way_on_a_closed_loop_does_not_hold_up_the_next_loo
         loop.close()
     try:
         assert asyncio.run(second()) is None  # the change reached Redis, or never did
+    finally:
+        cache.close_blocking()
+        gc.collect()  # the dead loop's tasks, never finished: their warnings here, not later
+
+
+# -- what Redis never received -----------------------------------------------------------
+
+
+def _retry_tasks() -> list[asyncio.Task[object]]:
+    """The cache's task retrying its queued changes (`Changes._retry_queued`), if running."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "Changes._retry_queued"
+        and not task.done()
+    ]
+
+
+async def test_closing_with_changes_redis_never_received_counts_and_reports_them(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache closed while Redis is down has one last try, then counts what
+    Redis never received as dropped and says so in a warning; its retry task
+    ends with it.
+    Kills: changes-4df385 (counted and reported only when nothing is left),
+    changes-fb575b, changes-ac2f93 (not counted, counted down), changes-ebdb58
+    (no warning), changes-10d52b (the retry task left running after close)."""
+    cache = TwoTierCache(redis_url=server.url, namespace=NS, redis_timeout=0.5, health_interval=60)
+    await cache.start()
+    try:
+        server.stop()
+        await cache.set("a", 1)
+        await cache.delete("b")
+        assert cache.get_stats()["queued_ops_pending"] == 2
+        assert _retry_tasks()
+    finally:
+        await cache.close()
+    assert cache.get_stats()["dropped_ops"] == 2
+    assert "closing with 2 queued change(s) Redis never received" in caplog.text
+    assert _retry_tasks() == []
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_loop_ending_with_changes_redis_never_received_says_they_stay_queued(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the end of a loop (not a close), what Redis lacks stays queued for the
+    next loop, and a warning says so: not counted as dropped yet.
+    Kills: changes-3d8b42 (no warning)."""
+    cache = TwoTierCache(redis_url=server.url, namespace=NS, redis_timeout=0.5, health_interval=60)
+
+    async def main() -> None:
+        await cache.start()
+        server.stop()
+        await cache.delete("k")
+
+    try:
+        asyncio.run(main())
+        assert "the event loop ended with 1 change(s) Redis has not received" in caplog.text
+        assert cache.get_stats()["dropped_ops"] == 0
+    finally:
+        cache.close_blocking()
+
+
+async def _pause_writes(url: str, pause: bool) -> None:
+    raw = aioredis.Redis.from_url(url)
+    try:
+        if pause:
+            await raw.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        else:
+            await raw.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_change_queued_on_the_next_loop_is_retried_there(server: RedisServer) -> None:
+    """A hand-driven loop closed while the cache was retrying a queued change
+    (its retry task never finished) hands the cache to the next loop, which
+    retries its own queued changes: a delete that timed out there reaches
+    Redis once Redis takes writes again.
+    Kills: changes-f7bef4 (the dead loop's retry task taken for a running one:
+    nothing retried on the new loop)."""
+    options: dict[str, Any] = {"redis_timeout": 0.3, "health_interval": 0.05}
+    cache = TwoTierCache(redis_url=server.url, namespace=NS, **options)
+
+    async def first() -> None:
+        await cache.start()
+        await _pause_writes(server.url, True)
+        await cache.set("k", "lost")  # times out: queued, retried every 50 ms
+
+    async def second() -> Any:
+        await _pause_writes(server.url, False)
+        await cache.set("k", "old")
+        await _pause_writes(server.url, True)
+        await cache.delete("k")  # times out: queued
+        assert cache.get_stats()["queued_ops_pending"] == 1
+        await _pause_writes(server.url, False)
+        async with TwoTierCache(redis_url=server.url, namespace=NS, **options) as fresh:
+
+            async def deleted() -> bool:
+                return await fresh.get("k") is None
+
+            await eventually(deleted, timeout=5)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(first())
+    finally:
+        loop.close()
+    try:
+        asyncio.run(second())
     finally:
         cache.close_blocking()
         gc.collect()  # the dead loop's tasks, never finished: their warnings here, not later

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import uuid
 
 import pytest
@@ -218,3 +219,15 @@ def test_an_invalidation_left_on_a_closed_loop_does_not_hold_up_the_next_loop() 
     finally:
         cache.close_blocking()
         gc.collect()  # the dead loop's delivery, never run: its warning here, not elsewhere
+
+
+async def test_a_close_with_nothing_left_to_deliver_warns_of_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Kills: changes-530d28 (a close with every change delivered warns of 0
+    changes "Redis never received")."""
+    cache = TwoTierCache(namespace=_namespace())
+    await cache.set("k", 1)
+    await cache.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert cache.get_stats()["dropped_ops"] == 0
