@@ -53,14 +53,17 @@ async def _child(url: str, namespace: str, count: int) -> None:
 
     clients: list[aioredis.Redis] = []
     listeners: list[asyncio.Task[None]] = []
+    raw_messages = 0  # what the raw subscribers received, for the parent's "stats"
 
     async def raw_subscriber() -> None:
+        nonlocal raw_messages
         client = aioredis.Redis.from_url(url)
         clients.append(client)
         pubsub = client.pubsub()
         await pubsub.subscribe(f"{namespace}:raw")
         async for message in pubsub.listen():
             if message["type"] == "message":
+                raw_messages += 1
                 stamp(message["data"].decode())
 
     caches = [TwoTierCache(redis_url=url, namespace=namespace) for _ in range(count)]
@@ -87,6 +90,15 @@ async def _child(url: str, namespace: str, count: int) -> None:
         while line := await asyncio.to_thread(sys.stdin.readline):
             if line.strip() == "watch":
                 await recovery.watch()
+            elif line.strip() == "stats":
+                # Totals over this child's receivers: raw messages, then the
+                # instances' invalidations received, resyncs and L1 clears.
+                stats = [cache.get_stats() for cache in caches]
+                totals = [
+                    sum(s[name] for s in stats)
+                    for name in ("invalidations_received", "resyncs", "l1_clears")
+                ]
+                _say(" ".join(["stats", str(raw_messages), *map(str, totals)]))
     finally:
         for task in listeners:
             task.cancel()
@@ -163,7 +175,17 @@ def child_main(argv: list[str]) -> int:
 # --- the parent ------------------------------------------------------------------------
 
 
-class _Fleet:
+def shares(size: int, per_process: int = 100) -> list[int]:
+    """*size* receivers of each kind split over child processes of *per_process*."""
+    out = [per_process] * (size // per_process)
+    if size % per_process:
+        out.append(size % per_process)
+    return out
+
+
+class Fleet:
+    """The child processes of a fleet, and the lines they report."""
+
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
         self._lines: asyncio.Queue[str] = asyncio.Queue()
@@ -192,6 +214,10 @@ class _Fleet:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             await self._lines.put(line.decode().strip())
+
+    async def line(self) -> str:
+        """The next line any child reported."""
+        return await self._lines.get()
 
     async def arrived(self, event: str) -> int:
         """When the last receiver of every child applied *event* (monotonic ns)."""
@@ -232,12 +258,13 @@ class _Fleet:
             task.cancel()
 
 
-async def _cpu(probe: aioredis.Redis) -> float:
+async def server_cpu(probe: aioredis.Redis) -> float:
+    """The server's CPU seconds so far, user and system."""
     info = await probe.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def _storm(probe: aioredis.Redis, fleet: _Fleet) -> tuple[float, int]:
+async def _storm(probe: aioredis.Redis, fleet: Fleet) -> tuple[float, int]:
     """Every client connection cut at once (what a failover or a restart does
     to the fleet, minus the lost data): seconds until every instance is
     trusted again, and how many were not within 30 s."""
@@ -256,16 +283,12 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
     from twotier import TwoTierCache
 
     namespace = ctx.ns(f"fleet{size}")
-    per_process = 100
-    shares = [per_process] * (size // per_process)
-    if size % per_process:
-        shares.append(size % per_process)
     probe = ctx.client()
-    fleet = _Fleet()
+    fleet = Fleet()
     writer = TwoTierCache(redis_url=ctx.url, namespace=namespace)
     try:
         before = len(await probe.client_list())
-        await fleet.start(ctx.url, namespace, shares)
+        await fleet.start(ctx.url, namespace, shares(size))
         await writer.start()
         await asyncio.sleep(1.0)
         # the fleet's connections: minus this probe's, the writer's 2, and one per raw subscriber
@@ -283,7 +306,7 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
             twotier_s.append((await fleet.arrived(event) - t0) / 1e9)
         cpu: dict[str, float] = {}
         for kind in ("r", "t"):
-            start = await _cpu(probe)
+            start = await server_cpu(probe)
             for i in range(events):
                 event = f"ev{i}{kind}cpu"
                 if kind == "r":
@@ -291,7 +314,7 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
                 else:
                     await writer.invalidate_tag(event)
                 await fleet.arrived(event)
-            cpu[kind] = (await _cpu(probe) - start) / events
+            cpu[kind] = (await server_cpu(probe) - start) / events
         recovery, stuck = await _storm(probe, fleet)
     finally:
         await writer.close()
