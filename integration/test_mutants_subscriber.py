@@ -15,6 +15,7 @@ test names in its docstring the mutants it kills (ids from `--list`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,29 @@ class Tap:
                 return kind, data
 
         return next_frame
+
+
+class Attempts:
+    """Counts the resyncs *cache*'s listener starts (each asks the server who
+    it is first): a resync suspends L1 and costs round trips, so one without
+    a reason is a cost, not a no-op. *before* runs (awaited) before the
+    answer, once: a change landing between the subscription and the resync's
+    counter read."""
+
+    def __init__(self, cache: TwoTierCache, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self.before: Callable[[], Any] | None = None
+        tier = _listener(cache)._tier
+        server_id = tier.server_id
+
+        async def counted() -> str:
+            self.count += 1
+            if self.before is not None:
+                before, self.before = self.before, None
+                await before()
+            return await server_id()
+
+        monkeypatch.setattr(tier, "server_id", counted)
 
 
 async def _true(value: object) -> bool:
@@ -178,13 +202,16 @@ async def test_late_copies_of_replayed_changes_are_ignored_not_taken_for_a_flush
     late copies, ignored (no second resync, no wipe), not a counter that
     went back. Changes after them apply in order.
     Kills the late-copy branch of `_handle` (the floor comparison, the
-    replay's floor) and the replay's own advance of the last number."""
+    replay's floor), the replay's own advance of the last number, and
+    subscriber-e74eae (a late copy of the last number taken for a gap: a
+    resync for nothing)."""
     writer = await make_cache()
     tap, resyncs = Tap(), Resyncs()
     tap.install(monkeypatch)
     reader = await make_cache(observers=[resyncs], health_interval=30.0)
     await _cached_everywhere(writer, reader, "a", "b", "c", "d")
     before = reader.get_stats()
+    attempts = Attempts(reader, monkeypatch)
     seq = await _counter(raw)
     tap.drop.add(seq + 1)
     tap.flowing.clear()  # the next frame the listener reads is held
@@ -197,6 +224,7 @@ async def test_late_copies_of_replayed_changes_are_ignored_not_taken_for_a_flush
     await writer.set("d", "new d")  # seq + 4, after the late copy of seq + 3
     await eventually(lambda: _served_from_l1(reader, "d", "new d"))
     assert resyncs.reasons == [f"gap {seq}→{seq + 2}"]
+    assert attempts.count == 1  # the late copies started none
     assert reader.counters.l1_clears == before["l1_clears"]
     assert _listener(reader)._last_seq == seq + 4
     for key in ("a", "b", "c"):
@@ -252,17 +280,21 @@ async def test_a_lost_last_message_is_found_by_the_idle_check_and_replayed(
     tap, resyncs = Tap(), Resyncs()
     tap.install(monkeypatch)
     reader = await make_cache(observers=[resyncs], health_interval=0.3, protocol=protocol)
-    await _cached_everywhere(writer, reader, "a", "b")
+    await _cached_everywhere(writer, reader, "a", "b", "c", "d")
     before = reader.get_stats()
     seq = await _counter(raw)
     tap.drop.add(seq + 1)
     await writer.delete("a")
-    await eventually(lambda: _in_sync(reader, seq + 1))
-    assert resyncs.reasons == ["counter moved while idle"]
+    await writer.delete("b")  # a gap: resynced at once, then idle checks again
+    await eventually(lambda: _in_sync(reader, seq + 2), timeout=10)
+    tap.drop.add(seq + 3)
+    await writer.delete("c")  # the last message before a quiet spell, lost
+    await eventually(lambda: _in_sync(reader, seq + 3), timeout=10)
+    assert resyncs.reasons == [f"gap {seq}→{seq + 2}", "counter moved while idle"]
     assert reader.counters.l1_clears == before["l1_clears"]
-    assert reader.counters.invalidations_received == before["invalidations_received"] + 1
-    assert await _served_from_l1(reader, "b", "old b")
-    assert await reader.get("a") is None
+    assert reader.counters.invalidations_received == before["invalidations_received"] + 3
+    assert await _served_from_l1(reader, "d", "old d")
+    assert await reader.get("c") is None
 
 
 @pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
@@ -272,16 +304,19 @@ async def test_an_idle_link_that_answers_its_health_checks_stays_subscribed(
     """A quiet channel: every health interval the listener asks (a counter
     read over RESP3, a PING over RESP2) and gets its answer. Interval after
     interval, the link is kept: no reconnect, no resync, no warning, Redis
-    reported available, L1 served.
+    reported available, L1 served, and no resync started.
     Kills the health check's bookkeeping: a check taken as unanswered from
-    the start, an answer that does not clear it, the answers' kinds."""
+    the start, an answer that does not clear it, the answers' kinds (a pong
+    taken for a counter that moved: subscriber-a8b55b, subscriber-8fc64e)."""
     tap = Tap()
     tap.install(monkeypatch)
     cache = await make_cache(health_interval=0.1, protocol=protocol)
     await cache.set("k", "v")
     resyncs = cache.counters.resyncs
-    await eventually(lambda: _true(tap.answers >= 5))
+    attempts = Attempts(cache, monkeypatch)
+    await eventually(lambda: _true(tap.answers >= 5), timeout=10)
     assert tap.subscriptions == 1
+    assert attempts.count == 0  # the counter did not move: nothing to resync
     assert cache.counters.resyncs == resyncs
     assert cache.counters.listener_errors == 0
     stats = cache.get_stats()
@@ -293,6 +328,7 @@ async def test_an_idle_link_that_answers_its_health_checks_stays_subscribed(
 @pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
 async def test_a_link_that_stops_answering_is_dropped_and_l1_stops_trusting_what_it_knew(
     make_cache: CacheFactory,
+    raw: aioredis.Redis,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     protocol: int,
@@ -306,7 +342,7 @@ async def test_a_link_that_stops_answering_is_dropped_and_l1_stops_trusting_what
     subscribes anew, resyncs, and serves L1 again.
     Kills the unanswered health check (`pending_ping`, its raise) and
     `_lost` (the link still counted as up, L1 still served, the mirror still
-    trusted)."""
+    trusted), subscriber-be8cb5 (the given-up subscription left open)."""
     caplog.set_level(logging.WARNING, logger="twotier")
     writer = await make_cache()
     tap = Tap()
@@ -316,7 +352,7 @@ async def test_a_link_that_stops_answering_is_dropped_and_l1_stops_trusting_what
     await _cached_everywhere(writer, reader, "plain")
     assert await reader.get("tagged") == "old"
     tap.flowing.clear()
-    await eventually(lambda: _true(tap.subscriptions >= 2))
+    await eventually(lambda: _true(tap.subscriptions >= 2), timeout=10)
     assert _warnings(caplog, "invalidation link lost or refused")
     assert reader.get_stats()["redis_available"] is False
     hits = reader.counters.l1_hits
@@ -325,8 +361,11 @@ async def test_a_link_that_stops_answering_is_dropped_and_l1_stops_trusting_what
     await writer.invalidate_tag("t")  # its message does not get through
     assert await reader.get("tagged") is None
     tap.flowing.set()
-    await eventually(lambda: _true(reader.get_stats()["redis_available"]))
+    await eventually(lambda: _true(reader.get_stats()["redis_available"]), timeout=10)
     await _cached_everywhere(writer, reader, "k")  # L1 served again
+    # The silent subscription was closed: the writer's and the new one remain.
+    [(_, subscribers)] = await raw.pubsub_numsub(LAYOUT.channel)
+    assert subscribers == 2
 
 
 async def test_a_listener_cancelled_by_anything_but_close_leaves_l1_untrusted(
@@ -386,28 +425,34 @@ async def test_reconnects_wait_a_random_share_of_a_doubling_backoff_reset_by_a_s
 ) -> None:
     """Redis is down when the instance starts. The listener retries, each time
     after a random share of a bound (full jitter) that doubles from 10 ms up
-    to the health interval, and warns once, not at every attempt. Redis
+    to the health interval, and warns once per cause, not at every attempt. Redis
     comes back: the listener connects. The next loss reconnects within the
     first, short bound again.
     Kills: subscriber-a0f85d (no first bound: the listener dies at its
     first retry), subscriber-551098 (no wait at all), subscriber-39e878 (the
     bound never grows), subscriber-30c664 (not reset by a success),
     subscriber-75241f, subscriber-b44ca2, subscriber-902c4a,
-    subscriber-48ad25 (a warning per attempt, or none)."""
+    subscriber-48ad25 (a warning per attempt, or none), subscriber-8f718b
+    (the cause still reported once connected)."""
     caplog.set_level(logging.WARNING, logger="twotier")
     jitter = Jitter()
     monkeypatch.setattr(_subscriber, "random", jitter)
     server.kill()
     cache = await make_cache(health_interval=0.4, connect_timeout=0.1, redis_timeout=0.05)
-    await eventually(lambda: _true(len(jitter.bounds) >= 8))
+    await eventually(lambda: _true(len(jitter.bounds) >= 8), timeout=10)
     first = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.4, 0.4]
     assert jitter.bounds[:8] == [(0.0, bound) for bound in first]
-    assert len(_warnings(caplog, "invalidation link lost or refused")) == 1
+    # Once per cause (a loaded machine may mix in a connect timeout), not per attempt.
+    warned = _warnings(caplog, "invalidation link lost or refused")
+    assert warned
+    assert len(warned) < 8
+    assert all(this != that for this, that in itertools.pairwise(warned))
     server.launch()
     await eventually(lambda: _true(cache.get_stats()["redis_available"]), timeout=15)
+    assert cache.get_stats()["last_error"] is None
     done = len(jitter.bounds)
     server.kill()
-    await eventually(lambda: _true(len(jitter.bounds) > done + 1))
+    await eventually(lambda: _true(len(jitter.bounds) > done + 1), timeout=10)
     assert jitter.bounds[done : done + 2] == [(0.0, 0.01), (0.0, 0.02)]
 
 
@@ -615,3 +660,184 @@ async def test_a_dropped_channel_is_subscribed_again_and_what_came_meanwhile_rep
     await eventually(lambda: _in_sync(reader, seq))
     assert await reader.get("a") is None
     assert await _served_from_l1(reader, "b", "old b")
+
+
+async def test_a_counter_holding_foreign_data_counts_as_zero_for_the_idle_check(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something overwrote the change counter with a non-number. The listener
+    reads it as zero, as `RedisTier.current_seq` does: its next idle check
+    (RESP3: the counter read on the subscription) sees the counter went
+    back, resyncs and clears L1, as for a flush. After that the counter is
+    where the listener left it: later idle checks start no resync.
+    Kills: subscriber-a83d13 (foreign data read as no number: a resync at
+    every idle check)."""
+    tap = Tap()
+    tap.install(monkeypatch)
+    cache = await make_cache(health_interval=0.1, protocol=3)
+    await cache.set("k", "v")
+    clears = cache.counters.l1_clears
+    await raw.set(LAYOUT.seq, b"not a number")
+    await eventually(lambda: _true(cache.counters.l1_clears == clears + 1), timeout=10)
+    await eventually(lambda: _in_sync(cache, 0))
+    attempts = Attempts(cache, monkeypatch)
+    answers = tap.answers
+    await eventually(lambda: _true(tap.answers >= answers + 4), timeout=10)
+    assert attempts.count == 0
+    assert cache.counters.l1_clears == clears + 1
+
+
+async def test_a_change_made_while_subscribing_is_no_sign_of_a_flush(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change lands between the subscription's confirmation and the first
+    resync's counter read: its message arrives with a number the counter
+    already covered. On a first connection that is a late copy, not a
+    counter that went back: no second resync.
+    Kills: subscriber-87f403 (the first connection's floor set to the
+    counter: the late copy taken for a flush)."""
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    resyncs_started: list[int] = []
+    tier_type = type(_listener(writer)._tier)
+    server_id = tier_type.server_id
+
+    async def server_id_after_a_change(tier: Any) -> str:
+        resyncs_started.append(1)
+        if len(resyncs_started) == 1:  # the new instance's first resync
+            await writer.delete("landed meanwhile")
+        return await server_id(tier)
+
+    monkeypatch.setattr(tier_type, "server_id", server_id_after_a_change)
+    late = await make_cache(health_interval=30.0)
+    seq = await _counter(raw)
+    await writer.set("after", "x")
+    await eventually(lambda: _in_sync(late, seq + 1))
+    assert len(resyncs_started) == 1  # the first connection's, no other
+    assert late.counters.resyncs == 0
+    assert tap.subscriptions == 1
+
+
+async def test_a_replay_that_reaches_past_the_counter_read_keeps_its_last_number(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change lands between the resync's counter read and its log read:
+    the replay applies it too and stays at its number. Its own copy, arriving
+    later over pub/sub, is then a late copy: applied once, not twice.
+    Kills: subscriber-73b7e5, subscriber-8966e3, subscriber-1bc6fd (the last
+    number put back to the counter read after a replay: the change applied
+    again when its copy comes)."""
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b", "c", "d")
+    before = reader.get_stats()
+    tier = _listener(reader)._tier
+    log_after = tier.log_after
+
+    async def log_after_a_change(seq: int) -> list[Message] | None:
+        await writer.delete("c")  # after the counter read, before the log read
+        return await log_after(seq)
+
+    monkeypatch.setattr(tier, "log_after", log_after_a_change)
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # reveals the gap
+    await eventually(lambda: _in_sync(reader, seq + 3))
+    monkeypatch.setattr(tier, "log_after", log_after)
+    await writer.delete("d")  # after the late copy of seq + 3
+    await eventually(lambda: _in_sync(reader, seq + 4))
+    assert reader.counters.invalidations_received == before["invalidations_received"] + 4
+    assert reader.counters.resyncs == before["resyncs"] + 1
+
+
+async def test_a_resync_slower_than_the_health_interval_is_not_cut_short(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's log read takes three health intervals (a long log, a slow
+    server). The idle check is off meanwhile: the resync completes, and the
+    listener is in sync, L1 served again, without reconnecting.
+    Kills: subscriber-67f544 (the idle timer left running: every resync cut
+    short at the interval, L1 suspended for good)."""
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=0.2)
+    await _cached_everywhere(writer, reader, "a", "b", "c")
+    tier = _listener(reader)._tier
+    log_after = tier.log_after
+
+    async def slow_log_after(seq: int) -> list[Message] | None:
+        await asyncio.sleep(0.6)
+        return await log_after(seq)
+
+    monkeypatch.setattr(tier, "log_after", slow_log_after)
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # reveals the gap
+    await eventually(lambda: _in_sync(reader, seq + 2), timeout=10)
+    assert tap.subscriptions == 1
+    assert await reader.get("a") is None
+    assert await _served_from_l1(reader, "c", "old c")
+
+
+async def test_a_resync_call_that_times_out_ends_in_a_reconnect_and_a_full_resync(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's log read times out. The resync is not left half done (L1
+    suspended, the change unapplied): the listener reconnects, resyncs
+    again, and replays the change.
+    Kills: subscriber-29645e (the timeout taken for the idle timer's: the
+    resync abandoned, L1 suspended until some later message)."""
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b", "c")
+    tier = _listener(reader)._tier
+    log_after = tier.log_after
+    calls = 0
+
+    async def log_after_timing_out_once(seq: int) -> list[Message] | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TimeoutError("the log read timed out")
+        return await log_after(seq)
+
+    monkeypatch.setattr(tier, "log_after", log_after_timing_out_once)
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # reveals the gap
+    await eventually(lambda: _in_sync(reader, seq + 2), timeout=10)
+    assert tap.subscriptions == 2
+    assert await reader.get("a") is None
+    assert await _served_from_l1(reader, "c", "old c")
+
+
+async def test_close_ends_the_listener_and_leaves_the_channel(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    """close() ends the listener's task and its subscription: the server
+    counts no subscriber on the channel afterwards.
+    Kills: subscriber-a5b1be (close() returns at once, the listener left
+    running and subscribed), subscriber-72d90f (the task never cancelled:
+    close() waits for it for ever)."""
+    cache = await make_cache(health_interval=30.0)
+    task = cache._link._listener_task  # type: ignore[union-attr]
+    assert task is not None
+    [(_, subscribers)] = await raw.pubsub_numsub(LAYOUT.channel)
+    assert subscribers == 1
+    await cache.close()
+    assert task.done()
+
+    async def no_subscriber() -> bool:
+        [(_, subscribers)] = await raw.pubsub_numsub(LAYOUT.channel)
+        return bool(subscribers == 0)
+
+    await eventually(no_subscriber)
