@@ -841,3 +841,117 @@ async def test_close_ends_the_listener_and_leaves_the_channel(
         return bool(subscribers == 0)
 
     await eventually(no_subscriber)
+
+
+async def test_a_counter_back_at_the_last_replays_floor_is_a_counter_that_went_back(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gaps in a row, each replayed from the log: the second replay's
+    floor is the number the first one ended at. Then the counter goes back
+    (restored, rolled back by hand) so that the next change carries exactly
+    that number: not a late copy of the last replay (those are above its
+    floor) but a counter that went back. The listener resyncs at once and
+    clears L1.
+    Kills: subscriber-a96f3e (a number equal to the floor taken for a late
+    copy), subscriber-81fa29 (a replay that leaves the floor where it was)."""
+    writer = await make_cache()
+    tap, resyncs = Tap(), Resyncs()
+    tap.install(monkeypatch)
+    reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b", "c", "d", "e")
+    seq = await _counter(raw)
+    tap.drop.update({seq + 1, seq + 3})
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # gap: replayed, the floor at seq
+    await eventually(lambda: _in_sync(reader, seq + 2))
+    await writer.delete("c")  # lost
+    await writer.delete("d")  # gap: replayed, the floor at seq + 2
+    await eventually(lambda: _in_sync(reader, seq + 4))
+    clears = reader.counters.l1_clears
+    await raw.set(LAYOUT.seq, seq + 1)
+    await writer.set("x", "new x")  # numbered seq + 2 again
+    await eventually(lambda: _true(reader.counters.l1_clears == clears + 1))
+    assert resyncs.reasons[-1] == f"sequence went back {seq + 4}→{seq + 2}"
+    hits = reader.counters.l1_hits
+    assert await reader.get("e") == "old e"  # from L2: L1 was cleared
+    assert reader.counters.l1_hits == hits
+
+
+async def _lease_held(raw: aioredis.Redis, key: str) -> bool:
+    return bool(await raw.exists(LAYOUT.lease(key)))
+
+
+async def test_a_waiter_on_another_instances_lease_is_woken_by_its_end(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B waits on A's fill lease; A's loader fails and A gives the lease back,
+    announcing it (an unnumbered "f" message). B is woken by that message,
+    not by the lease's expiry (30 s), loads for itself; the message starts
+    no resync (it carries no number).
+    Kills: subscriber-bcadb4 (the lease's end not passed on: B waits it
+    out), subscriber-77525b (the unnumbered message then taken for a counter
+    that went back: a resync)."""
+    a = await make_cache(lease_ttl=30.0)
+    b = await make_cache(lease_ttl=30.0, health_interval=30.0)
+    attempts = Attempts(b, monkeypatch)
+    gate = asyncio.Event()
+
+    async def failing() -> str:
+        await gate.wait()
+        raise RuntimeError("the database is away")
+
+    async def own() -> str:
+        return "b's own"
+
+    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
+    try:
+        await eventually(lambda: _lease_held(raw, "k"), timeout=5)
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        await eventually(lambda: _true(b.counters.lease_waits == 1), timeout=5)
+        gate.set()
+        assert await asyncio.wait_for(waiter, 10) == "b's own"
+    finally:
+        gate.set()
+        await asyncio.gather(leader, return_exceptions=True)
+    assert attempts.count == 0
+
+
+async def test_a_waiter_whose_lease_end_message_was_lost_is_woken_by_the_next_resync(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "f" message that ends A's lease is lost (it is not numbered, so
+    no gap shows it, and the log does not keep it). The next resync (here
+    for a gap in the numbered changes, the link staying up) wakes every
+    waiter: B looks again and loads, instead of waiting out the lease.
+    Kills: subscriber-f1db69 (a resync wakes nobody: B waits 30 s)."""
+    a = await make_cache(lease_ttl=30.0)
+    tap = Tap()
+    tap.install(monkeypatch)
+    b = await make_cache(lease_ttl=30.0, health_interval=30.0)
+    gate = asyncio.Event()
+
+    async def failing() -> str:
+        await gate.wait()
+        raise RuntimeError("the database is away")
+
+    async def own() -> str:
+        return "b's own"
+
+    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
+    try:
+        await eventually(lambda: _lease_held(raw, "k"), timeout=5)
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        await eventually(lambda: _true(b.counters.lease_waits == 1), timeout=5)
+        tap.drop.add(0)  # the unnumbered "f"
+        gate.set()
+        await eventually(lambda: _true(tap.dropped == [0]), timeout=5)
+        assert not waiter.done()
+        seq = await _counter(raw)
+        tap.drop.add(seq + 1)
+        await a.delete("x")  # lost
+        await a.delete("y")  # reveals the gap: a resync, the link up all along
+        assert await asyncio.wait_for(waiter, 10) == "b's own"
+        assert tap.subscriptions == 1
+    finally:
+        gate.set()
+        await asyncio.gather(leader, return_exceptions=True)
