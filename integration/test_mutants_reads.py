@@ -7,7 +7,8 @@ names in its docstring the mutants it kills (ids from `--list`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 import twotier._decorator as decorator
 from tests.contract import eventually
 from twotier import MsgpackSerializer, TwoTierCache
+from twotier._events import BaseObserver
 from twotier._redis import Layout
 from twotier.testing import FakeClock, RedisServer
 
@@ -570,3 +572,90 @@ async def test_a_caller_that_joined_an_early_refresh_which_gave_way_loads_for_it
         gate.set()
         await a.close()
         await b.close()
+
+
+class _AsTheWaitEnds(BaseObserver):
+    """Runs an action the moment a lease wait ends, before the read that follows
+    it: this instance's own change, made just then by another task of its loop."""
+
+    def __init__(self) -> None:
+        self.action: Callable[[], object] | None = None
+
+    def lease_waited(self, seconds: float) -> None:
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+
+
+async def _wait_and_change(server: RedisServer, tag: str, rounds: int = 3) -> list[tuple[str, int]]:
+    """B waits on A's load of a key tagged "t"; as B's wait ends, B invalidates
+    *tag* (not awaited). B's result and the GETs B paid, per round."""
+    seen = _AsTheWaitEnds()
+    a = TwoTierCache(redis_url=server.url, namespace=NS, **FAST)
+    b = TwoTierCache(redis_url=server.url, namespace=NS, observers=[seen], **FAST)
+    await a.start()
+    await b.start()
+    try:
+        return [await _wait_and_change_once(a, b, seen, f"k{n}", tag) for n in range(rounds)]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _wait_and_change_once(
+    a: TwoTierCache, b: TwoTierCache, seen: _AsTheWaitEnds, key: str, tag: str
+) -> tuple[str, int]:
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "a's"
+
+    async def own() -> str:
+        return "b's own"
+
+    invalidations: list[Any] = []
+    loads = a.get_stats()["loads"]
+    leader = asyncio.ensure_future(a.cached(ttl=60, key=key, tags=["t"])(slow)())
+    try:
+        await eventually(lambda: _true(a.get_stats()["loads"] > loads), timeout=5)  # claimed
+        waits, reads = b.get_stats()["lease_waits"], b._remote.reads  # type: ignore[attr-defined]
+        seen.action = lambda: invalidations.append(b.invalidate_tag(tag))
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key=key, tags=["t"])(own)())
+        await eventually(
+            lambda: _true(b.get_stats()["lease_waits"] > waits or waiter.done()), timeout=5
+        )
+        gate.set()
+        value = await waiter
+        assert await leader == "a's"
+    finally:
+        gate.set()
+        await asyncio.gather(leader, return_exceptions=True)
+    assert len(invalidations) == 1  # made as the wait ended
+    await invalidations[0]
+    return value, b._remote.reads - reads  # type: ignore[attr-defined]
+
+
+async def test_a_read_after_a_lease_wait_never_answers_an_entry_its_own_invalidation_outdated(
+    server: RedisServer,
+) -> None:
+    """B waits for A's load; as the wait ends, B invalidates the tag A's entry
+    carries (not awaited). B's read then finds A's entry, which B's mirror does
+    not yet know outdated: it waits for its invalidation to reach Redis and reads
+    again, so it answers its own load, never the entry its own invalidation
+    outdated (read-your-writes).
+    Kills: reads-1d8b04 (after the wait for the invalidation, the outdated entry
+    answered)."""
+    for value, _ in await _wait_and_change(server, "t"):
+        assert value == "b's own"
+
+
+async def test_a_read_after_a_lease_wait_is_not_repeated_for_an_unrelated_change(
+    server: RedisServer,
+) -> None:
+    """As B's wait for A's load ends, B invalidates a tag A's entry does not
+    carry: B takes A's entry with the one GET after the wait (two in all), and
+    does not read again until that invalidation has reached Redis.
+    Kills: reads-6d7253 (any change of this instance on its way makes the read
+    repeat)."""
+    assert await _wait_and_change(server, "elsewhere") == [("a's", 2)] * 3
