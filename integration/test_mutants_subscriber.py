@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from twotier._channel import Frame, Subscription
 from twotier._events import BaseObserver
 from twotier._redis import Layout
 from twotier._subscriber import RedisListener
-from twotier._tier import Message
+from twotier._tier import KINDS, Message
 from twotier._topology import Bus
 from twotier.testing import RedisServer
 
@@ -53,6 +54,7 @@ class Tap:
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.answers = 0  # pongs and counter reads: the idle checks' answers
+        self.pongs = 0
         self.connectable = asyncio.Event()  # cleared: new subscriptions wait
         self.inject: list[Frame] = []  # given out in place of the next frame read
         self.connectable.set()
@@ -84,6 +86,7 @@ class Tap:
                         continue
                 elif kind in ("pong", "counter"):
                     self.answers += 1
+                    self.pongs += kind == "pong"
                 return kind, data
 
         return next_frame
@@ -154,7 +157,7 @@ class Resyncs(BaseObserver):
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
-    def resynced(self, reason: str) -> None:  # type: ignore[override]
+    def resynced(self, reason: str) -> None:
         self.reasons.append(reason)
 
 
@@ -307,7 +310,9 @@ async def test_an_idle_link_that_answers_its_health_checks_stays_subscribed(
     reported available, L1 served, and no resync started.
     Kills the health check's bookkeeping: a check taken as unanswered from
     the start, an answer that does not clear it, the answers' kinds (a pong
-    taken for a counter that moved: subscriber-a8b55b, subscriber-8fc64e)."""
+    taken for a counter that moved: subscriber-a8b55b, subscriber-8fc64e),
+    and subscriber-cd9240 (over RESP3, a PING and a counter read elsewhere
+    on top of the counter read on the subscription)."""
     tap = Tap()
     tap.install(monkeypatch)
     cache = await make_cache(health_interval=0.1, protocol=protocol)
@@ -317,6 +322,8 @@ async def test_an_idle_link_that_answers_its_health_checks_stays_subscribed(
     await eventually(lambda: _true(tap.answers >= 5), timeout=10)
     assert tap.subscriptions == 1
     assert attempts.count == 0  # the counter did not move: nothing to resync
+    # Over RESP3 one command does both (the counter read proves the link alive).
+    assert tap.pongs == (0 if protocol == 3 else tap.answers)
     assert cache.counters.resyncs == resyncs
     assert cache.counters.listener_errors == 0
     stats = cache.get_stats()
@@ -385,7 +392,7 @@ async def test_a_listener_cancelled_by_anything_but_close_leaves_l1_untrusted(
     await writer.set("tagged", "old", tags=["t"])
     await _cached_everywhere(writer, reader, "plain")
     assert await reader.get("tagged") == "old"
-    task = reader._link._listener_task  # type: ignore[union-attr]
+    task = reader._link._listener_task
     assert task is not None
     task.cancel()
     await asyncio.wait([task])
@@ -553,7 +560,7 @@ async def test_a_restarted_server_wipes_l1_even_when_its_counter_is_ahead(
     # The new server is the one it knows now: a gap is replayed from its log.
     await _cached_everywhere(writer, reader, "b", "c")
     async with aioredis.Redis.from_url(server.url) as fresh:
-        seq = int(await fresh.get(LAYOUT.seq))
+        seq = int(await fresh.get(LAYOUT.seq) or 0)
     tap.drop.add(seq + 1)
     await writer.delete("b")
     await writer.delete("c")
@@ -829,7 +836,7 @@ async def test_close_ends_the_listener_and_leaves_the_channel(
     running and subscribed), subscriber-72d90f (the task never cancelled:
     close() waits for it for ever)."""
     cache = await make_cache(health_interval=30.0)
-    task = cache._link._listener_task  # type: ignore[union-attr]
+    task = cache._link._listener_task
     assert task is not None
     [(_, subscribers)] = await raw.pubsub_numsub(LAYOUT.channel)
     assert subscribers == 1
@@ -955,3 +962,33 @@ async def test_a_waiter_whose_lease_end_message_was_lost_is_woken_by_the_next_re
     finally:
         gate.set()
         await asyncio.gather(leader, return_exceptions=True)
+
+
+async def test_a_hint_from_another_instance_evicts_what_it_names_and_one_of_its_own_does_not(
+    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hint ("h", unnumbered): another instance's change that Redis refused
+    for now is on its way. The listener evicts what it names from L1 at once;
+    a hint of its own instance (which applied its change itself) is not
+    applied again; neither starts a resync (a hint carries no number).
+    Kills the hint branch of `_handle`: subscriber-d10964 (not applied),
+    subscriber-5f4182 (only its own applied), subscriber-d4c118 (then taken
+    for a counter that went back: a resync)."""
+    if "h" not in KINDS:
+        pytest.skip("this version has no hints")
+    writer = await make_cache()
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b")
+    attempts = Attempts(reader, monkeypatch)
+    own = _listener(reader)._origin
+    for origin, key in (("stranger", "a"), (own, "b")):
+        hint = Message("h", (key,), origin, 0, ("k",), time.time())  # type: ignore[arg-type,unused-ignore]
+        await raw.publish(LAYOUT.channel, hint.encode())
+    await writer.set("after", "x")  # a numbered change behind the hints
+    seq = await _counter(raw)
+    await eventually(lambda: _in_sync(reader, seq))
+    assert attempts.count == 0
+    assert await _served_from_l1(reader, "b", "old b")
+    hits = reader.counters.l1_hits
+    await reader.get("a")
+    assert reader.counters.l1_hits == hits  # evicted
