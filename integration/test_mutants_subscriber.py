@@ -162,14 +162,20 @@ class Resyncs(BaseObserver):
 
 
 async def test_a_lost_message_is_replayed_from_the_log_when_the_next_number_reveals_the_gap(
-    make_cache: CacheFactory, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    make_cache: CacheFactory,
+    raw: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Pub/sub loses the message of a delete; the next message's number jumps
     by two. The listener resyncs ("gap"), replays both changes from the log,
     and keeps the rest of L1: the two keys are gone from the reader's L1, an
     untouched key is still served from it, nothing was wiped, and both
-    replayed changes count as received. Later changes apply as usual.
-    Kills the gap branch of `_handle` and the replay branch of `_resync`."""
+    replayed changes count as received, and the log says so. Later changes
+    apply as usual.
+    Kills the gap branch of `_handle` and the replay branch of `_resync`,
+    and subscriber-d93721 (the replay not logged)."""
+    caplog.set_level(logging.INFO, logger="twotier")
     writer = await make_cache()
     tap, resyncs = Tap(), Resyncs()
     tap.install(monkeypatch)
@@ -184,6 +190,7 @@ async def test_a_lost_message_is_replayed_from_the_log_when_the_next_number_reve
     assert reader.counters.resyncs == before["resyncs"] + 1
     assert tap.dropped == [seq + 1]
     assert resyncs.reasons == [f"gap {seq}→{seq + 2}"]
+    assert f"resynced by replaying 2 change(s) (gap {seq}→{seq + 2})" in caplog.messages
     assert reader.counters.l1_clears == before["l1_clears"]
     assert reader.counters.invalidations_received == before["invalidations_received"] + 2
     assert await _served_from_l1(reader, "c", "old c")
@@ -992,3 +999,55 @@ async def test_a_hint_from_another_instance_evicts_what_it_names_and_one_of_its_
     hits = reader.counters.l1_hits
     await reader.get("a")
     assert reader.counters.l1_hits == hits  # evicted
+
+
+async def test_an_unexpected_failure_is_counted_reported_and_takes_the_link_down_until_resynced(
+    make_cache: CacheFactory,
+    raw: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Applying a message fails with an error nobody expected (a bug on the
+    way to L1). Until the listener has reconnected and resynced (held back
+    here), the instance counts the failure, logs it as an error, reports
+    why (`last_error`) and Redis as not available, and serves nothing from
+    L1; once back, `last_error` is cleared and changes apply again.
+    Kills: subscriber-2e6a67, subscriber-7efde9 (not counted),
+    subscriber-c5ba80 (no cause reported), subscriber-1d3fd1 (not logged),
+    subscriber-a27c9a (the link still counted as up)."""
+    caplog.set_level(logging.WARNING, logger="twotier")
+    writer = await make_cache()
+    tap = Tap()
+    tap.install(monkeypatch)
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a", "b")
+    listener = _listener(reader)
+    apply = listener._apply
+
+    def fails_once(message: Message) -> None:
+        monkeypatch.setattr(listener, "_apply", apply)
+        raise RuntimeError("a bug on the way to L1")
+
+    monkeypatch.setattr(listener, "_apply", fails_once)
+    tap.connectable.clear()
+    await writer.delete("a")
+    await eventually(lambda: _true(reader.counters.listener_errors == 1))
+    stats = reader.get_stats()
+    assert stats["redis_available"] is False
+    assert "unexpected RuntimeError" in stats["last_error"]
+    assert [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "listener failed" in r.getMessage()
+    ]
+    hits = reader.counters.l1_hits
+    assert await reader.get("b") == "old b"  # from L2
+    assert reader.counters.l1_hits == hits
+    tap.connectable.set()
+    await eventually(lambda: _true(reader.redis_available), timeout=10)
+    assert reader.get_stats()["last_error"] is None
+    await writer.delete("b")
+    seq = await _counter(raw)
+    await eventually(lambda: _in_sync(reader, seq))
+    assert await reader.get("b") is None
+    assert reader.counters.listener_errors == 1
