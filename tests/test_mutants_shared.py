@@ -65,6 +65,9 @@ class Remote:
         self._call("get", key)
         return self.entries.get(key)
 
+    async def hint(self, subject: str, names: tuple[str, ...]) -> None:
+        self._call("hint", subject, names)
+
     async def versions(
         self, tags: tuple[str, ...], horizon: float = 0.0
     ) -> tuple[str, tuple[str, ...]]:

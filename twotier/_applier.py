@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from ._events import Events
 from ._flights import Flights
+from ._hints import Holds
 from ._local import LocalTier
 from ._shared import SharedTier
 from ._tier import Kind, Message
@@ -31,6 +32,7 @@ class Applier:
         *,
         wake_lease_waiters: Callable[[Iterable[str] | None], None],
         clock: Clock,
+        holds: Holds | None = None,
     ) -> None:
         self._local = local
         self._flights = flights
@@ -38,6 +40,7 @@ class Applier:
         self._events = events
         self._wake_lease_waiters = wake_lease_waiters
         self._clock = clock
+        self._holds = holds or Holds(clock, 0.0)
 
     def apply_local(self, kind: Kind, names: tuple[str, ...]) -> None:
         if kind == "k":
@@ -53,8 +56,16 @@ class Applier:
 
     def apply_message(self, message: Message) -> None:
         """Another instance's change (or the server's): the mirror, then L1."""
+        if message.kind == "h":
+            # A change Redis refused for now: evicted here, and its old entries
+            # in Redis not served until it lands (`_hints.py`).
+            subject: Kind = message.versions[0]  # type: ignore[assignment]  # one of HINTED
+            self._holds.hold(subject, message.names)
+            self.apply_local(subject, message.names)
+            return
         self.mirror_message(message)
         self.apply_local(message.kind, message.names)
+        self._holds.release(message.kind, message.names)
         self._events.invalidation_received(message)
 
     def mirror_message(self, message: Message) -> None:

@@ -36,6 +36,7 @@ from ._exceptions import (
     InvalidKeyError,
 )
 from ._flights import Flights
+from ._hints import Holds
 from ._keys import validate_key, validate_tags, validate_ttl
 from ._link import RedisLink
 from ._local import LocalTier
@@ -47,6 +48,7 @@ from ._options import check_count, check_namespace, check_seconds
 from ._outbox import Outbox
 from ._policies import Loader, LoaderPolicy, PolicyRunner
 from ._reads import Reads
+from ._redis import MIGRATION_TIMEOUTS
 from ._serialization import MsgpackSerializer, Serializer
 from ._shared import SharedTier
 from ._stats import Counters
@@ -152,6 +154,12 @@ class TwoTierCache:
         self.local = LocalTier(l1_maxsize, self.clock, self._serializer.loads)
         self._flights = Flights()
         self._outbox = Outbox(outbox_limit, self.counters)
+        # A hint is renewed at every refused retry of the writer (one health
+        # interval, plus the migration budget its retry may wait): held for
+        # three of those, it outlives a long migration and not a dead writer.
+        holds = Holds(
+            self.clock, 3 * (self._health_interval + MIGRATION_TIMEOUTS * self._redis_timeout)
+        )
         remote = MemoryTier(hub_for(namespace), self.instance_id)
         self._shared = SharedTier(
             remote,
@@ -166,6 +174,7 @@ class TwoTierCache:
             spawn=self.spawn,
             blocked=self._outbox.__bool__,
             events=self.events,
+            held=holds.holds,
         )
         unsettled = Unsettled()
         self._reads = Reads(
@@ -192,6 +201,7 @@ class TwoTierCache:
             self.events,
             wake_lease_waiters=self._reads.wake_lease_waiters,
             clock=self.clock,
+            holds=holds,
         )
         self._changes = Changes(
             self._shared,

@@ -286,11 +286,24 @@ class Changes:
             self._counters.queued_ops += 1
             queue(self._outbox)
             self._outbox.cause = self._outbox.cause or str(exc)
-            if not isinstance(exc, (BackendUnavailable, BackendTimeout)):
-                # Refused, not away (a write under maxmemory): the queue holds it
-                # as an invalidation, which Redis takes even when full. Try now.
+            if _refused(exc):
+                # Refused, not away (a slot migrating past the budget, a write
+                # under maxmemory): the others are told at once (`_hints.py`),
+                # and the queue holds it as an invalidation, which Redis may
+                # take even when full. Try now.
+                self.spawn(self._hint_queued())
                 self.request_flush()
             self._retry_soon()
+
+    async def _hint_queued(self) -> None:
+        """Tell the other instances what is queued, so that they neither serve
+        it from L1 nor read it from Redis until it lands. Best effort: the
+        change itself stays queued either way."""
+        for subject, names in self._outbox.hints():
+            try:
+                await self._shared.remote.hint(subject, names)
+            except BackendError:
+                return
 
     # -- queued changes ------------------------------------------------------------
 
@@ -316,7 +329,9 @@ class Changes:
     async def _flush(self) -> None:
         try:
             delivered = await self._outbox.flush(self._shared.remote)
-        except BackendError:
+        except BackendError as exc:
+            if _refused(exc):  # still refused: the others' holds are renewed
+                await self._hint_queued()
             return  # still away; the next recovery tries again
         if delivered:
             self._log.info("delivered %d queued change(s)", delivered)
@@ -348,3 +363,8 @@ class Changes:
         """The cache's loop closed: its tasks and futures died with it."""
         self._retry = None
         self.unsettled.clear()
+
+
+def _refused(exc: BackendError) -> bool:
+    """Refused by a server that answers, not away (unreachable, timed out)."""
+    return not isinstance(exc, (BackendUnavailable, BackendTimeout))

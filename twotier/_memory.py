@@ -91,6 +91,9 @@ class MemoryTier:
         self._hub.publish("t", tags, self._origin)
         return []
 
+    async def hint(self, subject: str, names: tuple[str, ...]) -> None:
+        return None  # the hub never refuses a change: nothing is ever on its way
+
     async def clear(self) -> str:
         self._hub.publish("c", (), self._origin)
         return "0"

@@ -52,6 +52,14 @@ class Outbox:
         self._tags.clear()
         self._clear = True
 
+    def hints(self) -> list[tuple[str, tuple[str, ...]]]:
+        """What is queued, as hints to the other instances (`_hints.py`):
+        (subject, names) with subject "c" (a clear), "k" (keys) or "t" (tags)."""
+        if self._clear:
+            return [("c", ())]
+        queued = [("k", tuple(self._keys)), ("t", tuple(self._tags))]
+        return [(subject, names) for subject, names in queued if names]
+
     def _bound(self) -> None:
         if len(self) > self._limit:
             self._counters.dropped_ops += len(self)

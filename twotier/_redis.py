@@ -602,7 +602,13 @@ class RedisTier:
                 run = await _shard_run(connection)
                 if run is None:
                     return
-                await self._repair_shard(f"{connection.host}:{connection.port}", run, rows)
+                try:
+                    await self._repair_shard(f"{connection.host}:{connection.port}", run, rows)
+                except BackendError as exc:
+                    # (say, the slot of a key to repair migrating past the budget)
+                    # Not met: the pipe's next connection tries again. Raised as a
+                    # connection error, what the pipe's callers expect of it.
+                    raise redis_errors.ConnectionError(f"shard repair failed: {exc}") from exc
                 await self._execute("HSET", self.layout.met, run.identity, _now_ms())
             finally:
                 await self._execute("DEL", claim)
@@ -779,6 +785,10 @@ class RedisTier:
     async def release(self, key: str, token: str, *, uncertain: bool = False) -> None:
         if int(await self._run("release", [self.layout.lease(key)], [token])) or uncertain:
             await self._wake(key)
+
+    async def hint(self, subject: str, names: tuple[str, ...]) -> None:
+        message = Message("h", names, self._origin, 0, (subject,), time.time())
+        await self._command(self._publish, self.layout.channel, message.encode())
 
     async def _wake(self, key: str) -> None:
         """Tell the callers waiting on *key*'s lease that it ended (an unnumbered 'f')."""

@@ -70,6 +70,7 @@ class SharedTier:
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         blocked: Callable[[], bool],
         events: Events,
+        held: Callable[[str, tuple[str, ...]], bool] = lambda key, tags: False,
     ) -> None:
         self._events = events
         self.remote = remote
@@ -85,6 +86,9 @@ class SharedTier:
         # True while this instance has changes Redis has not taken yet: what
         # Redis holds may be what we invalidated, so nothing is read from it.
         self._blocked = blocked
+        # Whether another instance's change of a key or tag is on its way to
+        # Redis, refused for now (`_hints.py`): its old entry must not be served.
+        self._held = held
         self._horizon: tuple[str | None, float] = (None, 0.0)
 
     # -- reads -----------------------------------------------------------------------
@@ -106,7 +110,13 @@ class SharedTier:
         return await self.judged(key, data, min_ttl, drop=drop)
 
     async def judged(
-        self, key: str, data: bytes | None, min_ttl: float = 0.0, *, drop: bool = True
+        self,
+        key: str,
+        data: bytes | None,
+        min_ttl: float = 0.0,
+        *,
+        drop: bool = True,
+        hold: bool = True,
     ) -> Found:
         if data is None:
             return Found(MISS, None, b"")
@@ -123,7 +133,7 @@ class SharedTier:
                 return NOT_USABLE
         if not current and drop:
             self._spawn(self._drop(key, entry.header))
-        if not current or entry.remaining() <= min_ttl:
+        if not current or entry.remaining() <= min_ttl or (hold and self._held(key, entry.tags)):
             return Found(MISS, None, entry.header)
         try:
             value = self._serializer.loads(entry.payload)
@@ -174,7 +184,8 @@ class SharedTier:
         if claim.status == GRANTED:
             return Found(MISS, None, rejected), token, False
         if claim.status == STORED:
-            return await self.judged(key, claim.entry, 0.0, drop=False), None, False
+            # Stored since our read, by a load or a set: newer than any hint.
+            return await self.judged(key, claim.entry, 0.0, drop=False, hold=False), None, False
         return Found(MISS, None, rejected), None, claim.status == HELD
 
     async def snapshot(self, tags: tuple[str, ...], ttl: float | None = None) -> Snapshot | None:

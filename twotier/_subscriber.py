@@ -255,6 +255,10 @@ class RedisListener:
         if message.kind == "f":
             self._on_lease_end(message.names)
             return None
+        if message.kind == "h":  # unnumbered too: a refused change on its way
+            if message.origin != self._origin:
+                self._apply(message)
+            return None
         last = self._last_seq or 0
         if message.seq == last + 1:
             self._deliver(message)

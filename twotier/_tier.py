@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 # Message kinds: the names of keys changed (set or delete), tags bumped, a clear,
-# tag versions compacted away ("x"); and "f", a fill lease that others waited on
-# has ended (unnumbered: it changes nothing, it only wakes the waiters).
-Kind = Literal["k", "t", "c", "x", "f"]
-KINDS: frozenset[str] = frozenset({"k", "t", "c", "x", "f"})
+# tag versions compacted away ("x"); and two unnumbered ones, which change
+# nothing in Redis: "f", a fill lease that others waited on has ended (it wakes
+# the waiters), and "h", a hint that a change Redis refused for now is on its
+# way (`_hints.py`: the others evict and hold what it names).
+Kind = Literal["k", "t", "c", "x", "f", "h"]
+KINDS: frozenset[str] = frozenset({"k", "t", "c", "x", "f", "h"})
+HINTED = ("k", "t", "c")  # what a hint's names are: keys, tags, or a clear
 FORMAT_VERSION = "2"
 SEP = "\x1f"  # ASCII unit separator; keys and tags are printable, so never contain it
 
@@ -25,7 +28,8 @@ class Message:
 
     `names` are keys ("k", "f") or tags ("t", "x"). `versions` are the bumped
     tags' new versions ("t"), or the new namespace generation ("c"): the
-    receivers' version mirrors take them from here. `sent_at` is the sender's
+    receivers' version mirrors take them from here; for a hint ("h"), the
+    kind of change on its way (one of `HINTED`), whose names are `names`. `sent_at` is the sender's
     wall clock (seconds), for the propagation lag.
     """
 
@@ -41,6 +45,8 @@ class Message:
             body = [f for pair in zip(self.names, self.versions, strict=True) for f in pair]
         elif self.kind == "c":
             body = list(self.versions)
+        elif self.kind == "h":
+            body = [*self.versions, *self.names]
         else:
             body = list(self.names)
         sent = str(int(self.sent_at * 1000))
@@ -75,6 +81,10 @@ class Message:
             if len(body) != 1 or not body[0]:
                 raise ValueError("a clear message carries the new generation")
             versions = (body[0],)
+        elif kind == "h":
+            if not body or body[0] not in HINTED:
+                raise ValueError("a hint says what is on its way: keys, tags or a clear")
+            versions, names = (body[0],), tuple(n for n in body[1:] if n)
         else:
             names = tuple(n for n in body if n)
         return cls(kind, names, origin, int(seq), versions, int(sent) / 1000)  # type: ignore[arg-type]
@@ -146,6 +156,11 @@ class RemoteTier(Protocol):
         ...
 
     async def delete(self, keys: tuple[str, ...]) -> None: ...
+
+    async def hint(self, subject: str, names: tuple[str, ...]) -> None:
+        """Tell the other instances that a change Redis refused for now is on
+        its way (*subject*: "k" keys, "t" tags, "c" a clear; `_hints.py`)."""
+        ...
 
     async def invalidate(self, tags: tuple[str, ...]) -> list[tuple[str, str]]:
         """Bump *tags*; their new versions."""

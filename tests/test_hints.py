@@ -1,0 +1,115 @@
+"""Eviction hints (`_hints.py`, issue 21, item 2) without a server: the hold
+a hint puts on keys, tags or everything, how it ends, and the message that
+carries it. What a hint does between instances during a slow slot migration
+is in integration/test_cluster_ops.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from twotier._hints import Holds
+from twotier._outbox import Outbox
+from twotier._stats import Counters
+from twotier._tier import Message
+from twotier.testing import FakeClock
+
+
+def _holds(hold: float = 2.0) -> tuple[Holds, FakeClock]:
+    clock = FakeClock()
+    return Holds(clock, hold), clock
+
+
+def test_nothing_is_held_before_a_hint() -> None:
+    holds, _ = _holds()
+    assert not holds.holds("k", ("t",))
+
+
+def test_a_key_hint_holds_that_key_only() -> None:
+    holds, _ = _holds()
+    holds.hold("k", ("a", "b"))
+    assert holds.holds("a", ())
+    assert holds.holds("b", ("t",))
+    assert not holds.holds("c", ("a",))  # a key's name is not a tag
+
+
+def test_a_tag_hint_holds_every_entry_carrying_the_tag() -> None:
+    holds, _ = _holds()
+    holds.hold("t", ("t1",))
+    assert holds.holds("any", ("t0", "t1"))
+    assert not holds.holds("t1", ("t0",))  # a tag's name is not a key
+
+
+def test_a_clear_hint_holds_everything() -> None:
+    holds, _ = _holds()
+    holds.hold("c", ())
+    assert holds.holds("any", ())
+
+
+@pytest.mark.parametrize(("subject", "names"), [("k", ("a",)), ("t", ("a",)), ("c", ())])
+def test_a_hold_ends_when_its_numbered_change_arrives(subject: str, names: tuple[str, ...]) -> None:
+    """The numbered change landed in Redis: its entries are judged by their
+    versions again (or are gone)."""
+    holds, _ = _holds()
+    holds.hold(subject, names)
+    holds.release(subject, names)
+    assert not holds.holds("a", ("a",))
+
+
+def test_a_change_of_other_names_releases_nothing() -> None:
+    holds, _ = _holds()
+    holds.hold("k", ("a",))
+    holds.hold("t", ("t",))
+    holds.release("k", ("b",))
+    holds.release("t", ("u",))
+    holds.release("x", ("t",))  # versions compacted away change no entry
+    assert holds.holds("a", ())
+    assert holds.holds("b", ("t",))
+
+
+@pytest.mark.parametrize(("subject", "names"), [("k", ("a",)), ("t", ("a",)), ("c", ())])
+def test_a_hold_ends_by_itself_after_its_time(subject: str, names: tuple[str, ...]) -> None:
+    """A writer that died with its change queued hints no more: the hold ends,
+    and no entry is kept from being served for longer than that."""
+    holds, clock = _holds(hold=2.0)
+    holds.hold(subject, names)
+    clock.advance(1.9)
+    assert holds.holds("a", ("a",))
+    clock.advance(0.2)
+    assert not holds.holds("a", ("a",))
+
+
+def test_a_hint_again_renews_the_hold() -> None:
+    """The writer hints again at every refused retry: a long migration stays held."""
+    holds, clock = _holds(hold=2.0)
+    holds.hold("t", ("t",))
+    clock.advance(1.5)
+    holds.hold("t", ("t",))
+    clock.advance(1.5)
+    assert holds.holds("k", ("t",))
+
+
+@pytest.mark.parametrize(("subject", "names"), [("k", ("a", "b")), ("t", ("news",)), ("c", ())])
+def test_a_hint_message_reads_back_as_it_was_sent(subject: str, names: tuple[str, ...]) -> None:
+    sent = Message("h", names, "origin", 0, (subject,), 12.5)
+    assert Message.decode(sent.encode()) == sent
+
+
+@pytest.mark.parametrize(
+    "body",
+    [pytest.param("", id="no-subject"), pytest.param("x\x1fa", id="unknown-subject")],
+)
+def test_a_hint_that_does_not_say_what_is_on_its_way_is_refused(body: str) -> None:
+    fields = ["2", "h", "0", "origin", "0", *([body] if body else [])]
+    with pytest.raises(ValueError, match="keys, tags or a clear"):
+        Message.decode("\x1f".join(fields))
+
+
+def test_the_outbox_hints_what_it_holds() -> None:
+    outbox = Outbox(100, Counters())
+    assert outbox.hints() == []
+    outbox.add_keys(("a", "b"))
+    assert outbox.hints() == [("k", ("a", "b"))]
+    outbox.add_tags(("t",))
+    assert outbox.hints() == [("k", ("a", "b")), ("t", ("t",))]
+    outbox.add_clear()  # a clear covers every key and tag
+    assert outbox.hints() == [("c", ())]
