@@ -254,7 +254,9 @@ async def test_a_counter_that_went_back_wipes_l1_at_the_next_message(
     writer = await make_cache()
     resyncs = Resyncs()
     reader = await make_cache(observers=[resyncs], health_interval=30.0)
+    await writer.set("tagged", "old", tags=["t"])
     await _cached_everywhere(writer, reader, "a", "b")
+    assert await reader.get("tagged") == "old"  # the mirror learns t's version
     before = reader.get_stats()
     last = await _counter(raw)
     await raw.flushall()
@@ -272,6 +274,10 @@ async def test_a_counter_that_went_back_wipes_l1_at_the_next_message(
     await writer.set("b", "new b")
     await eventually(lambda: _in_sync(reader, now + 1))
     assert await reader.get("b") == "new b"
+    # The mirror was cleared too: what it knew of the old history (its
+    # generation, t's version) does not condemn an entry of the new one.
+    await writer.set("fresh", "new", tags=["t"])
+    assert await reader.get("fresh") == "new"
 
 
 @pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
@@ -1051,3 +1057,24 @@ async def test_an_unexpected_failure_is_counted_reported_and_takes_the_link_down
     await eventually(lambda: _in_sync(reader, seq))
     assert await reader.get("b") is None
     assert reader.counters.listener_errors == 1
+
+
+async def test_in_sync_the_version_mirror_answers_for_the_tags_it_knows(
+    make_cache: CacheFactory,
+) -> None:
+    """While the listener is in sync, the version mirror is trusted: a tag's
+    version fetched once from Redis judges the next entry carrying that tag
+    without another fetch.
+    Kills: subscriber-95c710, subscriber-916c45 (the mirror never trusted:
+    every tagged read from Redis costs a version fetch)."""
+    writer = await make_cache()
+    reader = await make_cache(health_interval=30.0)
+    await writer.set("one", 1, tags=["t"])
+    await writer.set("two", 2, tags=["t"])
+    await _cached_everywhere(writer, reader, "plain")
+    mirror = _listener(reader)._mirror
+    loads = mirror.loads
+    assert await reader.get("one") == 1
+    assert mirror.loads == loads + 1
+    assert await reader.get("two") == 2
+    assert mirror.loads == loads + 1
