@@ -446,14 +446,16 @@ async def test_reconnects_wait_a_random_share_of_a_doubling_backoff_reset_by_a_s
     """Redis is down when the instance starts. The listener retries, each time
     after a random share of a bound (full jitter) that doubles from 10 ms up
     to the health interval, and warns once per cause, not at every attempt. Redis
-    comes back: the listener connects. The next loss reconnects within the
-    first, short bound again.
+    comes back: the listener connects, and the instance says it recovered
+    (no longer degraded). The next loss reconnects within the first, short
+    bound again.
     Kills: subscriber-a0f85d (no first bound: the listener dies at its
     first retry), subscriber-551098 (no wait at all), subscriber-39e878 (the
     bound never grows), subscriber-30c664 (not reset by a success),
     subscriber-75241f, subscriber-b44ca2, subscriber-902c4a,
     subscriber-48ad25 (a warning per attempt, or none), subscriber-8f718b
-    (the cause still reported once connected)."""
+    (the cause still reported once connected), subscriber-ffd572 (the
+    instance not told the link is back: still degraded)."""
     caplog.set_level(logging.WARNING, logger="twotier")
     jitter = Jitter()
     monkeypatch.setattr(_subscriber, "random", jitter)
@@ -470,6 +472,7 @@ async def test_reconnects_wait_a_random_share_of_a_doubling_backoff_reset_by_a_s
     server.launch()
     await eventually(lambda: _true(cache.get_stats()["redis_available"]), timeout=15)
     assert cache.get_stats()["last_error"] is None
+    assert _warnings(caplog, "recovered: Redis and the invalidation link are back")
     done = len(jitter.bounds)
     server.kill()
     await eventually(lambda: _true(len(jitter.bounds) > done + 1), timeout=10)
