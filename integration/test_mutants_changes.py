@@ -149,7 +149,8 @@ async def test_a_write_refused_by_a_full_redis_is_sent_at_once_as_an_invalidatio
     """A set that Redis refuses (maxmemory, noeviction) is counted as an L2
     error and queued as an invalidation of the key, which a full Redis still
     takes: sent at once, not at the next retry, so the other instances stop
-    serving the old value right away. (The retry interval here is an hour: only
+    serving the old value right away and the queue empties (the eviction hint
+    alone tells the others, but leaves the change queued). (The retry interval here is an hour: only
     the immediate flush can deliver it within the test.)
     Kills: changes-b2e345 (flushed at once only when Redis is away),
     changes-8fb5c8, changes-6abe32 (not flushed at once), changes-eea047,
@@ -168,6 +169,11 @@ async def test_a_write_refused_by_a_full_redis_is_sent_at_once_as_an_invalidatio
             return await reader.get("k") is None
 
         await eventually(dropped, timeout=5)
+
+        async def delivered() -> bool:  # Redis has it: the queue is empty
+            return writer.get_stats()["queued_ops_pending"] == 0
+
+        await eventually(delivered, timeout=5)
 
 
 # -- a change that timed out once ------------------------------------------------------
