@@ -155,6 +155,16 @@ MODULES: dict[str, dict[str, list[str]]] = {
             "integration/test_read_races.py",
             "integration/test_contract_redis.py",
             "integration/test_hostile_messages.py",
+            "tests/test_hints.py",
+            "integration/test_cluster_ops.py::test_a_tag_invalidation_that_waits_past_its_budget_is_hinted_to_the_others",
+        ],
+    },
+    "hints": {
+        "files": ["twotier/_hints.py"],
+        "tests": [
+            "tests/test_hints.py",
+            "integration/test_cluster_ops.py::test_a_change_of_a_key_that_waits_past_its_budget_is_hinted_to_the_others",
+            "integration/test_cluster_ops.py::test_a_tag_invalidation_that_waits_past_its_budget_is_hinted_to_the_others",
         ],
     },
     "envelope": {
@@ -183,6 +193,8 @@ MODULES: dict[str, dict[str, list[str]]] = {
             "integration/test_read_races.py",
             "integration/test_outbox.py",
             "integration/test_faults.py",
+            "tests/test_hints.py",
+            "integration/test_cluster_ops.py::test_a_change_of_a_key_that_waits_past_its_budget_is_hinted_to_the_others",
         ],
     },
     "mirror": {
