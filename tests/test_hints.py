@@ -5,9 +5,16 @@ is in integration/test_cluster_ops.py."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+
 import pytest
 
+from tests.contract import eventually
+from tests.test_mutants_shared import Remote
+from twotier import TwoTierCache
 from twotier._hints import Holds
+from twotier._mirror import VersionMirror
 from twotier._outbox import Outbox
 from twotier._stats import Counters
 from twotier._tier import Message
@@ -113,3 +120,45 @@ def test_the_outbox_hints_what_it_holds() -> None:
     assert outbox.hints() == [("k", ("a", "b")), ("t", ("t",))]
     outbox.add_clear()  # a clear covers every key and tag
     assert outbox.hints() == [("c", ())]
+
+
+def test_the_outbox_takes_a_change_by_its_kind() -> None:
+    outbox = Outbox(100, Counters())
+    outbox.add("k", ("a",))
+    outbox.add("t", ("t",))
+    assert outbox.hints() == [("k", ("a",)), ("t", ("t",))]
+    outbox.add("c", ())
+    assert outbox.hints() == [("c", ())]
+
+
+@pytest.fixture
+async def refusing() -> AsyncIterator[tuple[TwoTierCache, Remote]]:
+    """A started cache whose shared tier refuses the calls named in `remote.fail`."""
+    remote = Remote()
+    async with TwoTierCache(namespace=f"h{uuid.uuid4().hex[:8]}") as cache:
+        cache._use_remote(remote, VersionMirror(remote.versions))  # type: ignore[arg-type]
+        yield cache, remote
+
+
+async def test_each_refused_change_is_hinted_alone_and_a_refused_retry_hints_the_queue(
+    refusing: tuple[TwoTierCache, Remote],
+) -> None:
+    """A refused change is hinted at once, itself only: a burst of refused
+    changes during a slow migration is one small hint each, not the whole
+    queue again each time. A retry that is refused again hints everything
+    still queued (the others' holds are renewed)."""
+    cache, remote = refusing
+    remote.fail.add("delete")
+
+    def hints() -> list[tuple[object, ...]]:
+        return [call[1:] for call in remote.calls if call[0] == "hint"]
+
+    async def hinted(hint: tuple[object, ...]) -> bool:
+        return hint in hints()
+
+    await cache.delete("a")
+    await eventually(lambda: hinted(("k", ("a",))))
+    await cache.delete("b")
+    await eventually(lambda: hinted(("k", ("a", "b"))))  # a refused retry: the whole queue
+    assert hints()[0] == ("k", ("a",))
+    assert ("k", ("b",)) in hints()  # the second change alone

@@ -225,26 +225,24 @@ class Changes:
                 # the key's old value (issue 7, item 9).
                 if snapshot is not None:
                     self._counters.oversized_values += 1
-                await self._change(lambda r: r.delete((key,)), lambda o: o.add_keys((key,)))
+                await self._change(lambda r: r.delete((key,)), "k", (key,))
             else:
                 entry = pack(seconds, snapshot.generation, tags, snapshot.versions, payload)
                 horizon = seconds + self._lease_ttl
-                await self._change(
-                    lambda r: r.write(key, entry, seconds, horizon), lambda o: o.add_keys((key,))
-                )
+                await self._change(lambda r: r.write(key, entry, seconds, horizon), "k", (key,))
             self._store_local(key, value, payload, seconds, tags, copy_on_read)
         self._counters.sets += 1
 
     async def delete(self, keys: tuple[str, ...]) -> None:
         self._apply_local("k", keys)
         with self.unsettled.pending(keys):
-            await self._change(lambda r: r.delete(keys), lambda o: o.add_keys(keys))
+            await self._change(lambda r: r.delete(keys), "k", keys)
         self._counters.deletes += 1
 
     async def clear(self) -> None:
         self._apply_local("c", ())
         with self.unsettled.pending(clear=True):
-            await self._change(lambda r: r.clear(), lambda o: o.add_clear())
+            await self._change(lambda r: r.clear(), "c", ())
         self._counters.clears += 1
 
     def invalidate_tags(self, tags: tuple[str, ...]) -> Invalidation:
@@ -262,7 +260,7 @@ class Changes:
 
     async def _send_tags(self, tags: tuple[str, ...]) -> None:
         try:
-            await self._change(lambda r: r.invalidate(tags), lambda o: o.add_tags(tags))
+            await self._change(lambda r: r.invalidate(tags), "t", tags)
         except asyncio.CancelledError:
             # The awaiting caller was cancelled mid-send (or the loop is
             # ending): Redis may or may not have it. Queued, it is sent again
@@ -271,37 +269,38 @@ class Changes:
             raise
 
     def _queue_tags(self, tags: tuple[str, ...]) -> None:
-        self._outbox.add_tags(tags)
+        self._outbox.add("t", tags)
         if not self._closed():
             self._retry_soon()
 
     async def _change(
-        self, send: Callable[[RemoteTier], Awaitable[object]], queue: Callable[[Outbox], None]
+        self, send: Callable[[RemoteTier], Awaitable[object]], kind: str, names: tuple[str, ...]
     ) -> None:
-        """Send a change to Redis; if Redis is away, queue it. Never raises BackendError."""
+        """Send a change to Redis; if Redis is away, queue it (as an invalidation
+        of *names*: keys "k", tags "t", or a clear "c"). Never raises BackendError."""
         try:
             await send(self._shared.remote)
         except BackendError as exc:
             self._counters.l2_errors += 1
             self._counters.queued_ops += 1
-            queue(self._outbox)
+            self._outbox.add(kind, names)
             self._outbox.cause = self._outbox.cause or str(exc)
             if _refused(exc):
                 # Refused, not away (a slot migrating past the budget, a write
                 # under maxmemory): the others are told at once (`_hints.py`),
                 # and the queue holds it as an invalidation, which Redis may
                 # take even when full. Try now.
-                self.spawn(self._hint_queued())
+                self.spawn(self._hint([(kind, names)]))
                 self.request_flush()
             self._retry_soon()
 
-    async def _hint_queued(self) -> None:
-        """Tell the other instances what is queued, so that they neither serve
-        it from L1 nor read it from Redis until it lands. Best effort: the
-        change itself stays queued either way."""
-        for subject, names in self._outbox.hints():
+    async def _hint(self, changes: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Tell the other instances of *changes* queued here, so that they
+        neither serve them from L1 nor read them from Redis until they land.
+        Best effort: the changes stay queued either way."""
+        for kind, names in changes:
             try:
-                await self._shared.remote.hint(subject, names)
+                await self._shared.remote.hint(kind, names)
             except BackendError:
                 return
 
@@ -331,7 +330,7 @@ class Changes:
             delivered = await self._outbox.flush(self._shared.remote)
         except BackendError as exc:
             if _refused(exc):  # still refused: the others' holds are renewed
-                await self._hint_queued()
+                await self._hint(self._outbox.hints())
             return  # still away; the next recovery tries again
         if delivered:
             self._log.info("delivered %d queued change(s)", delivered)

@@ -47,6 +47,15 @@ class Outbox:
             self._tags.update(dict.fromkeys(tags))
             self._bound()
 
+    def add(self, kind: str, names: Iterable[str]) -> None:
+        """A change of *kind*: keys ("k"), tags ("t") or a clear ("c")."""
+        if kind == "c":
+            self.add_clear()
+        elif kind == "t":
+            self.add_tags(names)
+        else:
+            self.add_keys(names)
+
     def add_clear(self) -> None:
         self._keys.clear()
         self._tags.clear()
