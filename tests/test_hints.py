@@ -162,3 +162,42 @@ async def test_each_refused_change_is_hinted_alone_and_a_refused_retry_hints_the
     await eventually(lambda: hinted(("k", ("a", "b"))))  # a refused retry: the whole queue
     assert hints()[0] == ("k", ("a",))
     assert ("k", ("b",)) in hints()  # the second change alone
+
+
+class _CountingClock(FakeClock):
+    """A fake clock that counts its reads: what a hold check costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return super().__call__()
+
+
+def test_with_nothing_held_a_check_costs_no_clock_read() -> None:
+    """Every L2 hit asks whether its entry is held: with nothing on its way
+    (nearly always) the answer must not cost even a clock read, and a hold
+    that expired is forgotten by the check that finds it so.
+    Kills: hints-25fabf, hints-d8603f (no fast path), hints-881353 (an
+    expired hold kept: every later check pays)."""
+    clock = _CountingClock()
+    holds = Holds(clock, 2.0)
+    assert holds.holds("k", ("t",)) is False
+    assert clock.reads == 0
+    holds.hold("k", ("k",))
+    clock.advance(3.0)
+    assert holds.holds("k", ()) is False  # expired: forgotten
+    reads = clock.reads
+    assert holds.holds("k", ("t",)) is False
+    assert clock.reads == reads
+
+
+@pytest.mark.parametrize(("subject", "names"), [("k", ("a",)), ("t", ("a",)), ("c", ())])
+def test_a_hold_ends_exactly_at_its_time(subject: str, names: tuple[str, ...]) -> None:
+    """Kills: hints-c96f28, hints-e02108 (a hold still on at its end)."""
+    holds, clock = _holds(hold=2.0)
+    holds.hold(subject, names)
+    clock.advance(2.0)
+    assert holds.holds("a", ("a",)) is False
