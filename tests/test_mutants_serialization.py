@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import pytest
+from msgpack import fallback
 
 from tests.test_serialization import identical
 from twotier import (
@@ -39,7 +40,8 @@ TUPLE, TIME, TIMEDELTA = 6, 4, 10  # extension codes of the wire format
 
 
 def _payload(document: Any) -> bytes:
-    return b"M" + msgpack.packb(document)
+    packed: bytes = msgpack.packb(document)
+    return b"M" + packed
 
 
 def _in_tuples(document: Any, levels: int) -> Any:
@@ -306,3 +308,26 @@ def test_a_signed_pickle_under_another_tag_is_never_unpickled() -> None:
     for tag in (b"M", b"X"):
         with pytest.raises(DeserializationError, match="not written by the pickle serializer"):
             signer.loads(tag + payload[1:])
+
+
+# -- the depth bound follows the msgpack installed -----------------------------
+
+
+def test_the_depth_bound_is_1024_with_msgpack_1_2_and_511_with_its_python_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/serialization.md: MAX_DEPTH is 1,024 levels with msgpack 1.2 and
+    later, 511 before and in its pure-Python fallback, whose packer refuses
+    a list 1,024 levels deep. The bound is measured by packing such a list:
+    with the fallback's packer in place of the C one, it must come out 511.
+    Kills: serialization-a5580a (the probe not nested: 1,024 whatever the
+    packer), serialization-78713a (the probe not packed), serialization-487817
+    (`return 511` deleted: 1,024 after the packer refused)."""
+    if msgpack.version >= (1, 2) and msgpack.Packer.__module__ == "msgpack._cmsgpack":
+        assert serialization._packable_depth() == 1024 == serialization.MAX_DEPTH
+
+    def python_packb(value: Any, **options: Any) -> bytes:
+        return fallback.Packer(**options).pack(value)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(msgpack, "packb", python_packb)
+    assert serialization._packable_depth() == 511
