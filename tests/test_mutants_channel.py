@@ -218,26 +218,12 @@ def test_a_resp2_subscription_does_not_read_the_counter() -> None:
     assert not Subscription(connection, "c", sharded=False, timeout=1).reads_counter
 
 
-class _Written:
-    """A writer whose kernel buffer always takes everything: what was sent."""
-
-    def __init__(self) -> None:
-        self.sent = b""
-        self.transport = self
-
-    def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 class _Opening(_Connection):
     """A connection that connects at once and answers with *chunks*."""
 
     def __init__(self, *chunks: bytes) -> None:
         super().__init__(Chunks(*chunks))
-        self._writer = _Written()
+        self._writer = _Writer()
 
     async def connect(self) -> None:
         pass
