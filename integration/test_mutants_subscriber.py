@@ -1063,6 +1063,30 @@ async def test_an_unexpected_failure_is_counted_reported_and_takes_the_link_down
     assert reader.counters.listener_errors == 1
 
 
+async def test_a_change_whose_apply_failed_is_not_served_from_l1_after_the_resync(
+    make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the test above: a message whose application fails unexpectedly
+    was already counted (`_last_seq`), so the resync after the failure found
+    nothing missing, and the key it changed stayed in L1 with its old value
+    until its TTL. What was applied of it is unknown: the failure wipes L1."""
+    writer = await make_cache()
+    reader = await make_cache(health_interval=30.0)
+    await _cached_everywhere(writer, reader, "a")
+    listener = _listener(reader)
+    apply = listener._apply
+
+    def fails_once(message: Message) -> None:
+        monkeypatch.setattr(listener, "_apply", apply)
+        raise RuntimeError("a bug on the way to L1")
+
+    monkeypatch.setattr(listener, "_apply", fails_once)
+    await writer.delete("a")
+    await eventually(lambda: _true(reader.counters.listener_errors == 1))
+    await eventually(lambda: _true(reader.redis_available), timeout=10)
+    assert await reader.get("a") is None
+
+
 async def test_in_sync_the_version_mirror_answers_for_the_tags_it_knows(
     make_cache: CacheFactory,
 ) -> None:

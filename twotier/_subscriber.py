@@ -132,13 +132,17 @@ class RedisListener:
                 # Anything else — a frame no parser expected, a bug on the way to
                 # L1 — must not end the listener: it ended silently once and the
                 # instance served stale values for good (issue 17, case 4). What
-                # was applied is unknown, so L1 is suspended until the resync.
+                # was applied is unknown, so L1 is wiped and suspended until the
+                # resync.
                 self._counters.listener_errors += 1
                 self.last_error = f"unexpected {self._describe(exc)}"[:200]
                 self._log.error(
                     "invalidation listener failed; reconnecting and resyncing", exc_info=exc
                 )
                 self._suspend_local(True)
+                # A message that failed half-way was counted already: the resync
+                # would find nothing missing, and what it changed would stay in L1.
+                self._wipe("the listener failed applying a message")
                 self._lost()
 
     def _lost(self) -> None:
