@@ -1106,3 +1106,12 @@ async def test_in_sync_the_version_mirror_answers_for_the_tags_it_knows(
     assert mirror.loads == loads + 1
     assert await reader.get("two") == 2
     assert mirror.loads == loads + 1
+
+
+async def test_a_closed_cache_reports_redis_as_not_available(make_cache: CacheFactory) -> None:
+    """After close() nothing listens any more: the stats must not say Redis
+    is available (they did: the listener's connected flag outlived it)."""
+    cache = await make_cache()
+    assert cache.get_stats()["redis_available"] is True
+    await cache.close()
+    assert cache.get_stats()["redis_available"] is False

@@ -165,6 +165,7 @@ class RedisListener:
         while not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=self._health_interval)
+        self.connected.clear()  # a closed cache hears nothing: not available
 
     async def reconnect(self) -> None:
         """Drop the subscription (the server it is on is no longer the master):
