@@ -501,7 +501,7 @@ EQUIVALENT: dict[str, str] = {
     # twotier/_shared.py
     "shared-2ba20f": "lookup's default drop=True -> False: its only callers (_reads) always "
     "pass drop= explicitly",
-    "shared-f4da41": "judged's default drop=True -> False: every caller (lookup, claim, "
+    "shared-a6a842": "judged's default drop=True -> False: every caller (lookup, claim, "
     "warmup) passes drop= explicitly",
     "shared-10d307": "snapshot's `return None` after the except: the function ends right "
     "there, and returns None all the same",

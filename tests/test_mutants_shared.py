@@ -26,7 +26,7 @@ from twotier._logging import tier_log
 from twotier._mirror import VersionMirror
 from twotier._shared import SharedTier
 from twotier._stats import Counters
-from twotier._tier import GRANTED, HELD, STORED, Claim
+from twotier._tier import GRANTED, HELD, STORED, Claim, Message
 from twotier.testing import FakeClock
 
 SERIALIZER = MsgpackSerializer()
@@ -610,6 +610,7 @@ def _tier(
         spawn=asyncio.ensure_future,
         blocked=lambda: False,
         events=Events((), log),
+        held=lambda key, tags: False,
     )
     return shared, counters
 
@@ -677,3 +678,37 @@ async def test_a_release_retries_with_backoff_until_the_lease_would_have_expired
     assert slept == [0.125, 0.25, 0.5, 0.5]  # tries at +0, 1/8, 3/8, 7/8 and 11/8 s
     assert clock() - start == 1.375
     assert counters.l2_errors == remote.count("release") == 5
+
+
+async def test_an_entry_held_by_a_hint_is_not_served(l2: tuple[TwoTierCache, Remote]) -> None:
+    """Another instance hinted a change of the key that Redis refused for now
+    (`_hints.py`): the entry Redis holds may be the one it replaces.
+    Kills: shared-3b4b6e (lookups not held by default)."""
+    cache, remote = l2
+    remote.entries["k"] = _entry("old")
+    cache._applier.apply_message(Message("h", ("k",), "another", 0, ("k",)))
+    assert await cache.get("k", "default") == "default"
+    assert remote.count("get") == 1  # read, and passed over
+
+
+async def test_an_entry_stored_just_before_the_claim_is_served_even_while_held(
+    l2: tuple[TwoTierCache, Remote],
+) -> None:
+    """What a claim finds stored since the read was stored by a load or a
+    `set`, after the hint: newer than the change on its way, so it is served
+    rather than loaded again.
+    Kills: shared-45bc72 (the claim's entry held too: a needless load)."""
+    cache, remote = l2
+    remote.entries["k"] = _entry("old")
+    remote.arrives["k"] = _entry("new", tags=("t",))  # a header of its own
+    cache._applier.apply_message(Message("h", ("k",), "another", 0, ("k",)))
+    loads = 0
+
+    @cache.cached(ttl=60, key="k")
+    async def value() -> str:
+        nonlocal loads
+        loads += 1
+        return "loaded"
+
+    assert await value() == "new"
+    assert loads == 0

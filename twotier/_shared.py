@@ -70,7 +70,7 @@ class SharedTier:
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         blocked: Callable[[], bool],
         events: Events,
-        held: Callable[[str, tuple[str, ...]], bool] = lambda key, tags: False,
+        held: Callable[[str, tuple[str, ...]], bool],
     ) -> None:
         self._events = events
         self.remote = remote
