@@ -434,6 +434,15 @@ HAND: list[tuple[str, str, str, str, str]] = [
 #: Two are timing boundaries rather than strict equivalents (marked so): they differ
 #: only within one millisecond of Redis's clock, which no test can aim at.
 EQUIVALENT: dict[str, str] = {
+    # twotier/_subscriber.py, twotier/_changes.py (stop 24)
+    "subscriber-762534": "the __init__ default of _subscription is never read: the listener task's first step sets it (line 178, no suspension before it on a non-cluster bus) before anything can call reconnect(), whose only caller is the Sentinel watch (_link._master_moved); a cluster bus, which does suspend first, has no Sentinel watch",
+    "subscriber-5448d3": "the __init__ value of _replay_floor is never read: _handle only runs after the first _resync, which always takes the first-connection branch (_last_seq is None) and sets the floor to 0 itself",
+    "subscriber-ed2eb6": "the __init__ value of _server_id is never read: it is compared only when _last_seq is not None, i.e. after the first _resync, which sets it",
+    "subscriber-5d5804": "the re-raise of CancelledError in run(): swallowing it ends the task with None instead of cancelled; nothing reads the task's result or cancelled() (stop() and asyncio.run's shutdown only wait for done), and the handler's effects (mirror untrusted, L1 suspended) are the same",
+    "subscriber-af42ba": "the finally's `self._subscription = None`: without it reconnect() between two attempts closes the old, already closed subscription again, and redis-py's disconnect of a closed connection is a no-op; the next attempt overwrites the field before any await",
+    "subscriber-691c73": "`message.seq > last + 1` -> `>=`: the branch is reached only when message.seq != last + 1 (the branch above takes equality), so both compare alike",
+    "subscriber-41450b": "the last `return None` of _handle: a function that falls off its end returns None",
+    "changes-e208f0": "the default of deliver_before_close's final is never used: its one caller (_cache.py _settle_changes) always passes final= explicitly",
     # twotier/_keys.py
     "keys-5dafe2": "hash_long_key's own length check: its callers pass only keys over "
     "200 characters, so `<` and `<=` never differ",
