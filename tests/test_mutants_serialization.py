@@ -24,7 +24,7 @@ import msgpack  # type: ignore[import-untyped]  # ships no type information
 import pytest
 from msgpack import fallback
 
-from tests.test_serialization import identical
+from tests.test_serialization import _inside, _plain, identical
 from twotier import (
     ConfigurationError,
     DeserializationError,
@@ -33,6 +33,7 @@ from twotier import (
     SerializationError,
 )
 from twotier import _serialization as serialization
+from twotier._serialization import MAX_DEPTH
 
 codec = MsgpackSerializer()
 ext = msgpack.ExtType
@@ -140,6 +141,25 @@ def test_a_string_that_is_not_unicode_text_is_refused_at_dumps() -> None:
     Kills: serialization-35296d (`dumps` returned None)."""
     with pytest.raises(SerializationError, match="surrogates not allowed"):
         codec.dumps({"name": "\ud800"})
+
+
+def test_the_items_of_a_tuple_count_their_levels_afresh_when_the_value_takes_the_walk() -> None:
+    """docs/serialization.md: the items of each tuple are a document of their
+    own, whose levels count from their list. Three tuples one inside another
+    send the value to the walk, which must count the same way as one pass:
+    a list MAX_DEPTH - 1 deep around three tuples around a list MAX_DEPTH - 1
+    deep round-trips; one level more on either side is refused, naming the
+    bound.
+    Kills: serialization-f8a42a (the walk kept counting through the tuples:
+    the value refused as too deep)."""
+    value = _inside((((_plain(MAX_DEPTH - 1),),),), MAX_DEPTH - 1)
+    assert identical(codec.loads(codec.dumps(value)), value)
+    for deeper in (
+        _inside((((_plain(MAX_DEPTH),),),), MAX_DEPTH - 1),
+        _inside((((_plain(MAX_DEPTH - 1),),),), MAX_DEPTH),
+    ):
+        with pytest.raises(SerializationError, match=f"deeper than {MAX_DEPTH} levels"):
+            codec.dumps(deeper)
 
 
 # -- refused at dumps, saying why ---------------------------------------------
