@@ -201,3 +201,15 @@ def test_a_hold_ends_exactly_at_its_time(subject: str, names: tuple[str, ...]) -
     holds.hold(subject, names)
     clock.advance(2.0)
     assert holds.holds("a", ("a",)) is False
+
+
+async def test_a_round_of_hints_stops_at_the_first_one_refused(
+    refusing: tuple[TwoTierCache, Remote],
+) -> None:
+    """Hints are best effort: a server that refused one will refuse the next,
+    so the rest of the round is not sent (the next retry hints again).
+    Kills: changes-530d28 (every hint of the round tried)."""
+    cache, remote = refusing
+    remote.fail.add("hint")
+    await cache._changes._hint([("k", ("a",)), ("t", ("t",))])
+    assert remote.count("hint") == 1
