@@ -434,6 +434,10 @@ HAND: list[tuple[str, str, str, str, str]] = [
 #: Two are timing boundaries rather than strict equivalents (marked so): they differ
 #: only within one millisecond of Redis's clock, which no test can aim at.
 EQUIVALENT: dict[str, str] = {
+    # twotier/_serialization.py (stop 24)
+    "serialization-29833d": "deleting the `continue` for a container met again only re-packs a shared object: the entry replaced is equal (same list/dict content, same ExtType bytes), and every parent is processed after all occurrences of its children, so the bytes written are identical (the extra work is one more packing per occurrence, which the output already carries in full: msgpack has no references)",
+    "serialization-00ce9d": "_Pending.items is assigned (node.items = _document(...)) for every pending the walk visits before anything reads it, and every pending sits in a list, dict (keys included) or pending's items, all of which the walk visits; the initial [] is never read",
+    "serialization-86037c": "_Pending.value is assigned (node.value = node.build(...)) for every pending in the walk's order, children before parents (reversed pre-order), before _settle/_settled or the root's return read it; the initial None is never read",
     # twotier/_subscriber.py, twotier/_changes.py (stop 24)
     "subscriber-762534": "the __init__ default of _subscription is never read: the listener task's first step sets it (line 178, no suspension before it on a non-cluster bus) before anything can call reconnect(), whose only caller is the Sentinel watch (_link._master_moved); a cluster bus, which does suspend first, has no Sentinel watch",
     "subscriber-5448d3": "the __init__ value of _replay_floor is never read: _handle only runs after the first _resync, which always takes the first-connection branch (_last_seq is None) and sets the floor to 0 itself",

@@ -646,3 +646,30 @@ def test_whole_values_msgpack_would_convert_are_refused() -> None:
     for value in (bytearray(b"x"), memoryview(b"x"), msgpack.ExtType(6, b"\x90")):
         with pytest.raises(SerializationError):
             codec.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        pytest.param("\ud800", "surrogates not allowed", id="lone-surrogate"),
+        pytest.param(10**4300, "4300 digits", id="int-of-4300-digits"),
+    ],
+)
+def test_a_scalar_msgpack_refuses_is_refused_with_its_own_reason(
+    value: object, reason: str
+) -> None:
+    """A scalar at the top that msgpack cannot encode went to the walk for
+    nested tuples, which expects a container: a `KeyError` reached the caller
+    of `set` (or an "'int' object is not iterable"), not the documented error."""
+    with pytest.raises(SerializationError, match=reason):
+        MsgpackSerializer().dumps(value)
+
+
+async def test_a_set_of_a_value_that_cannot_be_serialized_raises_and_changes_nothing() -> None:
+    from twotier import TwoTierCache
+
+    async with TwoTierCache(namespace=f"s{uuid.uuid4().hex[:8]}") as cache:
+        await cache.set("k", "v")
+        with pytest.raises(SerializationError):
+            await cache.set("k", "\ud800")
+        assert await cache.get("k") == "v"

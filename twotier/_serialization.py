@@ -340,6 +340,8 @@ class MsgpackSerializer:
             except (_Containers, ValueError, RecursionError):
                 # A tuple in a tuple (or set...); or too deep, a cycle, a string
                 # msgpack cannot encode: the walk packs the first, names the others.
+                if kind not in _CONTAINERS:
+                    raise  # a scalar msgpack refuses: nothing to walk, its own reason
                 return self.TAG + _pack_walked(value)
         except SerializationError:
             raise
