@@ -449,7 +449,8 @@ def test_the_timeout_counts_from_the_last_data(clock: _Clock) -> None:
     read exactly then, not a whole timeout later.
     Kills: batch-6b6756 (arrivals not recorded: failed at the first expiry),
     batch-ffc54c, batch-b0e6a2 (NameError), batch-b15f61 (no new timer: never
-    failed), batch-311532 (`>` -> `>=`: at the bound, another turn waited)."""
+    failed), batch-311532 (`>` -> `>=`: at the bound, another turn waited),
+    batch-995650 (`and` -> `or`: the same)."""
     stream = _Stream()
     deadline = _deadline(stream, 2.0)
     clock.now = 1.25
