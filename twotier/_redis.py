@@ -395,6 +395,12 @@ class RedisTier:
         # (redis-py types some error replies as connection errors: LOADING,
         # NOAUTH, "max number of clients". Raised, the guard counts them so.)
         if isinstance(reply, (NoScriptError, redis_errors.AskError)):  # ASK and MOVED
+            if control and _asked(reply):
+                # Still asked elsewhere past the budget. redis-py would follow
+                # the ASK to the importing node, where no listener hears the
+                # change (and on two connections: it fails or runs by luck).
+                # Refused: the caller queues the change and hints it.
+                raise reply
             return await script(self._execute, keys, args)
         if isinstance(reply, redis_errors.ReadOnlyError):
             # A replica answered: the master moved (a failover, REPLICAOF).
