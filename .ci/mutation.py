@@ -434,6 +434,19 @@ HAND: list[tuple[str, str, str, str, str]] = [
 #: Two are timing boundaries rather than strict equivalents (marked so): they differ
 #: only within one millisecond of Redis's clock, which no test can aim at.
 EQUIVALENT: dict[str, str] = {
+    # twotier/_batch.py (stop 24)
+    "batch-bf6eb6": "Incomplete without super().__init__: BaseException.__new__ already sets args to (at, needed, line), so args, str and repr are unchanged",
+    "batch-8e831f": "end <= 0 differs from end < 0 only when a CRLF starts the buffer at pos 0; both paths then refuse the type byte CR with the same _refuse_type error",
+    "batch-faf8de": "bulk length fast path made stricter (digits[0] != 48 and one digit): the lengths it no longer takes go to _integer, which returns the same value or refuses the same; constant cost only",
+    "batch-9f5a85": "integer fast path made stricter (digits[0] != 48 and one digit): the values it no longer takes go to _integer, which returns the same value or refuses the same; constant cost only",
+    "batch-f546cb": "_cr not set in __init__: it is only read in feed while _need == _LINE, which only gets' Incomplete branch sets, and that branch sets _cr first",
+    "batch-eee8f1": "_cr = True in __init__: overwritten by gets' Incomplete branch before it can be read (read only while _need == _LINE)",
+    "batch-9e43da": "unfinished()'s _parts branch is unreachable: chunks go to _parts only while pos < len(buf), and pos reaches len(buf) only when gets has joined and emptied _parts",
+    "batch-1cee42": "deleting the final 'return None' of unfinished(): the function returns None implicitly",
+    "batch-8e7998": "deleting 'return None' in _hiredis' ImportError branch: returns None implicitly (and hiredis is installed)",
+    "batch-4f3089": "deleting the final 'return None' of _hiredis: returns None implicitly",
+    "batch-1944ba": "probe == 0 or int: no hiredis state makes the probe ':0\\r\\n' read as an int other than 0 (it completes the pending line into a refused integer/length/bool, a string, an error or a list) nor as a non-int equal to 0 (False needs '#f')",
+    "batch-a710c5": "the raise when the hand-written reader finds fewer replies than hiredis in the same bytes: unreachable while the two readers agree (tests/test_resp_fuzz.py); where they differ (RESP3 types twotier never gets) the hand-written reader raises InvalidResponse itself",
     # twotier/_serialization.py (stop 24)
     "serialization-29833d": "deleting the `continue` for a container met again only re-packs a shared object: the entry replaced is equal (same list/dict content, same ExtType bytes), and every parent is processed after all occurrences of its children, so the bytes written are identical (the extra work is one more packing per occurrence, which the output already carries in full: msgpack has no references)",
     "serialization-00ce9d": "_Pending.items is assigned (node.items = _document(...)) for every pending the walk visits before anything reads it, and every pending sits in a list, dict (keys included) or pending's items, all of which the walk visits; the initial [] is never read",
