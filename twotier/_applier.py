@@ -32,7 +32,7 @@ class Applier:
         *,
         wake_lease_waiters: Callable[[Iterable[str] | None], None],
         clock: Clock,
-        holds: Holds | None = None,
+        holds: Holds,
     ) -> None:
         self._local = local
         self._flights = flights
@@ -40,7 +40,7 @@ class Applier:
         self._events = events
         self._wake_lease_waiters = wake_lease_waiters
         self._clock = clock
-        self._holds = holds or Holds(clock, 0.0)
+        self._holds = holds  # another instance's refused changes on their way
 
     def apply_local(self, kind: Kind, names: tuple[str, ...]) -> None:
         if kind == "k":
