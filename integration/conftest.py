@@ -68,7 +68,14 @@ DOCTOR_CHECKS = frozenset(
 @contextlib.asynccontextmanager
 async def started_caches(url: str, count: int, **options: Any) -> AsyncIterator[list[TwoTierCache]]:
     """*count* started caches on *url* with the same *options*, closed on exit."""
-    caches = [TwoTierCache(redis_url=url, **options) for _ in range(count)]
+    async with caches_on(*[url] * count, **options) as caches:
+        yield caches
+
+
+@contextlib.asynccontextmanager
+async def caches_on(*urls: str, **options: Any) -> AsyncIterator[list[TwoTierCache]]:
+    """One started cache per URL (a server's, a proxy's), the same *options*, closed on exit."""
+    caches = [TwoTierCache(redis_url=url, **options) for url in urls]
     try:
         for cache in caches:
             await cache.start()

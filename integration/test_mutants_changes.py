@@ -14,15 +14,17 @@ import gc
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from integration._proxy import ChaosProxy
-from integration.conftest import FLAVOURS
+from integration.conftest import FLAVOURS, caches_on
 from tests.contract import eventually
 from tests.test_events import Recorder
+from tests.test_mutants_changes import run_on_a_loop_closed_by_hand
 from twotier import TwoTierCache
 from twotier._redis import _script_source
 from twotier.testing import RedisServer
@@ -98,16 +100,8 @@ async def proxy(server: RedisServer) -> AsyncIterator[HoldingProxy]:
     await held.close()
 
 
-@contextlib.asynccontextmanager
-async def _caches(*urls: str, **options: Any) -> AsyncIterator[list[TwoTierCache]]:
-    caches = [TwoTierCache(redis_url=url, namespace=NS, **options) for url in urls]
-    try:
-        for cache in caches:
-            await cache.start()
-        yield caches
-    finally:
-        for cache in caches:
-            await cache.close()
+def _caches(*urls: str, **options: Any) -> AbstractAsyncContextManager[list[TwoTierCache]]:
+    return caches_on(*urls, namespace=NS, **options)
 
 
 def _background_deliveries() -> list[asyncio.Task[object]]:
@@ -410,11 +404,7 @@ def test_a_change_left_on_its_way_on_a_closed_loop_does_not_hold_up_the_next_loo
             await raw.aclose()
         return await cache.get("k")
 
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(first())
-    finally:
-        loop.close()
+    run_on_a_loop_closed_by_hand(first())
     try:
         assert asyncio.run(second()) is None  # the change reached Redis, or never did
     finally:
@@ -523,11 +513,7 @@ def test_a_change_queued_on_the_next_loop_is_retried_there(server: RedisServer) 
 
             await eventually(deleted, timeout=5)
 
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(first())
-    finally:
-        loop.close()
+    run_on_a_loop_closed_by_hand(first())
     try:
         asyncio.run(second())
     finally:
