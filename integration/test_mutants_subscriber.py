@@ -141,6 +141,17 @@ async def _cached_everywhere(writer: TwoTierCache, reader: TwoTierCache, *keys: 
     assert reader.counters.l1_hits == hits + len(keys)
 
 
+async def _lose_a_and_reveal_it(writer: TwoTierCache, raw: aioredis.Redis, tap: Tap) -> int:
+    """The writer deletes "a" and "b"; the listener never gets "a"'s message,
+    and "b"'s reveals the gap. Returns the counter before them; the
+    listener's recovery is for the caller to wait for (it may be held back)."""
+    seq = await _counter(raw)
+    tap.drop.add(seq + 1)
+    await writer.delete("a")  # lost
+    await writer.delete("b")  # seq + 2: a gap
+    return seq
+
+
 async def _in_sync(cache: TwoTierCache, seq: int) -> bool:
     """*cache*'s listener has applied the changes up to *seq* and serves L1 again."""
     return _listener(cache)._last_seq == seq and not cache.local.suspended
@@ -182,10 +193,7 @@ async def test_a_lost_message_is_replayed_from_the_log_when_the_next_number_reve
     reader = await make_cache(observers=[resyncs], health_interval=30.0)
     await _cached_everywhere(writer, reader, "a", "b", "c")
     before = reader.get_stats()
-    seq = await _counter(raw)
-    tap.drop.add(seq + 1)
-    await writer.delete("a")  # lost
-    await writer.delete("b")  # seq + 2: a gap
+    seq = await _lose_a_and_reveal_it(writer, raw, tap)
     await eventually(lambda: _in_sync(reader, seq + 2))
     assert reader.counters.resyncs == before["resyncs"] + 1
     assert tap.dropped == [seq + 1]
@@ -298,10 +306,7 @@ async def test_a_lost_last_message_is_found_by_the_idle_check_and_replayed(
     reader = await make_cache(observers=[resyncs], health_interval=0.3, protocol=protocol)
     await _cached_everywhere(writer, reader, "a", "b", "c", "d")
     before = reader.get_stats()
-    seq = await _counter(raw)
-    tap.drop.add(seq + 1)
-    await writer.delete("a")
-    await writer.delete("b")  # a gap: resynced at once, then idle checks again
+    seq = await _lose_a_and_reveal_it(writer, raw, tap)
     await eventually(lambda: _in_sync(reader, seq + 2), timeout=10)
     tap.drop.add(seq + 3)
     await writer.delete("c")  # the last message before a quiet spell, lost
@@ -766,10 +771,7 @@ async def test_a_replay_that_reaches_past_the_counter_read_keeps_its_last_number
         return await log_after(seq)
 
     monkeypatch.setattr(tier, "log_after", log_after_a_change)
-    seq = await _counter(raw)
-    tap.drop.add(seq + 1)
-    await writer.delete("a")  # lost
-    await writer.delete("b")  # reveals the gap
+    seq = await _lose_a_and_reveal_it(writer, raw, tap)
     await eventually(lambda: _in_sync(reader, seq + 3))
     monkeypatch.setattr(tier, "log_after", log_after)
     await writer.delete("d")  # after the late copy of seq + 3
@@ -799,10 +801,7 @@ async def test_a_resync_slower_than_the_health_interval_is_not_cut_short(
         return await log_after(seq)
 
     monkeypatch.setattr(tier, "log_after", slow_log_after)
-    seq = await _counter(raw)
-    tap.drop.add(seq + 1)
-    await writer.delete("a")  # lost
-    await writer.delete("b")  # reveals the gap
+    seq = await _lose_a_and_reveal_it(writer, raw, tap)
     await eventually(lambda: _in_sync(reader, seq + 2), timeout=10)
     assert tap.subscriptions == 1
     assert await reader.get("a") is None
@@ -834,10 +833,7 @@ async def test_a_resync_call_that_times_out_ends_in_a_reconnect_and_a_full_resyn
         return await log_after(seq)
 
     monkeypatch.setattr(tier, "log_after", log_after_timing_out_once)
-    seq = await _counter(raw)
-    tap.drop.add(seq + 1)
-    await writer.delete("a")  # lost
-    await writer.delete("b")  # reveals the gap
+    seq = await _lose_a_and_reveal_it(writer, raw, tap)
     await eventually(lambda: _in_sync(reader, seq + 2), timeout=10)
     assert tap.subscriptions == 2
     assert await reader.get("a") is None
