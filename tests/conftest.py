@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,26 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(_batch, "_PUSH", Push, raising=False)
         monkeypatch.setattr(_channel, "new_reader", _batch.Reader, raising=False)
     return str(request.param)
+
+
+class Handed:
+    """What the `handed` fixture counts."""
+
+    calls = 0
+    size = 0  # bytes from the parse position to the buffer's end, summed over calls
+
+
+@pytest.fixture
+def handed(monkeypatch: pytest.MonkeyPatch) -> Handed:
+    """Counts every call of the hand-written parser and the bytes it is handed."""
+    seen = Handed()
+    real = _batch.parse
+
+    def counting(buf: bytes, pos: int, *stack: Any) -> tuple[Any, int]:
+        seen.calls += 1
+        seen.size += len(buf) - pos
+        return real(buf, pos, *stack)
+
+    monkeypatch.setattr(_batch, "parse", counting)
+    monkeypatch.setattr(_channel, "parse", counting, raising=False)  # (it had its own name)
+    return seen

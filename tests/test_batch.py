@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import redis.exceptions as redis_errors
 
+from tests.conftest import Handed
 from twotier import _batch, _channel
 from twotier._batch import Deadline, Incomplete, Push, bulk, command_head, parse, read_replies
 from twotier._channel import Subscription, _frame
@@ -284,28 +285,8 @@ async def test_the_channel_reads_frames_cut_anywhere(backend: str) -> None:
 
 
 # Issue 17, case 11: reading linear in the reply's size. Counted, not timed:
-# the bytes the parser is handed over all its calls for one reply.
-
-
-class _Handed:
-    calls = 0
-    size = 0  # bytes from the parse position to the buffer's end, summed over calls
-
-
-@pytest.fixture
-def handed(monkeypatch: pytest.MonkeyPatch) -> _Handed:
-    """Counts every call of the hand-written parser and the bytes it is handed."""
-    seen = _Handed()
-    real = _batch.parse
-
-    def counting(buf: bytes, pos: int, *stack: Any) -> tuple[Any, int]:
-        seen.calls += 1
-        seen.size += len(buf) - pos
-        return real(buf, pos, *stack)
-
-    monkeypatch.setattr(_batch, "parse", counting)
-    monkeypatch.setattr(_channel, "parse", counting, raising=False)  # (it had its own name)
-    return seen
+# the bytes the parser is handed over all its calls for one reply (the
+# `handed` fixture, tests/conftest.py).
 
 
 def _streamed(data: bytes) -> asyncio.StreamReader:
@@ -317,7 +298,7 @@ def _streamed(data: bytes) -> asyncio.StreamReader:
 
 
 async def test_a_32_mib_reply_is_parsed_once_not_on_every_read(
-    monkeypatch: pytest.MonkeyPatch, handed: _Handed
+    monkeypatch: pytest.MonkeyPatch, handed: Handed
 ) -> None:
     """Issue 17, case 11: the pending buffer was copied and parsed again on
     every 64 KiB read (512 times for 32 MiB: 8.6 GB handed to the parser,
@@ -331,7 +312,7 @@ async def test_a_32_mib_reply_is_parsed_once_not_on_every_read(
 
 
 async def test_a_long_array_is_parsed_once_not_on_every_read(
-    monkeypatch: pytest.MonkeyPatch, handed: _Handed
+    monkeypatch: pytest.MonkeyPatch, handed: Handed
 ) -> None:
     """An array of 200,000 integers over 21 reads: each read resumes where the
     last stopped, instead of parsing the array again from its start."""
@@ -343,7 +324,7 @@ async def test_a_long_array_is_parsed_once_not_on_every_read(
 
 
 async def test_a_large_publish_is_parsed_once_by_the_channel(
-    monkeypatch: pytest.MonkeyPatch, handed: _Handed
+    monkeypatch: pytest.MonkeyPatch, handed: Handed
 ) -> None:
     """Issue 17, case 11: a 24 MiB publish kept the listener busy for 0.85 s."""
     monkeypatch.setattr(_channel, "new_reader", _batch.Reader, raising=False)

@@ -19,6 +19,7 @@ import hiredis
 import pytest
 import redis.exceptions as redis_errors
 
+from tests.conftest import Handed
 from tests.test_batch import PUSH, Chunks
 from tests.test_resp_fuzz import _agree
 from twotier import _batch
@@ -142,26 +143,6 @@ def test_error_replies_come_back_typed_and_a_malformed_one_as_invalid_response()
     assert type(reader.gets()) is redis_errors.NoScriptError
 
 
-class _Handed:
-    calls = 0
-    size = 0  # bytes from the parse position to the buffer's end, summed over calls
-
-
-@pytest.fixture
-def handed(monkeypatch: pytest.MonkeyPatch) -> _Handed:
-    """Counts every call of the hand-written parser and the bytes it is handed."""
-    seen = _Handed()
-    real = _batch.parse
-
-    def counting(buf: bytes, pos: int, *stack: Any) -> tuple[Any, int]:
-        seen.calls += 1
-        seen.size += len(buf) - pos
-        return real(buf, pos, *stack)
-
-    monkeypatch.setattr(_batch, "parse", counting)
-    return seen
-
-
 def _feed_all(reader: Reader, data: bytes, piece: int) -> list[Any]:
     replies = []
     for i in range(0, len(data), piece):
@@ -171,7 +152,7 @@ def _feed_all(reader: Reader, data: bytes, piece: int) -> list[Any]:
     return replies
 
 
-def test_a_bulk_string_full_of_crlfs_in_many_pieces_is_parsed_once(handed: _Handed) -> None:
+def test_a_bulk_string_full_of_crlfs_in_many_pieces_is_parsed_once(handed: Handed) -> None:
     """A bulk string waits for all its bytes, not for the next CRLF: data
     that holds CRLFs (any binary value may), fed 1 KiB at a time, is handed
     to the parser a bounded number of times, not once per piece (200 KiB
@@ -186,7 +167,7 @@ def test_a_bulk_string_full_of_crlfs_in_many_pieces_is_parsed_once(handed: _Hand
     assert handed.size <= 2 * len(data)
 
 
-def test_a_long_line_in_many_pieces_is_parsed_once(handed: _Handed) -> None:
+def test_a_long_line_in_many_pieces_is_parsed_once(handed: Handed) -> None:
     """A line waits for its CRLF: the pieces before it (none holding a
     CRLF) are kept aside, not joined and parsed again one by one.
     Kills: batch-b18e11 (`in` -> `not in`: a piece without CRLF set off a
@@ -198,7 +179,7 @@ def test_a_long_line_in_many_pieces_is_parsed_once(handed: _Handed) -> None:
 
 
 def test_a_malformed_line_of_lone_crs_in_many_pieces_is_refused_in_linear_work(
-    handed: _Handed,
+    handed: Handed,
 ) -> None:
     """A hostile line whose every piece ends in a lone CR (no LF after it)
     is refused once its CRLF comes — as hiredis refuses it — after being
@@ -220,7 +201,7 @@ def test_a_malformed_line_of_lone_crs_in_many_pieces_is_refused_in_linear_work(
     assert handed.size - before <= 2 * len(line)
 
 
-def test_asking_again_with_nothing_new_does_not_parse_again(handed: _Handed) -> None:
+def test_asking_again_with_nothing_new_does_not_parse_again(handed: Handed) -> None:
     """`gets` after MORE, with nothing fed since, answers MORE without
     parsing the pending line again (a caller polling a 100 KB pending line
     would otherwise pay 100 KB per call).
@@ -353,7 +334,7 @@ async def test_whole_push_frames_then_a_stray_reply_after_the_last_one_fail_at_o
         await read_replies(chunks, 1, Deadline(chunks, None))  # type: ignore[arg-type]
 
 
-async def test_a_batch_hiredis_reads_to_its_end_is_not_read_again(handed: _Handed) -> None:
+async def test_a_batch_hiredis_reads_to_its_end_is_not_read_again(handed: Handed) -> None:
     """Only a batch left in doubt after its last reply (a push frame cut
     short, a stream out of step) is read a second time by the hand-written
     parser; one that ends cleanly, or with whole push frames, costs hiredis'
