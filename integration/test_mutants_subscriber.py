@@ -15,10 +15,11 @@ test names in its docstring the mutants it kills (ids from `--list`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -150,6 +151,34 @@ async def _lose_a_and_reveal_it(writer: TwoTierCache, raw: aioredis.Redis, tap: 
     await writer.delete("a")  # lost
     await writer.delete("b")  # seq + 2: a gap
     return seq
+
+
+@contextlib.asynccontextmanager
+async def _b_waiting_on_a_failing_load_of_a(
+    a: TwoTierCache, b: TwoTierCache, raw: aioredis.Redis
+) -> AsyncIterator[tuple[asyncio.Event, asyncio.Future[str]]]:
+    """A's call of "k" holds the key's fill lease until the yielded gate is
+    set, then its loader fails; B's call of "k" (loading "b's own") waits on
+    that lease. Yields (the gate, B's call); on exit the gate is set and A's
+    call is over."""
+    gate = asyncio.Event()
+
+    async def failing() -> str:
+        await gate.wait()
+        raise RuntimeError("the database is away")
+
+    async def own() -> str:
+        return "b's own"
+
+    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
+    try:
+        await eventually(lambda: _lease_held(raw, "k"), timeout=5)
+        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        await eventually(lambda: _true(b.counters.lease_waits == 1), timeout=5)
+        yield gate, waiter
+    finally:
+        gate.set()
+        await asyncio.gather(leader, return_exceptions=True)
 
 
 async def _in_sync(cache: TwoTierCache, seq: int) -> bool:
@@ -914,25 +943,9 @@ async def test_a_waiter_on_another_instances_lease_is_woken_by_its_end(
     a = await make_cache(lease_ttl=30.0)
     b = await make_cache(lease_ttl=30.0, health_interval=30.0)
     attempts = Attempts(b, monkeypatch)
-    gate = asyncio.Event()
-
-    async def failing() -> str:
-        await gate.wait()
-        raise RuntimeError("the database is away")
-
-    async def own() -> str:
-        return "b's own"
-
-    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
-    try:
-        await eventually(lambda: _lease_held(raw, "k"), timeout=5)
-        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
-        await eventually(lambda: _true(b.counters.lease_waits == 1), timeout=5)
+    async with _b_waiting_on_a_failing_load_of_a(a, b, raw) as (gate, waiter):
         gate.set()
         assert await asyncio.wait_for(waiter, 10) == "b's own"
-    finally:
-        gate.set()
-        await asyncio.gather(leader, return_exceptions=True)
     assert attempts.count == 0
 
 
@@ -948,20 +961,7 @@ async def test_a_waiter_whose_lease_end_message_was_lost_is_woken_by_the_next_re
     tap = Tap()
     tap.install(monkeypatch)
     b = await make_cache(lease_ttl=30.0, health_interval=30.0)
-    gate = asyncio.Event()
-
-    async def failing() -> str:
-        await gate.wait()
-        raise RuntimeError("the database is away")
-
-    async def own() -> str:
-        return "b's own"
-
-    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
-    try:
-        await eventually(lambda: _lease_held(raw, "k"), timeout=5)
-        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
-        await eventually(lambda: _true(b.counters.lease_waits == 1), timeout=5)
+    async with _b_waiting_on_a_failing_load_of_a(a, b, raw) as (gate, waiter):
         tap.drop.add(0)  # the unnumbered "f"
         gate.set()
         await eventually(lambda: _true(tap.dropped == [0]), timeout=5)
@@ -972,9 +972,6 @@ async def test_a_waiter_whose_lease_end_message_was_lost_is_woken_by_the_next_re
         await a.delete("y")  # reveals the gap: a resync, the link up all along
         assert await asyncio.wait_for(waiter, 10) == "b's own"
         assert tap.subscriptions == 1
-    finally:
-        gate.set()
-        await asyncio.gather(leader, return_exceptions=True)
 
 
 async def test_a_hint_from_another_instance_evicts_what_it_names_and_one_of_its_own_does_not(
