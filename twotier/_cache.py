@@ -191,6 +191,7 @@ class TwoTierCache:
             degraded=lambda: self._link is not None and self._link.degraded,
             clock=self.clock,
             lease_ttl=self._lease_ttl,
+            recheck=self._health_interval,
             max_stale=self._max_stale,
             max_value_size=self.max_value_size,
         )

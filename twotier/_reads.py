@@ -46,6 +46,7 @@ class Reads:
         degraded: Callable[[], bool],
         clock: Clock,
         lease_ttl: float,
+        recheck: float,
         max_stale: float,
         max_value_size: int,
     ) -> None:
@@ -62,6 +63,7 @@ class Reads:
         self._degraded = degraded  # changes cannot reach us now
         self._clock = clock
         self._lease_ttl = lease_ttl
+        self._recheck = recheck  # a lease wait reads again this often: its 'f' may be lost
         self._max_stale = max_stale
         self._max_value_size = max_value_size
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
@@ -274,12 +276,18 @@ class Reads:
         """Take the fill lease, or wait for the caller that holds it.
 
         Waiting is woken by the end of that lease (an 'f' message) or a change
-        of the key, never by polling Redis, and bounded by the lease's own
-        lifetime, so a crashed loader delays others by at most `lease_ttl`.
-        Then one read, and a claim only if that read misses too: three
-        commands per waiting instance. The waiter is registered before the
-        claim is sent, so a lease that ends before its reply is read still
-        wakes it.
+        of the key, and bounded by the lease's own lifetime, so a crashed
+        loader delays others by at most `lease_ttl`. Then one read, and a
+        claim only if that read misses too: three commands per waiting
+        instance. The waiter is registered before the claim is sent, so a
+        lease that ends before its reply is read still wakes it.
+
+        The 'f' message can be lost while the fill landed: its publish goes to
+        the control slot's master, which may refuse or stall writes for
+        seconds (a Redis Cluster master in a manual failover) while the
+        entry's shard took the fill. So a wait not woken within
+        `health_interval` reads the key again (one GET, which a write pause
+        lets through), and goes on waiting only while it is still missing.
         """
         woken = self._lease_waiters.get(key)
         if woken is None:
@@ -292,17 +300,31 @@ class Reads:
                 return GAVE_WAY, None
             self._counters.lease_waits += 1
             if self._listening():  # else no message could wake us
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._lease_ttl):
-                        await self._events.lease_wait(asyncio.shield(woken))
+                found = await self._events.lease_wait(self._wait_for_lease(key, woken))
+            else:
+                found = await self._shared.lookup(key, drop=False)
         finally:
             if self._lease_waiters.get(key) is woken:
                 del self._lease_waiters[key]
-        found = await self._shared.lookup(key, drop=False)
         if found.entry is not None or found.rejected is None:
             return found, None
         found, token, _ = await self._shared.claim(key, found.rejected)
         return found, token
+
+    async def _wait_for_lease(self, key: str, woken: asyncio.Future[None]) -> Found:
+        """Wait for the lease's end, at most `lease_ttl`, reading the key
+        again every `health_interval` meanwhile; then what the last read found."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease_ttl
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(deadline, loop.time() + self._recheck)):
+                    await asyncio.shield(woken)
+            found = await self._shared.lookup(key, drop=False)
+            if woken.done() or found.entry is not None or found.rejected is None:
+                return found
+            if loop.time() >= deadline:
+                return found
 
     def wake_lease_waiters(self, keys: Iterable[str] | None) -> None:
         """Wake the waiters on these keys' leases (all of them for None)."""
