@@ -105,3 +105,14 @@ async def make_cache(server: RedisServer) -> AsyncIterator[CacheFactory]:
     yield factory  # type: ignore[misc]
     for cache in caches:
         await cache.close()
+
+
+async def subscribers(server: RedisServer, channel: str, *, sharded: bool) -> int:
+    """How many clients of *server* are subscribed to *channel* (a shard channel if *sharded*)."""
+    client = aioredis.Redis(port=server.port)
+    try:
+        verb = "SHARDNUMSUB" if sharded else "NUMSUB"
+        reply = await client.execute_command("PUBSUB", verb, channel)
+        return int(reply[1])
+    finally:
+        await client.aclose()

@@ -27,7 +27,7 @@ from twotier.testing import LocalCluster, RedisServer, free_port
 from ._chaos_check import Timeline
 from ._confirm import unconfirmed_change_stays_queued
 from ._shard_loss import key_off_the_control_shard, lose_a_change
-from .conftest import FLAVOURS, started_caches
+from .conftest import FLAVOURS, started_caches, subscribers
 from .test_chaos import (
     READERS,
     _chaos_workers,
@@ -242,7 +242,7 @@ async def test_a_listener_sent_to_a_replica_by_a_stale_slot_map_subscribes_at_th
         sent_to_replica.append(replica.port)
         await bus.aclose()
         bus._client = aioredis.Redis(port=replica.port, protocol=3)
-        bus._node = "the replica"
+        bus._node = ("127.0.0.1", replica.port)
         return bus._client
 
     monkeypatch.setattr(Bus, "_client_for", stale_slot_map)
@@ -250,20 +250,11 @@ async def test_a_listener_sent_to_a_replica_by_a_stale_slot_map_subscribes_at_th
     async with started_caches(cluster.url, 1, namespace=namespace, health_interval=30.0):
 
         async def subscribed_at_the_owner() -> bool:
-            return await _shard_subscribers(owner, layout.channel) == 1
+            return await subscribers(owner, layout.channel, sharded=True) == 1
 
         await eventually(subscribed_at_the_owner, timeout=5.0)
         assert sent_to_replica == [replica.port]  # the stale map was followed first
-        assert await _shard_subscribers(replica, layout.channel) == 0
-
-
-async def _shard_subscribers(server: RedisServer, channel: str) -> int:
-    client = aioredis.Redis(port=server.port)
-    try:
-        reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
-        return int(reply[1])
-    finally:
-        await client.aclose()
+        assert await subscribers(replica, layout.channel, sharded=True) == 0
 
 
 async def test_an_entry_shard_that_lost_a_delete_in_a_failover_serves_it_to_no_one(

@@ -102,6 +102,7 @@ class TwoTierCache:
         compaction_interval: float = 60.0,
         heartbeat_interval: float = 5.0,
         confirm_replicas: int = 0,
+        listen_on_replicas: bool = False,
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
@@ -143,6 +144,7 @@ class TwoTierCache:
         self._compaction_interval = float(compaction_interval)
         self._heartbeat_interval = float(heartbeat_interval)
         self._confirm_replicas = confirm_replicas
+        self._listen_on_replicas = bool(listen_on_replicas)
         self.max_value_size = max_value_size
         self._max_stale = float(max_stale)
         self._lease_ttl = float(lease_ttl)
@@ -291,6 +293,7 @@ class TwoTierCache:
             heartbeat_interval=self._heartbeat_interval,
             events=self.events,
             confirm_replicas=self._confirm_replicas,
+            listen_on_replicas=self._listen_on_replicas,
         )
         self._use_remote(self._link.tier, self._link.mirror)
         await self._link.start()

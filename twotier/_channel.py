@@ -17,7 +17,9 @@ frame can be left in its buffer. A malformed frame raises `InvalidResponse`
 
 Frames are returned as (kind, data): "message" (with the payload),
 "subscribed", "unsubscribed" (the server dropped a shard channel: its slot
-moved), "pong", and "counter" (the value `read_counter` asked for).
+moved), "pong", "counter" (the value `read_counter` asked for) and
+"replica" (`check_replica`'s answer: b"up" while the node is a replica in
+touch with its master).
 
 Over RESP3 a subscribed connection runs any command (RESP2 allows only PING
 and the subscription commands): the listener's idle check reads the change
@@ -29,6 +31,7 @@ another connection).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import redis.exceptions as redis_errors
@@ -55,7 +58,7 @@ class Subscription:
         self._timeout = timeout  # for a write the kernel does not take at once
         self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._replies = new_reader()
-        self._counter_reads = 0  # asked for and not yet answered
+        self._answers: deque[str] = deque()  # the kinds of the answers asked for, in order
         self.frames = 0  # received so far, answers aside (the listener tells an idle link by it)
 
     @property
@@ -77,7 +80,7 @@ class Subscription:
         await self._connection.connect()
         packed = command(self._verb, self._channel)
         if owned is not None:
-            self._counter_reads += 1
+            self._answers.append("counter")
             packed = command("GET", owned) + packed
         await self._send(packed)
         while (await self.next()) != ("subscribed", b""):
@@ -95,9 +98,9 @@ class Subscription:
             if reply is MORE:
                 await self._read()
                 continue
-            if self._counter_reads and not isinstance(reply, list):  # not a push
-                self._counter_reads -= 1
-                return ("counter", _counter(reply))
+            if self._answers and not isinstance(reply, list):  # not a push
+                kind = self._answers.popleft()
+                return (kind, _counter(reply) if kind == "counter" else _replica_state(reply))
             frame = _frame(reply)
             if frame is not None:
                 if frame[0] != "pong":  # the answer to our own ping is not traffic
@@ -121,8 +124,16 @@ class Subscription:
         """Ask for a "counter" frame: the value of *key* (the change counter,
         in the channel's slot), read after every message published before it
         was delivered here. RESP3 only (`reads_counter`)."""
-        self._counter_reads += 1
+        self._answers.append("counter")
         await self._send(command("GET", key))
+
+    async def check_replica(self) -> None:
+        """Ask for a "replica" frame: whether the node still follows a master
+        (`INFO replication`). A replica cut off from its master, or promoted,
+        hears no more of the master's changes, and its counter stops with
+        them: the counter read alone would find nothing missed. RESP3 only."""
+        self._answers.append("replica")
+        await self._send(command("INFO", "replication"))
 
     async def _send(self, packed: bytes) -> None:
         writer = self._connection._writer
@@ -147,6 +158,19 @@ def _counter(reply: Any) -> bytes:
     if isinstance(reply, redis_errors.RedisError):
         raise reply
     raise redis_errors.InvalidResponse(f"unexpected reply to the counter read: {reply!r}")
+
+
+def _replica_state(reply: Any) -> bytes:
+    """b"up" for a replica whose link to its master is up; else its role and
+    link state, e.g. b"master", b"slave/down"."""
+    if isinstance(reply, redis_errors.RedisError):
+        raise reply
+    if not isinstance(reply, (bytes, str)):
+        raise redis_errors.InvalidResponse(f"unexpected reply to INFO replication: {reply!r}")
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    role, link = fields.get("role", "?").strip(), fields.get("master_link_status", "").strip()
+    return b"up" if role == "slave" and link == "up" else f"{role}/{link}".encode()
 
 
 def _frame(reply: Any) -> Frame | None:

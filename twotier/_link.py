@@ -64,6 +64,7 @@ class RedisLink:
         heartbeat_interval: float = 5.0,
         events: Events | None = None,
         confirm_replicas: int = 0,
+        listen_on_replicas: bool = False,
     ) -> None:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -84,6 +85,7 @@ class RedisLink:
             connect_timeout=connect_timeout,
             max_connections=max_connections,
             prepare=self._prepare_connection,
+            listen_on_replicas=listen_on_replicas,
         )
         self._client = self.clients.data
         layout = Layout(namespace)

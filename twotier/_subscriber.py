@@ -41,6 +41,10 @@ def _seq(data: bytes) -> int:
 
 
 _FIRST_BACKOFF = 0.01  # seconds: the first reconnect's bound; doubles up to health_interval
+# Health intervals between a displaced listener's looks for a replica (one
+# wanted, and none was ready, or the one there failed the last subscription:
+# after a failover it may have been resyncing, not broken).
+_BACK_TO_A_REPLICA = 10
 
 
 class RedisListener:
@@ -203,7 +207,12 @@ class RedisListener:
         It is off while a resync runs (a resync is never cut short by it)."""
         loop = asyncio.get_running_loop()
         pending_ping = False
+        back_to_a_replica = loop.time() + _BACK_TO_A_REPLICA * self._health_interval
         while not self._stopping:
+            if self._bus.displaced and loop.time() > back_to_a_replica:
+                if await self._bus.replica_ready(self._tier.layout.channel):
+                    raise redis_errors.ConnectionError("moving back to a replica")
+                back_to_a_replica = loop.time() + _BACK_TO_A_REPLICA * self._health_interval
             frames = subscription.frames
             idle = asyncio.timeout(self._health_interval)
             try:
@@ -217,6 +226,13 @@ class RedisListener:
                             pending_ping = False
                             if kind == "counter" and _seq(data) != self._last_seq:
                                 resync = "counter moved while idle"
+                        elif kind == "replica" and data != b"up":
+                            # Cut off from its master, or promoted: it hears
+                            # no more changes. Subscribe elsewhere, and resync.
+                            raise redis_errors.ConnectionError(
+                                f"the replica the channel is on no longer follows its master "
+                                f"({data.decode(errors='replace')})"
+                            )
                         elif kind == "unsubscribed":
                             # The server dropped the shard channel: its slot moved to another
                             # node (a failover or a resharding). Subscribe where it is now.
@@ -242,6 +258,8 @@ class RedisListener:
                 raise TimeoutError("no answer to the health check")
             pending_ping = True
             if subscription.reads_counter:
+                if self._bus.on_replica:
+                    await subscription.check_replica()
                 await subscription.read_counter(self._tier.layout.seq)
                 continue
             await subscription.ping()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from ._exceptions import ConfigurationError
 
 Kind = Literal["standalone", "cluster", "sentinel"]
 Prepare = Callable[[Any], Awaitable[None]]
+Address = tuple[str, int]
 
 _SCHEMES: dict[str, tuple[Kind | None, bool]] = {  # scheme → (kind, TLS); None: detect
     "redis": (None, False),
@@ -156,6 +158,7 @@ class Clients:
         connect_timeout: float,
         max_connections: int,
         prepare: Prepare,
+        listen_on_replicas: bool = False,
     ) -> None:
         self.target = target
         self.kind: Kind = target.kind or "standalone"
@@ -216,7 +219,7 @@ class Clients:
         if pool is not None:
             self.data = aioredis.Redis.from_pool(pool)
             self.make_connection = pool.make_connection
-        self.bus = Bus(self, connect_timeout)
+        self.bus = Bus(self, connect_timeout, replicas=listen_on_replicas)
 
     async def aclose(self) -> None:
         await self.bus.aclose()
@@ -229,14 +232,36 @@ class Clients:
 class Bus:
     """Where the namespace's channel is subscribed: the server itself, the
     Sentinel master, or, in a cluster, the master of the channel's slot (a
-    shard channel: SSUBSCRIBE, messages sent by SPUBLISH)."""
+    shard channel: SSUBSCRIBE, messages sent by SPUBLISH).
 
-    def __init__(self, clients: Clients, connect_timeout: float) -> None:
+    With *replicas* (`listen_on_replicas`, issue 20, item 5), on Sentinel and
+    on a cluster, a replica of that master instead, picked at random so a
+    fleet spreads over them: every change still goes to the master, which
+    sends it to its few replicas, and each replica to its part of the fleet
+    (a replica's subscribers get what its master publishes, in its
+    replication stream). A new subscription avoids the node the last one was
+    on when another is there, the master last: a replica that failed its
+    listener is not taken straight back. RESP3 only, where the listener's
+    idle check runs on the subscription itself (over RESP2 the channel stays
+    at the master).
+    """
+
+    def __init__(self, clients: Clients, connect_timeout: float, *, replicas: bool) -> None:
         self.sharded = clients.kind == "cluster"
         self._clients = clients
         self._connect_timeout = connect_timeout
+        protocol = _connection_options(clients.target.url)["protocol"]
+        self._replicas = replicas and clients.kind != "standalone" and str(protocol) == "3"
         self._client: aioredis.Redis | None = None
-        self._node: str | None = None
+        self._node: Address | None = None  # the client's node; None: redis-py finds it
+        self._last: Address | None = None  # the replica of the last subscription
+        #: Whether the channel is subscribed on a replica (the listener then
+        #: also checks, when idle, that the replica still follows a master).
+        self.on_replica = False
+        #: Whether the channel is at the master though a replica is wanted:
+        #: none was ready, or the one there failed the last subscription (the
+        #: listener looks for one again every few intervals).
+        self.displaced = False
 
     async def subscription(self, channel: str, write_timeout: float) -> Subscription:
         """A new subscription to *channel* on the node that carries it now (not
@@ -246,36 +271,88 @@ class Bus:
         return Subscription(connection, channel, sharded=self.sharded, timeout=write_timeout)
 
     async def _client_for(self, channel: str) -> aioredis.Redis:
-        clients = self._clients
-        if clients.kind != "cluster":
-            if self._client is None:
-                # Its own client: a pub/sub connection must not share the socket
-                # timeout of data calls (it waits for messages by design).
-                self._client = _follower(clients, self._connect_timeout)
-            return self._client
-        cluster: RedisCluster = clients.data
-        # A fresh slot map each time: the last subscription ended because the
-        # node died, failed over or gave the slot away.
-        await cluster.nodes_manager.initialize()
-        node = cluster.get_node_from_key(channel)
-        if node is None:
-            raise redis_errors.ConnectionError(f"no node serves the slot of {channel!r}")
-        if self._client is None or node.name != self._node:
+        master, replicas = await self._nodes(channel)
+        replica = self._pick(replicas) if self._replicas else None
+        self.on_replica, self._last = replica is not None, replica
+        self.displaced = self._replicas and replica is None
+        if replica is not None or master is not None:
+            return await self._node_client(replica or master, readonly=replica is not None)
+        if self._client is None or self._node is not None:
             await self.aclose()
-            options = _connection_options(clients.target.url)
-            options.update(host=node.host, port=node.port)
+            # Its own client: a pub/sub connection must not share the socket
+            # timeout of data calls (it waits for messages by design).
+            self._client = _follower(self._clients, self._connect_timeout)
+        return self._client
+
+    async def replica_ready(self, channel: str) -> bool:
+        """Whether a replica could carry the channel now (for a displaced listener)."""
+        _, replicas = await self._nodes(channel)
+        return bool(replicas)
+
+    async def _nodes(self, channel: str) -> tuple[Address | None, list[Address]]:
+        """The master that carries *channel* (None: the Sentinel master, or
+        the one server, found by redis-py), and its replicas if wanted."""
+        clients = self._clients
+        if clients.kind == "cluster":
+            # A fresh slot map each time: the last subscription ended because
+            # the node died, failed over or gave the slot away. A replica is
+            # listed once it has replicated something (a new or resyncing
+            # one is left out).
+            cluster: RedisCluster = clients.data
+            await cluster.nodes_manager.initialize()
+            nodes = cluster.nodes_manager.slots_cache.get(cluster.keyslot(channel))
+            if not nodes:
+                raise redis_errors.ConnectionError(f"no node serves the slot of {channel!r}")
+            master, *replicas = [(node.host, int(node.port)) for node in nodes]
+            return master, replicas
+        if self._replicas and clients.sentinel is not None:
+            found = await clients.sentinel.discover_slaves(clients.target.service)
+            return None, [(str(host), int(port)) for host, port in found]
+        return None, []
+
+    def _pick(self, replicas: list[Address]) -> Address | None:
+        """A replica at random, not the last one; None (the master) if only
+        the last one is there."""
+        fresh = [replica for replica in replicas if replica != self._last]
+        return random.choice(fresh) if fresh else None  # noqa: S311  # spread, not secrecy
+
+    async def _node_client(self, node: Address | None, *, readonly: bool) -> aioredis.Redis:
+        """A client of one node, kept while the channel stays there."""
+        assert node is not None
+        if self._client is None or node != self._node:
+            await self.aclose()
+            clients = self._clients
+            options = (
+                _without_address(clients.target.url)
+                if clients.sentinel is not None
+                else _connection_options(clients.target.url)
+            )
+            options.update(host=node[0], port=node[1])
+            if readonly and self.sharded:  # a cluster replica reads only after READONLY
+                options["redis_connect_func"] = _read_only
             self._client = aioredis.Redis(
                 **options,
                 socket_connect_timeout=self._connect_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-            self._node = node.name
+            self._node = node
         return self._client
 
     async def aclose(self) -> None:
+        self._node = None
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+
+async def _read_only(connection: Any) -> None:
+    """Connect, then `READONLY`: the cluster replica may then answer the
+    listener's counter reads of the slot it replicates."""
+    await connection.on_connect()
+    await connection.send_command("READONLY")
+    reply = await connection.read_response()
+    if reply not in (b"OK", "OK"):
+        raise redis_errors.ConnectionError(f"READONLY refused: {reply!r}")
 
 
 def _follower(clients: Clients, connect_timeout: float) -> aioredis.Redis:

@@ -1,0 +1,169 @@
+"""Issue 20, item 5: listeners on replicas (`listen_on_replicas=True`).
+
+The master sends each change to its replicas, and each replica to the
+listeners subscribed on it: the fan-out leaves the master. These tests run a
+real Sentinel set (a master, a replica) and a real cluster (3 masters, 3
+replicas), and check that the listeners are where the option says, that
+every change still reaches every instance, and that a replica which stops
+following its master — cut off, or promoted — is left within a health
+interval or two, with nothing missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.contract import eventually
+from twotier import MISS, TwoTierCache
+from twotier._redis import Layout
+from twotier.testing import LocalCluster, LocalSentinel
+from twotier.testing._server import free_port
+
+from .conftest import FLAVOURS, started_caches, subscribers
+
+OPTIONS = {"listen_on_replicas": True, "health_interval": 0.2, "redis_timeout": 0.5}
+HEARD = 3.0  # seconds: "at once" with room for a loaded CI machine
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def sentinel(request: pytest.FixtureRequest) -> Iterator[LocalSentinel]:
+    with LocalSentinel.start(request.param) as local:
+        yield local
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with LocalCluster.start(request.param) as local:
+        yield local
+
+
+def _namespace() -> str:
+    return f"r{uuid.uuid4().hex[:8]}"
+
+
+async def _replica_listed(cluster: LocalCluster, layout: Layout) -> None:
+    """Until every node lists the control slot's replica (`CLUSTER SLOTS`
+    leaves out a replica that has replicated nothing yet: a new cluster's;
+    each node learns of its progress by gossip)."""
+    owner = cluster.owner_of(layout.seq)
+    clients = [aioredis.Redis(port=server.port) for server in (owner, *cluster.live())]
+    await clients[0].set(f"{layout.seq}-probe", 0)  # the same slot: the same hash tag
+    slot = await clients[0].execute_command("CLUSTER", "KEYSLOT", layout.seq)
+
+    async def listed() -> bool:
+        for client in clients:
+            ranges = await client.execute_command("CLUSTER", "SLOTS")
+            if not any(low <= slot <= high and len(nodes) > 1 for low, high, *nodes in ranges):
+                return False
+        return True
+
+    try:
+        await eventually(listed, timeout=10.0)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def _heard(writer: TwoTierCache, reader: TwoTierCache, key: str, value: str) -> None:
+    """*writer* sets *key*; *reader*, which holds the old value in L1, drops it."""
+    await writer.set(key, value, ttl=60)
+
+    async def dropped() -> bool:
+        return reader.local.get(key) is MISS
+
+    await eventually(dropped, timeout=HEARD)
+    assert await reader.get(key) == value
+
+
+async def _fans_out(caches: list[TwoTierCache], key: str) -> None:
+    """Each cache in turn changes *key*; every other one hears of it."""
+    for round_, writer in enumerate(caches):
+        for reader in caches:
+            await reader.get(key)  # into L1
+        for reader in caches:
+            if reader is not writer:
+                await _heard(writer, reader, key, f"v{round_}")
+
+
+async def test_sentinel_listeners_are_on_the_replica_and_hear_every_change(
+    sentinel: LocalSentinel,
+) -> None:
+    namespace = _namespace()
+    channel = Layout(namespace).channel
+    async with started_caches(sentinel.url, 3, namespace=namespace, **OPTIONS) as caches:
+        master = sentinel.current_master()
+        replica = next(server for server in sentinel.servers if server is not master)
+        assert await subscribers(replica, channel, sharded=False) == 3
+        assert await subscribers(master, channel, sharded=False) == 0
+        await _fans_out(caches, "k")
+        assert all(cache.get_stats()["redis_available"] for cache in caches)
+
+
+async def test_a_replica_cut_off_from_its_master_is_left(sentinel: LocalSentinel) -> None:
+    """The replica follows a master that does not answer: it hears no more
+    changes, and its counter stops with them, so the counter read alone
+    finds nothing missed. The listener's idle check asks the replica whether
+    it still follows its master, and subscribes elsewhere: at the master,
+    the only other node here."""
+    namespace = _namespace()
+    channel = Layout(namespace).channel
+    master = sentinel.current_master()
+    replica = next(server for server in sentinel.servers if server is not master)
+    async with started_caches(sentinel.url, 2, namespace=namespace, **OPTIONS) as (a, b):
+        raw = aioredis.Redis(port=replica.port)
+        try:
+            await raw.execute_command("REPLICAOF", "127.0.0.1", free_port())
+            await a.set("k", "before", ttl=60)
+            assert await b.get("k") == "before"  # in b's L1 now
+            await _heard(a, b, "k", "after")  # only through the master
+
+            async def both_left() -> bool:
+                return await subscribers(master, channel, sharded=False) == 2
+
+            await eventually(both_left, timeout=HEARD)
+        finally:
+            await raw.execute_command("REPLICAOF", "127.0.0.1", master.port)
+            await raw.aclose()
+        await asyncio.to_thread(sentinel.wait_demoted, replica)
+
+
+async def test_cluster_listeners_are_on_the_control_slots_replica(cluster: LocalCluster) -> None:
+    namespace = _namespace()
+    layout = Layout(namespace)
+    await _replica_listed(cluster, layout)
+    async with started_caches(cluster.url, 3, namespace=namespace, **OPTIONS) as caches:
+        master = cluster.owner_of(layout.seq)
+        replica = cluster.replica_of(master)
+
+        async def on_the_replica() -> bool:  # a listener displaced at start looks again
+            return await subscribers(replica, layout.channel, sharded=True) == 3
+
+        await eventually(on_the_replica, timeout=HEARD)
+        assert await subscribers(master, layout.channel, sharded=True) == 0
+        await _fans_out(caches, "k")
+
+
+async def test_a_promoted_replica_is_left_for_a_replica_of_it(cluster: LocalCluster) -> None:
+    """`CLUSTER FAILOVER` promotes the replica the listeners are on. The
+    shard channel stays subscribed there (a promotion gains the slot, it
+    does not always drop its subscribers), so their idle check tells them:
+    the node is a master now. They move to its replica, the old master once
+    demoted; one that still resyncs then (it answers MOVED) sends them to
+    the master for ten health intervals. Every change is heard on the way."""
+    namespace = _namespace()
+    layout = Layout(namespace)
+    await _replica_listed(cluster, layout)
+    async with started_caches(cluster.url, 2, namespace=namespace, **OPTIONS) as (a, b):
+        demoted = cluster.owner_of(layout.seq)
+        await asyncio.to_thread(cluster.failover, demoted)
+
+        async def moved() -> bool:
+            return await subscribers(demoted, layout.channel, sharded=True) == 2
+
+        await eventually(moved, timeout=HEARD * 4)
+        await _fans_out([a, b], "k")
