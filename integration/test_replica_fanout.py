@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from tests.contract import eventually
 from twotier import MISS, TwoTierCache
 from twotier._redis import Layout
+from twotier.cli.bench.fanout import measure
 from twotier.testing import LocalCluster, LocalSentinel
 from twotier.testing._server import free_port
 
@@ -167,3 +168,14 @@ async def test_a_promoted_replica_is_left_for_a_replica_of_it(cluster: LocalClus
 
         await eventually(moved, timeout=HEARD * 4)
         await _fans_out([a, b], "k")
+
+
+async def test_the_fanout_bench_runs_both_modes(sentinel: LocalSentinel) -> None:
+    """`python -m twotier.cli.bench.fanout` end to end on a small fleet: every
+    event reaches every receiver, where the mode says. No figure is
+    compared: docs/scale.md has the measured ones."""
+    for replicas in (False, True):
+        row = await measure(sentinel, 5, 20, replicas)
+        assert row["receivers on the replica"] == (5 if replicas else 0)
+        assert row["master CPU per event, µs"] > 0
+        assert row["all events at all receivers, ms"] > 0

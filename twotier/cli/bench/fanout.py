@@ -53,7 +53,7 @@ async def _cpu(server: RedisServer) -> float:
         await probe.aclose()
 
 
-async def _mode(local: Local, receivers: int, events: int, replicas: bool) -> dict[str, float]:
+async def measure(local: Local, receivers: int, events: int, replicas: bool) -> dict[str, float]:
     namespace = f"fan{uuid.uuid4().hex[:8]}"
     layout = Layout(namespace)
     master, replica = _master_and_replica(local, layout)
@@ -105,7 +105,7 @@ async def _main(topology: str, receivers: int, events: int, repeat: int) -> None
         rounds: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for _ in range(repeat):
             for replicas in (False, True):
-                rounds[replicas].append(await _mode(local, receivers, events, replicas))
+                rounds[replicas].append(await measure(local, receivers, events, replicas))
     print(
         f"{topology} ({flavour}), {receivers} receivers, {events} invalidate_tag calls "
         f"one after another, {repeat} round(s); median (spread):"
