@@ -129,11 +129,30 @@ class ReadPipe:
         writes, or idles, after a server restart)."""
         if self._busy:
             return False
-        if self._ready and self._connection.is_connected:
+        if self._ready and self._open():
             return True
         self._ready = False
         self._reconnect()
         return False
+
+    def _open(self) -> bool:
+        """Connected, and not closed by the server since: a connection the
+        server closed (a restart, a failover, `CLIENT KILL`) has its EOF read
+        off the socket by the loop already. Used anyway, it failed the first
+        command after every outage (the listener's resync, one Redis failure
+        counted per instance, and a second subscription: issue 20's storm)."""
+        reader = self._connection._reader
+        return bool(self._connection.is_connected) and reader is not None and not reader.at_eof()
+
+    async def reopened(self) -> bool:
+        """After `free` said no: wait for the reconnect under way, if that is
+        why, then say whether the pipe is free. A command that took a pool
+        connection instead opened one more connection per instance after
+        every outage (issue 20: a fleet's storm of reconnects)."""
+        connecting = self._connecting
+        if not self._busy and connecting is not None and not connecting.done():
+            await asyncio.shield(connecting)
+        return self.free()
 
     async def call(self, packed: bytes) -> Any:
         """One packed command (a script call, a heartbeat) on the pipe's
@@ -176,9 +195,9 @@ class ReadPipe:
         For the background's few commands (heartbeats, the listener's counter
         reads): taking a pool connection whenever they met a read in flight
         kept one more connection open per instance until the next trim."""
-        if self.free():
+        if self.free() or await self.reopened():
             return await self.call(packed)
-        if not self._ready:  # (`free` has started a reconnect)
+        if not self._ready:  # the reconnect failed
             return NOT_READY
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns.append(turn)
@@ -198,6 +217,8 @@ class ReadPipe:
     async def connect(self) -> None:
         """Open the pipe's connection (raises redis-py's errors)."""
         connection = self._connection = self._connection or self._make_connection()
+        if connection.is_connected and not self._open():
+            await connection.disconnect(nowait=True)  # closed by the server: a new socket
         connection.socket_timeout = None  # each batch's deadline bounds its reads
         try:
             async with asyncio.timeout(self._connect_timeout):

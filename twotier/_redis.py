@@ -434,7 +434,7 @@ class RedisTier:
     async def _lean_once(self, keys: list[str], packed: bytes) -> Any:
         """One lean script call: its reply, an error reply as an exception object."""
         reads = self._reads
-        if reads is not None and reads.free():
+        if reads is not None and (reads.free() or await reads.reopened()):
             reply = await reads.call(packed)
         else:
             connection, release = await self._connection_to(keys[0])
