@@ -36,6 +36,8 @@ class Context:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     log: Callable[[str], None] = print
     memo: dict[str, Any] = field(default_factory=dict)  # results shared between scenarios
+    #: Kill the server and start it again on the same port (an embedded one only).
+    restart: Callable[[], None] | None = None
 
     def ns(self, name: str) -> str:
         """A namespace/prefix unique to this run (everything we write starts with it)."""

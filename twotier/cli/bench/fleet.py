@@ -90,6 +90,8 @@ async def _child(url: str, namespace: str, count: int) -> None:
         while line := await asyncio.to_thread(sys.stdin.readline):
             if line.strip() == "watch":
                 await recovery.watch()
+            elif line.strip() == "watch-restart":
+                await _trusted_again(caches)
             elif line.strip() == "stats":
                 # Totals over this child's receivers: raw messages, then the
                 # instances' invalidations received, resyncs and L1 clears.
@@ -145,6 +147,32 @@ class _Recovery:
         self.watching = False
         stuck = self.back.count(None)
         _say(f"stuck {stuck}" if stuck else f"trusted {max(b for b in self.back if b)}")
+
+
+async def _trusted_again(caches: list[Any]) -> None:
+    """Report "watching", then, once the server went away and came back,
+    "trusted <ns>" when every instance here is subscribed and in sync again
+    (polled every 10 ms: a restart opens the breaker, and L1 is then served
+    within `max_stale` though nothing is trusted), or "stuck <n>" after 30 s."""
+
+    def trusted(cache: Any) -> bool:
+        link = cache._link
+        return bool(link and link.listener.connected.is_set() and link.mirror.trusted)
+
+    _say("watching")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while all(trusted(cache) for cache in caches) and loop.time() < deadline:  # noqa: ASYNC110  # no event to wait on
+        await asyncio.sleep(0.01)
+    waiting = set(range(len(caches)))
+    last = 0
+    while waiting and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+        back = {index for index in waiting if trusted(caches[index])}
+        if back:
+            waiting -= back
+            last = time.monotonic_ns()
+    _say(f"stuck {len(waiting)}" if waiting else f"trusted {last}")
 
 
 def _watched(local: Any, index: int, recovery: _Recovery) -> None:
@@ -279,6 +307,21 @@ async def _storm(probe: aioredis.Redis, fleet: Fleet) -> tuple[float, int]:
     return (last - t0) / 1e9, stuck
 
 
+async def _restart_storm(ctx: Context, fleet: Fleet) -> tuple[float, int]:
+    """The server killed (SIGKILL) and started again on its port, empty, with
+    a new run id: seconds from its answering again until every instance is
+    subscribed and in sync, and how many were not within 30 s."""
+    assert ctx.restart is not None
+    fleet.send("watch-restart")
+    await fleet.expect("watching")
+    await asyncio.to_thread(ctx.restart)
+    t0 = time.monotonic_ns()
+    replies = await fleet.expect("trusted")
+    stuck = sum(int(line.split()[1]) for line in replies if line.startswith("stuck"))
+    last = max((int(line.split()[1]) for line in replies if line.startswith("trusted")), default=t0)
+    return max(0.0, (last - t0) / 1e9), stuck
+
+
 async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
     from twotier import TwoTierCache
 
@@ -316,6 +359,7 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
                 await fleet.arrived(event)
             cpu[kind] = (await server_cpu(probe) - start) / events
         recovery, stuck = await _storm(probe, fleet)
+        restarted = await _restart_storm(ctx, fleet) if ctx.restart is not None else None
     finally:
         await writer.close()
         await fleet.stop()
@@ -337,13 +381,24 @@ async def _one_size(ctx: Context, size: int, events: int) -> list[Series]:
         Series(f"{title}-cpu", "connections per idle instance", "diag", "conns", [connections]),
         Series(f"{title}-storm", "all cut: trusted again", "diag", "s", [recovery]),
     ]
+    if restarted is not None:
+        out.append(
+            Series(f"{title}-storm", "server restarted: trusted again", "diag", "s", [restarted[0]])
+        )
     ctx.log(
         f"  fleet {size}: p50 {percentile(raw_s, 50) * 1e3:.2f} / "
         f"{percentile(twotier_s, 50) * 1e3:.2f} ms, p99 {percentile(raw_s, 99) * 1e3:.2f} / "
         f"{percentile(twotier_s, 99) * 1e3:.2f} ms (raw / twotier); "
         f"CPU {cpu['r'] * 1e6:.0f} / {cpu['t'] * 1e6:.0f} µs per event; "
         f"{connections:.2f} connections per instance; every connection cut: all trusted "
-        f"again after {recovery * 1e3:.0f} ms" + (f", {stuck} not within 30 s" if stuck else "")
+        f"again after {recovery * 1e3:.0f} ms"
+        + (f", {stuck} not within 30 s" if stuck else "")
+        + (
+            f"; server restarted: all trusted again {restarted[0] * 1e3:.0f} ms after it answered"
+            + (f", {restarted[1]} not within 30 s" if restarted[1] else "")
+            if restarted is not None
+            else ""
+        )
     )
     return out
 

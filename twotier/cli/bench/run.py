@@ -67,7 +67,8 @@ TITLES = {
     },
     **{
         f"fleet{n}-storm": f"resync storm: every connection of the {n} instances cut at once "
-        "(CLIENT KILL) — target every instance trusted again within 2 s"
+        "(CLIENT KILL), then the server killed and started again (embedded server only) "
+        "— target every instance trusted again within 2 s of Redis answering"
         for n in (10, 100, 300, 1000)
     },
 }
@@ -187,7 +188,13 @@ def main(argv: list[str]) -> int:
             return asyncio.run(_run(ctx, args))
     try:
         with RedisServer.start() as server:
-            ctx = Context(url=server.url, quick=args.quick, repeat=repeat, flavour=server.flavour)
+            ctx = Context(
+                url=server.url,
+                quick=args.quick,
+                repeat=repeat,
+                flavour=server.flavour,
+                restart=server.restart,
+            )
             return asyncio.run(_run(ctx, args))
     except RuntimeError as exc:
         if "server" not in str(exc):
