@@ -133,6 +133,38 @@ async def test_a_replica_cut_off_from_its_master_is_left(sentinel: LocalSentinel
         await asyncio.to_thread(sentinel.wait_demoted, replica)
 
 
+async def test_a_replica_cut_off_before_the_listener_comes_is_never_trusted(
+    sentinel: LocalSentinel,
+) -> None:
+    """The same replica, cut off before the instances start. The sentinels
+    still offer it (its process is up), and its counter looks in sync with
+    nothing ever arriving: checked only when idle, it would be trusted for a
+    whole health interval (30 s here). The subscription asks it first, with
+    the SUBSCRIBE, and goes to the master at once."""
+    namespace = _namespace()
+    channel = Layout(namespace).channel
+    master = sentinel.current_master()
+    replica = next(server for server in sentinel.servers if server is not master)
+    raw = aioredis.Redis(port=replica.port)
+    await raw.execute_command("REPLICAOF", "127.0.0.1", free_port())
+    options = {**OPTIONS, "health_interval": 30.0}
+    try:
+        async with started_caches(sentinel.url, 2, namespace=namespace, **options) as (a, b):
+
+            async def at_the_master() -> bool:
+                return await subscribers(master, channel, sharded=False) == 2
+
+            await eventually(at_the_master, timeout=HEARD)
+            assert await subscribers(replica, channel, sharded=False) == 0
+            await a.set("k", "before", ttl=60)
+            assert await b.get("k") == "before"
+            await _heard(a, b, "k", "after")
+    finally:
+        await raw.execute_command("REPLICAOF", "127.0.0.1", master.port)
+        await raw.aclose()
+    await asyncio.to_thread(sentinel.wait_demoted, replica)
+
+
 async def test_cluster_listeners_are_on_the_control_slots_replica(cluster: LocalCluster) -> None:
     namespace = _namespace()
     layout = Layout(namespace)

@@ -66,7 +66,7 @@ class Subscription:
         """Whether `read_counter` can be used: the connection speaks RESP3."""
         return str(getattr(self._connection, "protocol", 2)) == "3"
 
-    async def open(self, owned: str | None = None) -> None:
+    async def open(self, owned: str | None = None, *, replica: bool = False) -> None:
         """Connect and subscribe; returns once the server confirmed it (from
         then on no message of the channel is missed). Unbounded: the caller
         bounds it (a paused server accepts connections and never answers).
@@ -76,15 +76,24 @@ class Subscription:
         lagging slot map still names, takes the SSUBSCRIBE (shard messages
         reach replicas too) but answers a read with MOVED, raised here: the
         listener subscribes again where the slot is (issue 21, item 4).
-        The read travels with the SSUBSCRIBE, so it costs no round trip."""
+        The read travels with the SSUBSCRIBE, so it costs no round trip.
+
+        *replica*: the node is meant to be a replica of the channel's master;
+        first confirm that it follows its master (`check_replica`), else
+        raise: a replica cut off from its master would look idle and in sync
+        to every later check of the counter."""
         await self._connection.connect()
         packed = command(self._verb, self._channel)
         if owned is not None:
             self._answers.append("counter")
             packed = command("GET", owned) + packed
+        if replica:
+            self._answers.appendleft("replica")
+            packed = command("INFO", "replication") + packed
         await self._send(packed)
-        while (await self.next()) != ("subscribed", b""):
-            pass
+        while (frame := await self.next()) != ("subscribed", b""):
+            if frame[0] == "replica" and frame[1] != b"up":
+                raise not_following(frame[1])
 
     async def next(self) -> Frame:
         """The next frame. Unbounded: the caller keeps the idle deadline (one
@@ -158,6 +167,13 @@ def _counter(reply: Any) -> bytes:
     if isinstance(reply, redis_errors.RedisError):
         raise reply
     raise redis_errors.InvalidResponse(f"unexpected reply to the counter read: {reply!r}")
+
+
+def not_following(state: bytes) -> redis_errors.ConnectionError:
+    """The error for a replica that hears no more of its master's changes."""
+    return redis_errors.ConnectionError(
+        f"the replica no longer follows its master ({state.decode(errors='replace')})"
+    )
 
 
 def _replica_state(reply: Any) -> bytes:

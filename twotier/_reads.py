@@ -300,20 +300,22 @@ class Reads:
                 return GAVE_WAY, None
             self._counters.lease_waits += 1
             if self._listening():  # else no message could wake us
-                found = await self._events.lease_wait(self._wait_for_lease(key, woken))
-            else:
-                found = await self._shared.lookup(key, drop=False)
+                return await self._events.lease_wait(self._wait_for_lease(key, woken))
         finally:
             if self._lease_waiters.get(key) is woken:
                 del self._lease_waiters[key]
+        found = await self._shared.lookup(key, drop=False)
         if found.entry is not None or found.rejected is None:
             return found, None
         found, token, _ = await self._shared.claim(key, found.rejected)
         return found, token
 
-    async def _wait_for_lease(self, key: str, woken: asyncio.Future[None]) -> Found:
-        """Wait for the lease's end, at most `lease_ttl`, reading the key
-        again every `health_interval` meanwhile; then what the last read found."""
+    async def _wait_for_lease(
+        self, key: str, woken: asyncio.Future[None]
+    ) -> tuple[Found, str | None]:
+        """Wait for the lease's end, at most `lease_ttl`; at its end, or every
+        `health_interval` meanwhile, read the key again and, if it is still
+        missing, claim it (the lease may have ended unheard, filled or not)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lease_ttl
         while True:
@@ -321,10 +323,11 @@ class Reads:
                 async with asyncio.timeout_at(min(deadline, loop.time() + self._recheck)):
                     await asyncio.shield(woken)
             found = await self._shared.lookup(key, drop=False)
-            if woken.done() or found.entry is not None or found.rejected is None:
-                return found
-            if loop.time() >= deadline:
-                return found
+            if found.entry is not None or found.rejected is None:
+                return found, None
+            found, token, held = await self._shared.claim(key, found.rejected)
+            if not held or woken.done() or loop.time() >= deadline:
+                return found, token
 
     def wake_lease_waiters(self, keys: Iterable[str] | None) -> None:
         """Wake the waiters on these keys' leases (all of them for None)."""

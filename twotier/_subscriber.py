@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import redis.exceptions as redis_errors
 
-from ._channel import Subscription
+from ._channel import Subscription, not_following
 from ._exceptions import BackendError
 from ._logging import Log
 from ._mirror import VersionMirror
@@ -187,7 +187,10 @@ class RedisListener:
         self._subscription = subscription
         try:
             async with asyncio.timeout(2 * self._health_interval):
-                await subscription.open(self._tier.layout.seq if self._bus.sharded else None)
+                await subscription.open(
+                    self._tier.layout.seq if self._bus.sharded else None,
+                    replica=self._bus.on_replica,
+                )
             await self._resync("connected")
             self.last_error = None
             self.connected.set()
@@ -211,7 +214,11 @@ class RedisListener:
         while not self._stopping:
             if self._bus.displaced and loop.time() > back_to_a_replica:
                 if await self._bus.replica_ready(self._tier.layout.channel):
-                    raise redis_errors.ConnectionError("moving back to a replica")
+                    # A planned move, not a failure: no warning, no backoff;
+                    # L1 is suspended until the new subscription has resynced.
+                    self._log.info("moving the invalidation channel back to a replica")
+                    self._lost()
+                    return
                 back_to_a_replica = loop.time() + _BACK_TO_A_REPLICA * self._health_interval
             frames = subscription.frames
             idle = asyncio.timeout(self._health_interval)
@@ -229,10 +236,7 @@ class RedisListener:
                         elif kind == "replica" and data != b"up":
                             # Cut off from its master, or promoted: it hears
                             # no more changes. Subscribe elsewhere, and resync.
-                            raise redis_errors.ConnectionError(
-                                f"the replica the channel is on no longer follows its master "
-                                f"({data.decode(errors='replace')})"
-                            )
+                            raise not_following(data)
                         elif kind == "unsubscribed":
                             # The server dropped the shard channel: its slot moved to another
                             # node (a failover or a resharding). Subscribe where it is now.
