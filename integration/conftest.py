@@ -7,6 +7,7 @@ one is always present once the test extra is installed, so nothing skips.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ import hypothesis  # noqa: F401
 import pytest
 import redis.asyncio as aioredis
 
+from tests.contract import eventually
 from twotier import TwoTierCache
 from twotier.testing import RedisServer, available_servers
 
@@ -116,3 +118,32 @@ async def subscribers(server: RedisServer, channel: str, *, sharded: bool) -> in
         return int(reply[1])
     finally:
         await client.aclose()
+
+
+async def b_waiting_on_a_held_load(
+    a: TwoTierCache, b: TwoTierCache
+) -> tuple[asyncio.Task[str], asyncio.Task[str], asyncio.Event]:
+    """*a*'s loader of key "k" runs and holds its fill lease until the event
+    returned is set (then returns "a's value"); *b*'s call of "k" waits on
+    that lease. Returns (a's call, b's call, the event)."""
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    @a.cached(ttl=60, key="k")
+    async def slow() -> str:
+        started.set()
+        await finish.wait()
+        return "a's value"
+
+    @b.cached(ttl=60, key="k")
+    async def other() -> str:
+        return "b's own"
+
+    holding = asyncio.create_task(slow())
+    await started.wait()
+    waiting = asyncio.create_task(other())
+
+    async def waits() -> bool:
+        return b.get_stats()["lease_waits"] == 1
+
+    await eventually(waits, timeout=10)
+    return holding, waiting, finish

@@ -25,6 +25,7 @@ from twotier._redis import Layout
 from twotier.testing import RedisServer
 
 from ._proxy import ChaosProxy
+from .conftest import b_waiting_on_a_held_load
 
 LEASE_TTL = 10.0  # the default: what a stalled key used to cost
 BOUND = 2.0  # "a few redis_timeouts", with room for a loaded CI machine
@@ -113,30 +114,11 @@ async def test_a_fill_whose_reply_was_lost_still_wakes_the_waiters(
     the chaos test: one read waited the whole 10 s lease). The release that
     follows finds the lease gone; it wakes the waiters anyway."""
     raw = aioredis.Redis.from_url(server.url)
-    started, finish = asyncio.Event(), asyncio.Event()
     async with (
         TwoTierCache(redis_url=proxy.url, namespace="h", redis_timeout=0.05) as a,
         TwoTierCache(redis_url=server.url, namespace="h", redis_timeout=0.5) as b,
     ):
-
-        @a.cached(ttl=60, key="k")
-        async def slow() -> str:
-            started.set()
-            await finish.wait()
-            return "a's value"
-
-        @b.cached(ttl=60, key="k")
-        async def other() -> str:
-            return "b's own"
-
-        holding = asyncio.create_task(slow())
-        await started.wait()
-        waiting = asyncio.create_task(other())
-
-        async def waits() -> bool:
-            return b.get_stats()["lease_waits"] == 1
-
-        await eventually(waits)
+        holding, waiting, finish = await b_waiting_on_a_held_load(a, b)
         proxy.latency = 0.15  # the fill arrives after a has given up on it
         finish.set()
         assert await holding == "a's value"  # from its loader, kept in a's L1 only
@@ -163,31 +145,12 @@ async def test_a_lost_wake_up_delays_the_waiters_by_one_health_interval(
     waiters read the key again every `health_interval` until the lease ends,
     so the filled entry is found at the next one, not when the pause ends."""
     raw = aioredis.Redis.from_url(server.url)
-    started, finish = asyncio.Event(), asyncio.Event()
     pause = 3.0
     async with (
         TwoTierCache(redis_url=proxy.url, namespace="w", redis_timeout=0.5) as a,
         TwoTierCache(redis_url=server.url, namespace="w", health_interval=0.2) as b,
     ):
-
-        @a.cached(ttl=60, key="k")
-        async def slow() -> str:
-            started.set()
-            await finish.wait()
-            return "a's value"
-
-        @b.cached(ttl=60, key="k")
-        async def other() -> str:
-            return "b's own"
-
-        holding = asyncio.create_task(slow())
-        await started.wait()
-        waiting = asyncio.create_task(other())
-
-        async def waits() -> bool:
-            return b.get_stats()["lease_waits"] == 1
-
-        await eventually(waits)
+        holding, waiting, finish = await b_waiting_on_a_held_load(a, b)
         proxy.latency = 0.1  # the fill's reply, then a's `f`, each 0.1 s on the way
         finish.set()
         entry = Layout("w").entry("k")

@@ -26,7 +26,7 @@ from twotier._redis import Layout
 from twotier.testing import LocalCluster, LocalSentinel, RedisServer
 
 from ._shard_loss import key_off_the_control_shard, lose_a_change
-from .conftest import FLAVOURS
+from .conftest import FLAVOURS, b_waiting_on_a_held_load
 
 NS = "lk"
 LAYOUT = Layout(NS)
@@ -433,28 +433,13 @@ async def test_a_lease_wait_ends_when_the_invalidation_link_drops(server: RedisS
     Kills: link-b1bafe (the lease waiters not woken when the link drops)."""
     options = {"lease_ttl": 60.0, "redis_timeout": 0.1, "health_interval": 0.1}
     async with started(server.url, **options) as a, started(server.url, **options) as b:
-        release, loading = asyncio.Event(), asyncio.Event()
-
-        @a.cached(ttl=60, key="slow")
-        async def slow_a() -> str:
-            loading.set()
-            await release.wait()
-            return "a"
-
-        @b.cached(ttl=60, key="slow")
-        async def slow_b() -> str:
-            return "b"
-
-        filling = asyncio.ensure_future(slow_a())
+        holding, waiting, finish = await b_waiting_on_a_held_load(a, b)
         try:
-            await asyncio.wait_for(loading.wait(), 10)
-            waiting = asyncio.ensure_future(slow_b())
-            await eventually(lambda: _true(_stat(b, "lease_waits") == 1), timeout=10)
             server.kill()
-            assert await asyncio.wait_for(waiting, 15) == "b"
+            assert await asyncio.wait_for(waiting, 15) == "b's own"
         finally:
-            release.set()
-            await asyncio.gather(filling, return_exceptions=True)
+            finish.set()
+            await asyncio.gather(holding, return_exceptions=True)
 
 
 @pytest.fixture(params=FLAVOURS)
