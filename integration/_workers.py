@@ -24,7 +24,8 @@ its own `TwoTierCache` on the server given by ``--url``:
     lags read the same keys L seconds later, each key for the first time (L1
     misses that L2 normally answers). While the ``--halt-file`` exists the
     writer does not write (it still runs until ``--stop``). ``--lease-ttl``
-    overrides the chaos settings' fill lease lifetime.
+    overrides the chaos settings' fill lease lifetime, ``--listen-on-replicas``
+    turns `listen_on_replicas` on.
 
 Times are `time.monotonic()`: CLOCK_MONOTONIC, one clock for every process of
 the machine (Linux, macOS), so the checker may compare them across processes.
@@ -243,6 +244,8 @@ def _chaos_cache(args: argparse.Namespace) -> TwoTierCache:
     settings = dict(CHAOS_SETTINGS)
     if args.lease_ttl is not None:
         settings["lease_ttl"] = args.lease_ttl
+    if args.listen_on_replicas:
+        settings["listen_on_replicas"] = True
     return TwoTierCache(redis_url=args.url, namespace=args.namespace, **settings)
 
 
@@ -373,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-lag", type=float, default=0.0, help="reader: rolling keys' lag")
     parser.add_argument("--halt-file", help="writer: no writes while this file exists")
     parser.add_argument("--lease-ttl", type=float, help="the caches' lease_ttl")
+    parser.add_argument(
+        "--listen-on-replicas", action="store_true", help="the caches' listen_on_replicas"
+    )
     args = parser.parse_args(argv)
     run = {"peer": serve_peer, "reader": run_reader, "writer": run_writer}[args.mode]
     with contextlib.suppress(KeyboardInterrupt):

@@ -12,8 +12,10 @@ interval or two, with nothing missed.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,7 +27,14 @@ from twotier.cli.bench.fanout import measure
 from twotier.testing import LocalCluster, LocalSentinel
 from twotier.testing._server import free_port
 
+from ._chaos_check import Timeline
 from .conftest import FLAVOURS, started_caches, subscribers
+from .test_chaos import (
+    _chaos_workers,
+    _run_workers,
+    assert_no_stale_read_outside_the_trouble,
+    settled_timeline,
+)
 
 OPTIONS = {"listen_on_replicas": True, "health_interval": 0.2, "redis_timeout": 0.5}
 HEARD = 3.0  # seconds: "at once" with room for a loaded CI machine
@@ -211,3 +220,48 @@ async def test_the_fanout_bench_runs_both_modes(sentinel: LocalSentinel) -> None
         assert row["receivers on the replica"] == (5 if replicas else 0)
         assert row["master CPU per event, µs"] > 0
         assert row["all events at all receivers, ms"] > 0
+
+
+async def test_chaos_the_replica_killed_and_back_under_load(
+    sentinel: LocalSentinel, tmp_path: Path
+) -> None:
+    """Readers and a writer in separate processes, every instance listening
+    on the replica, with SQLite as the truth. The replica is SIGKILLed under
+    load and started again two seconds later. The master never stopped:
+    every change was acknowledged by it, and no read may be stale at any
+    time, the trouble included (each listener sees its connection end,
+    suspends L1 and subscribes at the master; later it moves back)."""
+    master = sentinel.current_master()
+    replica = next(server for server in sentinel.servers if server is not master)
+    flag = ("--listen-on-replicas",)
+
+    async def scenario(processes: dict[str, asyncio.subprocess.Process]) -> Timeline:
+        start = time.monotonic()
+        await asyncio.sleep(2.5)
+        on_the_replica = await subscribers(replica, Layout("chaos").channel, sharded=False)
+        assert on_the_replica == len(workers), "the listeners are not on the replica"
+        began = time.monotonic()
+        await asyncio.to_thread(replica.kill)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(replica.launch)
+        return await settled_timeline(
+            processes,
+            tmp_path,
+            start=start,
+            trouble=began,
+            recovered=time.monotonic(),
+            names=("replica killed", "replica back"),
+        )
+
+    workers = _chaos_workers(reader_args=lambda i: flag, writer_args=flag)
+    try:
+        run = await _run_workers(sentinel, tmp_path, workers, scenario)  # type: ignore[arg-type]
+    finally:
+        if replica.process is None or replica.process.poll() is not None:
+            await asyncio.to_thread(replica.launch)
+        await asyncio.to_thread(sentinel.wait_demoted, replica)
+    title = f"Sentinel ({sentinel.flavour}), listeners on the replica, replica killed and back"
+    report = assert_no_stale_read_outside_the_trouble(
+        run, title, tmp_path / f"chaos-replica-{sentinel.flavour}.json"
+    )
+    assert report.stale_outage == 0, report.format(title)
