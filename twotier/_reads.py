@@ -287,7 +287,9 @@ class Reads:
         seconds (a Redis Cluster master in a manual failover) while the
         entry's shard took the fill. So a wait not woken within
         `health_interval` reads the key again (one GET, which a write pause
-        lets through), and goes on waiting only while it is still missing.
+        lets through) and, if it is still missing, claims it again (the lease
+        may have ended unheard without a fill); it goes on waiting only while
+        the lease is still held.
         """
         woken = self._lease_waiters.get(key)
         if woken is None:
