@@ -185,7 +185,7 @@ async def test_cluster_listeners_are_on_the_control_slots_replica(cluster: Local
         async def on_the_replica() -> bool:  # a listener displaced at start looks again
             return await subscribers(replica, layout.channel, sharded=True) == 3
 
-        await eventually(on_the_replica, timeout=HEARD)
+        await eventually(on_the_replica, timeout=HEARD * 2)
         assert await subscribers(master, layout.channel, sharded=True) == 0
         await _fans_out(caches, "k")
 
