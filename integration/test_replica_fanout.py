@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.contract import eventually
-from twotier import MISS, TwoTierCache
+from twotier import MISS, TwoTierCache, _batch, _channel
 from twotier._redis import Layout
 from twotier.cli.bench.fanout import measure
 from twotier.testing import LocalCluster, LocalSentinel
@@ -112,6 +112,28 @@ async def test_sentinel_listeners_are_on_the_replica_and_hear_every_change(
         assert await subscribers(master, channel, sharded=False) == 0
         await _fans_out(caches, "k")
         assert all(cache.get_stats()["redis_available"] for cache in caches)
+
+
+async def test_the_replica_check_reads_without_hiredis(
+    sentinel: LocalSentinel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`INFO` answers over RESP3 with a verbatim string, a type the
+    hand-written reply reader (twotier's when hiredis is not installed)
+    refused: every idle check failed, and the listener went back and forth
+    between the replica and the master. Several idle checks pass here, the
+    listeners stay on the replica, and none reports an error."""
+    monkeypatch.setattr(_channel, "new_reader", _batch.Reader)
+    namespace = _namespace()
+    channel = Layout(namespace).channel
+    master = sentinel.current_master()
+    replica = next(server for server in sentinel.servers if server is not master)
+    async with started_caches(sentinel.url, 2, namespace=namespace, **OPTIONS) as caches:
+        await asyncio.sleep(5 * float(OPTIONS["health_interval"]))  # five idle checks
+        assert await subscribers(replica, channel, sharded=False) == 2
+        for cache in caches:
+            assert cache._link is not None
+            assert cache._link.listener.last_error is None
+        await _fans_out(caches, "k")
 
 
 async def test_a_replica_cut_off_from_its_master_is_left(sentinel: LocalSentinel) -> None:

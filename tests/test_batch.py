@@ -176,10 +176,31 @@ async def test_malformed_replies_fail_a_batch_with_invalid_response(
         await _read(Chunks(data), 1)
 
 
-@pytest.mark.parametrize("kind", b"%~,(=|")
+@pytest.mark.parametrize("kind", b"%~,(|")
 def test_resp3_types_twotier_never_gets_are_refused(kind: int) -> None:
     with pytest.raises(redis_errors.InvalidResponse, match="unexpected reply type"):
         parse(bytes([kind]) + b"1\r\n:1\r\n:2\r\n", 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        pytest.param(b"=7\r\ntxt:abc\r\n", b"abc", id="text"),
+        pytest.param(b"=4\r\nmkd:\r\n", b"", id="empty"),
+        pytest.param(b"=-1\r\n", None, id="nil"),
+    ],
+)
+def test_a_verbatim_string_reads_as_its_text(data: bytes, value: bytes | None) -> None:
+    """RESP3's verbatim string (`INFO` answers with one, on the listener's
+    replica check): its text, the 4 bytes of format dropped, as hiredis
+    reads it (without hiredis, the replica check failed on every node)."""
+    assert parse(data, 0) == (value, len(data))
+
+
+@pytest.mark.parametrize("data", [b"=3\r\ntxt\r\n", b"=4\r\ntxtx\r\n", b"=0\r\n\r\n"])
+def test_a_verbatim_string_without_its_format_is_refused(data: bytes) -> None:
+    with pytest.raises(redis_errors.InvalidResponse, match="Verbatim string"):
+        parse(data, 0)
 
 
 def test_nesting_is_bounded_as_in_hiredis() -> None:

@@ -265,3 +265,99 @@ async def test_a_subscription_without_an_owner_check_sends_only_its_subscribe(
     subscription = Subscription(connection, "c", sharded=False, timeout=1)
     await subscription.open()
     assert connection._writer.sent == b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"
+
+
+def _info(text: str) -> bytes:
+    """`INFO replication`'s answer as RESP3 sends it (a verbatim string)."""
+    body = ("txt:" + text).encode()
+    return b"=%d\r\n%s\r\n" % (len(body), body)
+
+
+REPLICA_UP = _info(
+    "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_link_status:up\r\n"
+)
+REPLICA_DOWN = _info("# Replication\r\nrole:slave\r\nmaster_link_status:down\r\n")
+PROMOTED = _info("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n")
+SUBSCRIBED = b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "state"),
+    [
+        pytest.param(REPLICA_UP, b"up", id="following"),
+        pytest.param(REPLICA_DOWN, b"slave/down", id="cut-off"),
+        pytest.param(PROMOTED, b"master/", id="promoted"),
+        pytest.param(_info("role:slave\r\n"), b"slave/", id="no-link-field"),
+        pytest.param(_info("master_link_status:up\r\n"), b"?/up", id="no-role-field"),
+        pytest.param(b"$36\r\nrole:slave\r\nmaster_link_status:up\r\nx\r\n", b"up", id="bulk"),
+    ],
+)
+async def test_the_replica_check_says_up_only_for_a_replica_whose_link_is_up(
+    backend: str, reply: bytes, state: bytes
+) -> None:
+    """`check_replica` (issue 20, item 5): `INFO replication` on the
+    subscription, answered as a "replica" frame, b"up" only for a replica
+    following its master (role `slave`, `master_link_status:up`); anything
+    else names the role and link, and the listener leaves the node. A line
+    without a colon (the section header) is skipped; the fields are read
+    whole. Kills: channel-232bfa, channel-24a79b (nothing asked),
+    channel-ec83c3, channel-150e5c, channel-769192, channel-e99a2a,
+    channel-3af961, channel-f03ff2, channel-e164b7, channel-fd7e16."""
+    subscription, writer = _resp3_subscription(MESSAGE + reply + MESSAGE)
+    await subscription.check_replica()
+    assert writer.sent == b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n"
+    assert await subscription.next() == ("message", b"news")
+    assert await subscription.next() == ("replica", state)
+    assert await subscription.next() == ("message", b"news")
+    assert subscription.frames == 2  # the answer is not traffic
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        pytest.param(b"-ERR unknown section\r\n", redis_errors.ResponseError, id="error"),
+        pytest.param(b":1\r\n", redis_errors.InvalidResponse, id="integer"),
+    ],
+)
+async def test_an_error_or_another_shape_answering_the_replica_check_is_raised(
+    backend: str, reply: bytes, error: type[Exception]
+) -> None:
+    """Kills: channel-0b1ada (an error reply parsed as text), channel-cfc8d3,
+    channel-76263c (an answer of another shape taken for INFO's)."""
+    subscription, _ = _resp3_subscription(reply)
+    await subscription.check_replica()
+    with pytest.raises(error):
+        await subscription.next()
+
+
+async def test_a_replica_subscription_first_asks_whether_the_node_follows_its_master(
+    backend: str,
+) -> None:
+    """`open(replica=True)`: `INFO replication` goes first, in the same
+    write as the owner check and the SUBSCRIBE, and its answer is taken as
+    the check's (the counter's comes after it, then the confirmation).
+    Kills: channel-e95516, channel-deb49d (not asked), channel-58cce8 (the
+    owner check's answer not expected: the next pong taken for it)."""
+    connection = _Opening(REPLICA_UP + b"$1\r\n7\r\n" + SHARD_SUBSCRIBED + b"+PONG\r\n")
+    subscription = Subscription(connection, "c", sharded=True, timeout=1)
+    await subscription.open(owned="seq", replica=True)
+    assert connection._writer.sent == (
+        b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n"
+        b"*2\r\n$3\r\nGET\r\n$3\r\nseq\r\n*2\r\n$10\r\nSSUBSCRIBE\r\n$1\r\nc\r\n"
+    )
+    assert await subscription.next() == ("pong", b"")
+
+
+@pytest.mark.parametrize("reply", [REPLICA_DOWN, PROMOTED], ids=["cut-off", "promoted"])
+async def test_a_replica_that_does_not_follow_its_master_fails_the_opening(
+    backend: str, reply: bytes
+) -> None:
+    """A replica cut off from its master (or promoted) would look idle and in
+    sync to every later counter read: the opening fails, with the state in
+    the message, and the listener subscribes elsewhere.
+    Kills: channel-620ea4, channel-67ee6b (not raised), channel-6279dd (no
+    error built)."""
+    connection = _Opening(reply + SUBSCRIBED)
+    subscription = Subscription(connection, "c", sharded=False, timeout=1)
+    with pytest.raises(redis_errors.ConnectionError, match="no longer follows its master"):
+        await subscription.open(replica=True)

@@ -94,8 +94,8 @@ class Push(list[Any]):
 MAX_DEPTH = 1024
 _INT64 = 1 << 63
 _MAX_ELEMENTS = (1 << 32) - 1  # hiredis' bound on an aggregate's length
-_LINE_TYPES = frozenset(b":$+-*>_#")  # the reply types twotier reads
-_UNUSED_TYPES = frozenset(b"%~,(=|")  # RESP3 types hiredis reads and twotier never gets
+_LINE_TYPES = frozenset(b":$=+-*>_#")  # the reply types twotier reads
+_UNUSED_TYPES = frozenset(b"%~,(|")  # RESP3 types hiredis reads and twotier never gets
 
 
 def _integer(digits: bytes, what: str) -> int:
@@ -144,13 +144,14 @@ def _refuse_type(kind: int) -> redis_errors.InvalidResponse:
 def parse(buf: bytes, pos: int, stack: list[list[Any]] | None = None) -> tuple[Any, int]:
     """The reply starting at *pos*, and where the next one starts.
 
-    Integers come back as int, bulk and simple strings as bytes, nil as None,
+    Integers come back as int, bulk, verbatim (without its format) and
+    simple strings as bytes, nil as None,
     arrays as lists (push frames as `Push`), RESP3 booleans as bool,
     errors as redis-py's `ResponseError` subclasses (not raised): what
     hiredis' `Reader` returns. Raises `Incomplete` when *buf* ends first, and
     `InvalidResponse` for anything hiredis refuses and for the RESP3 types
-    twotier never gets (maps, sets, doubles, big numbers, verbatim strings,
-    attributes); `tests/test_resp_fuzz.py` holds it to hiredis.
+    twotier never gets (maps, sets, doubles, big numbers, attributes);
+    `tests/test_resp_fuzz.py` holds it to hiredis.
 
     *stack* holds the aggregates under way: after `Incomplete`, calling again
     with the same stack and `pos=exc.at` on a longer buffer resumes where it
@@ -171,7 +172,7 @@ def parse(buf: bytes, pos: int, stack: list[list[Any]] | None = None) -> tuple[A
                     raise redis_errors.InvalidResponse("Max nesting depth exceeded")
             raise Incomplete(pos, size + 1, True)
         kind = buf[pos]
-        if kind == 36:  # '$' bulk string
+        if kind == 36 or kind == 61:  # '$' bulk string, '=' RESP3 verbatim string (INFO's)
             digits = buf[pos + 1 : end]
             # The usual length inline, `_integer` for the rest (nil, errors):
             # 1 to 18 digits without a leading zero are below 2**63.
@@ -188,6 +189,13 @@ def parse(buf: bytes, pos: int, stack: list[list[Any]] | None = None) -> tuple[A
                 # (and redis-py's parser) do the same, and a stream out of step
                 # shows at the next type byte.
                 value: Any = buf[start:stop]
+                if kind == 61:  # 'txt:' first: hiredis hands out what follows it
+                    if length < 4 or buf[start + 3] != 58:
+                        raise redis_errors.InvalidResponse(
+                            "Verbatim string 4 bytes of content type are missing or "
+                            "incorrectly encoded."
+                        )
+                    value = value[4:]
                 pos = stop + 2
             elif length == -1:
                 value = None
