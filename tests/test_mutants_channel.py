@@ -361,3 +361,14 @@ async def test_a_replica_that_does_not_follow_its_master_fails_the_opening(
     subscription = Subscription(connection, "c", sharded=False, timeout=1)
     with pytest.raises(redis_errors.ConnectionError, match="no longer follows its master"):
         await subscription.open(replica=True)
+
+
+async def test_foreign_data_under_the_owned_key_does_not_fail_the_opening(backend: str) -> None:
+    """The owner check is a GET of the change counter: foreign data there
+    answers WRONGTYPE, which says the node holds the slot (it is the
+    counter's own answer, read as 0: the listener then resyncs, as for a
+    flush), so the subscription opens. Kills: channel-58cce8 (the answer not
+    expected: the error taken for a frame, and raised)."""
+    connection = _Opening(b"-WRONGTYPE Operation against a key\r\n" + SHARD_SUBSCRIBED)
+    subscription = Subscription(connection, "c", sharded=True, timeout=1)
+    await subscription.open(owned="seq")
