@@ -12,9 +12,10 @@ interval or two, with nothing missed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from tests.contract import eventually
 from twotier import MISS, TwoTierCache, _batch, _channel
 from twotier._redis import Layout
+from twotier._topology import Bus
 from twotier.cli.bench.fanout import measure
 from twotier.testing import LocalCluster, LocalSentinel
 from twotier.testing._server import free_port
@@ -193,6 +195,64 @@ async def test_a_replica_cut_off_before_the_listener_comes_is_never_trusted(
     finally:
         await raw.execute_command("REPLICAOF", "127.0.0.1", master.port)
         await raw.aclose()
+    await asyncio.to_thread(sentinel.wait_demoted, replica)
+
+
+async def test_listeners_wait_at_the_master_for_a_killed_replica_and_move_back(
+    sentinel: LocalSentinel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica is killed: the listeners subscribe at the master, and look
+    for a replica every 10 health intervals (asking the sentinels, who soon
+    leave the dead one out), not at every interval. Started again, it is
+    taken back at the next look: a planned move, logged as such, with L1
+    suspended from the old subscription's end until the new one has
+    resynced (else a change made in between could be missed for good)."""
+    namespace = _namespace()
+    channel = Layout(namespace).channel
+    master = sentinel.current_master()
+    replica = next(server for server in sentinel.servers if server is not master)
+    looks = 0
+    ready = Bus.replica_ready
+
+    async def counted(bus: Bus, channel: str) -> bool:
+        nonlocal looks
+        looks += 1
+        return await ready(bus, channel)
+
+    monkeypatch.setattr(Bus, "replica_ready", counted)
+    async with started_caches(sentinel.url, 2, namespace=namespace, **OPTIONS) as caches:
+        losses = [0, 0]
+        for index, cache in enumerate(caches):
+            assert cache._link is not None
+            link_lost = cache._link.listener._on_link_lost
+
+            def lost(index: int = index, link_lost: Callable[[], None] = link_lost) -> None:
+                losses[index] += 1
+                link_lost()
+
+            cache._link.listener._on_link_lost = lost
+        try:
+            await asyncio.to_thread(replica.kill)
+
+            async def at_the_master() -> bool:
+                return await subscribers(master, channel, sharded=False) == 2
+
+            await eventually(at_the_master, timeout=HEARD)
+            before, lost_before = looks, list(losses)
+            await asyncio.sleep(30 * float(OPTIONS["health_interval"]))
+            # 3 looks each in 30 intervals (one per 10), the first at most 1 early
+            assert looks - before <= 2 * 4, looks - before
+        finally:
+            await asyncio.to_thread(replica.launch)
+        with caplog.at_level(logging.INFO, logger="twotier"):
+
+            async def back() -> bool:
+                return await subscribers(replica, channel, sharded=False) == 2
+
+            await eventually(back, timeout=HEARD * 4)
+        assert caplog.text.count("moving the invalidation channel back to a replica") == 2
+        assert [after - was for after, was in zip(losses, lost_before, strict=True)] == [1, 1]
+        await _fans_out(caches, "k")
     await asyncio.to_thread(sentinel.wait_demoted, replica)
 
 
