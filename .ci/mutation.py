@@ -456,6 +456,7 @@ EQUIVALENT: dict[str, str] = {
     "subscriber-5448d3": "the __init__ value of _replay_floor is never read: _handle only runs after the first _resync, which always takes the first-connection branch (_last_seq is None) and sets the floor to 0 itself",
     "subscriber-ed2eb6": "the __init__ value of _server_id is never read: it is compared only when _last_seq is not None, i.e. after the first _resync, which sets it",
     "subscriber-5d5804": "the re-raise of CancelledError in run(): swallowing it ends the task with None instead of cancelled; nothing reads the task's result or cancelled() (stop() and asyncio.run's shutdown only wait for done), and the handler's effects (mirror untrusted, L1 suspended) are the same",
+    "subscriber-2077a2": "`loop.time() > back_to_a_replica` as `>=`: the loop clock is a float read after at least one awaited interval, so the two differ only at one exact instant, which no schedule can aim at",
     "subscriber-af42ba": "the finally's `self._subscription = None`: without it reconnect() between two attempts closes the old, already closed subscription again, and redis-py's disconnect of a closed connection is a no-op; the next attempt overwrites the field before any await",
     "subscriber-691c73": "`message.seq > last + 1` -> `>=`: the branch is reached only when message.seq != last + 1 (the branch above takes equality), so both compare alike",
     "subscriber-41450b": "the last `return None` of _handle: a function that falls off its end returns None",
