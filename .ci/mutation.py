@@ -293,6 +293,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
             "integration/test_coherence.py",
             "integration/test_faults.py",
             "integration/test_heartbeat.py",
+            "integration/test_replica_fanout.py",
         ],
     },
     "serialization": {
