@@ -5,8 +5,10 @@ listeners subscribed on it: the fan-out leaves the master. These tests run a
 real Sentinel set (a master, a replica) and a real cluster (3 masters, 3
 replicas), and check that the listeners are where the option says, that
 every change still reaches every instance, and that a replica which stops
-following its master — cut off, or promoted — is left within a health
-interval or two, with nothing missed.
+following its master — cut off, promoted or killed — is left within a
+health interval or two, with nothing missed, and taken back when it
+returns; under load too (the chaos run), and with the reply reader twotier
+uses when hiredis is not installed.
 """
 
 from __future__ import annotations
