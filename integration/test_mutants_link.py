@@ -148,7 +148,10 @@ async def test_a_start_without_redis_runs_degraded_and_recovers_when_it_comes(
         assert _stat(cache, "queued_ops_pending") == 1
         assert _stat(cache, "breaker_state") == "closed"
         server.launch()
-        await eventually(lambda: _true(_stat(cache, "redis_available")), timeout=15)
+        # Within one reconnect backoff, which doubles while Redis stays away up
+        # to `health_interval` (30 s here): 7–16 s measured, so 15 s was flaky.
+        bound = float(options["health_interval"]) + 5
+        await eventually(lambda: _true(_stat(cache, "redis_available")), timeout=bound)
         assert _warnings(caplog, "recovered: Redis and the invalidation link are back")
         # delivered by the recovery (the queue's own retry waits 30 s)
         await eventually(lambda: _true(_stat(cache, "queued_ops_pending") == 0), timeout=10)
