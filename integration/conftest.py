@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from tests.contract import eventually
 from twotier import TwoTierCache
-from twotier.testing import RedisServer, available_servers
+from twotier.testing import LocalCluster, RedisServer, available_servers
 
 FLAVOURS = available_servers()
 if not FLAVOURS:  # pragma: no cover - the test extra ships valkey-server
@@ -147,3 +147,30 @@ async def b_waiting_on_a_held_load(
 
     await eventually(waits, timeout=10)
     return holding, waiting, finish
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A local cluster of 3 masters and 3 replicas, one per module and flavour
+    (a module that needs another shape defines its own `cluster`)."""
+    with LocalCluster.start(request.param) as local:
+        yield local
+
+
+def failing_call_of_k(cache: TwoTierCache, gate: asyncio.Event) -> asyncio.Future[str]:
+    """*cache*'s call of key "k" whose loader waits for *gate*, then fails."""
+
+    async def failing() -> str:
+        await gate.wait()
+        raise RuntimeError("the database is away")
+
+    return asyncio.ensure_future(cache.cached(ttl=60, key="k")(failing)())
+
+
+def own_call_of_k(cache: TwoTierCache) -> asyncio.Future[str]:
+    """*cache*'s call of key "k" whose loader returns "b's own" at once."""
+
+    async def own() -> str:
+        return "b's own"
+
+    return asyncio.ensure_future(cache.cached(ttl=60, key="k")(own)())

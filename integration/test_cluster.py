@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,6 @@ from .test_chaos import (
     settled_timeline,
 )
 from .test_multiprocess import CHANGES, Peer, _everyone_holds, three_instances
-
-
-@pytest.fixture(scope="module", params=FLAVOURS)
-def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    with LocalCluster.start(request.param) as local:
-        yield local
 
 
 def _namespace() -> str:

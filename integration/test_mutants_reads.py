@@ -20,6 +20,8 @@ from twotier._events import BaseObserver
 from twotier._redis import Layout
 from twotier.testing import FakeClock, RedisServer
 
+from .conftest import failing_call_of_k, own_call_of_k
+
 NS = "rd"
 FAST = {"redis_timeout": 0.5, "health_interval": 0.1, "lease_ttl": 60}
 
@@ -302,20 +304,12 @@ async def test_a_caller_whose_leader_failed_loads_under_its_own_lease_and_fills_
     a, b = pair
     await _warm(a, b)
     gate = asyncio.Event()
-
-    async def failing() -> str:
-        await gate.wait()
-        raise RuntimeError("the database is away")
-
-    async def own() -> str:
-        return "b's own"
-
-    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
+    leader = failing_call_of_k(a, gate)
     try:
         await eventually(lambda: _true(a.get_stats()["loads"] == 2), timeout=5)  # claimed
         await raw.config_resetstat()
         reads = b._remote.reads  # type: ignore[attr-defined]
-        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        waiter = own_call_of_k(b)
         await eventually(lambda: _true(b.get_stats()["lease_waits"] == 1 or waiter.done()))
         gate.set()
         assert await waiter == "b's own"

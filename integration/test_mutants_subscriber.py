@@ -35,7 +35,7 @@ from twotier._tier import KINDS, Message
 from twotier._topology import Bus
 from twotier.testing import RedisServer
 
-from .conftest import CacheFactory
+from .conftest import CacheFactory, failing_call_of_k, own_call_of_k
 
 NS = "it"  # make_cache's namespace
 LAYOUT = Layout(NS)
@@ -153,6 +153,19 @@ async def _lose_a_and_reveal_it(writer: TwoTierCache, raw: aioredis.Redis, tap: 
     return seq
 
 
+def _apply_fails_once(reader: TwoTierCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next message *reader*'s listener applies raises an unexpected
+    error (a bug on the way to L1); the ones after it apply as before."""
+    listener = _listener(reader)
+    apply = listener._apply
+
+    def fails_once(message: Message) -> None:
+        monkeypatch.setattr(listener, "_apply", apply)
+        raise RuntimeError("a bug on the way to L1")
+
+    monkeypatch.setattr(listener, "_apply", fails_once)
+
+
 @contextlib.asynccontextmanager
 async def _b_waiting_on_a_failing_load_of_a(
     a: TwoTierCache, b: TwoTierCache, raw: aioredis.Redis
@@ -162,18 +175,10 @@ async def _b_waiting_on_a_failing_load_of_a(
     that lease. Yields (the gate, B's call); on exit the gate is set and A's
     call is over."""
     gate = asyncio.Event()
-
-    async def failing() -> str:
-        await gate.wait()
-        raise RuntimeError("the database is away")
-
-    async def own() -> str:
-        return "b's own"
-
-    leader = asyncio.ensure_future(a.cached(ttl=60, key="k")(failing)())
+    leader = failing_call_of_k(a, gate)
     try:
         await eventually(lambda: _lease_held(raw, "k"), timeout=5)
-        waiter = asyncio.ensure_future(b.cached(ttl=60, key="k")(own)())
+        waiter = own_call_of_k(b)
         await eventually(lambda: _true(b.counters.lease_waits == 1), timeout=5)
         yield gate, waiter
     finally:
@@ -1024,14 +1029,7 @@ async def test_an_unexpected_failure_is_counted_reported_and_takes_the_link_down
     tap.install(monkeypatch)
     reader = await make_cache(health_interval=30.0)
     await _cached_everywhere(writer, reader, "a", "b")
-    listener = _listener(reader)
-    apply = listener._apply
-
-    def fails_once(message: Message) -> None:
-        monkeypatch.setattr(listener, "_apply", apply)
-        raise RuntimeError("a bug on the way to L1")
-
-    monkeypatch.setattr(listener, "_apply", fails_once)
+    _apply_fails_once(reader, monkeypatch)
     tap.connectable.clear()
     await writer.delete("a")
     await eventually(lambda: _true(reader.counters.listener_errors == 1))
@@ -1066,14 +1064,7 @@ async def test_a_change_whose_apply_failed_is_not_served_from_l1_after_the_resyn
     writer = await make_cache()
     reader = await make_cache(health_interval=30.0)
     await _cached_everywhere(writer, reader, "a")
-    listener = _listener(reader)
-    apply = listener._apply
-
-    def fails_once(message: Message) -> None:
-        monkeypatch.setattr(listener, "_apply", apply)
-        raise RuntimeError("a bug on the way to L1")
-
-    monkeypatch.setattr(listener, "_apply", fails_once)
+    _apply_fails_once(reader, monkeypatch)
     await writer.delete("a")
     await eventually(lambda: _true(reader.counters.listener_errors == 1))
     await eventually(lambda: _true(reader.redis_available), timeout=10)

@@ -50,12 +50,6 @@ def sentinel(request: pytest.FixtureRequest) -> Iterator[LocalSentinel]:
         yield local
 
 
-@pytest.fixture(scope="module", params=FLAVOURS)
-def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    with LocalCluster.start(request.param) as local:
-        yield local
-
-
 def _namespace() -> str:
     return f"r{uuid.uuid4().hex[:8]}"
 
